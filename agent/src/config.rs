@@ -1,0 +1,927 @@
+//! The TOML configuration: read in two phases. First the text is parsed with
+//! its spans kept, `${VAR}` is interpolated, and every section is
+//! deserialized on its own; then the typed result is validated. Every problem
+//! found in either phase is reported at once, each with its key path and,
+//! where it has one, its line.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_probes::{Context, ProbeSpec, PROBE_TYPES};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use toml_edit::TableLike;
+
+use crate::duration::Dur;
+
+/// Where `--config` points when neither the flag nor `$BACKSTOP_CONFIG` is set.
+pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path such as `probe[2].interval`; empty for the file as a whole.
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one file, in the order of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} configuration {}",
+            if n == 1 { "problem" } else { "problems" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// `[agent]`: the agent's own listener and storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentSection {
+    /// Address of `/healthz`, `/status`, `/metrics` and `/v1/*`. Default `0.0.0.0:9469`.
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// Directory of the embedded store. Default `/var/lib/backstop`.
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    /// Bearer token for the `POST /v1/*` endpoints; empty disables them. Default empty.
+    #[serde(default)]
+    admin_token: String,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            state_dir: default_state_dir(),
+            admin_token: String::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9469".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/backstop".into()
+}
+
+/// `[service]`: which service this agent watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    /// The service's name, shared by all its replicas. Required.
+    name: String,
+}
+
+/// `[deployment]`: how the agent learns which deployment is running.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentSection {
+    /// A fixed deployment id for this process. Default empty (use `id_url` or `id_file`).
+    #[serde(default)]
+    id: String,
+    /// A URL polled for the id; a new value is a new deployment. Default none.
+    #[serde(default)]
+    id_url: Option<String>,
+    /// JSON pointer into the `id_url` body. Default: the whole body, trimmed.
+    #[serde(default)]
+    id_pointer: Option<String>,
+    /// A file whose trimmed content is the id, re-read when polled. Default none.
+    #[serde(default)]
+    id_file: Option<PathBuf>,
+    /// How often `id_url` or `id_file` is polled. Default `10s`.
+    #[serde(default = "default_poll")]
+    poll_interval: Dur,
+    /// Time after a new deployment during which rules are not armed. Default `30s`.
+    #[serde(default = "default_warmup")]
+    warmup: Dur,
+    /// Time with armed rules before a deployment becomes stable. Default `15m`.
+    #[serde(default = "default_watch")]
+    watch: Dur,
+}
+
+impl Default for DeploymentSection {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            id_url: None,
+            id_pointer: None,
+            id_file: None,
+            poll_interval: default_poll(),
+            warmup: default_warmup(),
+            watch: default_watch(),
+        }
+    }
+}
+
+fn default_poll() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_warmup() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_watch() -> Dur {
+    Dur(Duration::from_secs(900))
+}
+
+/// The settings every probe has, whatever its type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeCommon {
+    /// Unique name; used in metrics and rules. Required.
+    name: String,
+    /// 1 to 4, see SPEC's levels. Required.
+    level: u8,
+    /// The probe type. Required.
+    #[serde(rename = "type")]
+    #[allow(dead_code)] // read before the rest, to pick the type's own settings
+    kind: String,
+    /// Time between checks. Default `10s`.
+    #[serde(default = "default_interval")]
+    interval: Dur,
+    /// Time one check may take. Default `5s`, and never more than `interval`.
+    #[serde(default)]
+    timeout: Option<Dur>,
+    /// A check that works but takes longer is `degraded`. Default none.
+    #[serde(default)]
+    max_latency: Option<Dur>,
+    /// A failure makes `backstop check` exit 1, and the default rules act on it. Default `false`.
+    #[serde(default)]
+    critical: bool,
+}
+
+const PROBE_COMMON_KEYS: &[&str] = &[
+    "name",
+    "level",
+    "type",
+    "interval",
+    "timeout",
+    "max_latency",
+    "critical",
+];
+
+fn default_interval() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// `[[rule]]` as written; its `when` expression is parsed by the rules module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name; used in metrics, logs and notifications. Required.
+    pub name: String,
+    /// The probe whose signals the rule reads. Required.
+    pub probe: String,
+    /// The condition, in SPEC's rule language. Required.
+    pub when: String,
+    /// `rollback` or `alert`. Default `alert`.
+    #[serde(default)]
+    pub action: Action,
+}
+
+/// What a rule does when it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Rollback,
+    #[default]
+    Alert,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::Alert => "alert",
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: Agent,
+    pub service: String,
+    pub deployment: Deployment,
+    pub probes: Vec<ProbeConfig>,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// `None` when empty: the admin endpoints are then absent.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub source: DeploymentSource,
+    pub poll_interval: Duration,
+    pub warmup: Duration,
+    pub watch: Duration,
+}
+
+/// Where the deployment id comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeploymentSource {
+    Fixed(String),
+    Url {
+        url: String,
+        pointer: Option<String>,
+    },
+    File(PathBuf),
+}
+
+/// One `[[probe]]`, validated.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub name: String,
+    pub level: u8,
+    pub spec: ProbeSpec,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub max_latency: Option<Duration>,
+    pub critical: bool,
+}
+
+impl ProbeConfig {
+    pub fn type_name(&self) -> &'static str {
+        self.spec.type_name()
+    }
+
+    /// Builds the runtime probe; the configuration was validated, so this
+    /// only fails if the environment changed in between.
+    pub fn build(&self) -> Result<backstop_probes::Probe, Vec<backstop_probes::ConfigProblem>> {
+        self.spec.build(Context {
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a file. Refuses a file anyone may write, since it
+    /// decides what gets rolled back and which commands run.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let whole = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message,
+                line: None,
+            }])
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| whole(format!("cannot read {}: {e}", path.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o002 != 0 {
+                return Err(whole(format!(
+                    "{} is world-writable; run chmod o-w on it",
+                    path.display()
+                )));
+            }
+        }
+        let _ = meta;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| whole(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates configuration text, looking variables up with `env`.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("invalid TOML: {}", first_line(e.message())),
+                line,
+            }])
+        })?;
+        let mut cx = Reader {
+            text,
+            env: &env,
+            lines: HashMap::new(),
+            errors: Vec::new(),
+        };
+        let root = cx.table(doc.as_table(), "");
+        let config = cx.config(root);
+        if cx.errors.is_empty() {
+            if let Some(c) = config {
+                return Ok(c);
+            }
+        }
+        let mut errors = cx.errors;
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        errors.dedup();
+        Err(ConfigErrors(errors))
+    }
+}
+
+struct Reader<'a, F> {
+    text: &'a str,
+    env: &'a F,
+    lines: HashMap<String, usize>,
+    errors: Vec<ConfigError>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.line_near(&path);
+        self.errors.push(ConfigError {
+            path,
+            message: message.into(),
+            line,
+        });
+    }
+
+    /// The line of `path`, or of its nearest ancestor that has one.
+    fn line_near(&self, path: &str) -> Option<usize> {
+        let mut p = path;
+        loop {
+            if let Some(l) = self.lines.get(p) {
+                return Some(*l);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+
+    fn note_line(&mut self, path: &str, span: Option<std::ops::Range<usize>>) {
+        if let Some(s) = span {
+            self.lines
+                .entry(path.to_string())
+                .or_insert_with(|| line_of(self.text, s.start));
+        }
+    }
+
+    /// Turns a TOML table into JSON, interpolating strings and noting lines.
+    fn table(&mut self, t: &dyn TableLike, path: &str) -> Value {
+        let mut map = serde_json::Map::new();
+        for (k, item) in t.iter() {
+            let p = join(path, k);
+            self.note_line(&p, t.key(k).and_then(|k| k.span()));
+            if let Some(v) = self.item(item, &p) {
+                map.insert(k.to_string(), v);
+            }
+        }
+        Value::Object(map)
+    }
+
+    fn item(&mut self, item: &toml_edit::Item, path: &str) -> Option<Value> {
+        use toml_edit::Item;
+        match item {
+            Item::None => None,
+            Item::Value(v) => Some(self.value(v, path)),
+            Item::Table(t) => {
+                self.note_line(path, t.span());
+                Some(self.table(t, path))
+            }
+            Item::ArrayOfTables(a) => {
+                let mut out = Vec::new();
+                for (i, t) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    self.note_line(&p, t.span());
+                    out.push(self.table(t, &p));
+                }
+                Some(Value::Array(out))
+            }
+        }
+    }
+
+    fn value(&mut self, v: &toml_edit::Value, path: &str) -> Value {
+        use toml_edit::Value as T;
+        self.note_line(path, v.span());
+        match v {
+            T::String(s) => match interpolate(s.value(), self.env) {
+                Ok(s) => Value::String(s),
+                Err(msg) => {
+                    self.error(path, msg);
+                    Value::String(String::new())
+                }
+            },
+            T::Integer(i) => Value::from(*i.value()),
+            T::Float(f) => serde_json::Number::from_f64(*f.value())
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            T::Boolean(b) => Value::Bool(*b.value()),
+            T::Datetime(d) => Value::String(d.value().to_string()),
+            T::Array(a) => Value::Array(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| self.value(v, &format!("{path}[{i}]")))
+                    .collect(),
+            ),
+            T::InlineTable(t) => self.table(t, path),
+        }
+    }
+
+    /// Deserializes `value` into `T`, recording any problem under `path`.
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let mut p = path.to_string();
+                for seg in e.path().iter() {
+                    use serde_path_to_error::Segment;
+                    match seg {
+                        Segment::Seq { index } => p.push_str(&format!("[{index}]")),
+                        Segment::Map { key } => p = join(&p, key),
+                        Segment::Enum { .. } | Segment::Unknown => {}
+                    }
+                }
+                let (p, msg) = refine(p, e.inner().to_string());
+                self.error(p, msg);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, root: Value) -> Option<Config> {
+        let Value::Object(mut root) = root else {
+            return None;
+        };
+        const SECTIONS: &[&str] = &[
+            "agent",
+            "service",
+            "deployment",
+            "probe",
+            "rule",
+            "rollback",
+            "notify",
+            "store",
+            "fleet",
+        ];
+        for key in root.keys().cloned().collect::<Vec<_>>() {
+            if !SECTIONS.contains(&key.as_str()) {
+                self.error(
+                    key.clone(),
+                    format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+                );
+            }
+        }
+        let agent: Option<AgentSection> = match root.remove("agent") {
+            Some(v) => self.section("agent", v),
+            None => Some(AgentSection::default()),
+        };
+        let service: Option<ServiceSection> = match root.remove("service") {
+            Some(v) => self.section("service", v),
+            None => {
+                self.error("service.name", "required key is missing");
+                None
+            }
+        };
+        let deployment: Option<DeploymentSection> = match root.remove("deployment") {
+            Some(v) => self.section("deployment", v),
+            None => Some(DeploymentSection::default()),
+        };
+        let mut written = HashSet::new();
+        let probes = match root.remove("probe") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if let Some(name) = v.get("name").and_then(Value::as_str) {
+                        written.insert(name.to_string());
+                    }
+                    self.probe(i, v)
+                })
+                .collect::<Vec<_>>(),
+            Some(_) => {
+                self.error("probe", "must be an array of tables: write [[probe]]");
+                vec![]
+            }
+            None => vec![],
+        };
+        let rules: Option<Vec<RuleConfig>> = match root.remove("rule") {
+            Some(v) => self.section("rule", v),
+            None => Some(vec![]),
+        };
+
+        let agent = agent.and_then(|a| self.agent(a));
+        let service = service.and_then(|s| {
+            if s.name.trim().is_empty() {
+                self.error("service.name", "must not be empty");
+                None
+            } else {
+                Some(s.name)
+            }
+        });
+        let deployment = deployment.and_then(|d| self.deployment(d));
+        let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
+        let rules = rules.unwrap_or_default();
+        self.cross_check(&probes, &rules, &written);
+        Some(Config {
+            agent: agent?,
+            service: service?,
+            deployment: deployment?,
+            probes,
+            rules,
+        })
+    }
+
+    fn agent(&mut self, a: AgentSection) -> Option<Agent> {
+        let listen = match a.listen.parse::<SocketAddr>() {
+            Ok(l) => Some(l),
+            Err(_) => {
+                self.error(
+                    "agent.listen",
+                    format!("expected ip:port like 0.0.0.0:9469, got {:?}", a.listen),
+                );
+                None
+            }
+        };
+        let token = (!a.admin_token.is_empty()).then_some(a.admin_token);
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            self.error(
+                "agent.admin_token",
+                "must be at least 16 characters (or empty to disable the admin endpoints)",
+            );
+        }
+        Some(Agent {
+            listen: listen?,
+            state_dir: a.state_dir,
+            admin_token: token,
+        })
+    }
+
+    fn deployment(&mut self, d: DeploymentSection) -> Option<Deployment> {
+        let mut sources = Vec::new();
+        if !d.id.is_empty() {
+            sources.push(DeploymentSource::Fixed(d.id.clone()));
+        }
+        if let Some(url) = &d.id_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => self.error(
+                    "deployment.id_url",
+                    format!(
+                        "expected an http or https URL, got {:?}",
+                        backstop_probes::redact_url(url)
+                    ),
+                ),
+            }
+            sources.push(DeploymentSource::Url {
+                url: url.clone(),
+                pointer: d.id_pointer.clone(),
+            });
+        }
+        if let Some(p) = &d.id_pointer {
+            if d.id_url.is_none() {
+                self.error("deployment.id_pointer", "only applies with id_url");
+            } else if !(p.is_empty() || p.starts_with('/')) {
+                self.error(
+                    "deployment.id_pointer",
+                    format!("JSON pointer {p:?} must be empty or start with '/'"),
+                );
+            }
+        }
+        if let Some(f) = &d.id_file {
+            sources.push(DeploymentSource::File(f.clone()));
+        }
+        if sources.len() > 1 {
+            self.error("deployment", "set only one of id, id_url or id_file");
+        }
+        if d.poll_interval.0.is_zero() {
+            self.error("deployment.poll_interval", "must be more than 0s");
+        }
+        if d.watch.0.is_zero() {
+            self.error("deployment.watch", "must be more than 0s");
+        }
+        Some(Deployment {
+            // No source at all: one unnamed deployment for the life of the process.
+            source: sources
+                .into_iter()
+                .next()
+                .unwrap_or(DeploymentSource::Fixed("unknown".into())),
+            poll_interval: d.poll_interval.0,
+            warmup: d.warmup.0,
+            watch: d.watch.0,
+        })
+    }
+
+    fn probe(&mut self, i: usize, v: Value) -> Option<ProbeConfig> {
+        let path = format!("probe[{i}]");
+        let Value::Object(map) = v else {
+            self.error(path, "must be a table");
+            return None;
+        };
+        let (common, specific): (serde_json::Map<_, _>, serde_json::Map<_, _>) = map
+            .into_iter()
+            .partition(|(k, _)| PROBE_COMMON_KEYS.contains(&k.as_str()));
+        let kind = common
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let common: Option<ProbeCommon> = self.section(&path, Value::Object(common));
+        let kind = kind?;
+        let spec = self.spec(&path, &kind, Value::Object(specific));
+        let common = common?;
+        let mut ok = spec.is_some();
+        if !(1..=4).contains(&common.level) {
+            self.error(format!("{path}.level"), "must be 1, 2, 3 or 4");
+            ok = false;
+        } else if !levels_of(&kind).contains(&common.level) {
+            self.error(
+                format!("{path}.level"),
+                format!(
+                    "a {kind} probe belongs to level {}",
+                    levels_of(&kind)
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            );
+            ok = false;
+        }
+        if !valid_name(&common.name) {
+            self.error(
+                format!("{path}.name"),
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '_', '-' or '.'",
+                    common.name
+                ),
+            );
+            ok = false;
+        }
+        let interval = common.interval.0;
+        if interval < Duration::from_millis(100) {
+            self.error(format!("{path}.interval"), "must be at least 100ms");
+            ok = false;
+        }
+        let timeout = common
+            .timeout
+            .map(|d| d.0)
+            .unwrap_or_else(|| Duration::from_secs(5).min(interval));
+        if timeout.is_zero() {
+            self.error(format!("{path}.timeout"), "must be more than 0s");
+            ok = false;
+        } else if timeout > interval {
+            self.error(
+                format!("{path}.timeout"),
+                format!(
+                    "{} is longer than interval {}",
+                    crate::duration::format(timeout),
+                    crate::duration::format(interval)
+                ),
+            );
+            ok = false;
+        }
+        let spec = spec?;
+        if let Err(problems) = spec.build(Context { timeout }) {
+            for p in problems {
+                self.error(format!("{path}.{}", p.key), p.message);
+            }
+            ok = false;
+        }
+        ok.then(|| ProbeConfig {
+            name: common.name,
+            level: common.level,
+            spec,
+            interval,
+            timeout,
+            max_latency: common.max_latency.map(|d| d.0),
+            critical: common.critical,
+        })
+    }
+
+    fn spec(&mut self, path: &str, kind: &str, v: Value) -> Option<ProbeSpec> {
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(v, &mut track);
+        match ProbeSpec::deserialize_typed(kind, de) {
+            Ok(Some(spec)) => Some(spec),
+            Ok(None) => {
+                self.error(
+                    format!("{path}.type"),
+                    format!(
+                        "unknown probe type {kind:?}, expected one of {}",
+                        PROBE_TYPES.join(", ")
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                let mut p = path.to_string();
+                for seg in track.path().iter() {
+                    use serde_path_to_error::Segment;
+                    match seg {
+                        Segment::Seq { index } => p.push_str(&format!("[{index}]")),
+                        Segment::Map { key } => p = join(&p, key),
+                        Segment::Enum { .. } | Segment::Unknown => {}
+                    }
+                }
+                let (p, msg) = refine(p, e.to_string());
+                self.error(p, msg);
+                None
+            }
+        }
+    }
+
+    fn cross_check(
+        &mut self,
+        probes: &[ProbeConfig],
+        rules: &[RuleConfig],
+        written: &HashSet<String>,
+    ) {
+        let mut seen = HashSet::new();
+        for (i, p) in probes.iter().enumerate() {
+            if !seen.insert(p.name.as_str()) {
+                self.error(
+                    format!("probe[{i}].name"),
+                    format!("duplicate probe name {:?}", p.name),
+                );
+            }
+        }
+        let mut rule_names = HashSet::new();
+        for (i, r) in rules.iter().enumerate() {
+            if !rule_names.insert(r.name.as_str()) {
+                self.error(
+                    format!("rule[{i}].name"),
+                    format!("duplicate rule name {:?}", r.name),
+                );
+            }
+            // A probe that was written but has errors of its own is not
+            // reported a second time through the rules that name it.
+            if !written.contains(&r.probe) {
+                self.error(
+                    format!("rule[{i}].probe"),
+                    format!("no probe named {:?}", r.probe),
+                );
+            }
+        }
+    }
+}
+
+/// The levels SPEC assigns to each probe type.
+fn levels_of(kind: &str) -> &'static [u8] {
+    match kind {
+        "http" => &[1, 2, 3, 4],
+        "tcp" => &[1, 2],
+        "postgres" | "redis" => &[2, 3],
+        "resources" => &[2],
+        "scenario" => &[3],
+        "scrape" | "promql" => &[4],
+        _ => &[1, 2, 3, 4],
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+}
+
+/// Rewrites serde's messages to name the key they are about.
+fn refine(path: String, msg: String) -> (String, String) {
+    let quoted = |m: &str| -> Option<String> {
+        let a = m.find('`')?;
+        let b = m[a + 1..].find('`')?;
+        Some(m[a + 1..a + 1 + b].to_string())
+    };
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        if let Some(key) = quoted(rest) {
+            let expected = rest
+                .split_once(", expected ")
+                .map(|(_, e)| format!(", expected {}", e.replace('`', "")))
+                .unwrap_or_default();
+            let path = if path == key || path.ends_with(&format!(".{key}")) {
+                path
+            } else {
+                join(&path, &key)
+            };
+            return (path, format!("unknown key{expected}"));
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        if let Some(key) = quoted(rest) {
+            return (join(&path, &key), "required key is missing".into());
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let expected = rest
+            .split_once(", expected ")
+            .map(|(_, e)| e.replace('`', ""))
+            .unwrap_or_default();
+        let got = quoted(rest).unwrap_or_default();
+        return (path, format!("unknown value {got:?}, expected {expected}"));
+    }
+    (path, msg.replace('`', ""))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim_end_matches('.')
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
+pub fn interpolate(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "unterminated ${ in string (write $${ for a literal)".to_string())?;
+            let inner = &tail[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("invalid variable name {name:?} in ${{...}}"));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to allow that)"
+                    ))
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Lines of the keys of a configuration, for tests and tooling.
+pub fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else {
+        return BTreeMap::new();
+    };
+    let env = |_: &str| Some(String::new());
+    let mut cx = Reader {
+        text,
+        env: &env,
+        lines: HashMap::new(),
+        errors: Vec::new(),
+    };
+    cx.table(doc.as_table(), "");
+    cx.lines.into_iter().collect()
+}

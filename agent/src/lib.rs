@@ -1,0 +1,12 @@
+//! The backstop agent: reads the configuration, schedules the probes, judges
+//! what they report, and serves `/healthz`, `/status` and `/metrics`.
+
+pub mod app;
+pub mod check;
+pub mod config;
+pub mod duration;
+pub mod observe;
+pub mod run;
+pub mod schedule;
+pub mod server;
+pub mod telemetry;

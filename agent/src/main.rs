@@ -1,0 +1,126 @@
+//! The `backstop` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use backstop::config::{Config, ConfigErrors, DEFAULT_PATH};
+use backstop::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Probes a service and its dependencies, judges each new deployment against
+/// the last good one, and calls the platform's rollback API once when it is
+/// worse.
+#[derive(Parser)]
+#[command(name = "backstop", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, env = "BACKSTOP_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: probe, judge, roll back, serve /metrics.
+    Run(ConfigArg),
+    /// Run every probe once and print the results; exit 1 if a critical probe failed.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only the probes of this level (1-4).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+        level: Option<u8>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Check a configuration file without touching the network.
+    Validate(ConfigArg),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logs(cli.log_format);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if let Some(errors) = err.downcast_ref::<ConfigErrors>() {
+                eprintln!("backstop: {errors}");
+            } else {
+                eprintln!("backstop: {err:#}");
+            }
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// 2 for usage and configuration errors, 1 for anything else.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ConfigErrors>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load_file(&arg.config)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Validate(arg) => {
+            let config = load(&arg)?;
+            println!(
+                "{}: ok ({} probes, {} rules)",
+                arg.config.display(),
+                config.probes.len(),
+                config.rules.len()
+            );
+            Ok(0)
+        }
+        Command::Check {
+            config,
+            level,
+            format,
+        } => {
+            let config = load(&config)?;
+            let results = runtime()?.block_on(backstop::check::run_checks(&config, level));
+            match format {
+                Format::Table => print!("{}", backstop::check::to_table(&results)),
+                Format::Json => println!("{}", backstop::check::to_json(&results)),
+            }
+            Ok(backstop::check::exit_code(&results))
+        }
+        Command::Run(arg) => {
+            let config = load(&arg)?;
+            let handle = telemetry::install()?;
+            runtime()?.block_on(async move {
+                let stop = backstop::run::stop_on_signals();
+                backstop::run::run(config, Some(handle), stop, None).await
+            })?;
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `postgres`: placeholder until the real probe lands.
+
+use serde::Deserialize;
+
+use crate::{ConfigProblem, Context, ProbeError, Report};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct PostgresProbe;
+
+impl PostgresProbe {
+    pub fn new(_cfg: &PostgresConfig, _ctx: Context) -> Result<Self, Vec<ConfigProblem>> {
+        Ok(Self)
+    }
+
+    pub async fn check(&self) -> Result<Report, ProbeError> {
+        Err(ProbeError::cannot_run("not implemented"))
+    }
+}

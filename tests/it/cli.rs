@@ -1,0 +1,101 @@
+//! The command line as a user runs it: `validate`, `check`, exit codes.
+
+use std::process::Command;
+
+use backstop_tests::{backstop_bin, closed_port, HttpServer, Reply};
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("backstop.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_1_when_a_critical_probe_fails_and_prints_json() {
+    let server = HttpServer::start(|r| {
+        if r.path == "/ok" {
+            Reply::text(200, "ok")
+        } else {
+            Reply::text(503, "down")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "{}"
+critical = true
+
+[[probe]]
+name = "port"
+level = 1
+type = "tcp"
+address = "127.0.0.1:{}"
+"#,
+            server.url("/down"),
+            closed_port()
+        ),
+    );
+    let out = Command::new(backstop_bin())
+        .args(["check", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = doc["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 2);
+    assert_eq!(probes[0]["name"], "health");
+    assert_eq!(probes[0]["outcome"], "failed");
+    assert!(probes[0]["error"].as_str().unwrap().contains("503"));
+    assert_eq!(probes[1]["outcome"], "failed");
+}
+
+#[test]
+fn validate_reports_every_problem_with_key_and_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        r#"[service]
+name = "web"
+
+[[probe]]
+name = "a"
+level = 1
+type = "http"
+url = "http://127.0.0.1:1/"
+
+[[probe]]
+name = "b"
+level = 1
+type = "tcp"
+address = "127.0.0.1:1"
+interval = "10x"
+"#,
+    );
+    let out = Command::new(backstop_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"probe[1].interval: invalid duration "10x""#) && err.contains("(line 15)"),
+        "{err}"
+    );
+}
