@@ -1,0 +1,97 @@
+//! Why the agent acts: the same account of a rule that fired goes to
+//! `/status`, the log, every notification and every rollback call.
+
+use serde::{Deserialize, Serialize};
+
+/// One condition that held, with its numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The rule's name.
+    pub rule: String,
+    /// The probe whose signals the rule read.
+    pub probe: String,
+    /// The rule's `when` expression as written.
+    pub expression: String,
+    /// The signal compared, e.g. `error_rate`.
+    pub signal: Option<String>,
+    /// The value seen (over the window, when there is one).
+    pub observed: Option<f64>,
+    /// The value it was compared against.
+    pub threshold: Option<f64>,
+    /// The `for` window, as written (`5m`).
+    pub window: Option<String>,
+    /// The baseline's value, for `Nx baseline` comparisons.
+    pub baseline: Option<f64>,
+    /// One sentence a person can read at 3 a.m.
+    pub summary: String,
+}
+
+/// What a rollback target is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub service: String,
+    /// The bad deployment being rolled back.
+    pub deployment: String,
+    /// The last stable deployment, when the agent knows it.
+    pub return_to: Option<String>,
+    /// The rule that decided (or `manual`).
+    pub rule: String,
+    /// One line: why.
+    pub reason: String,
+    pub evidence: Vec<Evidence>,
+}
+
+/// What a rollback target reports after a successful call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackDone {
+    /// The deployment (or revision) the platform returns to, when it says.
+    pub returned_to: Option<String>,
+    /// A short note from the platform (a new deployment id, a revision).
+    pub detail: String,
+}
+
+/// What a notifier is told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub service: String,
+    pub deployment: String,
+    pub rule: Option<String>,
+    /// One line for a title or a Slack header.
+    pub summary: String,
+    pub evidence: Vec<Evidence>,
+    /// The last stable deployment, when known.
+    pub return_to: Option<String>,
+}
+
+/// The kinds of things people are told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A rule with `action = "alert"` fired, or a rollback rule after stable.
+    Alert,
+    /// A rollback rule fired but the agent held back (paused, no baseline,
+    /// cooldown, cap, coordination lost); the summary says why.
+    RollbackHeld,
+    /// The rollback call was accepted (or recorded, in dry run).
+    RollbackPerformed,
+    /// The rollback call failed after its retries.
+    RollbackFailed,
+    /// The platform accepted the call but the deployment did not change.
+    RollbackNotEffective,
+    /// The condition behind an earlier alert no longer holds.
+    Resolved,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::RollbackHeld => "rollback_held",
+            Self::RollbackPerformed => "rollback",
+            Self::RollbackFailed => "rollback_failed",
+            Self::RollbackNotEffective => "rollback_not_effective",
+            Self::Resolved => "resolved",
+        }
+    }
+}
