@@ -65,10 +65,18 @@ export BACKSTOP_TEST_PG_BIN="$pg_bin"
 export BACKSTOP_TEST_REDIS_SERVER="$redis_bin"
 export BACKSTOP_TEST_WORKDIR="$work"
 
-log "cargo fmt --check"
-cargo fmt --all -- --check
-log "cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+# With arguments, they are passed to `cargo test` instead of `--workspace`
+# (for example `tests/run.sh -p backstop-tests --test it probe_redis`).
+if [ $# -eq 0 ]; then
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
 log "cargo test"
 cargo build --quiet --bin backstop
-cargo test --workspace "$@"
+if [ $# -eq 0 ]; then
+  cargo test --workspace
+else
+  cargo test "$@"
+fi
