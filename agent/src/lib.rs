@@ -10,5 +10,6 @@ pub mod observe;
 pub mod retry;
 pub mod run;
 pub mod schedule;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
