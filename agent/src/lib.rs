@@ -4,6 +4,7 @@
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod deployment;
 pub mod duration;
 pub mod evidence;
 pub mod observe;
@@ -12,4 +13,6 @@ pub mod run;
 pub mod schedule;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod watch;
