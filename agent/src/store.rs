@@ -257,7 +257,7 @@ impl Store {
             let (_, v) = entry?;
             out.push(serde_json::from_slice::<RollbackRecord>(v.value())?);
         }
-        out.sort_by(|a, b| b.intent_at_ms.cmp(&a.intent_at_ms));
+        out.sort_by_key(|r| std::cmp::Reverse(r.intent_at_ms));
         Ok(out)
     }
 }

@@ -5,7 +5,7 @@
 //! once per deployment: the intent is recorded in the store before the call,
 //! and a recorded intent is never called again, not after a restart either.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
