@@ -79,6 +79,7 @@ pub async fn run_probe(
     probe: Probe,
     metrics: ProbeMetrics,
     epoch: Instant,
+    wake: Option<Arc<tokio::sync::Notify>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = &slot.cfg;
@@ -104,6 +105,9 @@ pub async fn run_probe(
         };
         metrics.record(&obs, failures);
         log_observation(cfg, &obs, flipped);
+        if let Some(w) = &wake {
+            w.notify_one();
+        }
         beat(&slot);
     }
 }
