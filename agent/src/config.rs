@@ -77,6 +77,13 @@ struct AgentSection {
     /// Bearer token for the `POST /v1/*` endpoints; empty disables them. Default empty.
     #[serde(default)]
     admin_token: String,
+    /// Add the default rule set (see `defaults.rs`) for the probes. Default `true`.
+    #[serde(default = "yes")]
+    default_rules: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for AgentSection {
@@ -85,6 +92,7 @@ impl Default for AgentSection {
             listen: default_listen(),
             state_dir: default_state_dir(),
             admin_token: String::new(),
+            default_rules: true,
         }
     }
 }
@@ -208,6 +216,13 @@ pub struct RuleConfig {
     /// `rollback` or `alert`. Default `alert`.
     #[serde(default)]
     pub action: Action,
+    /// Whether a rollback rule still rolls back once the deployment is
+    /// stable; otherwise it alerts then. Default `false`.
+    #[serde(default)]
+    pub after_stable: bool,
+    /// Whether this rule comes from the default rule set.
+    #[serde(skip)]
+    pub default: bool,
 }
 
 /// What a rule does when it holds.
@@ -531,6 +546,15 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             None => Some(vec![]),
         };
 
+        let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
+        for section in ["store", "fleet"] {
+            if root.contains_key(section) {
+                self.error(
+                    section,
+                    format!("[{section}] is not supported by this version of backstop yet"),
+                );
+            }
+        }
         let agent = agent.and_then(|a| self.agent(a));
         let service = service.and_then(|s| {
             if s.name.trim().is_empty() {
@@ -542,8 +566,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         });
         let deployment = deployment.and_then(|d| self.deployment(d));
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
-        let rules = rules.unwrap_or_default();
+        let mut rules = rules.unwrap_or_default();
         self.cross_check(&probes, &rules, &written);
+        if default_rules {
+            rules = crate::defaults::merge(rules, crate::defaults::rules_for(&probes));
+        }
         Some(Config {
             agent: agent?,
             service: service?,

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod deployment;
 pub mod duration;
