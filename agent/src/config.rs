@@ -952,3 +952,142 @@ pub fn key_lines(text: &str) -> BTreeMap<String, usize> {
     cx.table(doc.as_table(), "");
     cx.lines.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"[service]
+name = "web"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        let env = |k: &str| (k == "SET").then(|| "value".to_string());
+        match Config::parse(text, env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_problem_names_its_key_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("interval = \"10x\"", r#"probe[0].interval: invalid duration "10x" (use a number and a unit: 250ms, 5s, 15m, 1h) (line 9)"#),
+            ("[agent]\nbogus = 1", "agent.bogus: unknown key, expected one of listen, state_dir, admin_token, default_rules (line 10)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 1\ntype = \"tcp\"\naddress = \"h:1\"\nurl = \"x\"", "probe[1].url: unknown key, expected address (line 14)"),
+            ("timeout = \"20s\"", "probe[0].timeout: 20s is longer than interval 10s (line 9)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 9\ntype = \"tcp\"\naddress = \"h:1\"", "probe[1].level: must be 1, 2, 3 or 4 (line 11)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 3\ntype = \"tcp\"\naddress = \"h:1\"", "probe[1].level: a tcp probe belongs to level 1 or 2 (line 11)"),
+            ("method = \"G T\"", r#"probe[0].method: invalid HTTP method "G T" (line 9)"#),
+            ("expect_status = [700]", "probe[0].expect_status[0]: 700 is not an HTTP status (100-599) (line 9)"),
+            ("headers = { Authorization = \"${UNSET}\" }", "probe[0].headers.Authorization: environment variable UNSET is not set (write ${UNSET:-default} to allow that) (line 9)"),
+            ("[agent]\nlisten = \"nowhere\"", r#"agent.listen: expected ip:port like 0.0.0.0:9469, got "nowhere" (line 10)"#),
+            ("[agent]\nadmin_token = \"short\"", "agent.admin_token: must be at least 16 characters (or empty to disable the admin endpoints) (line 10)"),
+            ("[deployment]\nid = \"a\"\nid_file = \"/x\"", "deployment: set only one of id, id_url or id_file (line 9)"),
+            ("[deployment]\nwarmup = 5", "deployment.warmup: invalid type: integer 5, expected a duration string like \"5s\" (line 10)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"nope\"\nwhen = \"status >= 500\"", r#"rule[0].probe: no probe named "nope" (line 11)"#),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"status >= 500\"\naction = \"explode\"", r#"rule[0].action: unknown value "explode", expected rollback or alert (line 13)"#),
+            ("[fleet]\nquorum = 0.5", "fleet: [fleet] is not supported by this version of backstop yet (line 9)"),
+            ("[nonsense]", "nonsense: unknown section, expected one of agent, service, deployment, probe, rule, rollback, notify, store, fleet (line 9)"),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{BASE}{extra}\n");
+            let got = errors(&text);
+            assert_eq!(got, vec![want.to_string()], "with {extra:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_in_a_file_is_reported_at_once() {
+        let text = r#"[service]
+name = ""
+
+[[probe]]
+name = "a"
+level = 1
+type = "tcp"
+address = "nowhere"
+
+[[probe]]
+name = "a"
+level = 1
+type = "smtp"
+"#;
+        let got = errors(text);
+        assert_eq!(
+            got,
+            vec![
+                "service.name: must not be empty (line 2)".to_string(),
+                r#"probe[0].address: expected host:port, got "nowhere" (line 8)"#.to_string(),
+                r#"probe[1].type: unknown probe type "smtp", expected one of http, tcp, postgres, redis, resources (line 13)"#.to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_points_at_its_line() {
+        let got = errors("[service]\nname = \"web\"\n\n[[probe]\n");
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("invalid TOML:") && got[0].ends_with("(line 4)"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn variables_are_interpolated_with_defaults_and_escapes() {
+        let env = |k: &str| (k == "SET").then(|| "value".to_string());
+        let cases = [
+            ("${SET}", Ok("value")),
+            ("a-${SET}-b", Ok("a-value-b")),
+            ("${UNSET:-fallback}", Ok("fallback")),
+            ("${UNSET:-}", Ok("")),
+            ("$${SET}", Ok("${SET}")),
+            ("cost $5", Ok("cost $5")),
+            ("${SET", Err("unterminated")),
+            ("${1X}", Err("invalid variable name")),
+            ("${UNSET}", Err("UNSET is not set")),
+        ];
+        for (text, want) in cases {
+            match (interpolate(text, &env), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{text}"),
+                (Err(got), Err(w)) => assert!(got.contains(w), "{text}: {got}"),
+                (got, w) => panic!("{text}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_written() {
+        let c = Config::parse(BASE, |_| None).unwrap();
+        assert_eq!(c.agent.listen.to_string(), "0.0.0.0:9469");
+        assert_eq!(c.agent.admin_token, None);
+        assert_eq!(c.deployment.warmup, Duration::from_secs(30));
+        assert_eq!(c.deployment.watch, Duration::from_secs(900));
+        let p = &c.probes[0];
+        assert_eq!(
+            (p.interval, p.timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert!(!p.critical);
+    }
+
+    #[test]
+    fn a_world_writable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.toml");
+        std::fs::write(&path, BASE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load_file(&path).unwrap_err().to_string();
+        assert!(err.contains("world-writable"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Config::load_file(&path).is_ok());
+    }
+}

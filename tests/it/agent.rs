@@ -228,3 +228,29 @@ async fn admin_endpoints_are_absent_without_a_token_and_guarded_with_one() {
         .unwrap();
     assert_eq!(r.status(), 400, "a manual rollback needs a reason");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_agent_cleanly_with_exit_code_0() {
+    let target = HttpServer::start(|_| Reply::text(200, "ok")).await;
+    let mut agent = Agent::start("", &probes(&target));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = agent.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut code = None;
+    for _ in 0..100 {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            code = status.code();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        code,
+        Some(0),
+        "the agent did not exit 0 within 10s of SIGTERM"
+    );
+}
