@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod duration;
 pub mod evidence;
+pub mod notify;
 pub mod observe;
 pub mod retry;
 pub mod run;
