@@ -17,6 +17,7 @@ use serde_json::Value;
 use toml_edit::TableLike;
 
 use crate::duration::Dur;
+use crate::notify::{NotifyCommon, NotifyConfig, NotifySpec, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
 
 /// Where `--config` points when neither the flag nor `$BACKSTOP_CONFIG` is set.
 pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
@@ -251,6 +252,7 @@ pub struct Config {
     pub deployment: Deployment,
     pub probes: Vec<ProbeConfig>,
     pub rules: Vec<RuleConfig>,
+    pub notify: Vec<NotifyConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -545,6 +547,28 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             Some(v) => self.section("rule", v),
             None => Some(vec![]),
         };
+        let notify = match root.remove("notify") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.notify(i, v).map(|n| (i, n)))
+                .collect::<Vec<_>>(),
+            Some(_) => {
+                self.error("notify", "must be an array of tables: write [[notify]]");
+                vec![]
+            }
+            None => vec![],
+        };
+        let mut notify_names = HashSet::new();
+        for (i, n) in &notify {
+            if !notify_names.insert(n.name.as_str()) {
+                self.error(
+                    format!("notify[{i}].name"),
+                    format!("duplicate notifier name {:?}: give each a name", n.name),
+                );
+            }
+        }
+        let notify = notify.into_iter().map(|(_, n)| n).collect();
 
         let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
         for section in ["store", "fleet"] {
@@ -577,6 +601,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             deployment: deployment?,
             probes,
             rules,
+            notify,
         })
     }
 
@@ -773,6 +798,47 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 }
                 let (p, msg) = refine(p, e.to_string());
                 self.error(p, msg);
+                None
+            }
+        }
+    }
+
+    /// One `[[notify]]`: `type` first, then that type's own settings, so
+    /// errors keep their key path and line.
+    fn notify(&mut self, i: usize, v: Value) -> Option<NotifyConfig> {
+        let path = format!("notify[{i}]");
+        let Value::Object(map) = v else {
+            self.error(path, "must be a table");
+            return None;
+        };
+        let (common, specific): (serde_json::Map<_, _>, serde_json::Map<_, _>) = map
+            .into_iter()
+            .partition(|(k, _)| NOTIFY_COMMON_KEYS.contains(&k.as_str()));
+        let kind = common
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let common: Option<NotifyCommon> = self.section(&path, Value::Object(common));
+        let specific = Value::Object(specific);
+        let spec = match kind?.as_str() {
+            "slack" => self.section(&path, specific).map(NotifySpec::Slack),
+            "pagerduty" => self.section(&path, specific).map(NotifySpec::Pagerduty),
+            "webhook" => self.section(&path, specific).map(NotifySpec::Webhook),
+            other => {
+                let msg = format!(
+                    "unknown notifier type {other:?}, expected one of {}",
+                    NOTIFY_TYPES.join(", ")
+                );
+                self.error(format!("{path}.type"), msg);
+                None
+            }
+        };
+        match NotifyConfig::validate(common?, spec?) {
+            Ok(n) => Some(n),
+            Err(problems) => {
+                for (key, message) in problems {
+                    self.error(join(&path, &key), message);
+                }
                 None
             }
         }

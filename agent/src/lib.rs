@@ -9,6 +9,7 @@ pub mod demo;
 pub mod deployment;
 pub mod duration;
 pub mod evidence;
+pub mod notify;
 pub mod observe;
 pub mod retry;
 pub mod run;
