@@ -79,7 +79,7 @@ pub async fn run(
     }
 
     let target: Option<Arc<dyn Rollbacker>> = None;
-    let notifier: Arc<dyn Notifier> = Arc::new(LogNotifier);
+    let notifier: Arc<dyn Notifier> = Arc::new(crate::notify::Notifiers::build(&config.notify)?);
     let watcher = Watcher::new(
         config.service.clone(),
         None,
@@ -139,12 +139,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Tells people through the log only, until notifiers are configured.
-struct LogNotifier;
-
-impl Notifier for LogNotifier {
+impl Notifier for crate::notify::Notifiers {
     fn notify(&self, event: crate::evidence::Event) {
-        tracing::info!(kind = event.kind.as_str(), deployment = %event.deployment, summary = %event.summary, "event");
+        // Deliveries go on in the background; a failing notifier is logged
+        // and counted there, and never holds up the watch.
+        drop(self.send(event));
     }
 }
 
