@@ -2,5 +2,6 @@
 
 mod agent;
 mod cli;
+mod e2e;
 mod notify;
 mod packaging;
