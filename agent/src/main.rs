@@ -122,10 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(arg) => {
             let config = load(&arg)?;
             let handle = telemetry::install()?;
-            runtime()?.block_on(async move {
-                let stop = backstop::run::stop_on_signals();
-                backstop::run::run(config, Some(handle), stop, None).await
-            })?;
+            runtime()?.block_on(backstop::run::run_with_signals(
+                arg.config.clone(),
+                config,
+                Some(handle),
+            ))?;
             Ok(0)
         }
     }

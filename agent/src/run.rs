@@ -128,16 +128,32 @@ pub async fn run(
         let _ = tx.send(addr);
     }
     tasks.spawn(crate::server::serve(listener, app.clone(), stop.clone()));
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            if e.is_panic() {
-                tracing::error!(error = %e, "an agent task panicked");
+    let mut stopping = stop.clone();
+    let drained = async {
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "an agent task panicked");
+                }
             }
+        }
+    };
+    tokio::pin!(drained);
+    tokio::select! {
+        _ = &mut drained => {}
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("work still in flight {} after the stop signal; ending it", crate::duration::format(SHUTDOWN_GRACE));
         }
     }
     tracing::info!("backstop stopped");
     Ok(())
 }
+
+/// How long in-flight checks and calls get to finish after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
 
 impl Notifier for crate::notify::Notifiers {
     fn notify(&self, event: crate::evidence::Event) {
@@ -217,26 +233,48 @@ async fn watch_loop(
     }
 }
 
-/// Turns SIGTERM and Ctrl-C into a stop signal.
-pub fn stop_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+/// Runs the daemon from a configuration file until SIGTERM or Ctrl-C. On
+/// SIGHUP the file is read again: a valid one replaces the running
+/// configuration (the agent restarts its loops; the store keeps its state),
+/// a bad one is logged and the running configuration stays.
+pub async fn run_with_signals(
+    path: std::path::PathBuf,
+    mut config: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut running = tokio::spawn(run(config.clone(), metrics.clone(), stop_rx, None));
+        let next = loop {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, stopping"),
+                r = &mut running => return r.context("the agent task failed")?,
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received, stopping");
+                    break None;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("interrupt received, stopping");
+                    break None;
+                }
+                _ = hup.recv() => match Config::load_file(&path) {
+                    Ok(new) => {
+                        tracing::info!(config = %path.display(), "SIGHUP: configuration reloaded, restarting the loops");
+                        break Some(new);
+                    }
+                    Err(e) => tracing::error!(config = %path.display(), error = %e, "SIGHUP: the new configuration is rejected; the running one stays"),
+                },
             }
+        };
+        let _ = stop_tx.send(true);
+        running.await.context("the agent task failed")??;
+        match next {
+            Some(new) => config = new,
+            None => return Ok(()),
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        let _ = tx.send(true);
-    });
-    rx
+    }
 }
 
 /// A lock helper for views shared with the HTTP server.
