@@ -5,3 +5,5 @@ mod cli;
 mod e2e;
 mod notify;
 mod packaging;
+mod probe_http;
+mod probe_scenario;
