@@ -236,6 +236,8 @@ pub struct Config {
     pub deployment: Deployment,
     pub probes: Vec<ProbeConfig>,
     pub rules: Vec<RuleConfig>,
+    /// `[rollback]`; `None` when the section is absent (nothing is rolled back).
+    pub rollback: Option<crate::rollback::RollbackConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +532,10 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             Some(v) => self.section("rule", v),
             None => Some(vec![]),
         };
+        let rollback = match root.remove("rollback") {
+            Some(v) => crate::rollback::read(self, v).map(Some),
+            None => Some(None),
+        };
 
         let agent = agent.and_then(|a| self.agent(a));
         let service = service.and_then(|s| {
@@ -550,6 +556,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             deployment: deployment?,
             probes,
             rules,
+            rollback: rollback?,
         })
     }
 
@@ -783,6 +790,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 );
             }
         }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> crate::rollback::SectionReader for Reader<'_, F> {
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        Reader::section(self, path, value)
+    }
+
+    fn report(&mut self, path: String, message: String) {
+        self.error(path, message);
+    }
+
+    fn has_problem(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
     }
 }
 
