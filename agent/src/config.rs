@@ -253,6 +253,8 @@ pub struct Config {
     pub probes: Vec<ProbeConfig>,
     pub rules: Vec<RuleConfig>,
     pub notify: Vec<NotifyConfig>,
+    /// `[rollback]`; `None` when the section is absent (nothing is rolled back).
+    pub rollback: Option<crate::rollback::RollbackConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -569,6 +571,10 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             }
         }
         let notify = notify.into_iter().map(|(_, n)| n).collect();
+        let rollback = match root.remove("rollback") {
+            Some(v) => crate::rollback::read(self, v).map(Some),
+            None => Some(None),
+        };
 
         let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
         for section in ["store", "fleet"] {
@@ -602,6 +608,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             probes,
             rules,
             notify,
+            rollback: rollback?,
         })
     }
 
@@ -876,6 +883,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 );
             }
         }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> crate::rollback::SectionReader for Reader<'_, F> {
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        Reader::section(self, path, value)
+    }
+
+    fn report(&mut self, path: String, message: String) {
+        self.error(path, message);
+    }
+
+    fn has_problem(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod notify;
 pub mod observe;
 pub mod retry;
+pub mod rollback;
 pub mod run;
 pub mod schedule;
 pub mod secret;

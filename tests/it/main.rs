@@ -7,3 +7,4 @@ mod notify;
 mod packaging;
 mod probe_http;
 mod probe_scenario;
+mod rollback_targets;
