@@ -78,7 +78,27 @@ pub async fn run(
         slots.push(slot);
     }
 
-    let target: Option<Arc<dyn Rollbacker>> = None;
+    let target: Option<Arc<dyn Rollbacker>> = match &config.rollback {
+        Some(rb) => Some(Arc::new(rb.build().context("building the rollback target")?)),
+        None => None,
+    };
+    let fixed_id = matches!(config.deployment.source, crate::config::DeploymentSource::Fixed(_));
+    let guard = match &config.rollback {
+        Some(rb) => crate::watch::Guard {
+            dry_run: rb.dry_run,
+            cooldown: rb.cooldown,
+            max_per_hour: rb.max_per_hour,
+            // With a fixed id the deployment cannot change in this process:
+            // the platform replaces it instead, so there is nothing to verify.
+            verify: (!fixed_id).then_some(rb.verify),
+        },
+        None => crate::watch::Guard {
+            dry_run: false,
+            cooldown: Duration::from_secs(600),
+            max_per_hour: 3,
+            verify: None,
+        },
+    };
     let notifier: Arc<dyn Notifier> = Arc::new(crate::notify::Notifiers::build(&config.notify)?);
     let watcher = Watcher::new(
         config.service.clone(),
@@ -86,12 +106,7 @@ pub async fn run(
         store.clone(),
         target,
         notifier,
-        crate::watch::Guard {
-            dry_run: false,
-            cooldown: Duration::from_secs(600),
-            max_per_hour: 3,
-            verify: None,
-        },
+        guard,
         config.deployment.warmup,
         config.deployment.watch,
         Clock::new(),
@@ -154,6 +169,29 @@ pub async fn run(
 
 /// How long in-flight checks and calls get to finish after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
+
+impl Rollbacker for crate::rollback::Target {
+    fn name(&self) -> &'static str {
+        crate::rollback::Target::name(self)
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        req: &'a crate::evidence::RollbackRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<crate::evidence::RollbackDone, String>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            crate::rollback::Target::rollback(self, req)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 impl Notifier for crate::notify::Notifiers {
     fn notify(&self, event: crate::evidence::Event) {
