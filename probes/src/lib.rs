@@ -7,9 +7,11 @@ use std::time::Duration;
 
 pub mod http;
 pub mod postgres;
+pub mod promql;
 pub mod redact;
 pub mod redis;
 pub mod resources;
+pub mod scrape;
 pub mod tcp;
 
 pub use redact::redact_url;
@@ -113,10 +115,20 @@ pub enum ProbeSpec {
     Postgres(postgres::PostgresConfig),
     Redis(redis::RedisConfig),
     Resources(resources::ResourcesConfig),
+    Scrape(scrape::ScrapeConfig),
+    Promql(promql::PromqlConfig),
 }
 
 /// The type names as written in `type = "..."`.
-pub const PROBE_TYPES: &[&str] = &["http", "tcp", "postgres", "redis", "resources"];
+pub const PROBE_TYPES: &[&str] = &[
+    "http",
+    "tcp",
+    "postgres",
+    "redis",
+    "resources",
+    "scrape",
+    "promql",
+];
 
 impl ProbeSpec {
     /// Deserializes the type-specific settings of a probe whose `type` is
@@ -132,6 +144,8 @@ impl ProbeSpec {
             "postgres" => Self::Postgres(postgres::PostgresConfig::deserialize(de)?),
             "redis" => Self::Redis(redis::RedisConfig::deserialize(de)?),
             "resources" => Self::Resources(resources::ResourcesConfig::deserialize(de)?),
+            "scrape" => Self::Scrape(scrape::ScrapeConfig::deserialize(de)?),
+            "promql" => Self::Promql(promql::PromqlConfig::deserialize(de)?),
             _ => return Ok(None),
         }))
     }
@@ -143,6 +157,8 @@ impl ProbeSpec {
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
             Self::Resources(_) => "resources",
+            Self::Scrape(_) => "scrape",
+            Self::Promql(_) => "promql",
         }
     }
 
@@ -155,6 +171,8 @@ impl ProbeSpec {
             Self::Postgres(c) => Probe::Postgres(postgres::PostgresProbe::new(c, ctx)?),
             Self::Redis(c) => Probe::Redis(redis::RedisProbe::new(c, ctx)?),
             Self::Resources(c) => Probe::Resources(resources::ResourcesProbe::new(c, ctx)?),
+            Self::Scrape(c) => Probe::Scrape(Box::new(scrape::ScrapeProbe::new(c, ctx)?)),
+            Self::Promql(c) => Probe::Promql(Box::new(promql::PromqlProbe::new(c, ctx)?)),
         })
     }
 }
@@ -167,6 +185,8 @@ pub enum Probe {
     Postgres(postgres::PostgresProbe),
     Redis(redis::RedisProbe),
     Resources(resources::ResourcesProbe),
+    Scrape(Box<scrape::ScrapeProbe>),
+    Promql(Box<promql::PromqlProbe>),
 }
 
 impl Probe {
@@ -179,6 +199,8 @@ impl Probe {
             Self::Postgres(p) => p.check().await,
             Self::Redis(p) => p.check().await,
             Self::Resources(p) => p.check().await,
+            Self::Scrape(p) => p.check().await,
+            Self::Promql(p) => p.check().await,
         }
     }
 }

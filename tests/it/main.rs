@@ -1,3 +1,5 @@
 //! The integration tests: one binary, real servers on loopback.
 
 mod cli;
+mod probe_promql;
+mod probe_scrape;
