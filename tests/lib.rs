@@ -540,3 +540,9 @@ impl Drop for TlsServer {
         self.task.abort();
     }
 }
+
+/// Base URL of the Prometheus server `tests/run.sh` started; it scrapes
+/// itself every second, so `up{job="prometheus"}` has data.
+pub fn prometheus_url() -> String {
+    env("BACKSTOP_TEST_PROMETHEUS_URL")
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a Debian machine: installs what the tests need
-# when it is missing, starts throwaway PostgreSQL and Redis servers on free
-# loopback ports, exports their URLs, runs lints and `cargo test`, and stops
-# the servers again whatever happens.
+# when it is missing, starts throwaway PostgreSQL, Redis and Prometheus servers
+# on free loopback ports, exports their URLs, runs lints and `cargo test`, and
+# stops the servers again whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,9 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 [ -n "$pg_bin" ] && [ -x "$pg_bin/pg_ctl" ] || need_pkgs+=(postgresql)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# Debian's package may also start its own service on :9090 when installed; the
+# tests neither use nor stop it, they start a Prometheus of their own below.
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,6 +24,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
 redis_bin=$(command -v redis-server)
+prometheus_bin=$(command -v prometheus)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -28,6 +32,7 @@ work=$(mktemp -d /tmp/backstop-tests.XXXXXX)
 chmod 1777 "$work"
 pg_port=$(free_port)
 redis_port=$(free_port)
+prometheus_port=$(free_port)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then
   id postgres >/dev/null 2>&1 || useradd --system --home "$work" postgres
@@ -38,6 +43,7 @@ cleanup() {
   set +e
   [ -f "$work/pg/postmaster.pid" ] && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1
   [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null
+  [ -f "$work/prometheus.pid" ] && kill "$(cat "$work/prometheus.pid")" 2>/dev/null && wait "$(cat "$work/prometheus.pid")" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,8 +64,39 @@ log "starting Redis on 127.0.0.1:$redis_port"
   --requirepass redis-test-pw --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
 for _ in $(seq 50); do [ -f "$work/redis.pid" ] && break; sleep 0.1; done
 
+log "starting Prometheus on 127.0.0.1:$prometheus_port"
+# It scrapes itself every second, so `up` and its own metrics have data.
+mkdir -p "$work/prometheus"
+cat > "$work/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:$prometheus_port"]
+YAML
+"$prometheus_bin" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
+  --web.listen-address="127.0.0.1:$prometheus_port" >"$work/prometheus.log" 2>&1 &
+echo $! > "$work/prometheus.pid"
+prometheus_url="http://127.0.0.1:$prometheus_port"
+# Ready once its first scrape of itself is stored (up to 30 s).
+python3 - "$prometheus_url" <<'PY' || { cat "$work/prometheus.log" >&2; exit 1; }
+import json, sys, time, urllib.request
+for _ in range(300):
+    try:
+        with urllib.request.urlopen(sys.argv[1] + "/api/v1/query?query=up", timeout=1) as r:
+            if json.load(r)["data"]["result"]:
+                sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.1)
+sys.exit("prometheus did not scrape itself within 30s")
+PY
+
 export BACKSTOP_TEST_POSTGRES_URL="postgres://backstop:backstop-test-pw@127.0.0.1:$pg_port/backstop"
 export BACKSTOP_TEST_REDIS_URL="redis://:redis-test-pw@127.0.0.1:$redis_port/0"
+export BACKSTOP_TEST_PROMETHEUS_URL="$prometheus_url"
 # What tests need to start throwaway servers of their own (to stop, restart or break them).
 export BACKSTOP_TEST_PG_BIN="$pg_bin"
 export BACKSTOP_TEST_REDIS_SERVER="$redis_bin"

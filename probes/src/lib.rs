@@ -8,11 +8,13 @@ use std::time::Duration;
 mod duration;
 pub mod http;
 pub mod postgres;
+pub mod promql;
 pub mod redact;
 pub mod redis;
 mod request;
 pub mod resources;
 pub mod scenario;
+pub mod scrape;
 pub mod tcp;
 
 pub use redact::redact_url;
@@ -117,10 +119,21 @@ pub enum ProbeSpec {
     Redis(redis::RedisConfig),
     Resources(resources::ResourcesConfig),
     Scenario(scenario::ScenarioConfig),
+    Scrape(scrape::ScrapeConfig),
+    Promql(promql::PromqlConfig),
 }
 
 /// The type names as written in `type = "..."`.
-pub const PROBE_TYPES: &[&str] = &["http", "tcp", "postgres", "redis", "resources", "scenario"];
+pub const PROBE_TYPES: &[&str] = &[
+    "http",
+    "tcp",
+    "postgres",
+    "redis",
+    "resources",
+    "scenario",
+    "scrape",
+    "promql",
+];
 
 impl ProbeSpec {
     /// Deserializes the type-specific settings of a probe whose `type` is
@@ -137,6 +150,8 @@ impl ProbeSpec {
             "redis" => Self::Redis(redis::RedisConfig::deserialize(de)?),
             "resources" => Self::Resources(resources::ResourcesConfig::deserialize(de)?),
             "scenario" => Self::Scenario(scenario::ScenarioConfig::deserialize(de)?),
+            "scrape" => Self::Scrape(scrape::ScrapeConfig::deserialize(de)?),
+            "promql" => Self::Promql(promql::PromqlConfig::deserialize(de)?),
             _ => return Ok(None),
         }))
     }
@@ -149,6 +164,8 @@ impl ProbeSpec {
             Self::Redis(_) => "redis",
             Self::Resources(_) => "resources",
             Self::Scenario(_) => "scenario",
+            Self::Scrape(_) => "scrape",
+            Self::Promql(_) => "promql",
         }
     }
 
@@ -162,6 +179,8 @@ impl ProbeSpec {
             Self::Redis(c) => Probe::Redis(redis::RedisProbe::new(c, ctx)?),
             Self::Resources(c) => Probe::Resources(resources::ResourcesProbe::new(c, ctx)?),
             Self::Scenario(c) => Probe::Scenario(Box::new(scenario::ScenarioProbe::new(c, ctx)?)),
+            Self::Scrape(c) => Probe::Scrape(Box::new(scrape::ScrapeProbe::new(c, ctx)?)),
+            Self::Promql(c) => Probe::Promql(Box::new(promql::PromqlProbe::new(c, ctx)?)),
         })
     }
 }
@@ -175,6 +194,8 @@ pub enum Probe {
     Redis(redis::RedisProbe),
     Resources(resources::ResourcesProbe),
     Scenario(Box<scenario::ScenarioProbe>),
+    Scrape(Box<scrape::ScrapeProbe>),
+    Promql(Box<promql::PromqlProbe>),
 }
 
 impl Probe {
@@ -188,6 +209,8 @@ impl Probe {
             Self::Redis(p) => p.check().await,
             Self::Resources(p) => p.check().await,
             Self::Scenario(p) => p.check().await,
+            Self::Scrape(p) => p.check().await,
+            Self::Promql(p) => p.check().await,
         }
     }
 }

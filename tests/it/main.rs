@@ -8,3 +8,5 @@ mod packaging;
 mod probe_http;
 mod probe_scenario;
 mod rollback_targets;
+mod probe_promql;
+mod probe_scrape;
