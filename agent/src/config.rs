@@ -208,6 +208,9 @@ pub struct RuleConfig {
     /// `rollback` or `alert`. Default `alert`.
     #[serde(default)]
     pub action: Action,
+    /// `when`, parsed; always `Some` in a validated [`Config`].
+    #[serde(skip)]
+    pub expr: Option<crate::rules::Expr>,
 }
 
 /// What a rule does when it holds.
@@ -542,7 +545,13 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         });
         let deployment = deployment.and_then(|d| self.deployment(d));
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
-        let rules = rules.unwrap_or_default();
+        let mut rules = rules.unwrap_or_default();
+        for (i, r) in rules.iter_mut().enumerate() {
+            match crate::rules::parse(&r.when) {
+                Ok(e) => r.expr = Some(e),
+                Err(e) => self.error(format!("rule[{i}].when"), format!("{e}: {}", r.when)),
+            }
+        }
         self.cross_check(&probes, &rules, &written);
         Some(Config {
             agent: agent?,

@@ -2,12 +2,15 @@
 //! what they report, and serves `/healthz`, `/status` and `/metrics`.
 
 pub mod app;
+pub mod baseline;
 pub mod check;
 pub mod config;
 pub mod duration;
 pub mod evidence;
+pub mod judge;
 pub mod observe;
 pub mod retry;
+pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod secret;
