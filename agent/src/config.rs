@@ -224,6 +224,9 @@ pub struct RuleConfig {
     /// Whether this rule comes from the default rule set.
     #[serde(skip)]
     pub default: bool,
+    /// `when`, parsed; always `Some` in a validated [`Config`].
+    #[serde(skip)]
+    pub expr: Option<crate::rules::Expr>,
 }
 
 /// What a rule does when it holds.
@@ -597,9 +600,18 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         let deployment = deployment.and_then(|d| self.deployment(d));
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
         let mut rules = rules.unwrap_or_default();
+        for (i, r) in rules.iter_mut().enumerate() {
+            match crate::rules::parse(&r.when) {
+                Ok(e) => r.expr = Some(e),
+                Err(e) => self.error(format!("rule[{i}].when"), format!("{e}: {}", r.when)),
+            }
+        }
         self.cross_check(&probes, &rules, &written);
         if default_rules {
             rules = crate::defaults::merge(rules, crate::defaults::rules_for(&probes));
+            for r in rules.iter_mut().filter(|r| r.expr.is_none() && r.default) {
+                r.expr = Some(crate::rules::parse(&r.when).expect("default rules parse"));
+            }
         }
         Some(Config {
             agent: agent?,

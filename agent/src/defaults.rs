@@ -19,6 +19,7 @@ fn rule(name: String, probe: &str, when: &str, action: Action) -> RuleConfig {
         action,
         after_stable: false,
         default: true,
+        expr: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! what they report, and serves `/healthz`, `/status` and `/metrics`.
 
 pub mod app;
+pub mod baseline;
 pub mod check;
 pub mod config;
 pub mod defaults;
@@ -9,10 +10,12 @@ pub mod demo;
 pub mod deployment;
 pub mod duration;
 pub mod evidence;
+pub mod judge;
 pub mod notify;
 pub mod observe;
 pub mod retry;
 pub mod rollback;
+pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod secret;

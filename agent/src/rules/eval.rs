@@ -1,0 +1,570 @@
+//! Judging a parsed expression over one probe's state; see the module
+//! documentation of [`crate::rules`] for the semantics.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{is_rate_signal, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES};
+use crate::baseline::{self, Baseline, ERROR_RATE};
+use crate::config::RuleConfig;
+use crate::evidence::Evidence;
+use crate::judge::{self, Counts, Worse};
+use crate::observe::{Outcome, ProbeState};
+
+/// The knobs of judgement; the defaults are what SPEC promises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Significance level of a baseline comparison. Default
+    /// [`judge::DEFAULT_ALPHA`] (0.01).
+    pub alpha: f64,
+    /// Fewest samples per side of a U test. Default 20.
+    pub min_samples: usize,
+    /// Fewest requests behind a rate signal (per side, for a baseline
+    /// comparison of counts). Default 200.
+    pub min_requests: f64,
+    /// The current samples of a baseline comparison without `for`. Default 5m.
+    pub baseline_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            alpha: judge::DEFAULT_ALPHA,
+            min_samples: judge::DEFAULT_MIN_SAMPLES,
+            min_requests: 200.0,
+            baseline_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a rule is judged on.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The probe's name, to find its part of the baseline.
+    pub probe: &'a str,
+    pub state: &'a ProbeState,
+    /// The last stable deployment's baseline, when there is one.
+    pub baseline: Option<&'a Baseline>,
+    /// The probe's interval: how much short of a `for` window the oldest
+    /// sample may be.
+    pub interval: Duration,
+    pub now: Instant,
+}
+
+/// Three-valued: only `Holds` may act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    Holds,
+    Clear,
+    /// Not enough to say, and why.
+    Inconclusive(String),
+}
+
+impl Verdict {
+    pub fn holds(&self) -> bool {
+        matches!(self, Verdict::Holds)
+    }
+}
+
+/// One comparison's verdict and the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// The comparison in canonical form.
+    pub condition: String,
+    pub signal: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The value judged: the latest value; over a `for` window the least
+    /// satisfying one (the minimum for `>`); the current median (or pooled
+    /// rate) for a baseline comparison.
+    pub observed: Option<f64>,
+    /// What `observed` was compared with (for a baseline comparison, the
+    /// factor times the baseline).
+    pub threshold: Option<f64>,
+    /// The baseline's median (or pooled rate).
+    pub baseline: Option<f64>,
+    /// `observed / baseline`.
+    pub ratio: Option<f64>,
+    /// The one-sided p-value of a baseline comparison.
+    pub p_value: Option<f64>,
+    /// The test behind `p_value`: `mann_whitney` or `fisher`.
+    pub test: Option<&'static str>,
+    /// Current samples judged.
+    pub samples: usize,
+    /// Baseline samples compared with.
+    pub baseline_samples: Option<usize>,
+    /// Requests behind the current samples, when they count them.
+    pub requests: Option<f64>,
+    /// Requests behind the baseline, for a comparison of counts.
+    pub baseline_requests: Option<f64>,
+    #[serde(skip)]
+    pub comparison: Comparison,
+}
+
+/// A whole rule's verdict, with one finding per comparison, left to right.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judgement {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+}
+
+/// Judges `expr` over `input`. Every comparison is judged (no short cut), so
+/// `/status` can show all their numbers.
+pub fn evaluate(expr: &Expr, input: &Input<'_>, settings: &Settings) -> Judgement {
+    let mut findings = Vec::new();
+    let verdict = node(expr, input, settings, &mut findings);
+    Judgement { verdict, findings }
+}
+
+fn node(expr: &Expr, input: &Input<'_>, settings: &Settings, out: &mut Vec<Finding>) -> Verdict {
+    match expr {
+        Expr::Cmp(c) => {
+            let f = comparison(c, input, settings);
+            let v = match &f.verdict {
+                Verdict::Inconclusive(why) => Verdict::Inconclusive(format!("{c}: {why}")),
+                v => v.clone(),
+            };
+            out.push(f);
+            v
+        }
+        Expr::All(parts) => {
+            let vs: Vec<Verdict> = parts
+                .iter()
+                .map(|p| node(p, input, settings, out))
+                .collect();
+            if vs.contains(&Verdict::Clear) {
+                Verdict::Clear
+            } else {
+                first_inconclusive(vs).unwrap_or(Verdict::Holds)
+            }
+        }
+        Expr::Any(parts) => {
+            let vs: Vec<Verdict> = parts
+                .iter()
+                .map(|p| node(p, input, settings, out))
+                .collect();
+            if vs.contains(&Verdict::Holds) {
+                Verdict::Holds
+            } else {
+                first_inconclusive(vs).unwrap_or(Verdict::Clear)
+            }
+        }
+    }
+}
+
+fn first_inconclusive(vs: Vec<Verdict>) -> Option<Verdict> {
+    vs.into_iter()
+        .find(|v| matches!(v, Verdict::Inconclusive(_)))
+}
+
+/// One value of a signal, from one sample.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    at: Instant,
+    value: f64,
+    counts: Option<Counts>,
+}
+
+/// The signal's values in the window, oldest first, without `error` samples.
+fn points(state: &ProbeState, signal: &str) -> Vec<Point> {
+    let judged = state.window.iter().filter(|s| s.outcome != Outcome::Error);
+    if signal != CONSECUTIVE_FAILURES {
+        return judged
+            .filter_map(|s| {
+                let value = s
+                    .signals
+                    .iter()
+                    .find(|(n, v)| *n == signal && !v.is_nan())
+                    .map(|(_, v)| *v)?;
+                Some(Point {
+                    at: s.at,
+                    value,
+                    counts: baseline::sample_counts(s),
+                })
+            })
+            .collect();
+    }
+    // The count after each sample, replayed from the outcomes. Before the
+    // window's first success the count is only known when there is no
+    // success at all: then it is the current count less the failures since.
+    let samples: Vec<_> = judged.collect();
+    let any_up = samples.iter().any(|s| s.outcome.is_up());
+    let failures = samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Failed)
+        .count() as u32;
+    let mut count = (!any_up).then(|| state.consecutive_failures.saturating_sub(failures));
+    let mut out = Vec::new();
+    for s in samples {
+        count = if s.outcome.is_up() {
+            Some(0)
+        } else {
+            count.map(|c| c + 1)
+        };
+        if let Some(c) = count {
+            out.push(Point {
+                at: s.at,
+                value: c as f64,
+                counts: None,
+            });
+        }
+    }
+    out
+}
+
+fn since(now: Instant, d: Duration) -> Option<Instant> {
+    now.checked_sub(d)
+}
+
+fn in_window(pts: Vec<Point>, now: Instant, d: Duration) -> Vec<Point> {
+    match since(now, d) {
+        Some(from) => pts
+            .into_iter()
+            .filter(|p| p.at >= from && p.at <= now)
+            .collect(),
+        None => pts.into_iter().filter(|p| p.at <= now).collect(),
+    }
+}
+
+/// `None` when the window is covered, else why not.
+fn uncovered(pts: &[Point], now: Instant, d: Duration, tolerance: Duration) -> Option<String> {
+    let need = d.saturating_sub(tolerance);
+    let reach = pts
+        .first()
+        .map(|p| now.saturating_duration_since(p.at))
+        .unwrap_or_default();
+    if pts.len() >= 2 && reach >= need {
+        return None;
+    }
+    Some(format!(
+        "window not yet covered: {} {} reaching back {} of {}",
+        pts.len(),
+        if pts.len() == 1 { "sample" } else { "samples" },
+        crate::duration::format(Duration::from_secs(reach.as_secs())),
+        crate::duration::format(d)
+    ))
+}
+
+fn sum_counts(pts: &[Point]) -> Option<Counts> {
+    pts.iter().filter_map(|p| p.counts).reduce(|a, b| Counts {
+        requests: a.requests + b.requests,
+        errors: a.errors + b.errors,
+    })
+}
+
+fn comparison(c: &Comparison, input: &Input<'_>, settings: &Settings) -> Finding {
+    let mut f = Finding {
+        condition: c.to_string(),
+        signal: c.signal.clone(),
+        verdict: Verdict::Clear,
+        observed: None,
+        threshold: None,
+        baseline: None,
+        ratio: None,
+        p_value: None,
+        test: None,
+        samples: 0,
+        baseline_samples: None,
+        requests: None,
+        baseline_requests: None,
+        comparison: c.clone(),
+    };
+    f.verdict = match c.value.as_fraction() {
+        Some(threshold) => {
+            f.threshold = Some(threshold);
+            absolute(c, threshold, input, settings, &mut f)
+        }
+        None => against_baseline(c, input, settings, &mut f),
+    };
+    f
+}
+
+fn inconclusive(why: impl Into<String>) -> Verdict {
+    Verdict::Inconclusive(why.into())
+}
+
+fn absolute(
+    c: &Comparison,
+    threshold: f64,
+    input: &Input<'_>,
+    settings: &Settings,
+    f: &mut Finding,
+) -> Verdict {
+    let pts = points(input.state, &c.signal);
+    let Some(window) = c.window else {
+        // The latest observation.
+        let latest = if c.signal == CONSECUTIVE_FAILURES {
+            input.state.last.as_ref().map(|_| Point {
+                at: input.now,
+                value: input.state.consecutive_failures as f64,
+                counts: None,
+            })
+        } else {
+            pts.last().copied()
+        };
+        let Some(p) = latest else {
+            return inconclusive("no data");
+        };
+        f.observed = Some(p.value);
+        f.samples = 1;
+        f.requests = p.counts.map(|c| c.requests);
+        if !c.op.apply(p.value, threshold) {
+            return Verdict::Clear;
+        }
+        return match (is_rate_signal(&c.signal), p.counts) {
+            (true, Some(n)) if n.requests < settings.min_requests => inconclusive(format!(
+                "too few requests: {} in the latest sample, need {}",
+                num(n.requests),
+                num(settings.min_requests)
+            )),
+            _ => Verdict::Holds,
+        };
+    };
+    let pts = in_window(pts, input.now, window);
+    f.samples = pts.len();
+    let counts = sum_counts(&pts);
+    f.requests = counts.map(|c| c.requests);
+    let breaking = pts.iter().find(|p| !c.op.apply(p.value, threshold));
+    let values = pts.iter().map(|p| p.value);
+    f.observed = match c.op {
+        Op::Gt | Op::Ge => values.reduce(f64::min),
+        Op::Lt | Op::Le => values.reduce(f64::max),
+        Op::Eq | Op::Ne => breaking.or(pts.last()).map(|p| p.value),
+    };
+    if breaking.is_some() {
+        return Verdict::Clear;
+    }
+    if let Some(why) = uncovered(&pts, input.now, window, input.interval) {
+        return inconclusive(why);
+    }
+    match (is_rate_signal(&c.signal), counts) {
+        (true, Some(n)) if n.requests < settings.min_requests => inconclusive(format!(
+            "too few requests: {} in {}, need {}",
+            num(n.requests),
+            crate::duration::format(window),
+            num(settings.min_requests)
+        )),
+        _ => Verdict::Holds,
+    }
+}
+
+fn against_baseline(
+    c: &Comparison,
+    input: &Input<'_>,
+    settings: &Settings,
+    f: &mut Finding,
+) -> Verdict {
+    let factor = c.value.baseline_factor().expect("a baseline comparison");
+    let (worse, inclusive) = match c.op {
+        Op::Gt => (Worse::Larger, false),
+        Op::Ge => (Worse::Larger, true),
+        Op::Lt => (Worse::Smaller, false),
+        Op::Le => (Worse::Smaller, true),
+        // The parser refuses these.
+        Op::Eq | Op::Ne => return inconclusive("== and != cannot compare with the baseline"),
+    };
+    let span = c.window.unwrap_or(settings.baseline_window);
+    let pts = in_window(points(input.state, &c.signal), input.now, span);
+    f.samples = pts.len();
+    let counts = sum_counts(&pts);
+    f.requests = counts.map(|c| c.requests);
+    let Some(base) = input.baseline else {
+        return inconclusive("no baseline yet");
+    };
+    let probe = base.probe(input.probe);
+    let traffic = probe.and_then(|p| p.traffic);
+    let samples = probe.and_then(|p| p.signals.get(&c.signal));
+    if let Some(window) = c.window {
+        if let Some(why) = uncovered(&pts, input.now, window, input.interval) {
+            return inconclusive(why);
+        }
+    }
+    let result = match (c.signal == ERROR_RATE, counts, traffic) {
+        (true, Some(now), Some(before)) => {
+            f.test = Some("fisher");
+            f.baseline_requests = Some(before.requests);
+            judge::rate_shift(
+                now,
+                before,
+                factor,
+                worse,
+                inclusive,
+                settings.alpha,
+                settings.min_requests,
+            )
+        }
+        _ => {
+            let Some(before) = samples else {
+                return inconclusive(format!(
+                    "the baseline ({}) has no {} for probe {}",
+                    base.deployment, c.signal, input.probe
+                ));
+            };
+            f.test = Some("mann_whitney");
+            f.baseline_samples = Some(before.samples.len());
+            let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
+            judge::shift(
+                &now,
+                &before.samples,
+                factor,
+                worse,
+                inclusive,
+                settings.alpha,
+                settings.min_samples,
+            )
+        }
+    };
+    match result {
+        Err(why) => inconclusive(why),
+        Ok(s) => {
+            f.observed = Some(s.current);
+            f.threshold = Some(s.threshold);
+            f.baseline = Some(s.baseline);
+            f.ratio = s.ratio;
+            f.p_value = Some(s.p_value);
+            if s.regressed() {
+                Verdict::Holds
+            } else {
+                Verdict::Clear
+            }
+        }
+    }
+}
+
+impl Finding {
+    /// One line a person can read at 3 a.m., e.g. `error_rate 7.9% > 5% for
+    /// 5m on probe app (412 requests)`.
+    pub fn summary(&self, probe: &str) -> String {
+        let c = &self.comparison;
+        let pct = matches!(c.value, Value::Percent(_)) || c.signal == ERROR_RATE;
+        let show = |x: Option<f64>| match x {
+            Some(x) if pct => format!("{}%", num(x * 100.0)),
+            Some(x) => num(x),
+            None => "?".into(),
+        };
+        let window = c
+            .window
+            .map(|w| format!(" for {}", crate::duration::format(w)))
+            .unwrap_or_default();
+        let mut line = format!("{} {} {} ", c.signal, show(self.observed), c.op.as_str());
+        if c.value.is_baseline() {
+            line.push_str(&format!("{} {}", c.value, show(self.baseline)));
+        } else {
+            line.push_str(&c.value.to_string());
+        }
+        line.push_str(&format!("{window} on probe {probe}"));
+        let mut notes = Vec::new();
+        if c.value.is_baseline() {
+            if let Some(r) = self.ratio {
+                notes.push(format!("{}x", num(r)));
+            }
+            if let Some(p) = self.p_value {
+                notes.push(if p < 1e-4 {
+                    "p<0.0001".into()
+                } else {
+                    format!("p={}", num_sig(p))
+                });
+            }
+            match (self.baseline_requests, self.requests, self.baseline_samples) {
+                (Some(b), Some(n), _) => notes.push(format!("{} vs {} requests", num(n), num(b))),
+                (_, _, Some(b)) => notes.push(format!("{} vs {} samples", self.samples, b)),
+                _ => {}
+            }
+        } else if let Some(n) = self.requests {
+            notes.push(format!("{} requests", num(n)));
+        }
+        if !notes.is_empty() {
+            line.push_str(&format!(" ({})", notes.join(", ")));
+        }
+        line
+    }
+
+    /// The window as written, e.g. `5m`.
+    pub fn window(&self) -> Option<String> {
+        self.comparison.window.map(crate::duration::format)
+    }
+}
+
+impl Judgement {
+    /// One line for the whole rule: what held, why it is inconclusive, or
+    /// `clear`.
+    pub fn summary(&self, probe: &str) -> String {
+        match &self.verdict {
+            Verdict::Holds => self
+                .findings
+                .iter()
+                .filter(|f| f.verdict.holds())
+                .map(|f| f.summary(probe))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Verdict::Clear => "clear".into(),
+            Verdict::Inconclusive(why) => format!("inconclusive: {why}"),
+        }
+    }
+}
+
+/// The evidence of a rule that Holds: one entry per comparison that held.
+/// Empty when the rule does not hold, so nothing can act on it.
+pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
+    if !judgement.verdict.holds() {
+        return Vec::new();
+    }
+    judgement
+        .findings
+        .iter()
+        .filter(|f| f.verdict.holds())
+        .map(|f| Evidence {
+            rule: rule.name.clone(),
+            probe: rule.probe.clone(),
+            expression: rule.when.clone(),
+            signal: Some(f.signal.clone()),
+            observed: f.observed,
+            threshold: f.threshold,
+            window: f.window(),
+            baseline: f.baseline,
+            summary: f.summary(&rule.probe),
+        })
+        .collect()
+}
+
+/// A number for people: whole numbers as such, others to about three
+/// significant digits.
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    if x == x.trunc() && x.abs() < 1e15 {
+        return format!("{x:.0}");
+    }
+    let decimals = match x.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        a if a >= 1.0 => 2,
+        _ => return num_sig(x),
+    };
+    trim(format!("{x:.decimals$}"))
+}
+
+/// Three significant digits, for numbers below 1.
+fn num_sig(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let digits = (2 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    trim(format!("{x:.digits$}"))
+}
+
+fn trim(s: String) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;
