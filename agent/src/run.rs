@@ -53,7 +53,19 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
+    let settings = crate::rules::Settings::default();
     for cfg in &config.probes {
+        // The window reaches back far enough for every rule on the probe,
+        // and over a whole watch, which becomes the baseline.
+        let span = config
+            .rules
+            .iter()
+            .filter(|r| r.probe == cfg.name)
+            .filter_map(|r| r.expr.as_ref())
+            .map(|e| e.span_needed(&settings) + cfg.interval)
+            .chain([WINDOW_SPAN, config.deployment.watch + cfg.interval])
+            .max()
+            .unwrap_or(WINDOW_SPAN);
         let probe = cfg.build().map_err(|problems| {
             anyhow::anyhow!(
                 "probe {}: {}",
@@ -65,7 +77,7 @@ pub async fn run(
                     .join("; ")
             )
         })?;
-        let slot = Arc::new(ProbeSlot::new(cfg.clone(), WINDOW_SPAN));
+        let slot = Arc::new(ProbeSlot::new(cfg.clone(), span));
         let m = ProbeMetrics::new(&cfg.name, cfg.level, cfg.type_name());
         tasks.spawn(run_probe(
             slot.clone(),
@@ -114,11 +126,25 @@ pub async fn run(
     let view = watcher.view.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let ids = IdSource::new(config.deployment.source.clone());
+    let baseline = match watcher.last_stable() {
+        Some(dep) => store.baseline(dep).unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the baseline; baseline rules stay inconclusive");
+            None
+        }),
+        None => None,
+    };
     tasks.spawn(watch_loop(
-        watcher,
-        ids,
-        config.deployment.poll_interval,
-        slots.clone(),
+        Judge {
+            watcher,
+            ids,
+            poll_interval: config.deployment.poll_interval,
+            warmup: config.deployment.warmup,
+            slots: slots.clone(),
+            rules: config.rules.clone(),
+            settings,
+            baseline,
+            store: store.clone(),
+        },
         wake,
         cmd_rx,
         stop.clone(),
@@ -201,9 +227,96 @@ impl Notifier for crate::notify::Notifiers {
     }
 }
 
-/// The rules' verdicts now, for the watch to act on.
-fn evaluate(_slots: &[Arc<ProbeSlot>]) -> Vec<RuleStatus> {
-    Vec::new()
+/// What the watch loop works with.
+struct Judge {
+    watcher: Watcher,
+    ids: IdSource,
+    poll_interval: Duration,
+    warmup: Duration,
+    slots: Vec<Arc<ProbeSlot>>,
+    rules: Vec<crate::config::RuleConfig>,
+    settings: crate::rules::Settings,
+    baseline: Option<crate::baseline::Baseline>,
+    store: Arc<Store>,
+}
+
+impl Judge {
+    /// Every rule's verdict now, judged under its probe's lock (no copy of
+    /// the window is made).
+    fn evaluate(&self) -> Vec<RuleStatus> {
+        let now = Instant::now();
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                let slot = self.slots.iter().find(|s| s.cfg.name == rule.probe)?;
+                let expr = rule.expr.as_ref()?;
+                let judgement = {
+                    let state = slot.state.lock().expect("probe state lock");
+                    crate::rules::evaluate(
+                        expr,
+                        &crate::rules::Input {
+                            probe: &rule.probe,
+                            state: &state,
+                            baseline: self.baseline.as_ref(),
+                            interval: slot.cfg.interval,
+                            now,
+                        },
+                        &self.settings,
+                    )
+                };
+                let verdict = match &judgement.verdict {
+                    crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
+                    crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
+                    crate::rules::Verdict::Inconclusive(why) => {
+                        crate::watch::Verdict::Inconclusive(why.clone())
+                    }
+                };
+                Some(RuleStatus {
+                    name: rule.name.clone(),
+                    probe: rule.probe.clone(),
+                    action: rule.action,
+                    after_stable: rule.after_stable,
+                    evidence: crate::rules::evidence(rule, &judgement),
+                    detail: serde_json::json!({
+                        "when": rule.when,
+                        "default": rule.default,
+                        "findings": judgement.findings,
+                    }),
+                    verdict,
+                })
+            })
+            .collect()
+    }
+
+    /// A new deployment starts with empty windows: what the last one did
+    /// must not be judged against this one.
+    fn forget_windows(&self) {
+        for slot in &self.slots {
+            let mut state = slot.state.lock().expect("probe state lock");
+            state.window.clear();
+            state.consecutive_failures = 0;
+        }
+    }
+
+    /// Builds the baseline of the deployment that just became stable from
+    /// what its watch saw, and keeps it.
+    fn record_baseline(&mut self, deployment: &str) {
+        let watched = Duration::from_millis(self.watcher.age_ms()).saturating_sub(self.warmup);
+        let since = Instant::now().checked_sub(watched);
+        let mut builder = crate::baseline::BaselineBuilder::new(deployment);
+        for slot in &self.slots {
+            let state = slot.state.lock().expect("probe state lock");
+            for sample in state.window.iter().filter(|s| since.is_none_or(|t| s.at >= t)) {
+                builder.add(&slot.cfg.name, sample);
+            }
+        }
+        let baseline = builder.finish();
+        match self.store.save_baseline(&baseline) {
+            Ok(()) => tracing::info!(deployment, "baseline recorded"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot store the baseline; it is used until the agent restarts"),
+        }
+        self.baseline = Some(baseline);
+    }
 }
 
 /// Polls the deployment id, moves the watch along, judges the rules after
@@ -211,10 +324,7 @@ fn evaluate(_slots: &[Arc<ProbeSlot>]) -> Vec<RuleStatus> {
 /// commands. A failure of its own (the store, the id source) is logged and
 /// never acted on.
 async fn watch_loop(
-    mut watcher: Watcher,
-    ids: IdSource,
-    poll_interval: Duration,
-    slots: Vec<Arc<ProbeSlot>>,
+    mut judge: Judge,
     wake: Arc<Notify>,
     mut commands: mpsc::Receiver<Command>,
     mut stop: watch::Receiver<bool>,
@@ -230,26 +340,30 @@ async fn watch_loop(
             Some(cmd) = commands.recv() => {
                 match cmd {
                     Command::Rollback { reason, reply } => {
-                        let _ = reply.send(watcher.manual_rollback(&reason).await);
+                        let _ = reply.send(judge.watcher.manual_rollback(&reason).await);
                     }
                     Command::Pause(paused, reply) => {
-                        let _ = reply.send(watcher.set_paused(paused));
+                        let _ = reply.send(judge.watcher.set_paused(paused));
                     }
                 }
                 continue;
             }
             _ = stop.changed() => return,
         }
-        if Instant::now() >= next_poll || watcher.deployment().is_none() {
-            next_poll = Instant::now() + poll_interval;
-            match ids.current().await {
+        if Instant::now() >= next_poll || judge.watcher.deployment().is_none() {
+            next_poll = Instant::now() + judge.poll_interval;
+            match judge.ids.current().await {
                 Ok(id) => {
                     if id_error.take().is_some() {
                         tracing::info!("deployment id readable again");
                     }
-                    if let Err(e) = watcher.observe_deployment(&id) {
+                    let before = judge.watcher.deployment().map(str::to_string);
+                    if let Err(e) = judge.watcher.observe_deployment(&id) {
                         tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
                         continue;
+                    }
+                    if before.is_some_and(|b| b != id) {
+                        judge.forget_windows();
                     }
                 }
                 Err(e) => {
@@ -260,12 +374,16 @@ async fn watch_loop(
                 }
             }
         }
-        if let Err(e) = watcher.advance() {
-            tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
-            continue;
+        match judge.watcher.advance() {
+            Ok(Some(stable)) => judge.record_baseline(&stable),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
+                continue;
+            }
         }
-        let statuses = evaluate(&slots);
-        if let Err(e) = watcher.judge(&statuses).await {
+        let statuses = judge.evaluate();
+        if let Err(e) = judge.watcher.judge(&statuses).await {
             tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
         }
     }

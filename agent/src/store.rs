@@ -14,6 +14,7 @@ use crate::evidence::Evidence;
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const ROLLBACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollbacks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
 
 /// Where a deployment is in its life, as SPEC names the states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +126,7 @@ impl Store {
         tx.open_table(DEPLOYMENTS)?;
         tx.open_table(ROLLBACKS)?;
         tx.open_table(META)?;
+        tx.open_table(BASELINES)?;
         tx.commit()?;
         Ok(store)
     }
@@ -246,6 +248,15 @@ impl Store {
 
     pub fn rollback(&self, deployment: &str) -> anyhow::Result<Option<RollbackRecord>> {
         self.get(ROLLBACKS, deployment)
+    }
+
+    /// Keeps the baseline of a deployment that became stable.
+    pub fn save_baseline(&self, baseline: &crate::baseline::Baseline) -> anyhow::Result<()> {
+        self.put(BASELINES, &baseline.deployment, baseline)
+    }
+
+    pub fn baseline(&self, deployment: &str) -> anyhow::Result<Option<crate::baseline::Baseline>> {
+        self.get(BASELINES, deployment)
     }
 
     /// Every rollback recorded, newest first.

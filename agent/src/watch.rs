@@ -61,8 +61,8 @@ pub struct RuleStatus {
     /// Whether a rollback rule still rolls back once the deployment is stable.
     pub after_stable: bool,
     pub verdict: Verdict,
-    /// Set when the verdict is `Holds`.
-    pub evidence: Option<Evidence>,
+    /// One entry per condition that holds; empty unless the rule holds.
+    pub evidence: Vec<Evidence>,
     /// The numbers behind the verdict, for `/status`.
     pub detail: Value,
 }
@@ -333,7 +333,7 @@ impl Watcher {
                 );
             }
             if holds && self.rolls_back(r, state) {
-                let ev = r.evidence.clone().into_iter().collect::<Vec<_>>();
+                let ev = r.evidence.clone();
                 self.try_rollback(&r.name, ev, false).await?;
                 if self.state() == Some(WatchState::RolledBack) {
                     break;
@@ -441,10 +441,7 @@ impl Watcher {
             return Ok(Some(reason));
         }
         let target = self.target.clone().expect("checked above");
-        let reason = evidence
-            .first()
-            .map(|e| e.summary.clone())
-            .unwrap_or_else(|| format!("rule {rule} holds"));
+        let reason = summarize(rule, &evidence);
         let mut rec = RollbackRecord {
             deployment: dep.clone(),
             return_to: return_to.clone(),
@@ -614,7 +611,7 @@ impl Watcher {
                         "armed": armed || (state == Some(WatchState::Stable) && r.after_stable),
                         "verdict": r.verdict.as_str(),
                         "reason": match &r.verdict { Verdict::Inconclusive(why) => Some(why.clone()), _ => None },
-                        "summary": r.evidence.as_ref().map(|e| e.summary.clone()),
+                        "summary": (!r.evidence.is_empty()).then(|| summarize(&r.name, &r.evidence)),
                         "detail": r.detail,
                     })
                 })
@@ -625,6 +622,19 @@ impl Watcher {
                 view.last_rollback = self.store.rollback(dep).ok().flatten();
             }
         }
+    }
+}
+
+/// One line for all the conditions of a rule that hold.
+fn summarize(rule: &str, evidence: &[Evidence]) -> String {
+    if evidence.is_empty() {
+        format!("rule {rule} holds")
+    } else {
+        evidence
+            .iter()
+            .map(|e| e.summary.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
     }
 }
 
@@ -699,7 +709,8 @@ mod tests {
             probe: "health".into(),
             action: Action::Rollback,
             after_stable: false,
-            evidence: (verdict == Verdict::Holds).then(|| Evidence {
+            evidence: (verdict == Verdict::Holds)
+                .then(|| Evidence {
                 rule: "health failing".into(),
                 probe: "health".into(),
                 expression: "consecutive_failures >= 3".into(),
@@ -709,7 +720,9 @@ mod tests {
                 window: None,
                 baseline: None,
                 summary: "consecutive_failures 3 >= 3 on probe health".into(),
-            }),
+            })
+                .into_iter()
+                .collect(),
             verdict,
             detail: Value::Null,
         }
