@@ -2,3 +2,4 @@
 
 mod cli;
 mod probe_postgres;
+mod probe_redis;
