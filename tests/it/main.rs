@@ -3,3 +3,4 @@
 mod cli;
 mod probe_postgres;
 mod probe_redis;
+mod probe_resources;
