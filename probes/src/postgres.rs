@@ -78,7 +78,6 @@ enum Work {
     },
 }
 
-#[derive(Debug)]
 pub struct PostgresProbe {
     pool: Pool,
     /// The URL with its password hidden, for messages.
@@ -87,6 +86,16 @@ pub struct PostgresProbe {
     password: Option<String>,
     timeout: Duration,
     work: Work,
+}
+
+impl std::fmt::Debug for PostgresProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProbe")
+            .field("url", &self.shown)
+            .field("timeout", &self.timeout)
+            .field("work", &self.work)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresProbe {
@@ -564,11 +573,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn builds_without_touching_the_network() {
-        // Nothing listens on port 1; building must still succeed.
-        let probe = PostgresProbe::new(&config("postgres://app:pw@127.0.0.1:1/app"), ctx());
-        assert!(probe.is_ok());
+    #[test]
+    fn builds_without_a_runtime_or_the_network() {
+        // Nothing listens on port 1, and no runtime runs here.
+        let probe = PostgresProbe::new(&config("postgres://app:hunter2@127.0.0.1:1/app"), ctx());
+        let shown = format!("{:?}", probe.unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -531,8 +531,9 @@ mod tests {
     #[test]
     fn builds_without_a_runtime_or_the_network() {
         // Nothing listens on port 1, and no runtime runs here.
-        let probe = RedisProbe::new(&config("redis://:pw@127.0.0.1:1/0"), ctx());
-        assert!(probe.is_ok());
+        let probe = RedisProbe::new(&config("redis://:hunter2@127.0.0.1:1/0"), ctx());
+        let shown = format!("{:?}", probe.unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
