@@ -289,12 +289,12 @@ impl Judge {
     }
 
     /// A new deployment starts with empty windows: what the last one did
-    /// must not be judged against this one.
+    /// must not be judged against this one. The count of consecutive
+    /// failures goes on (the first checks of a new deployment often land
+    /// before its id is read), and rules are not armed during the warm-up.
     fn forget_windows(&self) {
         for slot in &self.slots {
-            let mut state = slot.state.lock().expect("probe state lock");
-            state.window.clear();
-            state.consecutive_failures = 0;
+            slot.state.lock().expect("probe state lock").window.clear();
         }
     }
 

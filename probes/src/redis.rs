@@ -1,25 +1,686 @@
-//! `redis`: placeholder until the real probe lands.
+//! `redis`: `PING` latency and what `INFO` says about memory, clients and
+//! replication. With `mode = "write_read"` it sets a key of its own (with a
+//! TTL, so nothing outlives a check), reads it back and deletes it.
+//!
+//! One connection per probe, made on the first check and kept across checks.
+//! When a check fails, or the link dropped in between, the connection is
+//! thrown away and the next check makes a new one: a stopped server fails
+//! each check at once with what connecting ran into, and a server back up is
+//! used again by the very next check.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, Options};
+use fred::types::{ConnectHandle, Expiration};
 use serde::Deserialize;
 
-use crate::{ConfigProblem, Context, ProbeError, Report};
+use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
+const DEFAULT_KEY_PREFIX: &str = "backstop:probe:";
+
+/// Settings of a `redis` probe.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://[[user]:password@]host[:port][/db]`. Required. TLS
+    /// (`rediss://`), cluster, sentinel and unix-socket URLs are refused.
+    pub url: String,
+    /// `ping` sends `PING` and reads `INFO`; `write_read` also sets, gets and
+    /// deletes a key. Default `ping`.
     #[serde(default)]
-    pub url: Option<String>,
+    pub mode: Mode,
+    /// Prefix of the keys `write_read` writes; each key lives at most a few
+    /// seconds (a TTL of twice the timeout, at least one second). Default
+    /// `backstop:probe:`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
 
+/// What one check does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `PING` and `INFO`.
+    #[default]
+    Ping,
+    /// `PING`, `INFO`, then `SET` with a TTL, `GET` and `DEL`.
+    WriteRead,
+}
+
+/// Where the probe's connection stands between checks.
 #[derive(Debug)]
-pub struct RedisProbe;
+enum Conn {
+    /// Not connected; the next check connects.
+    Idle,
+    /// A connection is being made by its task. A check cancelled by its
+    /// timeout leaves it so; the next check picks up where it stood.
+    Connecting { client: Client, task: ConnectHandle },
+    /// Connected; `task` drives the connection until it drops.
+    Ready { client: Client, task: ConnectHandle },
+}
+
+impl Conn {
+    fn abort(&mut self) {
+        if let Conn::Connecting { task, .. } | Conn::Ready { task, .. } = self {
+            task.abort();
+        }
+        *self = Conn::Idle;
+    }
+}
+
+pub struct RedisProbe {
+    /// Makes a fresh client for each connection, so no state of a broken
+    /// one carries over.
+    /// Boxed: it is large, and every probe type shares one enum.
+    builder: Box<Builder>,
+    conn: tokio::sync::Mutex<Conn>,
+    /// The URL with its password hidden, for messages.
+    shown: String,
+    /// Hidden from every message, whatever the client says.
+    password: Option<String>,
+    timeout: Duration,
+    /// `write_read`: the key prefix; `None` in `ping` mode.
+    key_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for RedisProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProbe")
+            .field("url", &self.shown)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
 
 impl RedisProbe {
-    pub fn new(_cfg: &RedisConfig, _ctx: Context) -> Result<Self, Vec<ConfigProblem>> {
-        Ok(Self)
+    pub fn new(cfg: &RedisConfig, ctx: Context) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let timeout = ctx.timeout.max(Duration::from_millis(10));
+        let shown = redact_url(&cfg.url);
+        let parsed = url::Url::parse(&cfg.url).ok();
+        let password = parsed
+            .as_ref()
+            .and_then(|u| u.password().map(percent_decode))
+            .filter(|p| !p.is_empty());
+        let config = match parsed.as_ref().map(|u| u.scheme()) {
+            None => {
+                problems.push(ConfigProblem::new(
+                    "url",
+                    format!("invalid URL {shown:?}: expected redis://[:password@]host[:port][/db]"),
+                ));
+                None
+            }
+            Some("redis" | "valkey") => match Config::from_url_centralized(&cfg.url) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(ConfigProblem::new(
+                        "url",
+                        scrub(
+                            &format!("invalid URL {shown:?}: {}", e.details()),
+                            password.as_deref(),
+                        ),
+                    ));
+                    None
+                }
+            },
+            Some(tls @ ("rediss" | "valkeys")) => {
+                problems.push(ConfigProblem::new(
+                    "url",
+                    format!(
+                        "{tls}:// (TLS) is not supported: the redis probe connects without TLS; \
+                         use redis:// over a trusted network"
+                    ),
+                ));
+                None
+            }
+            Some(other) => {
+                problems.push(ConfigProblem::new(
+                    "url",
+                    format!(
+                        "scheme {other:?} is not supported: use redis://host:port/db \
+                         (cluster, sentinel and unix-socket URLs are not)"
+                    ),
+                ));
+                None
+            }
+        };
+        let key_prefix = match cfg.mode {
+            Mode::Ping => {
+                if cfg.key_prefix.is_some() {
+                    problems.push(ConfigProblem::new(
+                        "key_prefix",
+                        "key_prefix is only used with mode = \"write_read\"",
+                    ));
+                }
+                None
+            }
+            Mode::WriteRead => {
+                let prefix = cfg.key_prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX);
+                if let Err(message) = validate_prefix(prefix) {
+                    problems.push(ConfigProblem::new("key_prefix", message));
+                }
+                Some(prefix.to_string())
+            }
+        };
+        let (Some(config), true) = (config, problems.is_empty()) else {
+            return Err(problems);
+        };
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                // A command is sent once: a check that failed says so
+                // instead of quietly trying again on a new connection.
+                c.max_command_attempts = 1;
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| p.default_command_timeout = timeout);
+        // No reconnection policy: the probe reconnects on its next check
+        // (see `connect`), which keeps every check bounded and its error
+        // about this attempt, not an earlier one. Building a client touches
+        // nothing; this one proves the settings are accepted.
+        if let Err(e) = builder.build() {
+            return Err(vec![ConfigProblem::new(
+                "url",
+                scrub(&format!("cannot build client: {e}"), password.as_deref()),
+            )]);
+        }
+        Ok(Self {
+            builder: Box::new(builder),
+            conn: tokio::sync::Mutex::new(Conn::Idle),
+            shown,
+            password,
+            timeout,
+            key_prefix,
+        })
     }
 
     pub async fn check(&self) -> Result<Report, ProbeError> {
-        Err(ProbeError::cannot_run("not implemented"))
+        match tokio::time::timeout(self.timeout, self.run()).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::unhealthy(format!(
+                "no answer from {} within {:?}",
+                self.shown, self.timeout
+            ))),
+        }
+    }
+
+    async fn run(&self) -> Result<Report, ProbeError> {
+        let client = self.connect().await?;
+        // Unless the check ends well, the connection is dropped and the next
+        // check makes a new one; this also covers a check cancelled by its
+        // timeout in the middle of a command.
+        let mut keep = KeepOnSuccess {
+            conn: &self.conn,
+            ok: false,
+        };
+        // Send each command once and never wait past the timeout.
+        let client = client.with_options(&Options {
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(self.timeout),
+            ..Default::default()
+        });
+        let mut report = Report::new();
+        let start = Instant::now();
+        let pong: Result<String, _> = client.ping(None).await;
+        if let Err(e) = pong {
+            return Err(self.fail("PING failed", e, report));
+        }
+        let ping_ms = ms(start.elapsed());
+        report.push("latency_ms", ping_ms);
+
+        match client.info::<String>(None).await {
+            Ok(text) => read_info(&parse_info(&text), &mut report),
+            Err(e) => return Err(self.fail("INFO failed", e, report)),
+        }
+
+        if let Some(prefix) = &self.key_prefix {
+            let key = format!("{prefix}{:032x}", rand::random::<u128>());
+            let token = format!("{:016x}", rand::random::<u64>());
+            let ttl = ttl(self.timeout);
+            let start = Instant::now();
+            let set: Result<(), _> = client
+                .set(
+                    key.as_str(),
+                    token.as_str(),
+                    Some(Expiration::PX(ttl.as_millis() as i64)),
+                    None,
+                    false,
+                )
+                .await;
+            if let Err(e) = set {
+                return Err(self.fail("SET failed", e, report));
+            }
+            let written = start.elapsed();
+            report.push("write_ms", ms(written));
+            let got: Result<Option<String>, _> = client.get(key.as_str()).await;
+            report.push("read_ms", ms(start.elapsed() - written));
+            let got = match got {
+                Ok(v) => v,
+                Err(e) => return Err(self.fail("GET failed", e, report)),
+            };
+            // The TTL removes the key if this never runs.
+            let deleted: Result<i64, _> = client.del(key.as_str()).await;
+            if let Err(e) = deleted {
+                return Err(self.fail("DEL failed", e, report));
+            }
+            report.push("latency_ms", ms(start.elapsed()));
+            if got.as_deref() != Some(token.as_str()) {
+                return Err(ProbeError::unhealthy_with(
+                    format!("{}: the value just set was not read back", self.shown),
+                    report,
+                ));
+            }
+        }
+        keep.ok = true;
+        Ok(report)
+    }
+
+    /// Returns a connected client, connecting if needed.
+    async fn connect(&self) -> Result<Client, ProbeError> {
+        let mut conn = self.conn.lock().await;
+        let mut started = false;
+        loop {
+            match &mut *conn {
+                Conn::Ready { client, task } => {
+                    if !task.is_finished() && client.is_connected() {
+                        return Ok(client.clone());
+                    }
+                    // The link dropped since the last check.
+                    conn.abort();
+                }
+                Conn::Idle => {
+                    let client = self.builder.build().map_err(|e| {
+                        ProbeError::cannot_run(self.scrub(&format!("cannot build client: {e}")))
+                    })?;
+                    let task = client.connect();
+                    *conn = Conn::Connecting { client, task };
+                    started = true;
+                }
+                Conn::Connecting { client, task } => {
+                    if client.is_connected() {
+                        let Conn::Connecting { client, task } =
+                            std::mem::replace(&mut *conn, Conn::Idle)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        *conn = Conn::Ready { client, task };
+                        continue;
+                    }
+                    if task.is_finished() && !started {
+                        // An attempt a timed-out check left behind that has
+                        // failed since is old news: try again instead.
+                        conn.abort();
+                        continue;
+                    }
+                    let ended = tokio::select! {
+                        ended = &mut *task => Some(ended),
+                        () = connected(client) => None,
+                    };
+                    if let Some(ended) = ended {
+                        *conn = Conn::Idle;
+                        return Err(match ended {
+                            Ok(Err(e)) => self.classify("cannot connect", &e),
+                            Ok(Ok(())) => ProbeError::unhealthy(format!(
+                                "{}: cannot connect: the connection closed",
+                                self.shown
+                            )),
+                            Err(e) => ProbeError::cannot_run(format!(
+                                "{}: the connection task failed: {e}",
+                                self.shown
+                            )),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, what: &str, e: fred::error::Error, report: Report) -> ProbeError {
+        match self.classify(what, &e) {
+            ProbeError::Unhealthy { message, .. } => ProbeError::unhealthy_with(message, report),
+            other => other,
+        }
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        scrub(text, self.password.as_deref())
+    }
+
+    /// The agent's own credentials, rights or settings being wrong is
+    /// [`ProbeError::CannotRun`]; anything else is the target's.
+    fn classify(&self, what: &str, e: &fred::error::Error) -> ProbeError {
+        let message = scrub(
+            &format!("{}: {what}: {}", self.shown, details(e)),
+            self.password.as_deref(),
+        );
+        if agent_fault(e) {
+            ProbeError::cannot_run(message)
+        } else {
+            ProbeError::unhealthy(message)
+        }
+    }
+}
+
+/// Drops the connection when a check did not end well.
+struct KeepOnSuccess<'a> {
+    conn: &'a tokio::sync::Mutex<Conn>,
+    ok: bool,
+}
+
+impl Drop for KeepOnSuccess<'_> {
+    fn drop(&mut self) {
+        if !self.ok {
+            // Checks of one probe never overlap, so the lock is free.
+            if let Ok(mut conn) = self.conn.try_lock() {
+                conn.abort();
+            }
+        }
+    }
+}
+
+impl Drop for RedisProbe {
+    fn drop(&mut self) {
+        // The connection task would otherwise outlive the probe.
+        self.conn.get_mut().abort();
+    }
+}
+
+/// Resolves once the client is connected. The client announces it only to
+/// listeners that were there before, so it is polled instead.
+async fn connected(client: &Client) {
+    while !client.is_connected() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn agent_fault(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::Auth
+        | ErrorKind::Config
+        | ErrorKind::Url
+        | ErrorKind::InvalidArgument
+        | ErrorKind::InvalidCommand => true,
+        _ => {
+            let details = e.details();
+            // ACL denies a command to the agent's user; the agent sends a
+            // password the server does not expect.
+            details.starts_with("NOPERM") || details.contains("without any password configured")
+        }
+    }
+}
+
+/// What an error says, with an I/O error's debug form (which is how the
+/// client words it) reduced to its message.
+fn details(e: &fred::error::Error) -> String {
+    let text = e.details();
+    if *e.kind() != fred::error::ErrorKind::IO {
+        return text.to_string();
+    }
+    if let Some(start) = text.find("message: \"") {
+        let rest = &text[start + 10..];
+        if let Some(end) = rest.find('"') {
+            return rest[..end].to_string();
+        }
+    }
+    text.to_string()
+}
+
+/// `INFO` as a map of `field` to `value`, sections flattened.
+fn parse_info(text: &str) -> HashMap<&str, &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .collect()
+}
+
+fn read_info(info: &HashMap<&str, &str>, report: &mut Report) {
+    let num = |k: &str| info.get(k).and_then(|v| v.trim().parse::<f64>().ok());
+    let used = num("used_memory");
+    let max = num("maxmemory");
+    if let Some(u) = used {
+        report.push("used_memory", u);
+    }
+    if let Some(m) = max {
+        report.push("maxmemory", m);
+    }
+    if let (Some(u), Some(m)) = (used, max) {
+        if m > 0.0 {
+            report.push("memory_utilization", u / m);
+        }
+    }
+    if let Some(c) = num("connected_clients") {
+        report.push("connected_clients", c);
+    }
+    match info.get("role").copied() {
+        Some("master") => report.push("is_master", 1.0),
+        Some(_) => {
+            report.push("is_master", 0.0);
+            let up = info.get("master_link_status").copied() == Some("up");
+            report.push("master_link_up", if up { 1.0 } else { 0.0 });
+        }
+        None => {}
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty: the probe writes only under its own prefix".into());
+    }
+    if prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '[' | ']' | '\\'))
+    {
+        return Err(format!(
+            "{prefix:?} has whitespace, control or glob characters (* ? [ ] \\); \
+             keep it matchable with KEYS {prefix}*"
+        ));
+    }
+    Ok(())
+}
+
+/// How long a key written by `write_read` lives: long enough to be read back
+/// within the check, short enough that an interrupted check leaves nothing
+/// for long.
+fn ttl(timeout: Duration) -> Duration {
+    (timeout * 2).max(Duration::from_secs(1))
+}
+
+fn scrub(text: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) => text.replace(p, "***"),
+        None => text.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("p={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            mode: Mode::Ping,
+            key_prefix: None,
+        }
+    }
+
+    #[test]
+    fn builds_without_a_runtime_or_the_network() {
+        // Nothing listens on port 1, and no runtime runs here.
+        let probe = RedisProbe::new(&config("redis://:hunter2@127.0.0.1:1/0"), ctx());
+        let shown = format!("{:?}", probe.unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn refuses_urls_it_cannot_honour_without_echoing_the_password() {
+        let cases = [
+            "rediss://:hunter2@cache:6380/0",
+            "redis-cluster://:hunter2@cache:6379",
+            "redis+unix://:hunter2@/run/redis.sock",
+            "http://:hunter2@cache:6379",
+            "redis://:hunter2@cache:6379/0/extra",
+            "redis://:hunter2@cache:6379/notadb",
+            "not a url",
+        ];
+        for url in cases {
+            let problems = RedisProbe::new(&config(url), ctx()).unwrap_err();
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert_eq!(problems[0].key, "url", "{url}");
+            assert!(
+                !problems[0].message.contains("hunter2"),
+                "{url}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn validates_the_key_prefix_of_write_read() {
+        let cases = [
+            ("backstop:probe:", true),
+            ("svc/health-", true),
+            ("", false),
+            ("has space", false),
+            ("glob*", false),
+            ("new\nline", false),
+        ];
+        for (prefix, ok) in cases {
+            let mut cfg = config("redis://cache");
+            cfg.mode = Mode::WriteRead;
+            cfg.key_prefix = Some(prefix.into());
+            let result = RedisProbe::new(&cfg, ctx());
+            assert_eq!(result.is_ok(), ok, "{prefix:?}");
+            if let Err(problems) = result {
+                assert_eq!(problems[0].key, "key_prefix");
+            }
+        }
+        let mut ping = config("redis://cache");
+        ping.key_prefix = Some("x:".into());
+        assert_eq!(
+            RedisProbe::new(&ping, ctx()).unwrap_err()[0].key,
+            "key_prefix"
+        );
+    }
+
+    #[test]
+    fn reads_memory_clients_and_role_from_info() {
+        let master = "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:7\r\n\
+                      # Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:4194304\r\n\
+                      # Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+        let mut report = Report::new();
+        read_info(&parse_info(master), &mut report);
+        assert_eq!(
+            report.signals,
+            vec![
+                ("used_memory", 1048576.0),
+                ("maxmemory", 4194304.0),
+                ("memory_utilization", 0.25),
+                ("connected_clients", 7.0),
+                ("is_master", 1.0),
+            ]
+        );
+
+        let replica = "used_memory:100\nmaxmemory:0\nconnected_clients:2\n\
+                       role:slave\nmaster_host:10.0.0.1\nmaster_link_status:down\n";
+        let mut report = Report::new();
+        read_info(&parse_info(replica), &mut report);
+        assert_eq!(
+            report.get("memory_utilization"),
+            None,
+            "no maxmemory, no ratio"
+        );
+        assert_eq!(report.get("is_master"), Some(0.0));
+        assert_eq!(report.get("master_link_up"), Some(0.0));
+
+        let mut report = Report::new();
+        read_info(
+            &parse_info("role:slave\nmaster_link_status:up\n"),
+            &mut report,
+        );
+        assert_eq!(report.get("master_link_up"), Some(1.0));
+    }
+
+    #[test]
+    fn blames_the_agent_for_its_credentials_and_rights_only() {
+        use fred::error::{Error, ErrorKind};
+        let cases = [
+            (
+                ErrorKind::Auth,
+                "WRONGPASS invalid username-password pair",
+                true,
+            ),
+            (
+                ErrorKind::Unknown,
+                "NOPERM this user has no permissions",
+                true,
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR AUTH <password> called without any password configured for the default user",
+                true,
+            ),
+            (ErrorKind::IO, "Connection refused (os error 111)", false),
+            (ErrorKind::Timeout, "Request timed out.", false),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+                false,
+            ),
+            (
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'",
+                false,
+            ),
+            (
+                ErrorKind::Canceled,
+                "Connection closed unexpectedly.",
+                false,
+            ),
+        ];
+        for (kind, details, agent) in cases {
+            assert_eq!(agent_fault(&Error::new(kind, details)), agent, "{details}");
+        }
+    }
+
+    #[test]
+    fn words_io_errors_as_their_message() {
+        use fred::error::{Error, ErrorKind};
+        let io = Error::new(
+            ErrorKind::IO,
+            r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#,
+        );
+        assert_eq!(details(&io), "Connection refused");
+        let server = Error::new(ErrorKind::Unknown, r#"ERR message: "x""#);
+        assert_eq!(details(&server), r#"ERR message: "x""#);
+    }
+
+    #[test]
+    fn keeps_keys_alive_only_briefly() {
+        assert_eq!(ttl(Duration::from_millis(200)), Duration::from_secs(1));
+        assert_eq!(ttl(Duration::from_secs(5)), Duration::from_secs(10));
     }
 }

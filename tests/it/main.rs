@@ -10,3 +10,6 @@ mod probe_scenario;
 mod rollback_targets;
 mod probe_promql;
 mod probe_scrape;
+mod probe_postgres;
+mod probe_redis;
+mod probe_resources;
