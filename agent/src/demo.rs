@@ -193,6 +193,21 @@ pub async fn run() -> anyhow::Result<u8> {
         };
         let dep = st["deployment"]["id"].as_str().unwrap_or("").to_string();
         let state = st["deployment"]["state"].as_str().unwrap_or("").to_string();
+        if !fired {
+            if let Some(rule) = st["rules"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["verdict"] == "holds"))
+            {
+                if state == "watching" || state == "rolled_back" {
+                    say(format!(
+                        "rule {:?} fired: {}",
+                        rule["name"].as_str().unwrap_or(""),
+                        rule["summary"].as_str().unwrap_or("")
+                    ));
+                    fired = true;
+                }
+            }
+        }
         if !dep.is_empty() && (dep.clone(), state.clone()) != last_dep {
             let line = match state.as_str() {
                 "warming" => {
@@ -223,21 +238,6 @@ pub async fn run() -> anyhow::Result<u8> {
             if !outcome.is_empty() && line != last_probe {
                 say(line.clone());
                 last_probe = line;
-            }
-        }
-        if !fired {
-            if let Some(rule) = st["rules"]
-                .as_array()
-                .and_then(|rs| rs.iter().find(|r| r["verdict"] == "holds"))
-            {
-                if state == "watching" || state == "rolled_back" {
-                    say(format!(
-                        "rule {:?} fired: {}",
-                        rule["name"].as_str().unwrap_or(""),
-                        rule["summary"].as_str().unwrap_or("")
-                    ));
-                    fired = true;
-                }
             }
         }
         let calls = platform.lock().expect("platform lock").calls.clone();
