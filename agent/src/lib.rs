@@ -8,6 +8,7 @@ pub mod duration;
 pub mod evidence;
 pub mod observe;
 pub mod retry;
+pub mod rollback;
 pub mod run;
 pub mod schedule;
 pub mod secret;
