@@ -17,6 +17,7 @@ use serde_json::Value;
 use toml_edit::TableLike;
 
 use crate::duration::Dur;
+use crate::notify::{NotifyCommon, NotifyConfig, NotifySpec, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
 
 /// Where `--config` points when neither the flag nor `$BACKSTOP_CONFIG` is set.
 pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
@@ -77,6 +78,13 @@ struct AgentSection {
     /// Bearer token for the `POST /v1/*` endpoints; empty disables them. Default empty.
     #[serde(default)]
     admin_token: String,
+    /// Add the default rule set (see `defaults.rs`) for the probes. Default `true`.
+    #[serde(default = "yes")]
+    default_rules: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for AgentSection {
@@ -85,6 +93,7 @@ impl Default for AgentSection {
             listen: default_listen(),
             state_dir: default_state_dir(),
             admin_token: String::new(),
+            default_rules: true,
         }
     }
 }
@@ -208,6 +217,13 @@ pub struct RuleConfig {
     /// `rollback` or `alert`. Default `alert`.
     #[serde(default)]
     pub action: Action,
+    /// Whether a rollback rule still rolls back once the deployment is
+    /// stable; otherwise it alerts then. Default `false`.
+    #[serde(default)]
+    pub after_stable: bool,
+    /// Whether this rule comes from the default rule set.
+    #[serde(skip)]
+    pub default: bool,
 }
 
 /// What a rule does when it holds.
@@ -236,6 +252,9 @@ pub struct Config {
     pub deployment: Deployment,
     pub probes: Vec<ProbeConfig>,
     pub rules: Vec<RuleConfig>,
+    pub notify: Vec<NotifyConfig>,
+    /// `[rollback]`; `None` when the section is absent (nothing is rolled back).
+    pub rollback: Option<crate::rollback::RollbackConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,7 +549,42 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             Some(v) => self.section("rule", v),
             None => Some(vec![]),
         };
+        let notify = match root.remove("notify") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.notify(i, v).map(|n| (i, n)))
+                .collect::<Vec<_>>(),
+            Some(_) => {
+                self.error("notify", "must be an array of tables: write [[notify]]");
+                vec![]
+            }
+            None => vec![],
+        };
+        let mut notify_names = HashSet::new();
+        for (i, n) in &notify {
+            if !notify_names.insert(n.name.as_str()) {
+                self.error(
+                    format!("notify[{i}].name"),
+                    format!("duplicate notifier name {:?}: give each a name", n.name),
+                );
+            }
+        }
+        let notify = notify.into_iter().map(|(_, n)| n).collect();
+        let rollback = match root.remove("rollback") {
+            Some(v) => crate::rollback::read(self, v).map(Some),
+            None => Some(None),
+        };
 
+        let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
+        for section in ["store", "fleet"] {
+            if root.contains_key(section) {
+                self.error(
+                    section,
+                    format!("[{section}] is not supported by this version of backstop yet"),
+                );
+            }
+        }
         let agent = agent.and_then(|a| self.agent(a));
         let service = service.and_then(|s| {
             if s.name.trim().is_empty() {
@@ -542,14 +596,19 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         });
         let deployment = deployment.and_then(|d| self.deployment(d));
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
-        let rules = rules.unwrap_or_default();
+        let mut rules = rules.unwrap_or_default();
         self.cross_check(&probes, &rules, &written);
+        if default_rules {
+            rules = crate::defaults::merge(rules, crate::defaults::rules_for(&probes));
+        }
         Some(Config {
             agent: agent?,
             service: service?,
             deployment: deployment?,
             probes,
             rules,
+            notify,
+            rollback: rollback?,
         })
     }
 
@@ -751,6 +810,47 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         }
     }
 
+    /// One `[[notify]]`: `type` first, then that type's own settings, so
+    /// errors keep their key path and line.
+    fn notify(&mut self, i: usize, v: Value) -> Option<NotifyConfig> {
+        let path = format!("notify[{i}]");
+        let Value::Object(map) = v else {
+            self.error(path, "must be a table");
+            return None;
+        };
+        let (common, specific): (serde_json::Map<_, _>, serde_json::Map<_, _>) = map
+            .into_iter()
+            .partition(|(k, _)| NOTIFY_COMMON_KEYS.contains(&k.as_str()));
+        let kind = common
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let common: Option<NotifyCommon> = self.section(&path, Value::Object(common));
+        let specific = Value::Object(specific);
+        let spec = match kind?.as_str() {
+            "slack" => self.section(&path, specific).map(NotifySpec::Slack),
+            "pagerduty" => self.section(&path, specific).map(NotifySpec::Pagerduty),
+            "webhook" => self.section(&path, specific).map(NotifySpec::Webhook),
+            other => {
+                let msg = format!(
+                    "unknown notifier type {other:?}, expected one of {}",
+                    NOTIFY_TYPES.join(", ")
+                );
+                self.error(format!("{path}.type"), msg);
+                None
+            }
+        };
+        match NotifyConfig::validate(common?, spec?) {
+            Ok(n) => Some(n),
+            Err(problems) => {
+                for (key, message) in problems {
+                    self.error(join(&path, &key), message);
+                }
+                None
+            }
+        }
+    }
+
     fn cross_check(
         &mut self,
         probes: &[ProbeConfig],
@@ -783,6 +883,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 );
             }
         }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> crate::rollback::SectionReader for Reader<'_, F> {
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        Reader::section(self, path, value)
+    }
+
+    fn report(&mut self, path: String, message: String) {
+        self.error(path, message);
+    }
+
+    fn has_problem(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
     }
 }
 
@@ -924,4 +1038,143 @@ pub fn key_lines(text: &str) -> BTreeMap<String, usize> {
     };
     cx.table(doc.as_table(), "");
     cx.lines.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"[service]
+name = "web"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        let env = |k: &str| (k == "SET").then(|| "value".to_string());
+        match Config::parse(text, env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_problem_names_its_key_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("interval = \"10x\"", r#"probe[0].interval: invalid duration "10x" (use a number and a unit: 250ms, 5s, 15m, 1h) (line 9)"#),
+            ("[agent]\nbogus = 1", "agent.bogus: unknown key, expected one of listen, state_dir, admin_token, default_rules (line 10)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 1\ntype = \"tcp\"\naddress = \"h:1\"\nurl = \"x\"", "probe[1].url: unknown key, expected address (line 14)"),
+            ("timeout = \"20s\"", "probe[0].timeout: 20s is longer than interval 10s (line 9)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 9\ntype = \"tcp\"\naddress = \"h:1\"", "probe[1].level: must be 1, 2, 3 or 4 (line 11)"),
+            ("[[probe]]\nname = \"p\"\nlevel = 3\ntype = \"tcp\"\naddress = \"h:1\"", "probe[1].level: a tcp probe belongs to level 1 or 2 (line 11)"),
+            ("method = \"G T\"", r#"probe[0].method: invalid HTTP method "G T" (line 9)"#),
+            ("expect_status = [700]", "probe[0].expect_status[0]: 700 is not an HTTP status (100-599) (line 9)"),
+            ("headers = { Authorization = \"${UNSET}\" }", "probe[0].headers.Authorization: environment variable UNSET is not set (write ${UNSET:-default} to allow that) (line 9)"),
+            ("[agent]\nlisten = \"nowhere\"", r#"agent.listen: expected ip:port like 0.0.0.0:9469, got "nowhere" (line 10)"#),
+            ("[agent]\nadmin_token = \"short\"", "agent.admin_token: must be at least 16 characters (or empty to disable the admin endpoints) (line 10)"),
+            ("[deployment]\nid = \"a\"\nid_file = \"/x\"", "deployment: set only one of id, id_url or id_file (line 9)"),
+            ("[deployment]\nwarmup = 5", "deployment.warmup: invalid type: integer 5, expected a duration string like \"5s\" (line 10)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"nope\"\nwhen = \"status >= 500\"", r#"rule[0].probe: no probe named "nope" (line 11)"#),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"status >= 500\"\naction = \"explode\"", r#"rule[0].action: unknown value "explode", expected rollback or alert (line 13)"#),
+            ("[fleet]\nquorum = 0.5", "fleet: [fleet] is not supported by this version of backstop yet (line 9)"),
+            ("[nonsense]", "nonsense: unknown section, expected one of agent, service, deployment, probe, rule, rollback, notify, store, fleet (line 9)"),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{BASE}{extra}\n");
+            let got = errors(&text);
+            assert_eq!(got, vec![want.to_string()], "with {extra:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_in_a_file_is_reported_at_once() {
+        let text = r#"[service]
+name = ""
+
+[[probe]]
+name = "a"
+level = 1
+type = "tcp"
+address = "nowhere"
+
+[[probe]]
+name = "a"
+level = 1
+type = "smtp"
+"#;
+        let got = errors(text);
+        assert_eq!(
+            got,
+            vec![
+                "service.name: must not be empty (line 2)".to_string(),
+                r#"probe[0].address: expected host:port, got "nowhere" (line 8)"#.to_string(),
+                r#"probe[1].type: unknown probe type "smtp", expected one of http, tcp, postgres, redis, resources (line 13)"#.to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_points_at_its_line() {
+        let got = errors("[service]\nname = \"web\"\n\n[[probe]\n");
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("invalid TOML:") && got[0].ends_with("(line 4)"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn variables_are_interpolated_with_defaults_and_escapes() {
+        let env = |k: &str| (k == "SET").then(|| "value".to_string());
+        let cases = [
+            ("${SET}", Ok("value")),
+            ("a-${SET}-b", Ok("a-value-b")),
+            ("${UNSET:-fallback}", Ok("fallback")),
+            ("${UNSET:-}", Ok("")),
+            ("$${SET}", Ok("${SET}")),
+            ("cost $5", Ok("cost $5")),
+            ("${SET", Err("unterminated")),
+            ("${1X}", Err("invalid variable name")),
+            ("${UNSET}", Err("UNSET is not set")),
+        ];
+        for (text, want) in cases {
+            match (interpolate(text, &env), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{text}"),
+                (Err(got), Err(w)) => assert!(got.contains(w), "{text}: {got}"),
+                (got, w) => panic!("{text}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_written() {
+        let c = Config::parse(BASE, |_| None).unwrap();
+        assert_eq!(c.agent.listen.to_string(), "0.0.0.0:9469");
+        assert_eq!(c.agent.admin_token, None);
+        assert_eq!(c.deployment.warmup, Duration::from_secs(30));
+        assert_eq!(c.deployment.watch, Duration::from_secs(900));
+        let p = &c.probes[0];
+        assert_eq!(
+            (p.interval, p.timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert!(!p.critical);
+    }
+
+    #[test]
+    fn a_world_writable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.toml");
+        std::fs::write(&path, BASE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load_file(&path).unwrap_err().to_string();
+        assert!(err.contains("world-writable"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Config::load_file(&path).is_ok());
+    }
 }

@@ -44,6 +44,8 @@ enum Command {
     },
     /// Check a configuration file without touching the network.
     Validate(ConfigArg),
+    /// A self-contained demonstration: a service goes bad and is rolled back.
+    Demo,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,9 +70,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2 for usage and configuration errors, 1 for anything else.
+/// 2 for usage and configuration errors (and a store unusable at start),
+/// 1 for anything else.
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<ConfigErrors>().is_some() {
+    if err.downcast_ref::<ConfigErrors>().is_some()
+        || err.downcast_ref::<backstop::run::UnusableStore>().is_some()
+    {
         2
     } else {
         1
@@ -113,13 +118,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(backstop::check::exit_code(&results))
         }
+        Command::Demo => runtime()?.block_on(backstop::demo::run()),
         Command::Run(arg) => {
             let config = load(&arg)?;
             let handle = telemetry::install()?;
-            runtime()?.block_on(async move {
-                let stop = backstop::run::stop_on_signals();
-                backstop::run::run(config, Some(handle), stop, None).await
-            })?;
+            runtime()?.block_on(backstop::run::run_with_signals(
+                arg.config.clone(),
+                config,
+                Some(handle),
+            ))?;
             Ok(0)
         }
     }

@@ -48,9 +48,28 @@ impl ProbeSlot {
     }
 }
 
+/// Something the scheduler can check: a [`Probe`], or a stand-in in tests.
+pub trait Check: Send + Sync + 'static {
+    fn check(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<backstop_probes::Report, backstop_probes::ProbeError>,
+    > + Send;
+}
+
+impl Check for Probe {
+    fn check(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<backstop_probes::Report, backstop_probes::ProbeError>,
+    > + Send {
+        Probe::check(self)
+    }
+}
+
 /// Runs one check with the probe's timeout; a panic inside the probe is the
 /// agent's fault and becomes an `error` observation.
-pub async fn check_once(probe: &Probe, cfg: &ProbeConfig) -> Observation {
+pub async fn check_once(probe: &impl Check, cfg: &ProbeConfig) -> Observation {
     let start = Instant::now();
     let run = AssertUnwindSafe(probe.check()).catch_unwind();
     match tokio::time::timeout(cfg.timeout, run).await {
@@ -76,9 +95,10 @@ pub fn first_delay(interval: Duration) -> Duration {
 /// Checks one probe every interval until `stop` turns true.
 pub async fn run_probe(
     slot: Arc<ProbeSlot>,
-    probe: Probe,
+    probe: impl Check,
     metrics: ProbeMetrics,
     epoch: Instant,
+    wake: Option<Arc<tokio::sync::Notify>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = &slot.cfg;
@@ -104,6 +124,9 @@ pub async fn run_probe(
         };
         metrics.record(&obs, failures);
         log_observation(cfg, &obs, flipped);
+        if let Some(w) = &wake {
+            w.notify_one();
+        }
         beat(&slot);
     }
 }
@@ -129,5 +152,156 @@ fn log_observation(cfg: &ProbeConfig, obs: &Observation, flipped: bool) {
         _ => tracing::debug!(
             probe = %cfg.name, outcome = obs.outcome.as_str(), latency_ms, "check"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_probes::{ProbeError, Report};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A probe that takes `delay` and counts overlapping checks.
+    struct Slow {
+        delay: Duration,
+        running: Arc<AtomicU32>,
+        overlaps: Arc<AtomicU32>,
+        fail: bool,
+    }
+
+    impl Check for Slow {
+        async fn check(&self) -> Result<Report, ProbeError> {
+            /// Counts the check as finished even when the timeout drops it.
+            struct Running(Arc<AtomicU32>);
+            impl Drop for Running {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            if self.running.fetch_add(1, Ordering::SeqCst) > 0 {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            let _running = Running(self.running.clone());
+            tokio::time::sleep(self.delay).await;
+            if self.fail {
+                Err(ProbeError::unhealthy("status 503"))
+            } else {
+                Ok(Report::new())
+            }
+        }
+    }
+
+    fn cfg(name: &str, interval_ms: u64, timeout_ms: u64) -> ProbeConfig {
+        ProbeConfig {
+            name: name.into(),
+            level: 1,
+            spec: backstop_probes::ProbeSpec::Tcp(backstop_probes::tcp::TcpConfig {
+                address: "127.0.0.1:1".into(),
+            }),
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            max_latency: None,
+            critical: false,
+        }
+    }
+
+    fn slow(delay_ms: u64, fail: bool) -> (Slow, Arc<AtomicU32>) {
+        let overlaps = Arc::new(AtomicU32::new(0));
+        (
+            Slow {
+                delay: Duration::from_millis(delay_ms),
+                running: Arc::new(AtomicU32::new(0)),
+                overlaps: overlaps.clone(),
+                fail,
+            },
+            overlaps,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_neither_overlaps_itself_nor_delays_another() {
+        let (stop_tx, stop) = watch::channel(false);
+        let epoch = Instant::now();
+        // Slow: each check takes 2.5 intervals, cut by its timeout.
+        let slow_slot = Arc::new(ProbeSlot::new(
+            cfg("slow", 1000, 1000),
+            Duration::from_secs(3600),
+        ));
+        let (slow_probe, overlaps) = slow(2500, false);
+        let fast_slot = Arc::new(ProbeSlot::new(
+            cfg("fast", 1000, 500),
+            Duration::from_secs(3600),
+        ));
+        let (fast_probe, _) = slow(10, false);
+        let a = tokio::spawn(run_probe(
+            slow_slot.clone(),
+            slow_probe,
+            ProbeMetrics::new("slow", 1, "tcp"),
+            epoch,
+            None,
+            stop.clone(),
+        ));
+        let b = tokio::spawn(run_probe(
+            fast_slot.clone(),
+            fast_probe,
+            ProbeMetrics::new("fast", 1, "tcp"),
+            epoch,
+            None,
+            stop,
+        ));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        stop_tx.send(true).unwrap();
+        a.await.unwrap();
+        b.await.unwrap();
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+        let fast = fast_slot.snapshot();
+        assert!(
+            (55..=61).contains(&fast.window.len()),
+            "fast probe ran {} times in 60s",
+            fast.window.len()
+        );
+        let slow = slow_slot.snapshot();
+        assert_eq!(
+            slow.last.unwrap().error.as_deref(),
+            Some("timed out after 1s")
+        );
+        assert!(slow.window.len() <= 61, "{}", slow.window.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_a_row_are_counted_each_interval() {
+        let (stop_tx, stop) = watch::channel(false);
+        let slot = Arc::new(ProbeSlot::new(
+            cfg("health", 1000, 500),
+            Duration::from_secs(3600),
+        ));
+        let (probe, _) = slow(5, true);
+        let task = tokio::spawn(run_probe(
+            slot.clone(),
+            probe,
+            ProbeMetrics::new("health", 1, "tcp"),
+            Instant::now(),
+            None,
+            stop,
+        ));
+        // First check within the jitter (at most one interval), then one per second.
+        tokio::time::sleep(Duration::from_millis(3000 + 1000 + 100)).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        let state = slot.snapshot();
+        assert!(
+            state.consecutive_failures >= 3,
+            "{}",
+            state.consecutive_failures
+        );
+        assert_eq!(state.last.unwrap().outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn first_checks_are_spread_over_at_most_one_interval() {
+        for _ in 0..1000 {
+            assert!(first_delay(Duration::from_secs(2)) <= Duration::from_secs(2));
+            assert!(first_delay(Duration::from_secs(60)) <= Duration::from_secs(5));
+        }
     }
 }

@@ -60,6 +60,7 @@ pub fn describe() {
         "Rollbacks by target and outcome: succeeded, failed or dry_run."
     );
     describe_gauge!("backstop_build_info", "The agent's version.");
+    crate::notify::describe();
 }
 
 /// Sets the constant `backstop_build_info` series.

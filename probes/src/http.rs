@@ -3,15 +3,17 @@
 //! response cannot exhaust memory.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
+use tokio::time::Instant;
 
-use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
-
-/// Default cap on the bytes read from a response body: 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+use crate::request::{
+    self, authority, default_max_body, default_method, describe, read_capped, yes, Expect, ReadBody,
+};
+pub use crate::request::{BodyAssertion, DEFAULT_MAX_BODY_BYTES};
+use crate::{duration, redact_url, ConfigProblem, Context, ProbeError, Report};
 
 /// Settings of an `http` probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,7 +40,7 @@ pub struct HttpConfig {
     #[serde(default)]
     pub expect_body: Vec<BodyAssertion>,
     /// Verify the server's TLS certificate. Default `true`; turning it off is
-    /// an explicit, logged choice.
+    /// an explicit choice, logged as a warning when the probe is built.
     #[serde(default = "yes")]
     pub tls_verify: bool,
     /// Follow redirects (up to 10). Default `false`: a redirect is reported
@@ -50,329 +52,247 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
 }
 
-/// One check of a response body. Exactly one of `pointer` or `regex` is set;
-/// with `pointer`, `equals` compares the value and without it the value must
-/// merely exist.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BodyAssertion {
-    /// A JSON pointer (RFC 6901) into the body, like `/status`.
-    #[serde(default)]
-    pub pointer: Option<String>,
-    /// The value the pointer must hold. Default: it must only exist.
-    #[serde(default)]
-    pub equals: Option<serde_json::Value>,
-    /// A regular expression the body must match.
-    #[serde(default)]
-    pub regex: Option<String>,
-}
-
-fn default_method() -> String {
-    "GET".into()
-}
-fn yes() -> bool {
-    true
-}
-fn default_max_body() -> u64 {
-    DEFAULT_MAX_BODY_BYTES
-}
-
-#[derive(Debug)]
-enum Check {
-    Pointer {
-        pointer: String,
-        equals: Option<serde_json::Value>,
-    },
-    Regex(regex::Regex),
-}
-
+/// A runtime `http` probe. It keeps its client, so checks reuse a connection.
 #[derive(Debug)]
 pub struct HttpProbe {
     client: reqwest::Client,
     method: reqwest::Method,
     url: reqwest::Url,
-    shown_url: String,
-    headers: reqwest::header::HeaderMap,
+    /// `host:port` of the target, for messages.
+    addr: String,
+    headers: HeaderMap,
     body: Option<bytes::Bytes>,
-    expect_status: Vec<u16>,
-    checks: Vec<Check>,
+    expect: Expect,
     max_body_bytes: u64,
+    timeout: Duration,
+    /// The timeout as messages show it (`1s`).
+    within: String,
 }
 
 impl HttpProbe {
     pub fn new(cfg: &HttpConfig, ctx: Context) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let url = match reqwest::Url::parse(&cfg.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-            Ok(u) => {
-                problems.push(ConfigProblem::new(
-                    "url",
-                    format!("scheme {:?} is not http or https", u.scheme()),
-                ));
-                None
-            }
-            Err(e) => {
-                problems.push(ConfigProblem::new(
-                    "url",
-                    format!("invalid URL {:?}: {e}", redact_url(&cfg.url)),
-                ));
-                None
-            }
-        };
-        let method = match reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes()) {
-            Ok(m) => Some(m),
-            Err(_) => {
-                problems.push(ConfigProblem::new(
-                    "method",
-                    format!("invalid HTTP method {:?}", cfg.method),
-                ));
-                None
-            }
-        };
-        let mut headers = reqwest::header::HeaderMap::new();
+        let url = request::parse_url(&cfg.url, "url", &mut problems);
+        let method = request::parse_method(&cfg.method, "method", &mut problems);
+        let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            match (
-                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
-                reqwest::header::HeaderValue::from_str(v),
-            ) {
-                (Ok(name), Ok(mut value)) => {
+            let key = format!("headers.{k}");
+            let name = request::parse_header_name(k, &key, &mut problems);
+            match HeaderValue::from_str(v) {
+                Ok(mut value) => {
                     value.set_sensitive(true);
-                    headers.insert(name, value);
+                    if let Some(name) = name {
+                        headers.append(name, value);
+                    }
                 }
-                _ => problems.push(ConfigProblem::new(
-                    format!("headers.{k}"),
-                    "invalid header name or value",
+                Err(_) => problems.push(ConfigProblem::new(
+                    key,
+                    "header value has characters a header cannot carry",
                 )),
             }
         }
+        request::check_one_body(&cfg.body, &cfg.json, "", &mut problems);
         let body = match (&cfg.body, &cfg.json) {
-            (Some(_), Some(_)) => {
-                problems.push(ConfigProblem::new(
-                    "json",
-                    "set either body or json, not both",
-                ));
-                None
-            }
-            (Some(b), None) => Some(bytes::Bytes::from(b.clone())),
+            (Some(b), _) => Some(bytes::Bytes::from(b.clone())),
             (None, Some(j)) => {
-                headers.entry(reqwest::header::CONTENT_TYPE).or_insert(
-                    reqwest::header::HeaderValue::from_static("application/json"),
-                );
-                Some(bytes::Bytes::from(
-                    serde_json::to_vec(j).unwrap_or_default(),
-                ))
+                headers
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("application/json"));
+                Some(bytes::Bytes::from(j.to_string()))
             }
             (None, None) => None,
         };
-        for (i, s) in cfg.expect_status.iter().enumerate() {
-            if !(100..=599).contains(s) {
-                problems.push(ConfigProblem::new(
-                    format!("expect_status[{i}]"),
-                    format!("{s} is not an HTTP status (100-599)"),
-                ));
-            }
-        }
-        let mut checks = Vec::new();
-        for (i, a) in cfg.expect_body.iter().enumerate() {
-            let key = format!("expect_body[{i}]");
-            match (&a.pointer, &a.regex) {
-                (Some(p), None) => {
-                    if !(p.is_empty() || p.starts_with('/')) {
-                        problems.push(ConfigProblem::new(
-                            format!("{key}.pointer"),
-                            format!("JSON pointer {p:?} must be empty or start with '/'"),
-                        ));
-                    }
-                    checks.push(Check::Pointer {
-                        pointer: p.clone(),
-                        equals: a.equals.clone(),
-                    });
-                }
-                (None, Some(r)) if a.equals.is_none() => match regex::Regex::new(r) {
-                    Ok(re) => checks.push(Check::Regex(re)),
-                    Err(e) => problems.push(ConfigProblem::new(
-                        format!("{key}.regex"),
-                        format!("invalid regular expression: {e}"),
-                    )),
-                },
-                _ => problems.push(ConfigProblem::new(
-                    key,
-                    "set exactly one of pointer (with optional equals) or regex",
-                )),
-            }
-        }
+        let expect = Expect::new(&cfg.expect_status, &cfg.expect_body, "", &mut problems);
         if cfg.max_body_bytes == 0 {
             problems.push(ConfigProblem::new("max_body_bytes", "must be at least 1"));
         }
-        let client = reqwest::Client::builder()
-            .timeout(ctx.timeout)
-            .connect_timeout(ctx.timeout)
-            .danger_accept_invalid_certs(!cfg.tls_verify)
-            .redirect(if cfg.follow_redirects {
-                reqwest::redirect::Policy::limited(10)
-            } else {
-                reqwest::redirect::Policy::none()
-            })
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1)
-            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let client = match client {
+        let client = match request::client(cfg.tls_verify, cfg.follow_redirects) {
             Ok(c) => Some(c),
             Err(e) => {
-                problems.push(ConfigProblem::new(
-                    "url",
-                    format!("cannot build client: {e}"),
-                ));
+                problems.push(ConfigProblem::new("url", e));
                 None
             }
         };
         match (problems.is_empty(), url, method, client) {
-            (true, Some(url), Some(method), Some(client)) => Ok(Self {
-                shown_url: redact_url(url.as_str()),
-                client,
-                method,
-                url,
-                headers,
-                body,
-                expect_status: cfg.expect_status.clone(),
-                checks,
-                max_body_bytes: cfg.max_body_bytes,
-            }),
+            (true, Some(url), Some(method), Some(client)) => {
+                if !cfg.tls_verify && url.scheme() == "https" {
+                    tracing::warn!(
+                        url = %redact_url(url.as_str()),
+                        "tls_verify is off: the server's certificate is not checked"
+                    );
+                }
+                Ok(Self {
+                    addr: authority(&url),
+                    client,
+                    method,
+                    url,
+                    headers,
+                    body,
+                    expect,
+                    max_body_bytes: cfg.max_body_bytes,
+                    timeout: ctx.timeout,
+                    within: duration::format(ctx.timeout),
+                })
+            }
             _ => Err(problems),
         }
     }
 
+    /// Sends the request and checks the response. Every way the target can
+    /// answer badly, or not at all within the timeout, is `Unhealthy`.
     pub async fn check(&self) -> Result<Report, ProbeError> {
         let start = Instant::now();
+        let elapsed_ms = || start.elapsed().as_secs_f64() * 1e3;
         let mut req = self
             .client
             .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone());
+            .headers(self.headers.clone())
+            .timeout(self.timeout);
         if let Some(b) = &self.body {
             req = req.body(b.clone());
         }
-        let resp = req.send().await.map_err(|e| {
-            ProbeError::unhealthy(format!(
-                "request to {} failed: {}",
-                self.shown_url,
-                describe(&e.without_url())
-            ))
-        })?;
-        let status = resp.status().as_u16();
-        let mut report = Report::new().with("status", status as f64);
-        let status_ok = if self.expect_status.is_empty() {
-            (200..300).contains(&status)
-        } else {
-            self.expect_status.contains(&status)
-        };
-        let body = if self.checks.is_empty() {
-            // Nothing to assert: read (and discard) the body up to the cap so
-            // the connection can be reused, but never more.
-            read_capped(resp, self.max_body_bytes, false).await
-        } else {
-            read_capped(resp, self.max_body_bytes, true).await
-        };
-        report.push("latency_ms", start.elapsed().as_secs_f64() * 1e3);
-        let body = match body {
-            Ok(b) => b,
-            Err(msg) => return Err(ProbeError::unhealthy_with(msg, report)),
-        };
-        if !status_ok {
-            let want = if self.expect_status.is_empty() {
-                "2xx".to_string()
-            } else {
-                format!("{:?}", self.expect_status)
-            };
-            return Err(ProbeError::unhealthy_with(
-                format!("status {status}, expected {want}"),
-                report,
-            ));
-        }
-        if let Some(body) = body {
-            if let Err(msg) = self.assert_body(&body) {
-                return Err(ProbeError::unhealthy_with(msg, report));
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(ProbeError::unhealthy_with(
+                    describe(&e, &self.addr, &self.within),
+                    Report::new().with("latency_ms", elapsed_ms()),
+                ))
             }
+        };
+        let mut report = Report::new().with("status", f64::from(resp.status().as_u16()));
+        if let Err(msg) = self.expect.check_status(&resp) {
+            report.push("latency_ms", elapsed_ms());
+            return Err(ProbeError::unhealthy_with(msg, report));
         }
-        Ok(report)
-    }
-
-    fn assert_body(&self, body: &[u8]) -> Result<(), String> {
-        let mut json: Option<serde_json::Value> = None;
-        for check in &self.checks {
-            match check {
-                Check::Regex(re) => {
-                    let text = String::from_utf8_lossy(body);
-                    if !re.is_match(&text) {
-                        return Err(format!("body does not match /{}/", re.as_str()));
-                    }
-                }
-                Check::Pointer { pointer, equals } => {
-                    if json.is_none() {
-                        json = Some(
-                            serde_json::from_slice(body)
-                                .map_err(|e| format!("body is not JSON: {e}"))?,
-                        );
-                    }
-                    let doc = json.as_ref().expect("parsed above");
-                    match (doc.pointer(pointer), equals) {
-                        (None, _) => return Err(format!("body has no value at {pointer}")),
-                        (Some(got), Some(want)) if got != want => {
-                            return Err(format!("body at {pointer} is {got}, expected {want}"))
-                        }
-                        _ => {}
-                    }
-                }
-            }
+        let body = read_capped(
+            resp,
+            self.max_body_bytes,
+            self.expect.reads_body(),
+            &self.within,
+        )
+        .await;
+        report.push("latency_ms", elapsed_ms());
+        let checked = body.and_then(|body| match body {
+            Some(bytes) => self.expect.check_body(&ReadBody::new(bytes)),
+            None => Ok(()),
+        });
+        match checked {
+            Ok(()) => Ok(report),
+            Err(msg) => Err(ProbeError::unhealthy_with(msg, report)),
         }
-        Ok(())
     }
 }
 
-/// Reads a body up to `cap` bytes. Past the cap, a kept body is an error
-/// (assertions on a truncated document would mislead) and a discarded one
-/// simply stops being read.
-async fn read_capped(
-    resp: reqwest::Response,
-    cap: u64,
-    keep: bool,
-) -> Result<Option<Vec<u8>>, String> {
-    let mut stream = resp.bytes_stream();
-    let mut kept = Vec::new();
-    let mut seen: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading body: {}", describe(&e.without_url())))?;
-        seen += chunk.len() as u64;
-        if seen > cap {
-            if keep {
-                return Err(format!("body larger than max_body_bytes ({cap} bytes)"));
-            }
-            return Ok(None);
-        }
-        if keep {
-            kept.extend_from_slice(&chunk);
-        }
-    }
-    Ok(keep.then_some(kept))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A reqwest error with its sources, as one line.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
+    fn ctx() -> Context {
+        Context {
+            timeout: Duration::from_secs(1),
         }
-        src = inner.source();
     }
-    s
+
+    fn config(extra: serde_json::Value) -> HttpConfig {
+        let mut doc = serde_json::json!({ "url": "http://127.0.0.1:8080/health" });
+        doc.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn problems(extra: serde_json::Value) -> Vec<(String, String)> {
+        match HttpProbe::new(&config(extra), ctx()) {
+            Ok(_) => vec![],
+            Err(p) => p.into_iter().map(|p| (p.key, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_to_get_any_2xx_tls_verified_no_redirects_and_a_1_mib_cap() {
+        let cfg = config(serde_json::json!({}));
+        assert_eq!(cfg.method, "GET");
+        assert!(cfg.expect_status.is_empty());
+        assert!(cfg.tls_verify);
+        assert!(!cfg.follow_redirects);
+        assert_eq!(cfg.max_body_bytes, 1 << 20);
+        assert!(HttpProbe::new(&cfg, ctx()).is_ok());
+    }
+
+    #[test]
+    fn reports_each_bad_setting_under_its_own_key() {
+        let cases = [
+            (
+                serde_json::json!({ "url": "ftp://h/x" }),
+                "url",
+                "scheme \"ftp\" is not http or https",
+            ),
+            (
+                serde_json::json!({ "method": "G T" }),
+                "method",
+                "invalid HTTP method \"G T\"",
+            ),
+            (
+                serde_json::json!({ "headers": { "bad name": "v" } }),
+                "headers.bad name",
+                "\"bad name\" is not a valid header name",
+            ),
+            (
+                serde_json::json!({ "body": "x", "json": {} }),
+                "json",
+                "set either body or json, not both",
+            ),
+            (
+                serde_json::json!({ "expect_status": [200, 700] }),
+                "expect_status[1]",
+                "700 is not an HTTP status (100-599)",
+            ),
+            (
+                serde_json::json!({ "expect_body": [{ "pointer": "status" }] }),
+                "expect_body[0].pointer",
+                "JSON pointer \"status\" must be empty or start with '/'",
+            ),
+            (
+                serde_json::json!({ "expect_body": [{ "regex": "(" }] }),
+                "expect_body[0].regex",
+                "",
+            ),
+            (
+                serde_json::json!({ "expect_body": [{ "regex": "a", "equals": 1 }] }),
+                "expect_body[0]",
+                "set exactly one of pointer (with optional equals) or regex",
+            ),
+            (
+                serde_json::json!({ "max_body_bytes": 0 }),
+                "max_body_bytes",
+                "must be at least 1",
+            ),
+        ];
+        for (extra, key, message) in cases {
+            let found = problems(extra.clone());
+            assert_eq!(found.len(), 1, "{extra}: {found:?}");
+            assert_eq!(found[0].0, key, "{extra}");
+            assert!(found[0].1.starts_with(message), "{extra}: {}", found[0].1);
+        }
+    }
+
+    #[test]
+    fn an_invalid_url_is_reported_without_its_password() {
+        let found = problems(serde_json::json!({ "url": "http://u:hunter2@[bad/x" }));
+        assert_eq!(found[0].0, "url");
+        assert!(!found[0].1.contains("hunter2"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let err = serde_json::from_value::<HttpConfig>(
+            serde_json::json!({ "url": "http://h/", "expect_code": [200] }),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `expect_code`"),
+            "{err}"
+        );
+    }
 }

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
+mod duration;
 pub mod http;
 pub mod postgres;
 pub mod redact;
 pub mod redis;
+mod request;
 pub mod resources;
+pub mod scenario;
 pub mod tcp;
 
 pub use redact::redact_url;
@@ -113,10 +116,11 @@ pub enum ProbeSpec {
     Postgres(postgres::PostgresConfig),
     Redis(redis::RedisConfig),
     Resources(resources::ResourcesConfig),
+    Scenario(scenario::ScenarioConfig),
 }
 
 /// The type names as written in `type = "..."`.
-pub const PROBE_TYPES: &[&str] = &["http", "tcp", "postgres", "redis", "resources"];
+pub const PROBE_TYPES: &[&str] = &["http", "tcp", "postgres", "redis", "resources", "scenario"];
 
 impl ProbeSpec {
     /// Deserializes the type-specific settings of a probe whose `type` is
@@ -132,6 +136,7 @@ impl ProbeSpec {
             "postgres" => Self::Postgres(postgres::PostgresConfig::deserialize(de)?),
             "redis" => Self::Redis(redis::RedisConfig::deserialize(de)?),
             "resources" => Self::Resources(resources::ResourcesConfig::deserialize(de)?),
+            "scenario" => Self::Scenario(scenario::ScenarioConfig::deserialize(de)?),
             _ => return Ok(None),
         }))
     }
@@ -143,6 +148,7 @@ impl ProbeSpec {
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
             Self::Resources(_) => "resources",
+            Self::Scenario(_) => "scenario",
         }
     }
 
@@ -155,6 +161,7 @@ impl ProbeSpec {
             Self::Postgres(c) => Probe::Postgres(postgres::PostgresProbe::new(c, ctx)?),
             Self::Redis(c) => Probe::Redis(redis::RedisProbe::new(c, ctx)?),
             Self::Resources(c) => Probe::Resources(resources::ResourcesProbe::new(c, ctx)?),
+            Self::Scenario(c) => Probe::Scenario(Box::new(scenario::ScenarioProbe::new(c, ctx)?)),
         })
     }
 }
@@ -167,6 +174,7 @@ pub enum Probe {
     Postgres(postgres::PostgresProbe),
     Redis(redis::RedisProbe),
     Resources(resources::ResourcesProbe),
+    Scenario(Box<scenario::ScenarioProbe>),
 }
 
 impl Probe {
@@ -179,6 +187,7 @@ impl Probe {
             Self::Postgres(p) => p.check().await,
             Self::Redis(p) => p.check().await,
             Self::Resources(p) => p.check().await,
+            Self::Scenario(p) => p.check().await,
         }
     }
 }

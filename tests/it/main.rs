@@ -1,4 +1,11 @@
 //! The integration tests: one binary, real servers on loopback.
 
+mod agent;
 mod cli;
 mod rollback_kubernetes;
+mod e2e;
+mod notify;
+mod packaging;
+mod probe_http;
+mod probe_scenario;
+mod rollback_targets;

@@ -1,82 +1,970 @@
-//! Rollback targets: the platform APIs the agent calls to return a service
-//! to its last good deployment.
+//! Rollback targets: the one call that returns a service to its last good
+//! deployment, made through the platform's own API, a webhook or a command.
 //!
-//! PROVISIONAL: this file only declares the Kubernetes targets and a
-//! stand-in for the shared error type, so that they build on their own. It
-//! is to be merged with the real `rollback/mod.rs` (`RollbackConfig`, the
-//! `Target` enum, `RollbackError`), which replaces everything below except
-//! the three `pub mod` lines.
+//! `[rollback]` is read into a [`RollbackConfig`]; [`RollbackConfig::build`]
+//! turns it into a [`Target`] without touching the network, and
+//! [`Target::rollback`] makes the call, retried within `deadline` by the
+//! shared policy of `crate::retry`. Whether to call at all (dry run, pause,
+//! cooldown, hourly cap, one call per deployment) is decided by the caller;
+//! a target only knows how to call.
+//!
+//! # The shape of a target
+//!
+//! Each target lives in its own file and offers the same three things:
+//!
+//! - `XConfig`: its `[rollback.x]` subtable, `Deserialize` with
+//!   `deny_unknown_fields`, every field documenting its default, tokens as
+//!   `Secret`s, and an `api_url` (or equivalent) defaulting to the real API;
+//!   `fn validate(&self) -> Vec<Problem>` for what serde cannot check, with
+//!   keys relative to the subtable; and
+//!   `fn build(&self, cx: &BuildContext) -> Result<X, RollbackError>`, which
+//!   builds its one `reqwest::Client` (see [`http_client`]) and sends nothing.
+//! - `X`, the runtime, with
+//!   `async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError>`,
+//!   which runs its attempts through [`with_retries`] so network errors, 5xx
+//!   and 429 (honouring `Retry-After`) are retried until the deadline and
+//!   other 4xx are final.
+//! - Error messages that name the target and the HTTP status, and never a
+//!   token or a secret URL ([`send`] scrubs what a platform echoes back).
+//!
+//! The `kubernetes` and `argo_rollouts` targets follow this shape in
+//! `kubernetes.rs` and `argo_rollouts.rs`; the places where they are wired in
+//! are marked `WIRE-IN(kubernetes, argo_rollouts)` below.
 
-pub mod argo_rollouts;
-pub mod kube;
-pub mod kubernetes;
+pub mod exec;
+pub mod heroku;
+pub mod railway;
+pub mod render;
+pub mod vercel;
+pub mod webhook;
+// WIRE-IN(kubernetes, argo_rollouts): `pub mod kubernetes;` and `pub mod argo_rollouts;`.
 
-use crate::retry::RetryError;
+use std::future::Future;
+use std::time::Duration;
 
-/// Why a rollback call did not succeed (provisional stand-in).
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::duration::Dur;
+use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::retry::{classify_error, classify_status, retry, Attempt, RetryError, RetryPolicy};
+
+/// Every value `target` accepts, in SPEC's order.
+pub const TARGETS: &[&str] = &[
+    "railway",
+    "kubernetes",
+    "argo_rollouts",
+    "render",
+    "vercel",
+    "heroku",
+    "webhook",
+    "exec",
+];
+
+/// The keys of `[rollback]` besides the target subtables.
+const COMMON_KEYS: &[&str] = &[
+    "target",
+    "dry_run",
+    "cooldown",
+    "max_per_hour",
+    "verify",
+    "deadline",
+];
+
+/// How long one HTTP attempt may take unless a target says otherwise.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated `[rollback]` section.
+#[derive(Debug, Clone)]
+pub struct RollbackConfig {
+    /// Record what would be done instead of calling. Default `false`.
+    /// Enforced by the caller, which also labels the metric `dry_run`.
+    pub dry_run: bool,
+    /// No automatic rollback within this long after the previous one. Default `10m`.
+    pub cooldown: Duration,
+    /// At most this many rollback calls in any hour. Default 3.
+    pub max_per_hour: u32,
+    /// How long after an accepted call the deployment must have changed
+    /// before the rollback counts as effective. Default `5m`.
+    pub verify: Duration,
+    /// Retries stop when the next attempt would start later than this after
+    /// the first. Default `5m`.
+    pub deadline: Duration,
+    /// The chosen target with its own settings.
+    pub target: TargetConfig,
+}
+
+/// The chosen target's subtable.
+#[derive(Debug, Clone)]
+pub enum TargetConfig {
+    Webhook(webhook::WebhookConfig),
+    Exec(exec::ExecConfig),
+    Railway(railway::RailwayConfig),
+    Render(render::RenderConfig),
+    Vercel(vercel::VercelConfig),
+    Heroku(heroku::HerokuConfig),
+    // WIRE-IN(kubernetes, argo_rollouts):
+    // Kubernetes(kubernetes::KubernetesConfig),
+    // ArgoRollouts(argo_rollouts::ArgoRolloutsConfig),
+}
+
+impl TargetConfig {
+    /// The `target` value, also the `target` label of `backstop_rollbacks_total`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Webhook(_) => "webhook",
+            Self::Exec(_) => "exec",
+            Self::Railway(_) => "railway",
+            Self::Render(_) => "render",
+            Self::Vercel(_) => "vercel",
+            Self::Heroku(_) => "heroku",
+        }
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        match self {
+            Self::Webhook(c) => c.validate(),
+            Self::Exec(c) => c.validate(),
+            Self::Railway(c) => c.validate(),
+            Self::Render(c) => c.validate(),
+            Self::Vercel(c) => c.validate(),
+            Self::Heroku(c) => c.validate(),
+        }
+    }
+}
+
+impl RollbackConfig {
+    /// The retry policy of every call: the shared backoff, this deadline.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            deadline: self.deadline,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Builds the target: HTTP clients, templates, the command. Sends nothing.
+    pub fn build(&self) -> Result<Target, RollbackError> {
+        let cx = BuildContext {
+            policy: self.policy(),
+        };
+        Ok(match &self.target {
+            TargetConfig::Webhook(c) => Target::Webhook(c.build(&cx)?),
+            TargetConfig::Exec(c) => Target::Exec(c.build(&cx)?),
+            TargetConfig::Railway(c) => Target::Railway(c.build(&cx)?),
+            TargetConfig::Render(c) => Target::Render(c.build(&cx)?),
+            TargetConfig::Vercel(c) => Target::Vercel(c.build(&cx)?),
+            TargetConfig::Heroku(c) => Target::Heroku(c.build(&cx)?),
+        })
+    }
+}
+
+/// What every target is built with.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildContext {
+    /// Backoff and deadline of the target's calls.
+    pub policy: RetryPolicy,
+}
+
+/// A rollback target, ready to call.
+#[derive(Debug)]
+pub enum Target {
+    Webhook(webhook::Webhook),
+    Exec(exec::Exec),
+    Railway(railway::Railway),
+    Render(render::Render),
+    Vercel(vercel::Vercel),
+    Heroku(heroku::Heroku),
+    // WIRE-IN(kubernetes, argo_rollouts):
+    // Kubernetes(kubernetes::Kubernetes),
+    // ArgoRollouts(argo_rollouts::ArgoRollouts),
+}
+
+impl Target {
+    /// The label of `backstop_rollbacks_total{target}`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Webhook(_) => "webhook",
+            Self::Exec(_) => "exec",
+            Self::Railway(_) => "railway",
+            Self::Render(_) => "render",
+            Self::Vercel(_) => "vercel",
+            Self::Heroku(_) => "heroku",
+        }
+    }
+
+    /// Asks the platform to return to the last good deployment, retrying
+    /// within the deadline. One call of this is one rollback: the caller
+    /// makes sure it happens once per bad deployment.
+    pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
+        match self {
+            Self::Webhook(t) => t.rollback(req).await,
+            Self::Exec(t) => t.rollback(req).await,
+            Self::Railway(t) => t.rollback(req).await,
+            Self::Render(t) => t.rollback(req).await,
+            Self::Vercel(t) => t.rollback(req).await,
+            Self::Heroku(t) => t.rollback(req).await,
+        }
+    }
+}
+
+/// Why a rollback did not happen. Messages name the target and, for HTTP,
+/// the status; they never carry a token or a secret URL.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RollbackError {
-    /// The target cannot be built from its configuration.
-    #[error("{target}: {message}")]
-    Config {
-        target: &'static str,
-        message: String,
-    },
-    /// Not worth another try: refused, unauthorized, not found, invalid.
-    #[error("{target}: {message} (not retried)")]
+    /// Failed in a way another try would not fix: refused (401, 403, 404,
+    /// 409, 422), nothing to return to, a command that failed.
+    #[error("{target} rollback failed: {reason}")]
     Final {
         target: &'static str,
-        message: String,
+        reason: String,
+        attempts: u32,
     },
-    /// Every attempt failed for a reason worth retrying, until the deadline.
-    #[error("{target}: gave up after {attempts} attempts: {message}")]
+    /// Every attempt failed in a way worth retrying, until the deadline.
+    #[error("{target} rollback gave up after {attempts} attempts: {reason}")]
     Exhausted {
         target: &'static str,
-        message: String,
+        reason: String,
         attempts: u32,
+    },
+    /// The target could not be built; nothing was sent.
+    #[error("{target} rollback cannot start: {reason}")]
+    Setup {
+        target: &'static str,
+        reason: String,
     },
 }
 
 impl RollbackError {
-    /// The same error, attributed to `target`.
-    pub fn in_target(self, target: &'static str) -> Self {
+    pub fn target(&self) -> &'static str {
         match self {
-            Self::Config { message, .. } => Self::Config { target, message },
-            Self::Final { message, .. } => Self::Final { target, message },
-            Self::Exhausted {
-                message, attempts, ..
-            } => Self::Exhausted {
-                target,
-                message,
-                attempts,
-            },
+            Self::Final { target, .. }
+            | Self::Exhausted { target, .. }
+            | Self::Setup { target, .. } => target,
         }
     }
 
-    /// The message without the target's name.
-    pub fn message(&self) -> &str {
+    /// How many calls were made (0 when the target could not be built).
+    pub fn attempts(&self) -> u32 {
         match self {
-            Self::Config { message, .. }
-            | Self::Final { message, .. }
-            | Self::Exhausted { message, .. } => message,
+            Self::Final { attempts, .. } | Self::Exhausted { attempts, .. } => *attempts,
+            Self::Setup { .. } => 0,
+        }
+    }
+
+    fn from_retry(target: &'static str, err: RetryError) -> Self {
+        match err {
+            RetryError::Final { reason, attempts } => Self::Final {
+                target,
+                reason,
+                attempts,
+            },
+            RetryError::Exhausted { reason, attempts } => Self::Exhausted {
+                target,
+                reason,
+                attempts,
+            },
         }
     }
 }
 
-/// A retry error belongs to no target yet: attribute it with
-/// [`RollbackError::in_target`].
-impl From<RetryError> for RollbackError {
-    fn from(e: RetryError) -> Self {
-        match e {
-            RetryError::Final { reason, .. } => Self::Final {
-                target: "rollback",
-                message: reason,
+/// Runs `f` under the shared retry policy and names the target in the error.
+pub async fn with_retries<T, F, Fut>(
+    target: &'static str,
+    policy: RetryPolicy,
+    f: F,
+) -> Result<T, RollbackError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
+    retry(policy, f)
+        .await
+        .map_err(|e| RollbackError::from_retry(target, e))
+}
+
+/// Finds the deployment to return to, then asks for the rollback, both
+/// within one retry budget. Once found, the deployment is not looked up
+/// again, so a retried call always asks for the same one.
+pub async fn find_then_act<FF, FFut, AF, AFut>(
+    target: &'static str,
+    policy: RetryPolicy,
+    find: FF,
+    act: AF,
+) -> Result<RollbackDone, RollbackError>
+where
+    FF: Fn() -> FFut,
+    FFut: Future<Output = Attempt<String>>,
+    AF: Fn(String) -> AFut,
+    AFut: Future<Output = Attempt<RollbackDone>>,
+{
+    let found = std::sync::Mutex::new(None::<String>);
+    let (found, find, act) = (&found, &find, &act);
+    with_retries(target, policy, move |_| async move {
+        let cached = found.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let id = match cached {
+            Some(id) => id,
+            None => match find().await {
+                Attempt::Done(id) => {
+                    *found.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+                    id
+                }
+                Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+                Attempt::Fail(reason) => return Attempt::Fail(reason),
             },
-            RetryError::Exhausted { reason, attempts } => Self::Exhausted {
-                target: "rollback",
-                message: reason,
-                attempts,
-            },
+        };
+        act(id).await
+    })
+    .await
+}
+
+/// The one HTTP client of a target: a per-attempt timeout, no redirects (a
+/// rollback call is never replayed to another address), no cookies.
+pub fn http_client(
+    target: &'static str,
+    timeout: Duration,
+) -> Result<reqwest::Client, RollbackError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| RollbackError::Setup {
+            target,
+            reason: format!("cannot build the HTTP client: {}", e.without_url()),
+        })
+}
+
+/// Sends one request and classifies the answer: the body of a 2xx; a retry
+/// for network errors, 429 and 5xx; a final failure for other statuses.
+/// The message names `what` and the status, adds the platform's own error
+/// message when it gives one, and hides every value in `secrets`.
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    secrets: &[&str],
+) -> Attempt<bytes::Bytes> {
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return classify_error(e, what),
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    // A 2xx whose body cannot be read still means the platform accepted.
+    let body = resp.bytes().await.unwrap_or_default();
+    match classify_status(status, &headers, what) {
+        Attempt::Done(()) => Attempt::Done(body),
+        Attempt::Retry { reason, after } => Attempt::Retry {
+            reason: with_detail(reason, &body, secrets),
+            after,
+        },
+        Attempt::Fail(reason) => Attempt::Fail(with_detail(reason, &body, secrets)),
+    }
+}
+
+/// Parses a 2xx body as JSON; an unreadable answer is worth another try.
+pub fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Attempt<T> {
+    match serde_json::from_slice(body) {
+        Ok(v) => Attempt::Done(v),
+        Err(e) => Attempt::Retry {
+            reason: format!(
+                "{what}: unexpected answer ({})",
+                first_words(&e.to_string())
+            ),
+            after: None,
+        },
+    }
+}
+
+fn first_words(s: &str) -> String {
+    truncate(s.lines().next().unwrap_or(""), 120)
+}
+
+/// `reason: <the platform's message>` when the body is JSON with one.
+fn with_detail(reason: String, body: &[u8], secrets: &[&str]) -> String {
+    match platform_message(body) {
+        Some(m) => scrub(&format!("{reason}: {m}"), secrets),
+        None => reason,
+    }
+}
+
+/// The error message in the common JSON error shapes: `message`,
+/// `error.message`, `error` as a string, `errors[0].message`.
+fn platform_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let m = v
+        .get("message")
+        .and_then(Value::as_str)
+        .or_else(|| v.pointer("/error/message").and_then(Value::as_str))
+        .or_else(|| v.get("error").and_then(Value::as_str))
+        .or_else(|| v.pointer("/errors/0/message").and_then(Value::as_str))?;
+    let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!m.is_empty()).then(|| truncate(&m, 200))
+}
+
+/// Replaces every secret value in `text` with `***`.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(*s, "***");
+    }
+    out
+}
+
+/// At most `max` characters, with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// One deployment as a platform lists it, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub id: String,
+    /// Other names of the same deployment (Heroku's `v42` and `42`).
+    pub aliases: Vec<String>,
+    /// Serving now (Railway `SUCCESS`, Render `live`, Heroku `current`).
+    pub active: bool,
+    /// The platform can return to it.
+    pub eligible: bool,
+    /// Its status as the platform says it, for messages.
+    pub status: String,
+}
+
+impl Listed {
+    fn is(&self, id: &str) -> bool {
+        self.id == id || self.aliases.iter().any(|a| a == id)
+    }
+}
+
+/// Picks the deployment to return to from a newest-first list:
+///
+/// - `return_to`, when it names a listed deployment; it must be eligible
+///   (the agent knows it was stable, so nothing else will do);
+/// - otherwise the newest eligible deployment older than `current`; when
+///   `current` is not listed (its id comes from elsewhere), older than the
+///   newest active one.
+pub fn choose<'a>(
+    list: &'a [Listed],
+    current: &str,
+    return_to: Option<&str>,
+) -> Result<&'a Listed, String> {
+    if let Some(want) = return_to.filter(|w| !w.is_empty()) {
+        if let Some(d) = list.iter().find(|d| d.is(want)) {
+            if d.is(current) {
+                return Err(format!(
+                    "the deployment to return to, {want}, is the current one"
+                ));
+            }
+            if !d.eligible {
+                return Err(format!(
+                    "the deployment to return to, {want}, cannot be rolled back to (status {})",
+                    d.status
+                ));
+            }
+            return Ok(d);
         }
+    }
+    let start = match list.iter().position(|d| d.is(current)) {
+        Some(i) => i + 1,
+        None => match list.iter().position(|d| d.active) {
+            Some(i) => i + 1,
+            None => {
+                return Err(format!(
+                "neither deployment {current} nor an active one is among the last {} deployments",
+                list.len()
+            ))
+            }
+        },
+    };
+    list[start.min(list.len())..]
+        .iter()
+        .find(|d| d.eligible)
+        .ok_or_else(|| {
+            format!(
+                "no earlier deployment to return to among the last {} deployments",
+                list.len()
+            )
+        })
+}
+
+/// One problem in a target's subtable; `key` is relative to the subtable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks an `http`/`https` URL. A secret URL is never echoed.
+pub fn check_url(problems: &mut Vec<Problem>, key: &str, raw: &str, secret: bool) {
+    let shown = || {
+        if secret {
+            String::new()
+        } else {
+            format!(", got {:?}", backstop_probes::redact_url(raw))
+        }
+    };
+    if raw.trim().is_empty() {
+        problems.push(Problem::new(key, "must not be empty"));
+        return;
+    }
+    match url::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(_) => problems.push(Problem::new(
+            key,
+            format!("expected an http or https URL{}", shown()),
+        )),
+        Err(e) => problems.push(Problem::new(key, format!("invalid URL ({e}){}", shown()))),
+    }
+}
+
+/// Checks a required identifier or token is not empty.
+pub fn check_present(problems: &mut Vec<Problem>, key: &str, value: &str) {
+    if value.trim().is_empty() {
+        problems.push(Problem::new(key, "must not be empty"));
+    }
+}
+
+/// Checks a per-attempt timeout.
+pub fn check_timeout(problems: &mut Vec<Problem>, key: &str, d: Duration) {
+    if d.is_zero() {
+        problems.push(Problem::new(key, "must be more than 0s"));
+    }
+}
+
+/// `base` without a trailing `/`, followed by `path`.
+pub fn endpoint(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+/// Escapes one path segment (ids are put into URL paths).
+pub fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+pub(crate) fn default_attempt_timeout() -> Dur {
+    Dur(DEFAULT_ATTEMPT_TIMEOUT)
+}
+
+/// What the configuration reader offers this module: deserialization that
+/// reports problems with key paths and lines, and a place to report more.
+pub(crate) trait SectionReader {
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T>;
+    fn report(&mut self, path: String, message: String);
+    fn has_problem(&self, path: &str) -> bool;
+}
+
+/// `[rollback]` as written, without the target subtables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonSection {
+    /// Required, one of [`TARGETS`].
+    target: TargetKind,
+    /// Default `false`.
+    #[serde(default)]
+    dry_run: bool,
+    /// Default `10m`.
+    #[serde(default = "default_cooldown")]
+    cooldown: Dur,
+    /// Default 3.
+    #[serde(default = "default_max_per_hour")]
+    max_per_hour: u32,
+    /// Default `5m`.
+    #[serde(default = "default_five_minutes")]
+    verify: Dur,
+    /// Default `5m`.
+    #[serde(default = "default_five_minutes")]
+    deadline: Dur,
+}
+
+fn default_cooldown() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_max_per_hour() -> u32 {
+    3
+}
+fn default_five_minutes() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TargetKind {
+    Railway,
+    Kubernetes,
+    ArgoRollouts,
+    Render,
+    Vercel,
+    Heroku,
+    Webhook,
+    Exec,
+}
+
+impl TargetKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Railway => "railway",
+            Self::Kubernetes => "kubernetes",
+            Self::ArgoRollouts => "argo_rollouts",
+            Self::Render => "render",
+            Self::Vercel => "vercel",
+            Self::Heroku => "heroku",
+            Self::Webhook => "webhook",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// Reads and validates `[rollback]`: the common keys first, then only the
+/// chosen target's subtable, deserialized on its own so errors keep their
+/// key paths and lines.
+pub(crate) fn read(cx: &mut impl SectionReader, value: Value) -> Option<RollbackConfig> {
+    let Value::Object(map) = value else {
+        cx.report(
+            "rollback".into(),
+            "must be a table: write [rollback]".into(),
+        );
+        return None;
+    };
+    let mut common = serde_json::Map::new();
+    let mut subtables = Vec::new();
+    let mut ok = true;
+    for (k, v) in map {
+        if TARGETS.contains(&k.as_str()) {
+            subtables.push((k, v));
+        } else if COMMON_KEYS.contains(&k.as_str()) {
+            common.insert(k, v);
+        } else {
+            cx.report(
+                format!("rollback.{k}"),
+                format!(
+                    "unknown key, expected one of {}, or a target's table: {}",
+                    COMMON_KEYS.join(", "),
+                    TARGETS.join(", ")
+                ),
+            );
+            ok = false;
+        }
+    }
+    if !common.contains_key("target") {
+        cx.report(
+            "rollback.target".into(),
+            format!(
+                "required key is missing, expected one of {}",
+                TARGETS.join(", ")
+            ),
+        );
+        return None;
+    }
+    // The target is read on its own too, so its subtable is checked even
+    // when another common key is wrong.
+    let kind = common
+        .get("target")
+        .cloned()
+        .and_then(|v| serde_json::from_value::<TargetKind>(v).ok());
+    let common: Option<CommonSection> = cx.section("rollback", Value::Object(common));
+    let kind = common.as_ref().map(|c| c.target).or(kind)?;
+    let chosen = kind.as_str();
+    let mut chosen_table = None;
+    for (k, v) in subtables {
+        if k == chosen {
+            chosen_table = Some(v);
+        } else {
+            cx.report(
+                format!("rollback.{k}"),
+                format!("target is {chosen:?}, so only [rollback.{chosen}] applies: remove [rollback.{k}]"),
+            );
+            ok = false;
+        }
+    }
+    let path = format!("rollback.{chosen}");
+    let target = match (kind, chosen_table) {
+        // WIRE-IN(kubernetes, argo_rollouts): read their subtables here like the others.
+        (TargetKind::Kubernetes | TargetKind::ArgoRollouts, _) => {
+            cx.report(
+                "rollback.target".into(),
+                format!("the {chosen} target is not available in this version"),
+            );
+            None
+        }
+        (_, None) => {
+            cx.report(
+                path.clone(),
+                format!("target = {chosen:?} needs a [rollback.{chosen}] table"),
+            );
+            None
+        }
+        (kind, Some(v)) => match kind {
+            TargetKind::Webhook => cx.section(&path, v).map(TargetConfig::Webhook),
+            TargetKind::Exec => cx.section(&path, v).map(TargetConfig::Exec),
+            TargetKind::Railway => cx.section(&path, v).map(TargetConfig::Railway),
+            TargetKind::Render => cx.section(&path, v).map(TargetConfig::Render),
+            TargetKind::Vercel => cx.section(&path, v).map(TargetConfig::Vercel),
+            TargetKind::Heroku => cx.section(&path, v).map(TargetConfig::Heroku),
+            TargetKind::Kubernetes | TargetKind::ArgoRollouts => None,
+        },
+    };
+    if let Some(t) = &target {
+        for p in t.validate() {
+            let key = format!("{path}.{}", p.key);
+            // A value already reported (an unset variable) is not reported twice.
+            if !cx.has_problem(&key) {
+                cx.report(key, p.message);
+            }
+            ok = false;
+        }
+    }
+    let common = common?;
+    if common.deadline.0.is_zero() {
+        cx.report("rollback.deadline".into(), "must be more than 0s".into());
+        ok = false;
+    }
+    if common.verify.0.is_zero() {
+        cx.report("rollback.verify".into(), "must be more than 0s".into());
+        ok = false;
+    }
+    if common.max_per_hour == 0 {
+        cx.report(
+            "rollback.max_per_hour".into(),
+            "must be at least 1 (set dry_run = true to never call)".into(),
+        );
+        ok = false;
+    }
+    let target = target?;
+    ok.then_some(RollbackConfig {
+        dry_run: common.dry_run,
+        cooldown: common.cooldown.0,
+        max_per_hour: common.max_per_hour,
+        verify: common.verify.0,
+        deadline: common.deadline.0,
+        target,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: &str, active: bool, eligible: bool) -> Listed {
+        Listed {
+            id: id.into(),
+            aliases: vec![],
+            active,
+            eligible,
+            status: if eligible { "ok" } else { "failed" }.into(),
+        }
+    }
+
+    #[test]
+    fn chooses_the_newest_eligible_deployment_older_than_the_current_one() {
+        let list = [
+            listed("d4", false, true),
+            listed("d3", true, true),
+            listed("d2", false, false),
+            listed("d1", false, true),
+        ];
+        assert_eq!(choose(&list, "d3", None).unwrap().id, "d1");
+    }
+
+    #[test]
+    fn prefers_return_to_when_it_is_listed_and_eligible() {
+        let list = [
+            listed("d3", true, true),
+            listed("d2", false, true),
+            listed("d1", false, true),
+        ];
+        assert_eq!(choose(&list, "d3", Some("d1")).unwrap().id, "d1");
+        // An id from another id space falls back to the newest older one.
+        assert_eq!(choose(&list, "d3", Some("git-abc")).unwrap().id, "d2");
+    }
+
+    #[test]
+    fn refuses_a_return_to_that_cannot_be_rolled_back_to() {
+        let list = [listed("d3", true, true), listed("d2", false, false)];
+        let err = choose(&list, "d3", Some("d2")).unwrap_err();
+        assert!(err.contains("cannot be rolled back to"), "{err}");
+    }
+
+    #[test]
+    fn falls_back_to_the_active_deployment_when_the_current_id_is_unknown() {
+        let list = [
+            listed("d3", false, false),
+            listed("d2", true, true),
+            listed("d1", false, true),
+        ];
+        assert_eq!(choose(&list, "sha-123", None).unwrap().id, "d1");
+        let none = [listed("d3", false, true)];
+        assert!(choose(&none, "sha-123", None).is_err());
+    }
+
+    #[test]
+    fn says_so_when_there_is_nothing_to_return_to() {
+        let list = [listed("d2", true, true), listed("d1", false, false)];
+        let err = choose(&list, "d2", None).unwrap_err();
+        assert!(err.starts_with("no earlier deployment"), "{err}");
+    }
+
+    #[test]
+    fn scrubs_secrets_from_platform_messages() {
+        let body = br#"{"error":{"message":"token tok-123456 is revoked"}}"#;
+        let got = with_detail("call answered 401".into(), body, &["tok-123456"]);
+        assert_eq!(got, "call answered 401: token *** is revoked");
+        assert_eq!(with_detail("x".into(), b"<html>", &[]), "x");
+    }
+
+    fn parse(rollback: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        let text = format!("[service]\nname = \"web\"\n\n{rollback}");
+        crate::config::Config::parse(&text, |k| (k == "TOKEN").then(|| "tok-from-env".into()))
+    }
+
+    #[test]
+    fn reads_the_chosen_target_and_the_documented_defaults() {
+        let c = parse(
+            "[rollback]\ntarget = \"railway\"\n[rollback.railway]\ntoken = \"${TOKEN}\"\nproject_id = \"p\"\nservice_id = \"s\"\nenvironment_id = \"e\"\n",
+        )
+        .unwrap();
+        let r = c.rollback.unwrap();
+        assert!(!r.dry_run);
+        assert_eq!(r.cooldown, Duration::from_secs(600));
+        assert_eq!(r.max_per_hour, 3);
+        assert_eq!(r.verify, Duration::from_secs(300));
+        assert_eq!(r.deadline, Duration::from_secs(300));
+        let TargetConfig::Railway(rw) = &r.target else {
+            panic!("not railway: {:?}", r.target)
+        };
+        assert_eq!(rw.token.expose(), "tok-from-env");
+        assert_eq!(rw.api_url, "https://backboard.railway.com/graphql/v2");
+        assert!(!format!("{r:?}").contains("tok-from-env"));
+        assert_eq!(r.build().unwrap().name(), "railway");
+        assert!(parse("").unwrap().rollback.is_none());
+    }
+
+    #[test]
+    fn reports_problems_with_their_key_paths_and_lines() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "missing subtable",
+                "[rollback]\ntarget = \"render\"\n",
+                "rollback.render: target = \"render\" needs a [rollback.render] table (line 4)",
+                "",
+            ),
+            (
+                "wrong subtable",
+                "[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"https://h.example/x\"\n[rollback.heroku]\napp = \"a\"\n",
+                "rollback.heroku: target is \"webhook\", so only [rollback.webhook] applies: remove [rollback.heroku] (line 8)",
+                "",
+            ),
+            (
+                "bad api URL",
+                "[rollback]\ntarget = \"render\"\n[rollback.render]\napi_key = \"k-123\"\nservice_id = \"srv-1\"\napi_url = \"ftp://x\"\n",
+                "rollback.render.api_url: expected an http or https URL, got \"ftp://x/\" (line 9)",
+                "",
+            ),
+            (
+                "bad secret URL",
+                "[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"hooks.example/T0/very-secret\"\n",
+                "rollback.webhook.url: invalid URL (relative URL without a base) (line 7)",
+                "very-secret",
+            ),
+            (
+                "unknown key in a target",
+                "[rollback]\ntarget = \"heroku\"\n[rollback.heroku]\napi_key = \"k-123\"\napp = \"a\"\napikey = \"x\"\n",
+                "rollback.heroku.apikey: unknown key, expected one of api_key, app, api_url, timeout (line 9)",
+                "",
+            ),
+            (
+                "unknown key in [rollback]",
+                "[rollback]\ntarget = \"exec\"\nretries = 3\n[rollback.exec]\ncommand = [\"true\"]\n",
+                "rollback.retries: unknown key, expected one of target, dry_run, cooldown, max_per_hour, verify, deadline, or a target's table: railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 6)",
+                "",
+            ),
+            (
+                "unknown target",
+                "[rollback]\ntarget = \"aws\"\n",
+                "rollback.target: unknown value \"aws\", expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 5)",
+                "",
+            ),
+            (
+                "missing target",
+                "[rollback]\ndry_run = true\n",
+                "rollback.target: required key is missing, expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 4)",
+                "",
+            ),
+            (
+                "bad duration",
+                "[rollback]\ntarget = \"exec\"\ncooldown = \"10x\"\n[rollback.exec]\ncommand = [\"true\"]\n",
+                "rollback.cooldown: invalid duration \"10x\" (use a number and a unit: 250ms, 5s, 15m, 1h) (line 6)",
+                "",
+            ),
+            (
+                "unset token variable",
+                "[rollback]\ntarget = \"vercel\"\n[rollback.vercel]\ntoken = \"${VERCEL_TOKEN}\"\nproject_id = \"prj\"\n",
+                "rollback.vercel.token: environment variable VERCEL_TOKEN is not set (write ${VERCEL_TOKEN:-default} to allow that) (line 7)",
+                "",
+            ),
+            (
+                "empty exec command",
+                "[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = []\n",
+                "rollback.exec.command: must name a program, e.g. [\"/usr/local/bin/rollback\", \"--now\"] (line 7)",
+                "",
+            ),
+            (
+                "a target not available yet",
+                "[rollback]\ntarget = \"kubernetes\"\n",
+                "rollback.target: the kubernetes target is not available in this version (line 5)",
+                "",
+            ),
+        ];
+        for (name, text, want, hidden) in cases {
+            let errors = parse(text).expect_err(name);
+            let shown: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            assert!(shown.iter().any(|e| e == want), "{name}: got {shown:#?}");
+            if !hidden.is_empty() {
+                assert!(!errors.to_string().contains(hidden), "{name}: {errors}");
+            }
+        }
+    }
+
+    #[test]
+    fn reports_every_rollback_problem_at_once_and_each_only_once() {
+        let errors = parse(
+            "[rollback]\ntarget = \"vercel\"\ncooldown = \"1x\"\n[rollback.vercel]\ntoken = \"${UNSET}\"\nproject_id = \"\"\n[rollback.exec]\ncommand = [\"x\"]\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rollback.cooldown",
+                "rollback.vercel.token",
+                "rollback.vercel.project_id",
+                "rollback.exec"
+            ],
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn escapes_ids_put_into_paths() {
+        assert_eq!(segment("srv-1"), "srv-1");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(endpoint("http://h/v1/", "/x"), "http://h/v1/x");
     }
 }

@@ -1,0 +1,700 @@
+//! Notifiers tell people what the agent saw and did, with the evidence:
+//! Slack, PagerDuty or a generic webhook, one file each. Delivery never
+//! blocks the caller: each notifier has its own queue and worker task, so a
+//! slow or failing notifier delays neither a rollback nor the other
+//! notifiers, and one notifier's messages arrive in the order they were sent
+//! (a PagerDuty resolve never overtakes its trigger).
+
+mod pagerduty;
+mod slack;
+mod webhook;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{describe_counter, Counter};
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::duration::{self, Dur};
+use crate::evidence::{Event, EventKind};
+use crate::retry::{classify_error, classify_status, retry, Attempt, RetryPolicy};
+use crate::secret::Secret;
+
+pub use pagerduty::PagerDutyConfig;
+pub use slack::SlackConfig;
+pub use webhook::WebhookConfig;
+
+/// The notifier types, as written in `type`.
+pub const NOTIFY_TYPES: &[&str] = &["slack", "pagerduty", "webhook"];
+
+/// The keys every `[[notify]]` table may have, whatever its type; the rest
+/// belong to the type's own settings.
+pub const NOTIFY_COMMON_KEYS: &[&str] = &["type", "name", "events", "timeout", "deadline"];
+
+/// Counter of notifications by notifier and outcome (`sent`, `failed`).
+pub const NOTIFICATIONS_TOTAL: &str = "backstop_notifications_total";
+
+/// Notifications one notifier may have waiting; more are dropped and counted
+/// as failed, so a notifier that never answers cannot grow without bound.
+const QUEUE_LEN: usize = 64;
+
+/// Every event kind, in the order people read them.
+const ALL_EVENTS: &[EventKind] = &[
+    EventKind::Alert,
+    EventKind::RollbackHeld,
+    EventKind::RollbackPerformed,
+    EventKind::RollbackFailed,
+    EventKind::RollbackNotEffective,
+    EventKind::Resolved,
+];
+
+/// The settings every `[[notify]]` has, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyCommon {
+    /// `slack`, `pagerduty` or `webhook`. Required.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The notifier's name in metrics and logs. Default: its type.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The events it is told about, by name (`alert`, `rollback_held`,
+    /// `rollback`, `rollback_failed`, `rollback_not_effective`, `resolved`).
+    /// Default: all of them.
+    #[serde(default)]
+    pub events: Option<Vec<EventName>>,
+    /// Time one attempt may take. Default `10s`.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Time all attempts at one notification may take, retries included.
+    /// Default `60s`.
+    #[serde(default = "default_deadline")]
+    pub deadline: Dur,
+}
+
+fn default_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_deadline() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// An event kind as named in `events`: the names of [`EventKind::as_str`],
+/// so `rollback` is the performed rollback, as in the webhook body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventName(pub EventKind);
+
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ALL_EVENTS
+            .iter()
+            .find(|k| k.as_str() == name)
+            .map(|k| EventName(*k))
+            .ok_or_else(|| {
+                let names: Vec<&str> = ALL_EVENTS.iter().map(|k| k.as_str()).collect();
+                serde::de::Error::custom(format!(
+                    "unknown event {name:?}, expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// What a notifier of each type needs; a closed set, dispatched with `match`.
+#[derive(Debug, Clone)]
+pub enum NotifySpec {
+    Slack(SlackConfig),
+    Pagerduty(PagerDutyConfig),
+    Webhook(WebhookConfig),
+}
+
+impl NotifySpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Slack(_) => "slack",
+            Self::Pagerduty(_) => "pagerduty",
+            Self::Webhook(_) => "webhook",
+        }
+    }
+
+    /// Problems serde cannot see, as (key, message); the key is relative to
+    /// the `[[notify]]` table.
+    fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Slack(c) => c.problems(),
+            Self::Pagerduty(c) => c.problems(),
+            Self::Webhook(c) => c.problems(),
+        }
+    }
+
+    /// The request that tells this service about `event`.
+    fn request(&self, event: &Event) -> Outgoing {
+        match self {
+            Self::Slack(c) => c.request(event),
+            Self::Pagerduty(c) => c.request(event, std::time::SystemTime::now()),
+            Self::Webhook(c) => c.request(event),
+        }
+    }
+
+    /// Every secret value, so that no message from a server that echoes
+    /// its request can carry one into a log line.
+    fn secrets(&self) -> Vec<String> {
+        let mut out = match self {
+            Self::Slack(c) => url_secrets(&c.url),
+            Self::Pagerduty(c) => vec![c.routing_key.expose().to_string()],
+            Self::Webhook(c) => {
+                let mut s = url_secrets(&c.url);
+                s.extend(c.headers.values().map(|v| v.expose().to_string()));
+                s
+            }
+        };
+        out.retain(|s| !s.is_empty());
+        // Longest first, so a whole URL is hidden before its parts are.
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out
+    }
+}
+
+/// One `[[notify]]`, validated.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// `name`, or the type when none is written.
+    pub name: String,
+    /// The events this notifier is told about.
+    pub events: Vec<EventKind>,
+    pub timeout: Duration,
+    pub deadline: Duration,
+    pub spec: NotifySpec,
+}
+
+impl NotifyConfig {
+    /// Validates one notifier's settings, reporting every problem as (key,
+    /// message) with the key relative to its `[[notify]]` table.
+    pub fn validate(common: NotifyCommon, spec: NotifySpec) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let name = common.name.unwrap_or_else(|| spec.type_name().to_string());
+        if !valid_name(&name) {
+            problems.push((
+                "name".into(),
+                format!("{name:?} must be 1-64 characters of letters, digits, '_', '-' or '.'"),
+            ));
+        }
+        let events = match common.events {
+            None => ALL_EVENTS.to_vec(),
+            Some(names) if names.is_empty() => {
+                problems.push((
+                    "events".into(),
+                    "must name at least one event (leave it out for all)".into(),
+                ));
+                vec![]
+            }
+            Some(names) => {
+                let mut kinds = Vec::new();
+                for EventName(k) in names {
+                    if !kinds.contains(&k) {
+                        kinds.push(k);
+                    }
+                }
+                kinds
+            }
+        };
+        let (timeout, deadline) = (common.timeout.0, common.deadline.0);
+        if timeout.is_zero() {
+            problems.push(("timeout".into(), "must be more than 0s".into()));
+        }
+        if deadline < timeout {
+            problems.push((
+                "deadline".into(),
+                format!(
+                    "{} is shorter than timeout {}",
+                    duration::format(deadline),
+                    duration::format(timeout)
+                ),
+            ));
+        }
+        problems.extend(spec.problems());
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            name,
+            events,
+            timeout,
+            deadline,
+            spec,
+        })
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.spec.type_name()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Checks a URL setting without ever repeating it: the URL may be a secret.
+fn check_url(key: &str, url: &str) -> Vec<(String, String)> {
+    let problem = if url.is_empty() {
+        Some("must not be empty")
+    } else {
+        match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => None,
+            _ => Some("expected an https URL (or http, for a local stand-in)"),
+        }
+    };
+    problem
+        .map(|p| vec![(key.to_string(), p.to_string())])
+        .unwrap_or_default()
+}
+
+/// A secret URL and the parts of it a server might echo on its own: the
+/// path, its longer segments, the query and the password.
+fn url_secrets(url: &Secret) -> Vec<String> {
+    let raw = url.expose();
+    let mut out = vec![raw.to_string()];
+    if let Ok(u) = url::Url::parse(raw) {
+        if u.path().len() > 1 {
+            out.push(u.path().to_string());
+        }
+        out.extend(
+            u.path_segments()
+                .into_iter()
+                .flatten()
+                .filter(|s| s.len() >= 8)
+                .map(str::to_string),
+        );
+        out.extend(u.query().map(str::to_string));
+        out.extend(u.password().map(str::to_string));
+    }
+    out
+}
+
+/// One HTTP request a notifier makes: always a POST of a JSON body.
+struct Outgoing {
+    url: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// HELP text of the notifier metrics. [`Notifiers::build`] calls it; the
+/// exporter's own `describe` may too.
+pub fn describe() {
+    describe_counter!(
+        NOTIFICATIONS_TOTAL,
+        "Notifications by notifier and outcome: sent, or failed after its retries (or dropped)."
+    );
+}
+
+/// The configured notifiers, ready to send. Cloning shares the queues.
+#[derive(Clone)]
+pub struct Notifiers {
+    notifiers: Arc<[Notifier]>,
+}
+
+impl std::fmt::Debug for Notifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.notifiers
+                    .iter()
+                    .map(|n| format!("{} ({})", n.target.label, n.target.spec.type_name())),
+            )
+            .finish()
+    }
+}
+
+struct Notifier {
+    target: Arc<Target>,
+    /// Made on the first send, inside the runtime that runs the worker.
+    queue: OnceLock<mpsc::Sender<Job>>,
+}
+
+/// What a worker needs to deliver. Holds no queue, so dropping
+/// [`Notifiers`] ends the workers once their queues are empty.
+struct Target {
+    label: String,
+    events: Vec<EventKind>,
+    timeout: Duration,
+    deadline: Duration,
+    spec: NotifySpec,
+    secrets: Vec<String>,
+    client: reqwest::Client,
+    sent: Counter,
+    failed: Counter,
+}
+
+struct Job {
+    event: Arc<Event>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Notifications handed to the workers by one [`Notifiers::send`]. Dropping
+/// it does not cancel them.
+pub struct Deliveries {
+    pending: Vec<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl Deliveries {
+    /// How many notifiers were told.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Waits for every delivery to end: sent, or failed after its retries
+    /// (each within its notifier's deadline, plus the time spent waiting
+    /// behind earlier notifications to the same notifier).
+    pub async fn wait(self) -> Vec<Result<(), String>> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        for rx in self.pending {
+            out.push(
+                rx.await
+                    .unwrap_or_else(|_| Err("delivery abandoned: the runtime stopped".into())),
+            );
+        }
+        out
+    }
+}
+
+impl Notifiers {
+    /// Builds the notifiers. Touches no network: connections are made on
+    /// the first send.
+    pub fn build(configs: &[NotifyConfig]) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        describe();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+            // A redirect would resend the body, routing key included, to
+            // wherever the first server pointed.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("building the notifiers' HTTP client")?;
+        let notifiers = configs
+            .iter()
+            .map(|c| {
+                let counter = |outcome: &'static str| {
+                    metrics::counter!(NOTIFICATIONS_TOTAL, "notifier" => c.name.clone(), "outcome" => outcome)
+                };
+                Notifier {
+                    target: Arc::new(Target {
+                        label: c.name.clone(),
+                        events: c.events.clone(),
+                        timeout: c.timeout,
+                        deadline: c.deadline,
+                        secrets: c.spec.secrets(),
+                        spec: c.spec.clone(),
+                        client: client.clone(),
+                        sent: counter("sent"),
+                        failed: counter("failed"),
+                    }),
+                    queue: OnceLock::new(),
+                }
+            })
+            .collect();
+        Ok(Self { notifiers })
+    }
+
+    /// How many notifiers are configured.
+    pub fn len(&self) -> usize {
+        self.notifiers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.notifiers.is_empty()
+    }
+
+    /// Hands `event` to every notifier that wants it and returns at once;
+    /// the deliveries run on their notifiers' workers. Each failure (after
+    /// its retries) is logged and counted in `backstop_notifications_total`.
+    /// Must be called within a Tokio runtime; outside one, every delivery
+    /// fails at once.
+    pub fn send(&self, event: Event) -> Deliveries {
+        let event = Arc::new(event);
+        let mut pending = Vec::new();
+        for n in self
+            .notifiers
+            .iter()
+            .filter(|n| n.target.events.contains(&event.kind))
+        {
+            let (done, rx) = oneshot::channel();
+            let job = Job {
+                event: event.clone(),
+                done,
+            };
+            let refused = match n.queue() {
+                Some(q) => match q.try_send(job) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(job)) => Some((
+                        job,
+                        format!("dropped: {QUEUE_LEN} notifications already waiting"),
+                    )),
+                    Err(mpsc::error::TrySendError::Closed(job)) => {
+                        Some((job, "dropped: the notifier's worker stopped".to_string()))
+                    }
+                },
+                None => Some((job, "dropped: no Tokio runtime to deliver on".to_string())),
+            };
+            if let Some((job, why)) = refused {
+                let result = Err(why);
+                n.target.record(&job.event, &result);
+                let _ = job.done.send(result);
+            }
+            pending.push(rx);
+        }
+        Deliveries { pending }
+    }
+
+    /// Sends `event` and waits for every delivery to end; for tests and the
+    /// demo. One result per notifier told, in configuration order.
+    pub async fn send_and_wait(&self, event: Event) -> Vec<Result<(), String>> {
+        self.send(event).wait().await
+    }
+}
+
+impl Notifier {
+    /// The notifier's queue, starting its worker on first use; `None`
+    /// outside a Tokio runtime.
+    fn queue(&self) -> Option<&mpsc::Sender<Job>> {
+        if let Some(q) = self.queue.get() {
+            return Some(q);
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE_LEN);
+            handle.spawn(work(self.target.clone(), rx));
+            tx
+        }))
+    }
+}
+
+/// A notifier's worker: delivers its queue in order, one at a time.
+async fn work(target: Arc<Target>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        let result = target.deliver(&job.event).await;
+        target.record(&job.event, &result);
+        let _ = job.done.send(result);
+    }
+}
+
+impl Target {
+    /// Delivers one event with retries, all within the deadline.
+    async fn deliver(&self, event: &Event) -> Result<(), String> {
+        let out = self.spec.request(event);
+        let policy = RetryPolicy {
+            deadline: self.deadline,
+            ..RetryPolicy::default()
+        };
+        let attempts = retry(policy, |_| self.attempt(&out));
+        let result = match tokio::time::timeout(self.deadline, attempts).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "{} did not answer within the {} deadline",
+                self.label,
+                duration::format(self.deadline)
+            )),
+        };
+        result.map_err(|e| redact(e, &self.secrets))
+    }
+
+    /// One POST, classified for the retry policy; a refusal carries what
+    /// the server said, shortened.
+    async fn attempt(&self, out: &Outgoing) -> Attempt<()> {
+        let sent = self
+            .client
+            .post(&out.url)
+            .headers(out.headers.clone())
+            .timeout(self.timeout)
+            .json(&out.body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return classify_error(e, &self.label),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let said = said(resp).await;
+        let with = |reason: String| {
+            let reason = if said.is_empty() {
+                reason
+            } else {
+                format!("{reason}: {said}")
+            };
+            redact(reason, &self.secrets)
+        };
+        match classify_status(status, &headers, &self.label) {
+            Attempt::Done(()) => Attempt::Done(()),
+            Attempt::Retry { reason, after } => Attempt::Retry {
+                reason: with(reason),
+                after,
+            },
+            Attempt::Fail(reason) => Attempt::Fail(with(reason)),
+        }
+    }
+
+    fn record(&self, event: &Event, result: &Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.sent.increment(1);
+                tracing::debug!(
+                    notifier = %self.label,
+                    r#type = self.spec.type_name(),
+                    event = event.kind.as_str(),
+                    service = %event.service,
+                    deployment = %event.deployment,
+                    "notification sent"
+                );
+            }
+            Err(e) => {
+                self.failed.increment(1);
+                tracing::warn!(
+                    notifier = %self.label,
+                    r#type = self.spec.type_name(),
+                    event = event.kind.as_str(),
+                    service = %event.service,
+                    deployment = %event.deployment,
+                    error = %e,
+                    "notification failed"
+                );
+            }
+        }
+    }
+}
+
+/// The start of a response body in one short line: a JSON error's
+/// `message` (and `errors`), or the text itself (Slack answers
+/// `invalid_token`). Reading stops after 4 KiB.
+async fn said(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= 4096 {
+            break;
+        }
+    }
+    if resp.status().is_success() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&body);
+    let line = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => {
+            let mut parts: Vec<String> = ["status", "message"]
+                .iter()
+                .filter_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_string))
+                .collect();
+            if let Some(Value::Array(errors)) = o.get("errors") {
+                parts.extend(errors.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            parts.join("; ")
+        }
+        _ => text.lines().next().unwrap_or("").to_string(),
+    };
+    let line: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    truncate(line.trim(), 200)
+}
+
+/// Hides every secret value in `text`.
+fn redact(mut text: String, secrets: &[String]) -> String {
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "***");
+        }
+    }
+    text
+}
+
+/// At most `max` characters, the last one `…` when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A number as people write it: `480`, `0.052`, `1.5`.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
+    }
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "0" || s == "-0" {
+        format!("{v:e}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// One line per piece of evidence: which rule, what it compared, and the
+/// numbers, e.g. ``latency (app) `p95_ms > 2x baseline for 5m`: p95_ms 480
+/// vs threshold 400, over 5m, baseline 200``.
+fn evidence_line(e: &crate::evidence::Evidence) -> String {
+    let mut line = format!("{} ({}) `{}`", e.rule, e.probe, e.expression);
+    match (e.observed, e.threshold) {
+        (Some(v), t) => {
+            let signal = e.signal.as_deref().unwrap_or("observed");
+            line.push_str(&format!(": {signal} {}", number(v)));
+            if let Some(t) = t {
+                line.push_str(&format!(" vs threshold {}", number(t)));
+            }
+        }
+        (None, Some(t)) => line.push_str(&format!(": threshold {}", number(t))),
+        (None, None) => {}
+    }
+    if let Some(w) = &e.window {
+        line.push_str(&format!(", over {w}"));
+    }
+    if let Some(b) = e.baseline {
+        line.push_str(&format!(", baseline {}", number(b)));
+    }
+    if !e.summary.is_empty() {
+        line.push_str(&format!(" — {}", e.summary));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortens_text_and_writes_numbers_as_people_do() {
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
+        let cases = [
+            (480.0, "480"),
+            (0.052, "0.052"),
+            (1.5, "1.5"),
+            (2.0 / 3.0, "0.667"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(number(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn hides_every_part_of_a_secret_url() {
+        let url = Secret::new("https://hooks.slack.com/services/T000/B000/abcdefghijkl");
+        let secrets = NotifySpec::Slack(SlackConfig { url }).secrets();
+        let said = "no_service for /services/T000/B000/abcdefghijkl and abcdefghijkl".to_string();
+        assert_eq!(redact(said, &secrets), "no_service for *** and ***");
+    }
+}

@@ -1,0 +1,193 @@
+//! PagerDuty, through the Events API v2. An alert, a held, failed or
+//! ineffective rollback triggers an alert (`POST /v2/enqueue`, `event_action
+//! = "trigger"`); `resolved` resolves it with the same `dedup_key`; a
+//! performed rollback is a change event (`POST /v2/change/enqueue`), shown
+//! beside the service's incidents without paging anyone. PagerDuty answers
+//! 202 with `{"status":"success","dedup_key":...}`; 400 (an invalid event)
+//! is final, 429 and 5xx are retried.
+//!
+//! Severity, our mapping: `rollback_failed` and `rollback_not_effective` are
+//! `critical` (the bad deployment is still serving), `alert` is `error`,
+//! `rollback_held` is `warning` (the agent chose to wait; a person decides).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{check_url, truncate, Outgoing};
+use crate::evidence::{Event, EventKind};
+use crate::secret::Secret;
+
+/// PagerDuty's limits on `summary` and `dedup_key`.
+const SUMMARY_MAX: usize = 1024;
+const DEDUP_KEY_MAX: usize = 255;
+
+/// `type = "pagerduty"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyConfig {
+    /// The integration key of an Events API v2 integration on the service
+    /// (32 characters). A secret. Required.
+    pub routing_key: Secret,
+    /// The Events API's base URL; `/v2/enqueue` and `/v2/change/enqueue`
+    /// are appended. Default `https://events.pagerduty.com`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+}
+
+fn default_api_url() -> String {
+    "https://events.pagerduty.com".into()
+}
+
+impl PagerDutyConfig {
+    pub(super) fn problems(&self) -> Vec<(String, String)> {
+        let mut out = check_url("api_url", &self.api_url);
+        if self.routing_key.expose().trim().is_empty() {
+            out.push(("routing_key".into(), "must not be empty".into()));
+        }
+        out
+    }
+
+    pub(super) fn request(&self, event: &Event, now: SystemTime) -> Outgoing {
+        let base = self.api_url.trim_end_matches('/');
+        let key = self.routing_key.expose();
+        let details = json!({
+            "deployment": event.deployment,
+            "rule": event.rule,
+            "return_to": event.return_to,
+            "evidence": event.evidence,
+        });
+        let summary = truncate(&event.summary, SUMMARY_MAX);
+        let (path, body) = match severity(event.kind) {
+            None if event.kind == EventKind::RollbackPerformed => (
+                "/v2/change/enqueue",
+                json!({
+                    "routing_key": key,
+                    "payload": {
+                        "summary": summary,
+                        "source": event.service,
+                        "timestamp": rfc3339(now),
+                        "custom_details": details,
+                    },
+                }),
+            ),
+            None => (
+                "/v2/enqueue",
+                json!({
+                    "routing_key": key,
+                    "event_action": "resolve",
+                    "dedup_key": dedup_key(event),
+                }),
+            ),
+            Some(severity) => {
+                let mut payload = json!({
+                    "summary": summary,
+                    "source": event.service,
+                    "severity": severity,
+                    "timestamp": rfc3339(now),
+                    "group": event.deployment,
+                    "class": event.kind.as_str(),
+                    "custom_details": details,
+                });
+                if let Some(e) = event.evidence.first() {
+                    payload["component"] = json!(e.probe);
+                }
+                (
+                    "/v2/enqueue",
+                    json!({
+                        "routing_key": key,
+                        "event_action": "trigger",
+                        "dedup_key": dedup_key(event),
+                        "client": "backstop",
+                        "payload": payload,
+                    }),
+                )
+            }
+        };
+        Outgoing {
+            url: format!("{base}{path}"),
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+}
+
+/// The severity of a triggering event; `None` for those that trigger
+/// nothing (`resolved`, and a performed rollback, sent as a change event).
+fn severity(kind: EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::RollbackFailed | EventKind::RollbackNotEffective => Some("critical"),
+        EventKind::Alert => Some("error"),
+        EventKind::RollbackHeld => Some("warning"),
+        EventKind::RollbackPerformed | EventKind::Resolved => None,
+    }
+}
+
+/// One alert per service, deployment and rule: a later trigger for the same
+/// rule updates it, `resolved` closes it.
+fn dedup_key(event: &Event) -> String {
+    let mut key = format!("backstop/{}/{}", event.service, event.deployment);
+    if let Some(rule) = &event.rule {
+        key.push('/');
+        key.push_str(rule);
+    }
+    key.chars().take(DEDUP_KEY_MAX).collect()
+}
+
+/// `2024-05-01T12:00:00.000Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_timestamps_in_rfc3339() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (784_111_777_250, "1994-11-06T08:49:37.250Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_735_689_599_999, "2024-12-31T23:59:59.999Z"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(ms)), want);
+        }
+    }
+
+    #[test]
+    fn a_dedup_key_never_exceeds_pagerdutys_limit() {
+        let event = Event {
+            kind: EventKind::Alert,
+            service: "web".into(),
+            deployment: "d".repeat(300),
+            rule: Some("r".into()),
+            summary: String::new(),
+            evidence: vec![],
+            return_to: None,
+        };
+        assert_eq!(dedup_key(&event).chars().count(), DEDUP_KEY_MAX);
+    }
+}

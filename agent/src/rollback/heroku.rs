@@ -1,0 +1,183 @@
+//! The `heroku` target: Heroku's Platform API (version 3).
+//!
+//! It lists the app's recent releases (`GET /apps/{app}/releases` with
+//! `Range: version ..; order=desc, max=20`), picks the one to return to (see
+//! [`super::choose`]: `succeeded`, older than the current release; a
+//! deployment id may be the release's id, its version or `v` and its
+//! version), and rolls back with `POST /apps/{app}/releases` and
+//! `{"release": "<id>"}`, which creates a new release from that one.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
+    find_then_act, http_client, json_body, segment, send, BuildContext, Listed, Problem,
+    RollbackError,
+};
+use crate::duration::Dur;
+use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::retry::{Attempt, RetryPolicy};
+use crate::secret::Secret;
+
+const NAME: &str = "heroku";
+
+/// The Platform API's version header.
+pub const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+
+/// The releases searched: the 20 newest.
+const RANGE: &str = "version ..; order=desc, max=20";
+
+/// `[rollback.heroku]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HerokuConfig {
+    /// A Heroku API key or OAuth token, sent as `Authorization: Bearer`. Required.
+    pub api_key: Secret,
+    /// The app's name or id. Required.
+    pub app: String,
+    /// The API's base URL. Default `https://api.heroku.com`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// How long one request may take. Default `30s`.
+    #[serde(default = "default_attempt_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_api_url() -> String {
+    "https://api.heroku.com".into()
+}
+
+impl HerokuConfig {
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        check_present(&mut p, "api_key", self.api_key.expose());
+        check_present(&mut p, "app", &self.app);
+        check_url(&mut p, "api_url", &self.api_url, false);
+        check_timeout(&mut p, "timeout", self.timeout.0);
+        p
+    }
+
+    pub fn build(&self, cx: &BuildContext) -> Result<Heroku, RollbackError> {
+        Ok(Heroku {
+            client: http_client(NAME, self.timeout.0)?,
+            policy: cx.policy,
+            config: self.clone(),
+        })
+    }
+}
+
+/// The Heroku target, built.
+#[derive(Debug)]
+pub struct Heroku {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    config: HerokuConfig,
+}
+
+impl Heroku {
+    pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
+        find_then_act(
+            NAME,
+            self.policy,
+            || self.find(req),
+            |id| self.roll_back_to(id),
+        )
+        .await
+    }
+
+    fn releases_url(&self) -> String {
+        endpoint(
+            &self.config.api_url,
+            &format!("/apps/{}/releases", segment(&self.config.app)),
+        )
+    }
+
+    async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .get(self.releases_url())
+            .bearer_auth(key)
+            .header("accept", ACCEPT)
+            .header("range", RANGE);
+        let what = "listing releases";
+        let body = match send(r, what, &[key]).await {
+            Attempt::Done(b) => b,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let mut items: Vec<Value> = match json_body(&body, what) {
+            Attempt::Done(v) => v,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        items.sort_by_key(|r| std::cmp::Reverse(r.get("version").and_then(Value::as_u64)));
+        let list: Vec<Listed> = items.iter().filter_map(listed).collect();
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    async fn roll_back_to(&self, id: String) -> Attempt<RollbackDone> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .post(self.releases_url())
+            .bearer_auth(key)
+            .header("accept", ACCEPT)
+            .json(&json!({ "release": id }));
+        match send(r, "the rollback call", &[key]).await {
+            Attempt::Done(body) => {
+                let version = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("version").and_then(Value::as_u64));
+                let detail = match version {
+                    Some(v) => format!("heroku created release v{v} from release {id}"),
+                    None => format!("heroku is rolling back to release {id}"),
+                };
+                Attempt::Done(RollbackDone {
+                    returned_to: Some(id),
+                    detail,
+                })
+            }
+            Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+            Attempt::Fail(r) => Attempt::Fail(r),
+        }
+    }
+}
+
+fn listed(r: &Value) -> Option<Listed> {
+    let id = r.get("id")?.as_str()?.to_string();
+    let aliases = match r.get("version").and_then(Value::as_u64) {
+        Some(v) => vec![v.to_string(), format!("v{v}")],
+        None => vec![],
+    };
+    let status = r
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Some(Listed {
+        id,
+        aliases,
+        active: r.get("current").and_then(Value::as_bool) == Some(true),
+        eligible: status == "succeeded",
+        status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_known_by_its_id_its_version_and_v_version() {
+        let l =
+            listed(&json!({"id": "r-1", "version": 41, "status": "succeeded", "current": false}))
+                .unwrap();
+        assert_eq!(l.aliases, ["41", "v41"]);
+        assert!(l.eligible && !l.active);
+    }
+}

@@ -1,0 +1,166 @@
+//! The `render` target: Render's REST API.
+//!
+//! It lists the service's recent deploys (`GET /services/{serviceId}/deploys`,
+//! newest first, each item `{"deploy": {...}, "cursor": ...}`), picks the
+//! one to return to (see [`super::choose`]: a deploy that was live, now
+//! `live` or `deactivated`), and calls `POST /services/{serviceId}/rollback`
+//! with `{"deployId": ...}`, which starts a new deploy from that deploy's
+//! build.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
+    find_then_act, http_client, json_body, segment, send, BuildContext, Listed, Problem,
+    RollbackError,
+};
+use crate::duration::Dur;
+use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::retry::{Attempt, RetryPolicy};
+use crate::secret::Secret;
+
+const NAME: &str = "render";
+
+/// How many recent deploys are searched for the one to return to.
+const HISTORY: u32 = 20;
+
+/// `[rollback.render]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderConfig {
+    /// A Render API key, sent as `Authorization: Bearer`. Required.
+    pub api_key: Secret,
+    /// The service's id (`srv-...`). Required.
+    pub service_id: String,
+    /// The API's base URL. Default `https://api.render.com/v1`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// How long one request may take. Default `30s`.
+    #[serde(default = "default_attempt_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_api_url() -> String {
+    "https://api.render.com/v1".into()
+}
+
+impl RenderConfig {
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        check_present(&mut p, "api_key", self.api_key.expose());
+        check_present(&mut p, "service_id", &self.service_id);
+        check_url(&mut p, "api_url", &self.api_url, false);
+        check_timeout(&mut p, "timeout", self.timeout.0);
+        p
+    }
+
+    pub fn build(&self, cx: &BuildContext) -> Result<Render, RollbackError> {
+        Ok(Render {
+            client: http_client(NAME, self.timeout.0)?,
+            policy: cx.policy,
+            config: self.clone(),
+        })
+    }
+}
+
+/// The Render target, built.
+#[derive(Debug)]
+pub struct Render {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    config: RenderConfig,
+}
+
+impl Render {
+    pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
+        find_then_act(
+            NAME,
+            self.policy,
+            || self.find(req),
+            |id| self.roll_back_to(id),
+        )
+        .await
+    }
+
+    fn url(&self, tail: &str) -> String {
+        endpoint(
+            &self.config.api_url,
+            &format!("/services/{}{tail}", segment(&self.config.service_id)),
+        )
+    }
+
+    async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .get(self.url("/deploys"))
+            .query(&[("limit", HISTORY)])
+            .bearer_auth(key)
+            .header("accept", "application/json");
+        let what = "listing deploys";
+        let body = match send(r, what, &[key]).await {
+            Attempt::Done(b) => b,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let items: Vec<Value> = match json_body(&body, what) {
+            Attempt::Done(v) => v,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let list: Vec<Listed> = items
+            .iter()
+            // Items are `{"deploy": {...}, "cursor": ...}`; a bare deploy is accepted too.
+            .map(|i| i.get("deploy").unwrap_or(i))
+            .filter_map(listed)
+            .collect();
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    async fn roll_back_to(&self, id: String) -> Attempt<RollbackDone> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .post(self.url("/rollback"))
+            .bearer_auth(key)
+            .header("accept", "application/json")
+            .json(&json!({ "deployId": id }));
+        match send(r, "the rollback call", &[key]).await {
+            Attempt::Done(body) => {
+                let new = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+                let detail = match new {
+                    Some(new) => format!("render started deploy {new} from deploy {id}"),
+                    None => format!("render is rolling back to deploy {id}"),
+                };
+                Attempt::Done(RollbackDone {
+                    returned_to: Some(id),
+                    detail,
+                })
+            }
+            Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+            Attempt::Fail(r) => Attempt::Fail(r),
+        }
+    }
+}
+
+fn listed(deploy: &Value) -> Option<Listed> {
+    let id = deploy.get("id")?.as_str()?.to_string();
+    let status = deploy
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Some(Listed {
+        id,
+        aliases: vec![],
+        active: status == "live",
+        eligible: matches!(status.as_str(), "live" | "deactivated"),
+        status,
+    })
+}

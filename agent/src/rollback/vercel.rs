@@ -1,0 +1,184 @@
+//! The `vercel` target: Vercel's Instant Rollback through its REST API.
+//!
+//! It lists the project's recent production deployments
+//! (`GET /v6/deployments?projectId=…&target=production`), picks the one to
+//! return to (see [`super::choose`]: `READY`; when the current id is not
+//! listed, the newest `READY` one counts as current), and calls
+//! `POST /v1/projects/{projectId}/rollback/{deploymentId}` with the reason as
+//! `description`, which points the production domains at it. `teamId` is
+//! added to every request when configured.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
+    find_then_act, http_client, json_body, segment, send, truncate, BuildContext, Listed, Problem,
+    RollbackError,
+};
+use crate::duration::Dur;
+use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::retry::{Attempt, RetryPolicy};
+use crate::secret::Secret;
+
+const NAME: &str = "vercel";
+
+/// How many recent production deployments are searched.
+const HISTORY: u32 = 20;
+
+/// `[rollback.vercel]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VercelConfig {
+    /// A Vercel access token, sent as `Authorization: Bearer`. Required.
+    pub token: Secret,
+    /// The project's id or name. Required.
+    pub project_id: String,
+    /// The team that owns the project, sent as `teamId`. Default none.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// The API's base URL. Default `https://api.vercel.com`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// How long one request may take. Default `30s`.
+    #[serde(default = "default_attempt_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_api_url() -> String {
+    "https://api.vercel.com".into()
+}
+
+impl VercelConfig {
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        check_present(&mut p, "token", self.token.expose());
+        check_present(&mut p, "project_id", &self.project_id);
+        if let Some(team) = &self.team_id {
+            check_present(&mut p, "team_id", team);
+        }
+        check_url(&mut p, "api_url", &self.api_url, false);
+        check_timeout(&mut p, "timeout", self.timeout.0);
+        p
+    }
+
+    pub fn build(&self, cx: &BuildContext) -> Result<Vercel, RollbackError> {
+        Ok(Vercel {
+            client: http_client(NAME, self.timeout.0)?,
+            policy: cx.policy,
+            config: self.clone(),
+        })
+    }
+}
+
+/// The Vercel target, built.
+#[derive(Debug)]
+pub struct Vercel {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    config: VercelConfig,
+}
+
+impl Vercel {
+    pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
+        find_then_act(
+            NAME,
+            self.policy,
+            || self.find(req),
+            |id| self.roll_back_to(id, req),
+        )
+        .await
+    }
+
+    fn team(&self) -> Vec<(&'static str, String)> {
+        self.config
+            .team_id
+            .iter()
+            .map(|t| ("teamId", t.clone()))
+            .collect()
+    }
+
+    async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let token = self.config.token.expose();
+        let r = self
+            .client
+            .get(endpoint(&self.config.api_url, "/v6/deployments"))
+            .query(&[
+                ("projectId", self.config.project_id.clone()),
+                ("target", "production".into()),
+                ("limit", HISTORY.to_string()),
+            ])
+            .query(&self.team())
+            .bearer_auth(token);
+        let what = "listing deployments";
+        let body = match send(r, what, &[token]).await {
+            Attempt::Done(b) => b,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let doc: Value = match json_body(&body, what) {
+            Attempt::Done(v) => v,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let Some(items) = doc.get("deployments").and_then(Value::as_array) else {
+            return Attempt::Retry {
+                reason: format!("{what}: unexpected answer (no deployments)"),
+                after: None,
+            };
+        };
+        let mut items: Vec<&Value> = items.iter().collect();
+        // Newest first, by creation time in milliseconds.
+        items.sort_by_key(|d| std::cmp::Reverse(d.get("created").and_then(Value::as_u64)));
+        let list: Vec<Listed> = items.into_iter().filter_map(listed).collect();
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    async fn roll_back_to(&self, id: String, req: &RollbackRequest) -> Attempt<RollbackDone> {
+        let token = self.config.token.expose();
+        let path = format!(
+            "/v1/projects/{}/rollback/{}",
+            segment(&self.config.project_id),
+            segment(&id)
+        );
+        let r = self
+            .client
+            .post(endpoint(&self.config.api_url, &path))
+            .query(&[("description", truncate(&req.reason, 200))])
+            .query(&self.team())
+            .bearer_auth(token);
+        match send(r, "the rollback call", &[token]).await {
+            Attempt::Done(_) => Attempt::Done(RollbackDone {
+                detail: format!("vercel points production at deployment {id}"),
+                returned_to: Some(id),
+            }),
+            Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+            Attempt::Fail(r) => Attempt::Fail(r),
+        }
+    }
+}
+
+fn listed(d: &Value) -> Option<Listed> {
+    let id = d
+        .get("uid")
+        .or_else(|| d.get("id"))
+        .and_then(Value::as_str)?
+        .to_string();
+    let status = d
+        .get("readyState")
+        .or_else(|| d.get("state"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let ready = status == "READY";
+    Some(Listed {
+        id,
+        aliases: vec![],
+        active: ready,
+        eligible: ready,
+        status,
+    })
+}

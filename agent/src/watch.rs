@@ -1,0 +1,989 @@
+//! The life of one deployment in the agent: `warming` (rules not armed) →
+//! `watching` (rules armed) → `stable` (the deployment to return to) or
+//! `rolled_back`. The watcher takes the rules' verdicts and decides, behind
+//! guard rails, whether to alert, hold or roll back — and rolls back at most
+//! once per deployment: the intent is recorded in the store before the call,
+//! and a recorded intent is never called again, not after a restart either.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::config::Action;
+use crate::evidence::{Event, EventKind, Evidence, RollbackDone, RollbackRequest};
+use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
+
+/// A platform that can roll a deployment back (see `rollback`).
+pub trait Rollbacker: Send + Sync {
+    /// The target's name, the `target` label of `backstop_rollbacks_total`.
+    fn name(&self) -> &'static str;
+    /// Calls the platform, with its retries; the error is one line, no secrets.
+    fn rollback<'a>(
+        &'a self,
+        req: &'a RollbackRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<RollbackDone, String>> + Send + 'a>>;
+}
+
+/// Tells people; never blocks the caller (see `notify`).
+pub trait Notifier: Send + Sync {
+    fn notify(&self, event: Event);
+}
+
+/// A rule's verdict now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Holds,
+    Clear,
+    Inconclusive(String),
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Holds => "holds",
+            Self::Clear => "clear",
+            Self::Inconclusive(_) => "inconclusive",
+        }
+    }
+}
+
+/// One rule's judgement, as the rules module produced it.
+#[derive(Debug, Clone)]
+pub struct RuleStatus {
+    pub name: String,
+    pub probe: String,
+    pub action: Action,
+    /// Whether a rollback rule still rolls back once the deployment is stable.
+    pub after_stable: bool,
+    pub verdict: Verdict,
+    /// Set when the verdict is `Holds`.
+    pub evidence: Option<Evidence>,
+    /// The numbers behind the verdict, for `/status`.
+    pub detail: Value,
+}
+
+/// The guard rails of `[rollback]`.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub dry_run: bool,
+    pub cooldown: Duration,
+    pub max_per_hour: u32,
+    /// How long after an accepted call the deployment must have changed.
+    /// `None` when the id cannot change in this process (a fixed id).
+    pub verify: Option<Duration>,
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock, so paused-time
+/// tests can move them, and a wall-clock jump cannot.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    anchor: Instant,
+    anchor_ms: u64,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            anchor: Instant::now(),
+            anchor_ms: crate::store::now_ms(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.anchor_ms + self.anchor.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the watch shows in `/status`, refreshed on every step.
+#[derive(Debug, Clone, Default)]
+pub struct WatchView {
+    pub deployment: Option<DeploymentRecord>,
+    pub last_stable: Option<String>,
+    pub paused: bool,
+    pub rules: Vec<Value>,
+    pub last_rollback: Option<RollbackRecord>,
+    pub held: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// The answer to a manual rollback request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualOutcome {
+    Started,
+    AlreadyRecorded(String),
+    Refused(String),
+}
+
+pub struct Watcher {
+    service: String,
+    replica: Option<String>,
+    store: Arc<Store>,
+    target: Option<Arc<dyn Rollbacker>>,
+    notifier: Arc<dyn Notifier>,
+    guard: Guard,
+    warmup: Duration,
+    watch: Duration,
+    clock: Clock,
+    current: Option<DeploymentRecord>,
+    last_stable: Option<String>,
+    paused: bool,
+    firing: HashSet<String>,
+    /// (rule, reason) pairs already told as held for the current deployment.
+    held_told: HashSet<(String, String)>,
+    verify_pending: Option<(String, u64)>,
+    info_labels: Option<(String, &'static str)>,
+    pub view: Arc<Mutex<WatchView>>,
+}
+
+impl Watcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        service: String,
+        replica: Option<String>,
+        store: Arc<Store>,
+        target: Option<Arc<dyn Rollbacker>>,
+        notifier: Arc<dyn Notifier>,
+        guard: Guard,
+        warmup: Duration,
+        watch: Duration,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let last_stable = store.last_stable()?;
+        let paused = store.paused()?;
+        Ok(Self {
+            service,
+            replica,
+            store,
+            target,
+            notifier,
+            guard,
+            warmup,
+            watch,
+            clock,
+            current: None,
+            last_stable,
+            paused,
+            firing: HashSet::new(),
+            held_told: HashSet::new(),
+            verify_pending: None,
+            info_labels: None,
+            view: Arc::new(Mutex::new(WatchView::default())),
+        })
+    }
+
+    pub fn state(&self) -> Option<WatchState> {
+        self.current.as_ref().map(|c| c.state)
+    }
+
+    pub fn deployment(&self) -> Option<&str> {
+        self.current.as_ref().map(|c| c.id.as_str())
+    }
+
+    /// The deployment whose baseline level-4 rules compare with.
+    pub fn last_stable(&self) -> Option<&str> {
+        self.last_stable.as_deref()
+    }
+
+    /// Milliseconds since the current deployment was first seen.
+    pub fn age_ms(&self) -> u64 {
+        self.current
+            .as_ref()
+            .map(|c| self.clock.now_ms().saturating_sub(c.first_seen_ms))
+            .unwrap_or(0)
+    }
+
+    /// Takes note of the deployment running now; a new id starts a new
+    /// watch, an id seen before resumes its recorded state.
+    pub fn observe_deployment(&mut self, id: &str) -> anyhow::Result<()> {
+        if self.current.as_ref().is_some_and(|c| c.id == id) {
+            return Ok(());
+        }
+        if let Some((bad, _)) = &self.verify_pending {
+            if bad != id {
+                tracing::info!(from = %bad, to = %id, "rollback took effect: the deployment changed");
+                self.verify_pending = None;
+            }
+        }
+        let rec = match self.store.deployment(id)? {
+            Some(rec) => {
+                tracing::info!(deployment = %id, state = rec.state.as_str(), "resuming the watch of a known deployment");
+                rec
+            }
+            None => {
+                let rec = DeploymentRecord {
+                    id: id.to_string(),
+                    first_seen_ms: self.clock.now_ms(),
+                    state: WatchState::Warming,
+                    stable_at_ms: None,
+                };
+                self.store.save_deployment(&rec)?;
+                tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
+                rec
+            }
+        };
+        self.store.set_current(id)?;
+        self.firing.clear();
+        self.held_told.clear();
+        // A rollback of this deployment recorded before a restart.
+        if let Some(mut r) = self.store.rollback(id)? {
+            if r.status == RollbackStatus::Intent {
+                r.status = RollbackStatus::Failed;
+                r.detail = "the agent stopped during the rollback call; it will not call again: check the platform".into();
+                r.finished_at_ms = Some(self.clock.now_ms());
+                self.store.update_rollback(&r)?;
+                self.tell(
+                    EventKind::RollbackFailed,
+                    Some(r.rule.clone()),
+                    r.detail.clone(),
+                    r.evidence.clone(),
+                );
+            } else if r.status == RollbackStatus::Succeeded && !r.not_effective {
+                if let (Some(verify), Some(done)) = (self.guard.verify, r.finished_at_ms) {
+                    self.verify_pending = Some((id.to_string(), done + verify.as_millis() as u64));
+                }
+            }
+        }
+        self.current = Some(rec);
+        Ok(())
+    }
+
+    /// Moves the watch along with time: warming → watching → stable.
+    /// Returns the deployment that just became stable, if one did.
+    pub fn advance(&mut self) -> anyhow::Result<Option<String>> {
+        let now = self.clock.now_ms();
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(None);
+        };
+        let age = Duration::from_millis(now.saturating_sub(cur.first_seen_ms));
+        let mut became_stable = None;
+        if cur.state == WatchState::Warming && age >= self.warmup {
+            cur.state = WatchState::Watching;
+            self.store.save_deployment(cur)?;
+            tracing::info!(deployment = %cur.id, "warm-up over: rules armed");
+        }
+        if cur.state == WatchState::Watching && age >= self.warmup + self.watch {
+            cur.state = WatchState::Stable;
+            cur.stable_at_ms = Some(now);
+            self.store.mark_stable(cur)?;
+            self.last_stable = Some(cur.id.clone());
+            tracing::info!(deployment = %cur.id, "watch over: deployment is stable and becomes the baseline");
+            became_stable = Some(cur.id.clone());
+        }
+        Ok(became_stable)
+    }
+
+    pub fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
+        self.store.set_paused(paused)?;
+        self.paused = paused;
+        tracing::info!(
+            paused,
+            "automatic rollbacks {}",
+            if paused { "paused" } else { "resumed" }
+        );
+        self.refresh_view(&[]);
+        Ok(())
+    }
+
+    /// Acts on the rules' verdicts. Call after [`Self::observe_deployment`]
+    /// and [`Self::advance`].
+    pub async fn judge(&mut self, rules: &[RuleStatus]) -> anyhow::Result<()> {
+        self.check_verification()?;
+        let Some(state) = self.state() else {
+            self.refresh_view(rules);
+            return Ok(());
+        };
+        for r in rules {
+            let holds = r.verdict == Verdict::Holds;
+            metrics::gauge!("backstop_rule_firing", "rule" => r.name.clone(), "action" => r.action.as_str())
+                .set(if holds && state != WatchState::Warming { 1.0 } else { 0.0 });
+            let was = self.firing.contains(&r.name);
+            if state == WatchState::Warming || state == WatchState::RolledBack {
+                continue;
+            }
+            if holds && !was {
+                self.firing.insert(r.name.clone());
+                let ev = r.evidence.clone().into_iter().collect::<Vec<_>>();
+                let summary = ev
+                    .first()
+                    .map(|e| e.summary.clone())
+                    .unwrap_or_else(|| format!("rule {} holds", r.name));
+                tracing::warn!(rule = %r.name, probe = %r.probe, action = r.action.as_str(), summary = %summary, "rule firing");
+                if !self.rolls_back(r, state) {
+                    self.tell(EventKind::Alert, Some(r.name.clone()), summary, ev);
+                }
+            } else if !holds && was {
+                self.firing.remove(&r.name);
+                tracing::info!(rule = %r.name, "rule no longer holds");
+                self.tell(
+                    EventKind::Resolved,
+                    Some(r.name.clone()),
+                    format!("rule {} no longer holds", r.name),
+                    vec![],
+                );
+            }
+            if holds && self.rolls_back(r, state) {
+                let ev = r.evidence.clone().into_iter().collect::<Vec<_>>();
+                self.try_rollback(&r.name, ev, false).await?;
+                if self.state() == Some(WatchState::RolledBack) {
+                    break;
+                }
+            }
+        }
+        self.refresh_view(rules);
+        Ok(())
+    }
+
+    fn rolls_back(&self, r: &RuleStatus, state: WatchState) -> bool {
+        r.action == Action::Rollback
+            && (state == WatchState::Watching || (state == WatchState::Stable && r.after_stable))
+    }
+
+    /// A rollback asked for through the admin API.
+    pub async fn manual_rollback(&mut self, reason: &str) -> anyhow::Result<ManualOutcome> {
+        let Some(dep) = self.deployment().map(str::to_string) else {
+            return Ok(ManualOutcome::Refused("no deployment is known yet".into()));
+        };
+        if let Some(r) = self.store.rollback(&dep)? {
+            return Ok(ManualOutcome::AlreadyRecorded(format!(
+                "deployment {dep} already has a rollback recorded ({})",
+                r.status.as_str()
+            )));
+        }
+        let ev = vec![Evidence {
+            rule: "manual".into(),
+            probe: String::new(),
+            expression: String::new(),
+            signal: None,
+            observed: None,
+            threshold: None,
+            window: None,
+            baseline: None,
+            summary: format!("manual rollback: {reason}"),
+        }];
+        match self.try_rollback("manual", ev, true).await? {
+            Some(refusal) => Ok(ManualOutcome::Refused(refusal)),
+            None => Ok(ManualOutcome::Started),
+        }
+    }
+
+    /// Rolls the current deployment back unless a guard rail says no.
+    /// Returns why it held back, if it did.
+    async fn try_rollback(
+        &mut self,
+        rule: &str,
+        evidence: Vec<Evidence>,
+        manual: bool,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(dep) = self.deployment().map(str::to_string) else {
+            return Ok(Some("no deployment is known yet".into()));
+        };
+        if self.store.rollback(&dep)?.is_some() {
+            return Ok(None);
+        }
+        let return_to = self.last_stable.clone().filter(|s| *s != dep);
+        let now = self.clock.now_ms();
+        let recent = self.store.rollbacks()?;
+        let hold = if self.target.is_none() {
+            Some("no [rollback] target is configured".to_string())
+        } else if self.paused && !manual {
+            Some("automatic rollbacks are paused".to_string())
+        } else if return_to.is_none() && !manual {
+            Some("there is no earlier stable deployment to return to".to_string())
+        } else if let Some(last) = recent.iter().find(|r| {
+            r.status != RollbackStatus::DryRun
+                && now.saturating_sub(r.intent_at_ms) < self.guard.cooldown.as_millis() as u64
+        }) {
+            (!manual).then(|| {
+                format!(
+                    "cooldown: deployment {} was rolled back less than {} ago",
+                    last.deployment,
+                    crate::duration::format(self.guard.cooldown)
+                )
+            })
+        } else {
+            let last_hour = recent
+                .iter()
+                .filter(|r| {
+                    r.status != RollbackStatus::DryRun
+                        && now.saturating_sub(r.intent_at_ms) < 3_600_000
+                })
+                .count() as u32;
+            (last_hour >= self.guard.max_per_hour && !manual).then(|| {
+                format!(
+                    "cap: {last_hour} rollbacks in the last hour (max_per_hour = {})",
+                    self.guard.max_per_hour
+                )
+            })
+        };
+        if let Some(reason) = hold {
+            let key = (rule.to_string(), reason.clone());
+            if self.held_told.insert(key) {
+                tracing::warn!(deployment = %dep, rule, reason = %reason, "rollback held back");
+                self.tell(
+                    EventKind::RollbackHeld,
+                    Some(rule.to_string()),
+                    format!("rollback of {dep} held back: {reason}"),
+                    evidence,
+                );
+            }
+            self.view.lock().expect("view lock").held = Some(reason.clone());
+            return Ok(Some(reason));
+        }
+        let target = self.target.clone().expect("checked above");
+        let reason = evidence
+            .first()
+            .map(|e| e.summary.clone())
+            .unwrap_or_else(|| format!("rule {rule} holds"));
+        let mut rec = RollbackRecord {
+            deployment: dep.clone(),
+            return_to: return_to.clone(),
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            evidence: evidence.clone(),
+            target: target.name().to_string(),
+            status: if self.guard.dry_run {
+                RollbackStatus::DryRun
+            } else {
+                RollbackStatus::Intent
+            },
+            intent_at_ms: now,
+            finished_at_ms: None,
+            detail: String::new(),
+            returned_to: None,
+            not_effective: false,
+            by: self.replica.clone(),
+        };
+        if let Claim::AlreadyRecorded(_) = self.store.claim_rollback(&rec)? {
+            return Ok(None);
+        }
+        if self.guard.dry_run {
+            rec.detail = "dry run: no call made".into();
+            rec.finished_at_ms = Some(now);
+            self.store.update_rollback(&rec)?;
+            metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
+            tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll back");
+            self.tell(
+                EventKind::RollbackPerformed,
+                Some(rule.to_string()),
+                format!(
+                    "dry run: would roll back {dep}{}: {reason}",
+                    to_text(&return_to)
+                ),
+                evidence,
+            );
+            self.view.lock().expect("view lock").last_rollback = Some(rec);
+            return Ok(None);
+        }
+        tracing::warn!(deployment = %dep, rule, target = target.name(), return_to = ?return_to, reason = %reason, "rolling back");
+        let req = RollbackRequest {
+            service: self.service.clone(),
+            deployment: dep.clone(),
+            return_to: return_to.clone(),
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            evidence: evidence.clone(),
+        };
+        self.view.lock().expect("view lock").last_rollback = Some(rec.clone());
+        let result = target.rollback(&req).await;
+        rec.finished_at_ms = Some(self.clock.now_ms());
+        match result {
+            Ok(done) => {
+                rec.status = RollbackStatus::Succeeded;
+                rec.detail = done.detail.clone();
+                rec.returned_to = done.returned_to.clone().or(return_to.clone());
+                self.store.update_rollback(&rec)?;
+                if let Some(cur) = self.current.as_mut() {
+                    cur.state = WatchState::RolledBack;
+                    self.store.save_deployment(cur)?;
+                }
+                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
+                tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
+                if let Some(verify) = self.guard.verify {
+                    self.verify_pending =
+                        Some((dep.clone(), self.clock.now_ms() + verify.as_millis() as u64));
+                }
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rule.to_string()),
+                    format!("rolled back {dep}{}: {reason}", to_text(&rec.returned_to)),
+                    evidence,
+                );
+            }
+            Err(err) => {
+                rec.status = RollbackStatus::Failed;
+                rec.detail = err.clone();
+                self.store.update_rollback(&rec)?;
+                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "failed").increment(1);
+                tracing::error!(deployment = %dep, target = target.name(), error = %err, "rollback failed; it will not be called again for this deployment");
+                self.tell(
+                    EventKind::RollbackFailed,
+                    Some(rule.to_string()),
+                    format!("rollback of {dep} failed: {err}"),
+                    evidence,
+                );
+            }
+        }
+        self.view.lock().expect("view lock").last_rollback = Some(rec);
+        Ok(None)
+    }
+
+    fn check_verification(&mut self) -> anyhow::Result<()> {
+        let Some((dep, deadline)) = self.verify_pending.clone() else {
+            return Ok(());
+        };
+        if self.deployment() != Some(dep.as_str()) {
+            self.verify_pending = None;
+            return Ok(());
+        }
+        if self.clock.now_ms() < deadline {
+            return Ok(());
+        }
+        self.verify_pending = None;
+        if let Some(mut r) = self.store.rollback(&dep)? {
+            r.not_effective = true;
+            self.store.update_rollback(&r)?;
+            let msg = format!(
+                "the platform accepted the rollback of {dep}, but the deployment has not changed; it will not be called again"
+            );
+            tracing::error!(deployment = %dep, "{msg}");
+            self.tell(
+                EventKind::RollbackNotEffective,
+                Some(r.rule.clone()),
+                msg,
+                r.evidence.clone(),
+            );
+            self.view.lock().expect("view lock").last_rollback = Some(r);
+        }
+        Ok(())
+    }
+
+    fn tell(
+        &self,
+        kind: EventKind,
+        rule: Option<String>,
+        summary: String,
+        evidence: Vec<Evidence>,
+    ) {
+        self.notifier.notify(Event {
+            kind,
+            service: self.service.clone(),
+            deployment: self.deployment().unwrap_or("").to_string(),
+            rule,
+            summary,
+            evidence,
+            return_to: self.last_stable.clone(),
+        });
+    }
+
+    fn refresh_view(&mut self, rules: &[RuleStatus]) {
+        let state = self.state();
+        if let (Some(dep), Some(st)) = (self.deployment().map(str::to_string), state) {
+            let labels = (dep, st.as_str());
+            if self.info_labels.as_ref() != Some(&labels) {
+                if let Some((old_dep, old_state)) = self.info_labels.take() {
+                    metrics::gauge!("backstop_deployment_info", "deployment" => old_dep, "state" => old_state).set(0.0);
+                }
+                metrics::gauge!("backstop_deployment_info", "deployment" => labels.0.clone(), "state" => labels.1).set(1.0);
+                self.info_labels = Some(labels);
+            }
+        }
+        let armed = matches!(state, Some(WatchState::Watching));
+        let mut view = self.view.lock().expect("view lock");
+        view.deployment = self.current.clone();
+        view.last_stable = self.last_stable.clone();
+        view.paused = self.paused;
+        if !rules.is_empty() || view.rules.is_empty() {
+            view.rules = rules
+                .iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name,
+                        "probe": r.probe,
+                        "action": r.action.as_str(),
+                        "armed": armed || (state == Some(WatchState::Stable) && r.after_stable),
+                        "verdict": r.verdict.as_str(),
+                        "reason": match &r.verdict { Verdict::Inconclusive(why) => Some(why.clone()), _ => None },
+                        "summary": r.evidence.as_ref().map(|e| e.summary.clone()),
+                        "detail": r.detail,
+                    })
+                })
+                .collect();
+        }
+        if view.last_rollback.is_none() {
+            if let Some(dep) = self.deployment() {
+                view.last_rollback = self.store.rollback(dep).ok().flatten();
+            }
+        }
+    }
+}
+
+fn to_text(return_to: &Option<String>) -> String {
+    match return_to {
+        Some(r) => format!(" to {r}"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Default)]
+    struct Platform {
+        calls: AtomicU32,
+        fail: bool,
+    }
+
+    impl Rollbacker for Platform {
+        fn name(&self) -> &'static str {
+            "webhook"
+        }
+        fn rollback<'a>(
+            &'a self,
+            req: &'a RollbackRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<RollbackDone, String>> + Send + 'a>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let fail = self.fail;
+            Box::pin(async move {
+                if fail {
+                    Err("webhook answered 503 Service Unavailable".into())
+                } else {
+                    Ok(RollbackDone {
+                        returned_to: req.return_to.clone(),
+                        detail: "accepted".into(),
+                    })
+                }
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Told(Mutex<Vec<Event>>);
+
+    impl Notifier for Told {
+        fn notify(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Told {
+        fn kinds(&self) -> Vec<EventKind> {
+            self.0.lock().unwrap().iter().map(|e| e.kind).collect()
+        }
+    }
+
+    fn guard() -> Guard {
+        Guard {
+            dry_run: false,
+            cooldown: Duration::from_secs(600),
+            max_per_hour: 3,
+            verify: Some(Duration::from_secs(300)),
+        }
+    }
+
+    fn rule(verdict: Verdict) -> RuleStatus {
+        RuleStatus {
+            name: "health failing".into(),
+            probe: "health".into(),
+            action: Action::Rollback,
+            after_stable: false,
+            evidence: (verdict == Verdict::Holds).then(|| Evidence {
+                rule: "health failing".into(),
+                probe: "health".into(),
+                expression: "consecutive_failures >= 3".into(),
+                signal: Some("consecutive_failures".into()),
+                observed: Some(3.0),
+                threshold: Some(3.0),
+                window: None,
+                baseline: None,
+                summary: "consecutive_failures 3 >= 3 on probe health".into(),
+            }),
+            verdict,
+            detail: Value::Null,
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        platform: Arc<Platform>,
+        told: Arc<Told>,
+    }
+
+    impl Rig {
+        fn new(fail: bool) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            Self {
+                _dir: dir,
+                store,
+                platform: Arc::new(Platform {
+                    calls: AtomicU32::new(0),
+                    fail,
+                }),
+                told: Arc::new(Told::default()),
+            }
+        }
+
+        fn watcher(&self, guard: Guard) -> Watcher {
+            Watcher::new(
+                "web".into(),
+                None,
+                self.store.clone(),
+                Some(self.platform.clone()),
+                self.told.clone(),
+                guard,
+                Duration::from_secs(30),
+                Duration::from_secs(900),
+                Clock::new(),
+            )
+            .unwrap()
+        }
+
+        fn calls(&self) -> u32 {
+            self.platform.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn step(w: &mut Watcher, id: &str, verdict: Verdict) {
+        w.observe_deployment(id).unwrap();
+        w.advance().unwrap();
+        w.judge(&[rule(verdict)]).await.unwrap();
+    }
+
+    async fn make_stable(w: &mut Watcher, id: &str) {
+        step(w, id, Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(931)).await;
+        step(w, id, Verdict::Clear).await;
+        assert_eq!(w.state(), Some(WatchState::Stable));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deployment_warms_up_then_is_watched_then_becomes_stable() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        step(&mut w, "v1", Verdict::Clear).await;
+        assert_eq!(w.state(), Some(WatchState::Warming));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v1", Verdict::Clear).await;
+        assert_eq!(w.state(), Some(WatchState::Watching));
+        tokio::time::advance(Duration::from_secs(900)).await;
+        step(&mut w, "v1", Verdict::Clear).await;
+        assert_eq!(w.state(), Some(WatchState::Stable));
+        assert_eq!(rig.store.last_stable().unwrap().as_deref(), Some("v1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rolls_back_a_bad_deployment_exactly_once() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0, "rules are not armed while warming");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for _ in 0..5 {
+            step(&mut w, "v2", Verdict::Holds).await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(rig.calls(), 1);
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
+        let rec = rig.store.rollback("v2").unwrap().unwrap();
+        assert_eq!(rec.status, RollbackStatus::Succeeded);
+        assert_eq!(rec.returned_to.as_deref(), Some("v1"));
+        assert!(rig.told.kinds().contains(&EventKind::RollbackPerformed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_agent_never_calls_again_for_the_same_deployment() {
+        let rig = Rig::new(false);
+        {
+            let mut w = rig.watcher(guard());
+            make_stable(&mut w, "v1").await;
+            step(&mut w, "v2", Verdict::Clear).await;
+            tokio::time::advance(Duration::from_secs(31)).await;
+            step(&mut w, "v2", Verdict::Holds).await;
+        }
+        assert_eq!(rig.calls(), 1);
+        let mut w = rig.watcher(guard());
+        for _ in 0..3 {
+            step(&mut w, "v2", Verdict::Holds).await;
+        }
+        assert_eq!(rig.calls(), 1);
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intent_left_by_a_crash_is_reported_and_never_called() {
+        let rig = Rig::new(false);
+        rig.store
+            .claim_rollback(&RollbackRecord {
+                deployment: "v2".into(),
+                return_to: Some("v1".into()),
+                rule: "health failing".into(),
+                reason: "x".into(),
+                evidence: vec![],
+                target: "webhook".into(),
+                status: RollbackStatus::Intent,
+                intent_at_ms: crate::store::now_ms(),
+                finished_at_ms: None,
+                detail: String::new(),
+                returned_to: None,
+                not_effective: false,
+                by: None,
+            })
+            .unwrap();
+        let mut w = rig.watcher(guard());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(rig.told.kinds(), vec![EventKind::RollbackFailed]);
+        assert_eq!(
+            rig.store.rollback("v2").unwrap().unwrap().status,
+            RollbackStatus::Failed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_back_without_an_earlier_stable_deployment_and_says_so_once() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        step(&mut w, "v1", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for _ in 0..3 {
+            step(&mut w, "v1", Verdict::Holds).await;
+        }
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(
+            rig.told.kinds(),
+            vec![EventKind::RollbackHeld],
+            "told once, not on every evaluation"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_holds_back_and_resume_rolls_back_if_the_rule_still_holds() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        w.set_paused(true).unwrap();
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        w.set_paused(false).unwrap();
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dry_run_records_and_reports_without_calling() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(Guard {
+            dry_run: true,
+            ..guard()
+        });
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(
+            rig.store.rollback("v2").unwrap().unwrap().status,
+            RollbackStatus::DryRun
+        );
+        let performed = rig
+            .told
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::RollbackPerformed)
+            .count();
+        assert_eq!(performed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_is_reported_and_not_repeated() {
+        let rig = Rig::new(true);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+        assert!(rig.told.kinds().contains(&EventKind::RollbackFailed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cooldown_holds_back_a_second_rollback() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+        // The platform went back to v1; a v3 goes bad two minutes later.
+        step(&mut w, "v1", Verdict::Clear).await;
+        step(&mut w, "v3", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v3", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+        assert!(rig.told.kinds().contains(&EventKind::RollbackHeld));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        step(&mut w, "v3", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accepted_rollback_that_changes_nothing_is_reported_once() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        tokio::time::advance(Duration::from_secs(301)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        let kinds = rig.told.kinds();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == EventKind::RollbackNotEffective)
+                .count(),
+            1
+        );
+        assert_eq!(rig.calls(), 1);
+        assert!(rig.store.rollback("v2").unwrap().unwrap().not_effective);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_stable_a_rollback_rule_alerts_instead() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard());
+        make_stable(&mut w, "v1").await;
+        step(&mut w, "v1", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(rig.told.kinds(), vec![EventKind::Alert]);
+        step(&mut w, "v1", Verdict::Clear).await;
+        assert_eq!(
+            rig.told.kinds(),
+            vec![EventKind::Alert, EventKind::Resolved]
+        );
+    }
+}

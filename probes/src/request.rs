@@ -1,0 +1,616 @@
+//! What the `http` and `scenario` probes share: the HTTP client they build,
+//! the checks of a response (status and body assertions), reading a body
+//! under a cap, and turning a transport error into one clear line that never
+//! carries a URL.
+
+use std::cell::OnceCell;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderName, LOCATION};
+use reqwest::{Method, Url};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{redact_url, ConfigProblem};
+
+/// Default cap on the bytes read from a response body: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+
+/// One check of a response body. Exactly one of `pointer` or `regex` is set;
+/// with `pointer`, `equals` compares the value and without it the value must
+/// merely exist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyAssertion {
+    /// A JSON pointer (RFC 6901) into the body, like `/status`. Default none.
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// The value the pointer must hold. Default: it must only exist.
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// A regular expression the body must match. Default none.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+pub(crate) fn default_method() -> String {
+    "GET".into()
+}
+pub(crate) fn yes() -> bool {
+    true
+}
+pub(crate) fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// Joins a key prefix (`step[1]`, or empty for the probe's own table) and a key.
+pub(crate) fn key(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Parses an http or https URL, recording a problem under `key` otherwise.
+pub(crate) fn parse_url(raw: &str, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<Url> {
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+        Ok(u) => {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("scheme {:?} is not http or https", u.scheme()),
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("invalid URL {:?}: {e}", redact_url(raw)),
+            ));
+            None
+        }
+    }
+}
+
+pub(crate) fn parse_method(
+    raw: &str,
+    key: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Method> {
+    match Method::from_bytes(raw.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => Some(m),
+        Err(_) => {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("invalid HTTP method {raw:?}"),
+            ));
+            None
+        }
+    }
+}
+
+pub(crate) fn parse_header_name(
+    raw: &str,
+    key: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<HeaderName> {
+    match HeaderName::from_bytes(raw.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(ConfigProblem::new(
+                key,
+                format!("{raw:?} is not a valid header name"),
+            ));
+            None
+        }
+    }
+}
+
+/// Records a problem when both `body` and `json` are set.
+pub(crate) fn check_one_body(
+    body: &Option<String>,
+    json: &Option<Value>,
+    prefix: &str,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if body.is_some() && json.is_some() {
+        problems.push(ConfigProblem::new(
+            key(prefix, "json"),
+            "set either body or json, not both",
+        ));
+    }
+}
+
+/// The client both probes use: no proxy from the environment (the library
+/// reads none), no cookie store of its own, one idle connection kept per host
+/// so checks reuse it, and a per-request timeout set by the caller.
+pub(crate) fn client(tls_verify: bool, follow_redirects: bool) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(!tls_verify)
+        .redirect(if follow_redirects {
+            reqwest::redirect::Policy::limited(10)
+        } else {
+            reqwest::redirect::Policy::none()
+        })
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1)
+        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
+}
+
+/// `host:port` of a URL, for messages: never the userinfo, path or query.
+pub(crate) fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => "the target".into(),
+    }
+}
+
+#[derive(Debug)]
+enum Check {
+    Pointer {
+        pointer: String,
+        equals: Option<Value>,
+    },
+    Regex(regex::Regex),
+}
+
+/// What a response must look like: its status and its body.
+#[derive(Debug)]
+pub(crate) struct Expect {
+    status: Vec<u16>,
+    checks: Vec<Check>,
+}
+
+impl Expect {
+    /// Validates `expect_status` and `expect_body`, recording problems under
+    /// keys that start with `prefix`.
+    pub(crate) fn new(
+        status: &[u16],
+        body: &[BodyAssertion],
+        prefix: &str,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Self {
+        for (i, s) in status.iter().enumerate() {
+            if !(100..=599).contains(s) {
+                problems.push(ConfigProblem::new(
+                    key(prefix, &format!("expect_status[{i}]")),
+                    format!("{s} is not an HTTP status (100-599)"),
+                ));
+            }
+        }
+        let mut checks = Vec::new();
+        for (i, a) in body.iter().enumerate() {
+            let k = key(prefix, &format!("expect_body[{i}]"));
+            match (&a.pointer, &a.regex) {
+                (Some(p), None) => {
+                    if is_pointer(p) {
+                        checks.push(Check::Pointer {
+                            pointer: p.clone(),
+                            equals: a.equals.clone(),
+                        });
+                    } else {
+                        problems.push(ConfigProblem::new(
+                            format!("{k}.pointer"),
+                            format!("JSON pointer {p:?} must be empty or start with '/'"),
+                        ));
+                    }
+                }
+                (None, Some(r)) if a.equals.is_none() => match regex::Regex::new(r) {
+                    Ok(re) => checks.push(Check::Regex(re)),
+                    Err(e) => problems.push(ConfigProblem::new(
+                        format!("{k}.regex"),
+                        format!("invalid regular expression: {}", one_line(&e)),
+                    )),
+                },
+                _ => problems.push(ConfigProblem::new(
+                    k,
+                    "set exactly one of pointer (with optional equals) or regex",
+                )),
+            }
+        }
+        Self {
+            status: status.to_vec(),
+            checks,
+        }
+    }
+
+    /// Whether the body must be kept to check it.
+    pub(crate) fn reads_body(&self) -> bool {
+        !self.checks.is_empty()
+    }
+
+    /// `Err` names the status and what was expected, and where a redirect
+    /// points (redacted), since that is usually the explanation.
+    pub(crate) fn check_status(&self, resp: &reqwest::Response) -> Result<(), String> {
+        let status = resp.status().as_u16();
+        let ok = if self.status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.status.contains(&status)
+        };
+        if ok {
+            return Ok(());
+        }
+        let want = if self.status.is_empty() {
+            "2xx".to_string()
+        } else {
+            format!("{:?}", self.status)
+        };
+        let redirect = resp
+            .status()
+            .is_redirection()
+            .then(|| resp.headers().get(LOCATION))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|loc| resp.url().join(loc).ok())
+            .map(|to| format!(" (redirect to {})", redact_url(to.as_str())))
+            .unwrap_or_default();
+        Err(format!("status {status}{redirect}, expected {want}"))
+    }
+
+    pub(crate) fn check_body(&self, body: &ReadBody) -> Result<(), String> {
+        for check in &self.checks {
+            match check {
+                Check::Regex(re) => {
+                    if !re.is_match(&String::from_utf8_lossy(&body.bytes)) {
+                        return Err(format!("body does not match /{}/", re.as_str()));
+                    }
+                }
+                Check::Pointer { pointer, equals } => {
+                    let doc = body.json()?;
+                    match (doc.pointer(pointer), equals) {
+                        (None, _) => return Err(format!("body has no value at {}", at(pointer))),
+                        (Some(got), Some(want)) if got != want => {
+                            return Err(format!(
+                                "body at {} is {}, expected {}",
+                                at(pointer),
+                                short(got),
+                                short(want)
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `p` is a JSON pointer: empty (the whole document) or `/...`.
+pub(crate) fn is_pointer(p: &str) -> bool {
+    p.is_empty() || p.starts_with('/')
+}
+
+/// A pointer as messages show it; the empty pointer is the whole document.
+pub(crate) fn at(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "\"\" (the whole document)"
+    } else {
+        pointer
+    }
+}
+
+/// A JSON value for a message, cut short so a large document (or a secret
+/// that happens to sit in it) does not fill the line.
+fn short(v: &Value) -> String {
+    const MAX: usize = 60;
+    let text = v.to_string();
+    if text.chars().count() <= MAX {
+        text
+    } else {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}...")
+    }
+}
+
+/// A body that was read, with its JSON parsed at most once, on demand.
+pub(crate) struct ReadBody {
+    pub(crate) bytes: Bytes,
+    json: OnceCell<Result<Value, String>>,
+}
+
+impl ReadBody {
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            json: OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn json(&self) -> Result<&Value, String> {
+        self.json
+            .get_or_init(|| {
+                serde_json::from_slice(&self.bytes).map_err(|e| format!("body is not JSON: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// Reads a body up to `cap` bytes. When `keep` is set the body is returned,
+/// and one larger than the cap is an error, since assertions on a truncated
+/// document would mislead. Otherwise the body is read and dropped up to the
+/// cap (so the connection can be reused) and reading simply stops there.
+/// `within` describes the time limit for a timeout message.
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: u64,
+    keep: bool,
+    within: &str,
+) -> Result<Option<Bytes>, String> {
+    let too_large =
+        || format!("body is larger than max_body_bytes ({cap} bytes), so it cannot be checked");
+    if keep && resp.content_length().is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(describe_body(&e, within)),
+        };
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > cap {
+            return if keep { Err(too_large()) } else { Ok(None) };
+        }
+        if keep {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    Ok(keep.then(|| Bytes::from(kept)))
+}
+
+/// An error of sending a request and waiting for its response head, as one
+/// line: `connect to 127.0.0.1:8080: connection refused`,
+/// `tls handshake with 127.0.0.1:8443: certificate problem: ...`,
+/// `no response within 1s`, `malformed response: invalid HTTP version parsed`.
+/// `addr` is the target's `host:port`; `within` describes the time limit.
+///
+/// Only the error's sources and kind are read: the outer error's own text
+/// carries the URL, and is never shown.
+pub(crate) fn describe(e: &reqwest::Error, addr: &str, within: &str) -> String {
+    let parts = Parts::of(e);
+    if let Some(tls) = parts.tls {
+        return format!("tls handshake with {addr}: {}", tls_text(tls));
+    }
+    if e.is_timeout() {
+        return if e.is_connect() {
+            format!("connect to {addr}: no connection within {within}")
+        } else {
+            format!("no response within {within}")
+        };
+    }
+    if e.is_connect() {
+        let why = parts
+            .io
+            .map(io_text)
+            .unwrap_or_else(|| parts.deepest.clone());
+        return if parts.dns {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            format!("resolve {host}: {why}")
+        } else {
+            format!("connect to {addr}: {why}")
+        };
+    }
+    if e.is_redirect() {
+        return format!("redirects: {}", parts.deepest);
+    }
+    if let Some(h) = parts.hyper {
+        if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+            return format!("malformed response: {}", lower_first(&h.to_string()));
+        }
+        if h.is_incomplete_message() {
+            return "connection closed before a complete response".into();
+        }
+    }
+    match parts.io {
+        Some(io) => io_text(io),
+        None => parts.deepest,
+    }
+}
+
+/// An error while reading a response body, as one line.
+pub(crate) fn describe_body(e: &reqwest::Error, within: &str) -> String {
+    if e.is_timeout() {
+        return format!("body not complete within {within}");
+    }
+    let parts = Parts::of(e);
+    let eof = parts
+        .io
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+    if eof || parts.hyper.is_some_and(|h| h.is_incomplete_message()) {
+        return "connection closed before the body was complete".into();
+    }
+    if let Some(h) = parts.hyper.filter(|h| h.is_parse()) {
+        return format!("malformed body: {}", lower_first(&h.to_string()));
+    }
+    let why = parts.io.map(io_text).unwrap_or(parts.deepest);
+    format!("reading body: {why}")
+}
+
+/// The interesting links of an error's cause chain.
+struct Parts<'a> {
+    io: Option<&'a std::io::Error>,
+    hyper: Option<&'a hyper::Error>,
+    tls: Option<&'a rustls::Error>,
+    /// A `dns error` link: the host name did not resolve.
+    dns: bool,
+    /// The innermost message, lowercased, for anything not recognised.
+    deepest: String,
+}
+
+impl<'a> Parts<'a> {
+    fn of(e: &'a reqwest::Error) -> Self {
+        let mut parts = Parts {
+            io: None,
+            hyper: None,
+            tls: None,
+            dns: false,
+            deepest: String::new(),
+        };
+        let mut link: Option<&'a (dyn StdError + 'static)> = e.source();
+        while let Some(err) = link {
+            let text = err.to_string();
+            if text == "dns error" {
+                parts.dns = true;
+            }
+            if !text.is_empty() {
+                parts.deepest = lower_first(&text);
+            }
+            if let Some(h) = err.downcast_ref::<hyper::Error>() {
+                parts.hyper.get_or_insert(h);
+            }
+            if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+                parts.tls.get_or_insert(tls);
+            }
+            link = match err.downcast_ref::<std::io::Error>() {
+                Some(io) => {
+                    // The innermost I/O error says the most.
+                    parts.io = Some(io);
+                    // An `io::Error` hides the error it wraps from `source()`
+                    // (it returns that error's own source): step into it.
+                    match io.get_ref() {
+                        Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                        None => None,
+                    }
+                }
+                None => err.source(),
+            };
+        }
+        if parts.deepest.is_empty() {
+            parts.deepest = "request failed".into();
+        }
+        parts
+    }
+}
+
+fn io_text(io: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match io.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset by peer".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::TimedOut => "timed out".into(),
+        K::UnexpectedEof => "connection closed unexpectedly".into(),
+        _ => {
+            let text = match io.get_ref() {
+                Some(inner) => inner.to_string(),
+                None => io.to_string(),
+            };
+            let text = match text.find(" (os error ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            lower_first(&text)
+        }
+    }
+}
+
+fn tls_text(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => {
+            let what = match c {
+                C::UnknownIssuer => {
+                    "not trusted (unknown issuer: self-signed or signed by an unknown CA)".into()
+                }
+                C::Expired | C::ExpiredContext { .. } => "expired".into(),
+                C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "not valid for this host name".into()
+                }
+                C::Revoked => "revoked".into(),
+                C::BadSignature => "bad signature".into(),
+                C::BadEncoding => "badly encoded".into(),
+                other => lower_first(&format!("{other:?}")),
+            };
+            format!("certificate problem: {what}")
+        }
+        rustls::Error::NoCertificatesPresented => "certificate problem: none presented".into(),
+        other => lower_first(&other.to_string()),
+    }
+}
+
+/// Lowercases the first letter unless the first word is an acronym (`TLS`).
+pub(crate) fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(a), Some(b)) if a.is_uppercase() && !b.is_uppercase() => {
+            a.to_lowercase().chain(s[a.len_utf8()..].chars()).collect()
+        }
+        (Some(a), None) => a.to_lowercase().collect(),
+        _ => s.to_string(),
+    }
+}
+
+/// An error and its sources on one line, each cause once.
+pub(crate) fn one_line(e: &dyn StdError) -> String {
+    let mut s = lower_first(&e.to_string());
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = lower_first(&inner.to_string());
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lowercases_a_message_but_not_an_acronym() {
+        let cases = [
+            ("Connection refused", "connection refused"),
+            ("TLS handshake failed", "TLS handshake failed"),
+            ("x", "x"),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(lower_first(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_long_value_in_a_message_is_cut_short() {
+        assert_eq!(short(&json!("up")), "\"up\"");
+        let long = short(&json!("t".repeat(500)));
+        assert!(long.len() < 80 && long.ends_with("..."), "{long}");
+    }
+
+    fn expect(body: Value) -> Expect {
+        let assertions: Vec<BodyAssertion> = serde_json::from_value(body).unwrap();
+        let mut problems = vec![];
+        let e = Expect::new(&[], &assertions, "", &mut problems);
+        assert_eq!(problems, vec![]);
+        e
+    }
+
+    #[test]
+    fn the_empty_pointer_asserts_on_the_whole_document() {
+        let body = ReadBody::new(Bytes::from_static(b"[1, 2]"));
+        assert_eq!(
+            expect(json!([{ "pointer": "", "equals": [1, 2] }])).check_body(&body),
+            Ok(())
+        );
+        assert_eq!(
+            expect(json!([{ "pointer": "", "equals": [] }])).check_body(&body),
+            Err("body at \"\" (the whole document) is [1,2], expected []".into())
+        );
+    }
+}

@@ -1,0 +1,810 @@
+//! Rollback targets against stand-ins of the platforms on loopback: the
+//! documented request shapes, and how refusals, rate limits, server errors
+//! and the deadline are handled. `exec` runs real commands.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop::config::Config;
+use backstop::evidence::{Evidence, RollbackRequest};
+use backstop::rollback::{RollbackError, Target};
+use backstop_tests::{HttpServer, Recorded, Reply};
+use serde_json::{json, Value};
+
+/// Builds the target of a `[rollback]` section, the way the agent does.
+fn target(rollback: &str) -> Target {
+    let text = format!("[service]\nname = \"web\"\n\n{rollback}");
+    let config = Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("{e}"));
+    config.rollback.expect("[rollback]").build().unwrap()
+}
+
+fn request(deployment: &str, return_to: Option<&str>) -> RollbackRequest {
+    RollbackRequest {
+        service: "web".into(),
+        deployment: deployment.into(),
+        return_to: return_to.map(str::to_string),
+        rule: "health failing".into(),
+        reason: "health: 3 consecutive failures".into(),
+        evidence: vec![Evidence {
+            rule: "health failing".into(),
+            probe: "health".into(),
+            expression: "consecutive_failures >= 3".into(),
+            signal: Some("consecutive_failures".into()),
+            observed: Some(3.0),
+            threshold: Some(3.0),
+            window: None,
+            baseline: None,
+            summary: "health failed 3 times in a row".into(),
+        }],
+    }
+}
+
+/// What the n-th (from 0) rollback call is answered with; `None` for the
+/// platform's own success.
+type Script = Arc<dyn Fn(usize) -> Option<Reply> + Send + Sync>;
+
+fn always(status: u16) -> Script {
+    Arc::new(move |_| Some(error_reply(status)))
+}
+
+fn then_ok(first: Vec<Reply>) -> Script {
+    let first = std::sync::Mutex::new(first.into_iter().map(Some).collect::<Vec<_>>());
+    Arc::new(move |n| first.lock().unwrap().get_mut(n).and_then(Option::take))
+}
+
+fn error_reply(status: u16) -> Reply {
+    Reply::json(status, json!({"message": format!("refused with {status}")}))
+}
+
+/// A platform stand-in: its configuration, the deployment the agent is on,
+/// and which recorded requests are the rollback call itself.
+#[derive(Clone, Copy)]
+struct Platform {
+    name: &'static str,
+    token: &'static str,
+    deployment: &'static str,
+}
+
+const PLATFORMS: &[Platform] = &[
+    Platform {
+        name: "webhook",
+        token: "hook-SECRET-path-123",
+        deployment: "dep-new",
+    },
+    Platform {
+        name: "railway",
+        token: "railway-SECRET-tok-123",
+        deployment: "dep-new",
+    },
+    Platform {
+        name: "render",
+        token: "rnd_SECRET-key-123",
+        deployment: "dep-new",
+    },
+    Platform {
+        name: "vercel",
+        token: "vercel-SECRET-tok-123",
+        deployment: "dpl_new",
+    },
+    Platform {
+        name: "heroku",
+        token: "heroku-SECRET-key-123",
+        deployment: "v42",
+    },
+];
+
+impl Platform {
+    fn config(&self, server: &HttpServer, deadline: &str) -> String {
+        let head = format!(
+            "[rollback]\ntarget = \"{}\"\ndeadline = \"{deadline}\"\n",
+            self.name
+        );
+        let t = self.token;
+        let table = match self.name {
+            "webhook" => format!(
+                "[rollback.webhook]\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer {t}\" }}\n",
+                server.url(&format!("/hooks/{t}"))
+            ),
+            "railway" => format!(
+                "[rollback.railway]\ntoken = \"{t}\"\nproject_id = \"prj-1\"\nservice_id = \"svc-1\"\nenvironment_id = \"env-1\"\napi_url = \"{}\"\n",
+                server.url("/graphql/v2")
+            ),
+            "render" => format!(
+                "[rollback.render]\napi_key = \"{t}\"\nservice_id = \"srv-1\"\napi_url = \"{}\"\n",
+                server.url("/v1")
+            ),
+            "vercel" => format!(
+                "[rollback.vercel]\ntoken = \"{t}\"\nproject_id = \"prj_1\"\nteam_id = \"team_1\"\napi_url = \"{}\"\n",
+                server.url("")
+            ),
+            "heroku" => format!(
+                "[rollback.heroku]\napi_key = \"{t}\"\napp = \"web-app\"\napi_url = \"{}\"\n",
+                server.url("")
+            ),
+            other => unreachable!("{other}"),
+        };
+        format!("{head}{table}")
+    }
+
+    fn is_rollback_call(&self, r: &Recorded) -> bool {
+        match self.name {
+            "webhook" => true,
+            "railway" => r.json()["query"]
+                .as_str()
+                .unwrap_or("")
+                .contains("deploymentRollback"),
+            _ => r.method == "POST",
+        }
+    }
+
+    /// Starts the stand-in; rollback calls are answered by `script`.
+    async fn start(self, script: Script) -> (HttpServer, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let server = HttpServer::start(move |r| {
+            if self.is_rollback_call(r) {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(reply) = script(n) {
+                    return reply;
+                }
+                return self.accepted();
+            }
+            self.listing(r)
+        })
+        .await;
+        (server, calls)
+    }
+
+    fn accepted(&self) -> Reply {
+        match self.name {
+            "webhook" => Reply::text(200, "ok"),
+            "railway" => Reply::json(200, json!({"data": {"deploymentRollback": true}})),
+            "render" => Reply::json(201, json!({"id": "dep-rb", "status": "created"})),
+            "vercel" => Reply::status(201),
+            "heroku" => Reply::json(
+                201,
+                json!({"id": "r-43", "version": 43, "status": "succeeded", "current": true}),
+            ),
+            other => unreachable!("{other}"),
+        }
+    }
+
+    fn listing(&self, r: &Recorded) -> Reply {
+        match self.name {
+            "railway" => railway_listing(),
+            "render" if r.path == "/v1/services/srv-1/deploys" => Reply::json(
+                200,
+                json!([
+                    {"deploy": {"id": "dep-new", "status": "live", "createdAt": "2026-01-03T00:00:00Z"}, "cursor": "c3"},
+                    {"deploy": {"id": "dep-broken", "status": "build_failed", "createdAt": "2026-01-02T00:00:00Z"}, "cursor": "c2"},
+                    {"deploy": {"id": "dep-good", "status": "deactivated", "createdAt": "2026-01-01T00:00:00Z"}, "cursor": "c1"}
+                ]),
+            ),
+            "vercel" if r.path == "/v6/deployments" => Reply::json(
+                200,
+                json!({"deployments": [
+                    {"uid": "dpl_good", "readyState": "READY", "created": 1000, "target": "production"},
+                    {"uid": "dpl_new", "readyState": "READY", "created": 3000, "target": "production"},
+                    {"uid": "dpl_err", "readyState": "ERROR", "created": 2000, "target": "production"}
+                ], "pagination": {"count": 3, "next": null, "prev": null}}),
+            ),
+            "heroku" if r.path == "/apps/web-app/releases" => Reply::json(
+                206,
+                json!([
+                    {"id": "r-42", "version": 42, "status": "succeeded", "current": true},
+                    {"id": "r-41", "version": 41, "status": "failed", "current": false},
+                    {"id": "r-40", "version": 40, "status": "succeeded", "current": false}
+                ]),
+            ),
+            _ => Reply::json(404, json!({"message": "no such route"})),
+        }
+    }
+
+    /// The deployment each stand-in's listing makes the one to return to.
+    fn expected_return(&self) -> Option<&'static str> {
+        match self.name {
+            "webhook" => None,
+            "railway" | "render" => Some("dep-good"),
+            "vercel" => Some("dpl_good"),
+            "heroku" => Some("r-40"),
+            other => unreachable!("{other}"),
+        }
+    }
+}
+
+fn railway_listing() -> Reply {
+    let node = |id: &str, status: &str, can: bool| json!({"node": {"id": id, "status": status, "createdAt": "2026-01-01T00:00:00Z", "canRollback": can}});
+    Reply::json(
+        200,
+        json!({"data": {"deployments": {"edges": [
+            node("dep-new", "SUCCESS", true),
+            node("dep-crashed", "CRASHED", false),
+            node("dep-expired", "REMOVED", false),
+            node("dep-good", "REMOVED", true),
+            node("dep-older", "REMOVED", true)
+        ]}}}),
+    )
+}
+
+fn rollback_calls(p: Platform, server: &HttpServer) -> Vec<Recorded> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| p.is_rollback_call(r))
+        .collect()
+}
+
+fn assert_hidden(p: Platform, text: &str) {
+    assert!(
+        !text.contains(p.token),
+        "{}: the token shows in {text:?}",
+        p.name
+    );
+}
+
+#[tokio::test]
+async fn webhook_posts_specs_json_document_with_its_headers() {
+    let p = PLATFORMS[0];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let t = target(&p.config(&server, "10s"));
+    assert_eq!(t.name(), "webhook");
+    let done = t
+        .rollback(&request("dep-new", Some("dep-good")))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, format!("/hooks/{}", p.token));
+    assert_eq!(
+        r.header("authorization"),
+        Some(&*format!("Bearer {}", p.token))
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.header("idempotency-key"),
+        Some("backstop-rollback-web-dep-new")
+    );
+    let body = r.json();
+    assert_eq!(body["event"], "rollback");
+    assert_eq!(body["service"], "web");
+    assert_eq!(body["deployment"], "dep-new");
+    assert_eq!(body["return_to"], "dep-good");
+    assert_eq!(body["reason"], "health: 3 consecutive failures");
+    assert_eq!(body["rule"], "health failing");
+    assert_eq!(body["evidence"][0]["probe"], "health");
+    assert_eq!(body["evidence"][0]["observed"], 3.0);
+}
+
+#[tokio::test]
+async fn webhook_fills_a_custom_body_and_headers_escaping_json() {
+    let server = HttpServer::start(|_| Reply::status(204)).await;
+    let t = target(&format!(
+        r#"[rollback]
+target = "webhook"
+[rollback.webhook]
+url = "{}"
+method = "PUT"
+headers = {{ X-Service = "{{{{service}}}}", X-Reason = "{{{{reason}}}}" }}
+body = '{{"text": "rolling back {{{{deployment}}}} of {{{{service}}}}: {{{{reason}}}}", "to": "{{{{return_to}}}}"}}'
+"#,
+        server.url("/hook")
+    ));
+    let mut req = request("dep-new", None);
+    req.reason = "p95 \"doubled\"\nand more".into();
+    t.rollback(&req).await.unwrap();
+    let r = &server.requests()[0];
+    assert_eq!(r.method, "PUT");
+    assert_eq!(r.header("x-service"), Some("web"));
+    assert_eq!(r.header("x-reason"), Some("p95 \"doubled\" and more"));
+    assert_eq!(
+        r.json(),
+        json!({"text": "rolling back dep-new of web: p95 \"doubled\"\nand more", "to": ""})
+    );
+}
+
+#[tokio::test]
+async fn railway_lists_deployments_then_rolls_back_to_the_last_one_it_can() {
+    let p = PLATFORMS[1];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/graphql/v2");
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {}", p.token))
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let list = reqs[0].json();
+    let q = list["query"].as_str().unwrap();
+    assert!(
+        q.contains("deployments(input:") && q.contains("canRollback"),
+        "{q}"
+    );
+    assert_eq!(
+        list["variables"],
+        json!({"projectId": "prj-1", "serviceId": "svc-1", "environmentId": "env-1", "first": 20})
+    );
+    let call = reqs[1].json();
+    assert!(call["query"]
+        .as_str()
+        .unwrap()
+        .contains("deploymentRollback(id: $id)"));
+    assert_eq!(call["variables"], json!({"id": "dep-good"}));
+}
+
+#[tokio::test]
+async fn railway_project_tokens_use_their_own_header_and_return_to_wins() {
+    let p = PLATFORMS[1];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let config = p
+        .config(&server, "10s")
+        .replace("project_id =", "token_kind = \"project\"\nproject_id =");
+    let done = target(&config)
+        .rollback(&request("dep-new", Some("dep-older")))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-older"));
+    for r in server.requests() {
+        assert_eq!(r.header("project-access-token"), Some(p.token));
+        assert_eq!(r.header("authorization"), None);
+    }
+}
+
+#[tokio::test]
+async fn railway_graphql_errors_are_failures_even_with_http_200() {
+    let p = PLATFORMS[1];
+    // "Not Authorized" is final.
+    let not_authorized: Script = Arc::new(|_| {
+        Some(Reply::json(
+            200,
+            json!({"data": null, "errors": [{"message": "Not Authorized", "extensions": {"code": "UNAUTHORIZED"}}]}),
+        ))
+    });
+    let (server, calls) = p.start(not_authorized).await;
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RollbackError::Final { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(err.to_string().contains("Not Authorized"), "{err}");
+
+    // A rate limit is retried.
+    let limited = then_ok(vec![Reply::json(
+        200,
+        json!({"data": null, "errors": [{"message": "Rate limit exceeded, try again later"}]}),
+    )]);
+    let (server, calls) = p.start(limited).await;
+    target(&p.config(&server, "10s"))
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn render_finds_the_previous_live_deploy_and_posts_its_id() {
+    let p = PLATFORMS[2];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
+    assert!(done.detail.contains("dep-rb"), "{}", done.detail);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].path, "/v1/services/srv-1/deploys");
+    assert_eq!(reqs[0].query.as_deref(), Some("limit=20"));
+    assert_eq!(reqs[1].method, "POST");
+    assert_eq!(reqs[1].path, "/v1/services/srv-1/rollback");
+    assert_eq!(reqs[1].json(), json!({"deployId": "dep-good"}));
+    for r in &reqs {
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {}", p.token))
+        );
+        assert_eq!(r.header("accept"), Some("application/json"));
+    }
+}
+
+#[tokio::test]
+async fn render_uses_return_to_without_guessing() {
+    let p = PLATFORMS[2];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("dep-new", Some("dep-broken")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dep-broken, cannot be rolled back to (status build_failed)"),
+        "{err}"
+    );
+    assert!(rollback_calls(p, &server).is_empty());
+}
+
+#[tokio::test]
+async fn vercel_lists_production_deployments_and_rolls_back_with_the_team() {
+    let p = PLATFORMS[3];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("dpl_new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dpl_good"));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].path, "/v6/deployments");
+    assert_eq!(
+        reqs[0].query.as_deref(),
+        Some("projectId=prj_1&target=production&limit=20&teamId=team_1")
+    );
+    assert_eq!(reqs[1].method, "POST");
+    assert_eq!(reqs[1].path, "/v1/projects/prj_1/rollback/dpl_good");
+    assert_eq!(
+        reqs[1].query.as_deref(),
+        Some("description=health%3A+3+consecutive+failures&teamId=team_1")
+    );
+    for r in &reqs {
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {}", p.token))
+        );
+    }
+}
+
+#[tokio::test]
+async fn heroku_rolls_back_to_the_last_succeeded_release_before_the_current_one() {
+    let p = PLATFORMS[4];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("v42", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("r-40"));
+    assert!(done.detail.contains("v43"), "{}", done.detail);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].path, "/apps/web-app/releases");
+    assert_eq!(
+        reqs[0].header("range"),
+        Some("version ..; order=desc, max=20")
+    );
+    assert_eq!(reqs[1].method, "POST");
+    assert_eq!(reqs[1].path, "/apps/web-app/releases");
+    assert_eq!(reqs[1].json(), json!({"release": "r-40"}));
+    for r in &reqs {
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {}", p.token))
+        );
+        assert_eq!(
+            r.header("accept"),
+            Some("application/vnd.heroku+json; version=3")
+        );
+    }
+}
+
+#[tokio::test]
+async fn refusals_are_final_after_one_call_and_never_show_the_token() {
+    for &p in PLATFORMS {
+        for status in [401, 403, 404, 409, 422] {
+            // The platform echoes the token back, as some do.
+            let token = p.token;
+            let script: Script = Arc::new(move |_| {
+                Some(Reply::json(
+                    status,
+                    json!({"message": format!("refused: token {token} is not allowed")}),
+                ))
+            });
+            let (server, calls) = p.start(script).await;
+            let t = target(&p.config(&server, "10s"));
+            let err = t.rollback(&request(p.deployment, None)).await.unwrap_err();
+            let case = format!("{} {status}", p.name);
+            assert!(
+                matches!(err, RollbackError::Final { attempts: 1, .. }),
+                "{case}: {err:?}"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{case}");
+            assert_eq!(err.target(), p.name);
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("{} rollback failed:", p.name)),
+                "{case}: {shown}"
+            );
+            assert!(shown.contains(&status.to_string()), "{case}: {shown}");
+            assert!(
+                shown.contains("refused: token *** is not allowed"),
+                "{case}: {shown}"
+            );
+            assert_hidden(p, &shown);
+            assert_hidden(p, &format!("{err:?}"));
+            assert_hidden(p, &format!("{t:?}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_lookup_sends_no_rollback_call() {
+    for &p in &PLATFORMS[1..] {
+        let server = HttpServer::start(|_| error_reply(401)).await;
+        let err = target(&p.config(&server, "10s"))
+            .rollback(&request(p.deployment, None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RollbackError::Final { .. }),
+            "{}: {err:?}",
+            p.name
+        );
+        assert!(err.to_string().contains("401"), "{err}");
+        assert_eq!(server.requests().len(), 1, "{}", p.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_retried_after_retry_after() {
+    let mut runs = Vec::new();
+    for &p in PLATFORMS {
+        runs.push(tokio::spawn(async move {
+            let script = then_ok(vec![error_reply(429).header("retry-after", "1")]);
+            let (server, calls) = p.start(script).await;
+            let start = Instant::now();
+            let done = target(&p.config(&server, "20s"))
+                .rollback(&request(p.deployment, None))
+                .await;
+            let elapsed = start.elapsed();
+            assert!(done.is_ok(), "{}: {done:?}", p.name);
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.name);
+            assert!(
+                elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(15),
+                "{}: retried after {elapsed:?}",
+                p.name
+            );
+            // The retried call asks for the same deployment as the first.
+            let bodies: Vec<_> = rollback_calls(p, &server)
+                .iter()
+                .map(|r| r.body.clone())
+                .collect();
+            assert_eq!(bodies[0], bodies[1], "{}", p.name);
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_the_call_succeeds() {
+    let mut runs = Vec::new();
+    for &p in PLATFORMS {
+        runs.push(tokio::spawn(async move {
+            let script = then_ok(vec![error_reply(503), error_reply(502)]);
+            let (server, calls) = p.start(script).await;
+            let done = target(&p.config(&server, "30s"))
+                .rollback(&request(p.deployment, None))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert_eq!(calls.load(Ordering::SeqCst), 3, "{}", p.name);
+            assert_eq!(done.returned_to.as_deref(), p.expected_return());
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_the_deadline_with_a_clear_error() {
+    let mut runs = Vec::new();
+    for &p in PLATFORMS {
+        runs.push(tokio::spawn(async move {
+            let (server, calls) = p.start(always(503)).await;
+            let start = Instant::now();
+            let err = target(&p.config(&server, "2s"))
+                .rollback(&request(p.deployment, None))
+                .await
+                .unwrap_err();
+            assert!(start.elapsed() < Duration::from_secs(10), "{}", p.name);
+            let RollbackError::Exhausted { attempts, .. } = &err else {
+                panic!("{}: {err:?}", p.name)
+            };
+            assert_eq!(*attempts as usize, calls.load(Ordering::SeqCst));
+            assert!(*attempts >= 2, "{}: {err}", p.name);
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!(
+                    "{} rollback gave up after {attempts} attempts",
+                    p.name
+                )) && shown.contains("503"),
+                "{shown}"
+            );
+            assert_hidden(p, &shown);
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_platform_that_cannot_be_reached_is_retried_until_the_deadline() {
+    let port = backstop_tests::closed_port();
+    let t = target(&format!(
+        "[rollback]\ntarget = \"render\"\ndeadline = \"1s\"\n[rollback.render]\napi_key = \"k-SECRET\"\nservice_id = \"srv-1\"\napi_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    let err = t.rollback(&request("dep-new", None)).await.unwrap_err();
+    assert!(matches!(err, RollbackError::Exhausted { .. }), "{err:?}");
+    assert!(err.to_string().contains("connection failed"), "{err}");
+}
+
+#[tokio::test]
+async fn nothing_to_return_to_is_final_and_sends_no_rollback_call() {
+    let p = PLATFORMS[4];
+    let server = HttpServer::start(|r| {
+        if r.method == "GET" {
+            Reply::json(
+                200,
+                json!([{"id": "r-1", "version": 1, "status": "succeeded", "current": true}]),
+            )
+        } else {
+            Reply::status(201)
+        }
+    })
+    .await;
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("v1", None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("heroku rollback failed: no earlier deployment to return to"),
+        "{err}"
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+fn exec_target(command: &[&str], extra: &str) -> Target {
+    let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+    target(&format!(
+        "[rollback]\ntarget = \"exec\"\ndeadline = \"10s\"\n[rollback.exec]\ncommand = [{}]\n{extra}",
+        argv.join(", ")
+    ))
+}
+
+#[tokio::test]
+async fn exec_passes_the_rollback_in_the_environment_and_succeeds_on_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let script = format!(
+        "printf '%s|%s|%s|%s|%s' \"$BACKSTOP_SERVICE\" \"$BACKSTOP_DEPLOYMENT\" \"$BACKSTOP_RETURN_TO\" \"$BACKSTOP_REASON\" \"$BACKSTOP_RULE\" > {}; printf '%s' \"$BACKSTOP_EVIDENCE\" > {}.json; echo noise; echo rolled back to dep-good",
+        out.display(),
+        out.display()
+    );
+    let t = exec_target(&["sh", "-c", &script], "");
+    assert_eq!(t.name(), "exec");
+    let done = t
+        .rollback(&request("dep-new", Some("dep-good")))
+        .await
+        .unwrap();
+    assert!(
+        done.detail.ends_with("rolled back to dep-good"),
+        "{}",
+        done.detail
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "web|dep-new|dep-good|health: 3 consecutive failures|health failing"
+    );
+    let evidence: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(evidence[0]["rule"], "health failing");
+}
+
+#[tokio::test]
+async fn exec_failure_reports_the_exit_code_and_last_stderr_line_only() {
+    let t = exec_target(
+        &[
+            "sh",
+            "-c",
+            "echo first problem >&2; echo 'kubectl: context not found' >&2; exit 3",
+            "arg-SECRET-value",
+        ],
+        "",
+    );
+    let err = t.rollback(&request("dep-new", None)).await.unwrap_err();
+    assert!(
+        matches!(err, RollbackError::Final { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "exec rollback failed: \"sh\" exited with code 3: kubectl: context not found"
+    );
+    assert!(!format!("{err:?}{t:?}").contains("arg-SECRET-value"));
+    let text = "[service]\nname = \"web\"\n[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = [\"deploy\", \"--token\", \"arg-SECRET-value\"]\n";
+    let config = Config::parse(text, |_| None).unwrap();
+    assert!(!format!("{config:?}").contains("arg-SECRET-value"));
+}
+
+#[tokio::test]
+async fn exec_retries_only_the_configured_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -ge 3 ] || exit 75",
+        c = count.display()
+    );
+    let t = exec_target(&["sh", "-c", &script], "retry_exit_codes = [75]\n");
+    t.rollback(&request("dep-new", None)).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "3");
+
+    std::fs::remove_file(&count).unwrap();
+    let t = exec_target(&["sh", "-c", &script], "retry_exit_codes = [76]\n");
+    let err = t.rollback(&request("dep-new", None)).await.unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "1");
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let t = exec_target(&["sh", "-c", &script], "timeout = \"500ms\"\n");
+    let start = Instant::now();
+    let err = t.rollback(&request("dep-new", None)).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        err.to_string(),
+        "exec rollback failed: \"sh\" did not finish within 500ms and was killed"
+    );
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    // The background `sleep` is gone too (or a zombie nobody has reaped yet).
+    let mut gone = false;
+    for _ in 0..50 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => gone = true,
+            Ok(stat) => gone = stat.split_whitespace().nth(2) == Some("Z"),
+        }
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "sleep {pid} outlived the timeout");
+}
+
+#[tokio::test]
+async fn exec_reports_a_program_that_cannot_start() {
+    let t = exec_target(&["/nonexistent/rollback-tool"], "");
+    let err = t.rollback(&request("dep-new", None)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("exec rollback failed: cannot start \"/nonexistent/rollback-tool\""),
+        "{err}"
+    );
+}
