@@ -2,10 +2,10 @@
 
 mod agent;
 mod cli;
-mod rollback_kubernetes;
 mod e2e;
 mod notify;
 mod packaging;
 mod probe_http;
 mod probe_scenario;
+mod rollback_kubernetes;
 mod rollback_targets;

@@ -10,7 +10,7 @@ use backstop::evidence::{RollbackDone, RollbackRequest};
 use backstop::retry::RetryPolicy;
 use backstop::rollback::argo_rollouts::{ArgoRollouts, ArgoRolloutsConfig};
 use backstop::rollback::kubernetes::{Kubernetes, KubernetesConfig};
-use backstop::rollback::RollbackError;
+use backstop::rollback::{BuildContext, RollbackError};
 use backstop_tests::{closed_port, HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
 
@@ -286,7 +286,7 @@ fn kubernetes(api_url: &str, token_file: &Path, policy: RetryPolicy) -> Kubernet
         "timeout": "2s"
     }))
     .unwrap();
-    Kubernetes::new(&config, policy).unwrap()
+    config.build(&BuildContext { policy }).unwrap()
 }
 
 fn argo(server: &HttpServer, token_file: &Path, action: Value) -> ArgoRollouts {
@@ -299,7 +299,7 @@ fn argo(server: &HttpServer, token_file: &Path, action: Value) -> ArgoRollouts {
         "action": action
     }))
     .unwrap();
-    ArgoRollouts::new(&config, quick()).unwrap()
+    config.build(&BuildContext { policy: quick() }).unwrap()
 }
 
 fn request(return_to: Option<&str>) -> RollbackRequest {
@@ -833,10 +833,10 @@ async fn gives_up_at_the_deadline_when_the_api_keeps_failing() {
         .unwrap_err();
     match &err {
         RollbackError::Exhausted {
-            attempts, message, ..
+            attempts, reason, ..
         } => {
             assert!(*attempts >= 2, "{err}");
-            assert!(message.contains("503 Service Unavailable"), "{err}");
+            assert!(reason.contains("503 Service Unavailable"), "{err}");
         }
         other => panic!("expected exhaustion, got {other}"),
     }

@@ -17,19 +17,19 @@
 //! ```
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::kube::{check_name, ClusterSettings, KubeClient, PatchType};
-use super::kubernetes::{undo, Workload};
-use super::RollbackError;
+use super::kube::{Cluster, ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE};
+use super::kubernetes::{check_cluster, undo, Workload};
+use super::{with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
 use crate::evidence::{RollbackDone, RollbackRequest};
-use crate::retry::{retry, Attempt, RetryError, RetryPolicy};
+use crate::retry::{Attempt, RetryPolicy};
 
 /// The target's name in `[rollback] target` and in metrics.
 pub const NAME: &str = "argo_rollouts";
@@ -139,12 +139,49 @@ impl ArgoRolloutsConfig {
             timeout: self.timeout.map(Into::into),
         }
     }
+
+    /// Everything wrong with the subtable, keys relative to it. Reads the
+    /// pod's namespace file when `namespace` is not set, and the CA file.
+    pub fn validate(&self) -> Vec<Problem> {
+        self.check(Path::new(DEFAULT_NAMESPACE_FILE))
+            .err()
+            .unwrap_or_default()
+    }
+
+    /// Builds the target; reads local files as
+    /// [`ArgoRolloutsConfig::validate`] does, sends nothing. The deadline of
+    /// `cx.policy` bounds each rollback call as a whole, all actions
+    /// together.
+    pub fn build(&self, cx: &BuildContext) -> Result<ArgoRollouts, RollbackError> {
+        self.build_with(cx, Path::new(DEFAULT_NAMESPACE_FILE))
+    }
+
+    fn build_with(
+        &self,
+        cx: &BuildContext,
+        namespace_file: &Path,
+    ) -> Result<ArgoRollouts, RollbackError> {
+        let cluster = self
+            .check(namespace_file)
+            .map_err(|problems| RollbackError::setup(NAME, &problems))?;
+        Ok(ArgoRollouts {
+            client: KubeClient::new(NAME, cluster)?,
+            rollout: self.rollout.clone(),
+            actions: self.action.0.clone(),
+            policy: cx.policy,
+        })
+    }
+
+    fn check(&self, namespace_file: &Path) -> Result<Cluster, Vec<Problem>> {
+        check_cluster("rollout", &self.rollout, &self.cluster(), namespace_file)
+    }
 }
 
 /// A Rollout, as `kubectl argo rollouts undo` treats it: the revision in
 /// `rollout.argoproj.io/revision`, the hash in `rollouts-pod-template-hash`,
 /// only `spec.template` patched, and no check of `spec.paused`.
 pub(super) const ROLLOUT: Workload = Workload {
+    target: NAME,
     noun: "rollout",
     api: "/apis/argoproj.io/v1alpha1",
     resource: "rollouts",
@@ -164,24 +201,6 @@ pub struct ArgoRollouts {
 }
 
 impl ArgoRollouts {
-    /// Builds the target. Reads the namespace and CA files when it needs
-    /// them, never the network; `policy` bounds each rollback call as a
-    /// whole, all actions together.
-    pub fn new(config: &ArgoRolloutsConfig, policy: RetryPolicy) -> Result<Self, RollbackError> {
-        let config_error = |message| RollbackError::Config {
-            target: NAME,
-            message,
-        };
-        check_name("rollout", &config.rollout).map_err(config_error)?;
-        let client = KubeClient::new(&config.cluster()).map_err(config_error)?;
-        Ok(Self {
-            client,
-            rollout: config.rollout.clone(),
-            actions: config.action.0.clone(),
-            policy,
-        })
-    }
-
     pub fn name(&self) -> &'static str {
         NAME
     }
@@ -232,15 +251,14 @@ impl ArgoRollouts {
                 }
                 Err(e) => {
                     let done: Vec<&str> = self.actions[..i].iter().map(|a| a.as_str()).collect();
-                    let e = if done.is_empty() {
+                    return Err(if done.is_empty() {
                         e
                     } else {
                         after(
                             e,
                             &format!("{} done, then {}", done.join(", "), action.as_str()),
                         )
-                    };
-                    return Err(RollbackError::from(e).in_target(NAME));
+                    });
                 }
             }
         }
@@ -260,7 +278,7 @@ impl ArgoRollouts {
     /// status subresource, then, if that answers 404 (a Rollout CRD without
     /// the subresource), the same patch on the Rollout itself. Aborting
     /// twice is harmless, so no precondition is needed.
-    async fn abort(&self, policy: RetryPolicy) -> Result<Value, RetryError> {
+    async fn abort(&self, policy: RetryPolicy) -> Result<Value, RollbackError> {
         let ns = self.client.namespace();
         let path = ROLLOUT.object_path(ns, &self.rollout);
         let status_path = format!("{path}/status");
@@ -269,7 +287,7 @@ impl ArgoRollouts {
         let what = format!("PATCH rollout {ns}/{}", self.rollout);
         let what_status = format!("{what}/status");
         let (what, what_status) = (&what, &what_status);
-        retry(policy, move |_| async move {
+        with_retries(NAME, policy, move |_| async move {
             let first = self
                 .client
                 .patch(status_path, PatchType::Merge, body, what_status)
@@ -290,15 +308,29 @@ impl ArgoRollouts {
 }
 
 /// Prefixes an error's reason with what was done before it.
-fn after(e: RetryError, prefix: &str) -> RetryError {
+fn after(e: RollbackError, prefix: &str) -> RollbackError {
     match e {
-        RetryError::Final { reason, attempts } => RetryError::Final {
+        RollbackError::Final {
+            target,
+            reason,
+            attempts,
+        } => RollbackError::Final {
+            target,
             reason: format!("{prefix}: {reason}"),
             attempts,
         },
-        RetryError::Exhausted { reason, attempts } => RetryError::Exhausted {
+        RollbackError::Exhausted {
+            target,
+            reason,
+            attempts,
+        } => RollbackError::Exhausted {
+            target,
             reason: format!("{prefix}: {reason}"),
             attempts,
+        },
+        RollbackError::Setup { target, reason } => RollbackError::Setup {
+            target,
+            reason: format!("{prefix}: {reason}"),
         },
     }
 }
@@ -306,6 +338,33 @@ fn after(e: RetryError, prefix: &str) -> RetryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn building_names_the_key_path_of_the_rollout() {
+        let cx = BuildContext {
+            policy: RetryPolicy::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("namespace");
+        let parse = |text: &str| toml_edit::de::from_str::<ArgoRolloutsConfig>(text).unwrap();
+        let built = parse("rollout = \"web\"\nnamespace = \"prod\"")
+            .build_with(&cx, &missing)
+            .unwrap();
+        assert_eq!(built.name(), NAME);
+        let err = parse("rollout = \"web\"")
+            .build_with(&cx, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "argo_rollouts rollback cannot start: rollback.argo_rollouts.namespace: not set"
+            ),
+            "{err}"
+        );
+        let err = parse("rollout = \"web/x\"\nnamespace = \"prod\"").validate();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(err[0].key, "rollout");
+    }
 
     #[test]
     fn action_is_one_name_or_a_list_done_in_order() {

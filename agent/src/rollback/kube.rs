@@ -1,6 +1,7 @@
 //! A minimal client of the Kubernetes API for the rollback targets: the
-//! in-cluster configuration (service-account token, cluster CA, namespace)
-//! and single GET, LIST and PATCH calls, each classified for `crate::retry`.
+//! in-cluster configuration (service-account token, cluster CA, namespace),
+//! checked by [`ClusterSettings::check`] without touching the network, and
+//! single GET, LIST and PATCH calls, each classified for `crate::retry`.
 //! The token is read again before every call, because projected tokens
 //! rotate, and it never appears in an error or a log line.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::{check_timeout, check_url, http_client_with, with_detail, Problem, RollbackError};
 use crate::retry::{classify_error, classify_status, Attempt};
 use crate::secret::Secret;
 
@@ -112,8 +114,101 @@ impl<T> From<CallError> for Attempt<T> {
     }
 }
 
-/// A client of one namespace of the API server. Building it reads local
-/// files (the namespace, the CA) but never touches the network.
+/// [`ClusterSettings`] checked: what a [`KubeClient`] is built from.
+#[derive(Clone)]
+pub struct Cluster {
+    base: String,
+    namespace: String,
+    timeout: Duration,
+    token_file: PathBuf,
+    /// The cluster's CA, to be trusted alone; `None` for the system's roots.
+    ca: Option<Vec<reqwest::Certificate>>,
+}
+
+impl ClusterSettings {
+    /// Checks every key and reads what the client will need: the namespace
+    /// file when `namespace` is not set, the CA file for `https`. Never
+    /// touches the network; problems are keyed relative to the subtable.
+    pub fn check(&self, namespace_file: &Path) -> Result<Cluster, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let api_url = self.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+        check_url(&mut problems, "api_url", api_url, false);
+        let url = url::Url::parse(api_url).ok();
+        if url
+            .as_ref()
+            .is_some_and(|u| u.query().is_some() || u.fragment().is_some())
+        {
+            problems.push(Problem::new(
+                "api_url",
+                "must not have a query or a fragment",
+            ));
+        }
+        let namespace = match resolve_namespace(self.namespace.as_deref(), namespace_file) {
+            Ok(ns) => Some(ns),
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        };
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        check_timeout(&mut problems, "timeout", timeout);
+        let ca = match url {
+            Some(u) if u.scheme() == "https" => {
+                read_ca(self.ca_file.as_deref()).unwrap_or_else(|p| {
+                    problems.push(p);
+                    None
+                })
+            }
+            _ => None,
+        };
+        match namespace {
+            Some(namespace) if problems.is_empty() => Ok(Cluster {
+                base: api_url.trim_end_matches('/').to_string(),
+                namespace,
+                timeout,
+                token_file: self
+                    .token_file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+                ca,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// The CA bundle of `ca_file`; without the key, that of
+/// [`DEFAULT_CA_FILE`] when it exists, else `None`.
+fn read_ca(ca_file: Option<&Path>) -> Result<Option<Vec<reqwest::Certificate>>, Problem> {
+    let (path, explicit) = match ca_file {
+        Some(p) => (p, true),
+        None => (Path::new(DEFAULT_CA_FILE), false),
+    };
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) if explicit => {
+            return Err(Problem::new(
+                "ca_file",
+                format!("cannot read {} ({e})", path.display()),
+            ))
+        }
+        // Outside a cluster, without a CA file: the system's roots.
+        Err(_) => return Ok(None),
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(Some(certs)),
+        Ok(_) => Err(Problem::new(
+            "ca_file",
+            format!("{} holds no PEM certificate", path.display()),
+        )),
+        Err(e) => Err(Problem::new(
+            "ca_file",
+            format!("{} is not a PEM certificate ({e})", path.display()),
+        )),
+    }
+}
+
+/// A client of one namespace of the API server.
 #[derive(Debug, Clone)]
 pub struct KubeClient {
     http: reqwest::Client,
@@ -123,73 +218,31 @@ pub struct KubeClient {
 }
 
 impl KubeClient {
-    /// Builds the client; an error names the key to fix.
-    pub fn new(settings: &ClusterSettings) -> Result<Self, String> {
-        Self::with_namespace_file(settings, Path::new(DEFAULT_NAMESPACE_FILE))
-    }
-
-    /// Like [`KubeClient::new`], reading the namespace from `namespace_file`
-    /// when `namespace` is not set.
-    pub fn with_namespace_file(
-        settings: &ClusterSettings,
-        namespace_file: &Path,
-    ) -> Result<Self, String> {
-        let api_url = settings.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-        // The URL is not repeated in errors: it may carry credentials.
-        let url = url::Url::parse(api_url).map_err(|e| format!("api_url: invalid URL ({e})"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err("api_url: must be an http or https URL with a host".into());
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err("api_url: must not have a query or a fragment".into());
-        }
-        let namespace = resolve_namespace(settings.namespace.as_deref(), namespace_file)?;
-        let timeout = settings.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err("timeout: must be more than 0s".into());
-        }
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
-            // The API server never redirects; following one would carry the
-            // token elsewhere.
-            .redirect(reqwest::redirect::Policy::none());
-        if url.scheme() == "https" {
-            let (ca_path, explicit) = match &settings.ca_file {
-                Some(p) => (p.as_path(), true),
-                None => (Path::new(DEFAULT_CA_FILE), false),
-            };
-            match std::fs::read(ca_path) {
-                Ok(pem) => {
-                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                        format!(
-                            "ca_file: {} is not a PEM certificate ({e})",
-                            ca_path.display()
-                        )
-                    })?;
-                    // Like client-go in a cluster: trust the cluster's CA only.
-                    builder = builder
-                        .tls_built_in_root_certs(false)
-                        .add_root_certificate(cert);
+    /// Builds the client of `target` (for its errors); sends nothing.
+    pub fn new(target: &'static str, cluster: Cluster) -> Result<Self, RollbackError> {
+        let Cluster {
+            base,
+            namespace,
+            timeout,
+            token_file,
+            ca,
+        } = cluster;
+        // The API server never redirects; the shared client follows no
+        // redirect, so the token is never carried elsewhere.
+        let http = http_client_with(target, timeout, |mut builder| {
+            if let Some(certs) = ca {
+                // Like client-go in a cluster: trust the cluster's CA only.
+                builder = builder.tls_built_in_root_certs(false);
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
                 }
-                Err(e) if explicit => {
-                    return Err(format!("ca_file: cannot read {} ({e})", ca_path.display()));
-                }
-                // Outside a cluster, without a CA file: the system's roots.
-                Err(_) => {}
             }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client ({e})"))?;
+            builder
+        })?;
         Ok(Self {
             http,
-            base: api_url.trim_end_matches('/').to_string(),
-            token_file: settings
-                .token_file
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+            base,
+            token_file,
             namespace,
         })
     }
@@ -263,7 +316,7 @@ impl KubeClient {
 
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value, CallError> {
         let token = self.token().await?;
-        let scrub = |s: String| s.replace(token.expose(), "***");
+        let secrets = [token.expose()];
         let resp = req
             .bearer_auth(token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -286,12 +339,12 @@ impl KubeClient {
                 ))
             }),
             Attempt::Retry { reason, after } => Err(CallError::Retry {
-                reason: scrub(with_status_message(reason, &body)),
+                reason: with_detail(reason, &body, &secrets),
                 after,
             }),
             Attempt::Fail(reason) => Err(CallError::Final {
                 status: Some(status.as_u16()),
-                reason: scrub(with_status_message(reason, &body)),
+                reason: with_detail(reason, &body, &secrets),
             }),
         }
     }
@@ -305,37 +358,18 @@ fn retry_of(a: Attempt<()>) -> CallError {
     }
 }
 
-/// Appends the `message` of the API's `Status` object, when the body is one
-/// (`{"kind":"Status","status":"Failure","message":...,"reason":...}`).
-fn with_status_message(reason: String, body: &[u8]) -> String {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return reason;
-    };
-    if v.get("kind").and_then(Value::as_str) != Some("Status") {
-        return reason;
-    }
-    let text = v
-        .get("message")
-        .and_then(Value::as_str)
-        .or_else(|| v.get("reason").and_then(Value::as_str))
-        .unwrap_or("");
-    let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-    if text.is_empty() {
-        reason
-    } else {
-        format!("{reason}: {text}")
-    }
-}
-
 /// The namespace as configured, or as the kubelet mounted it.
-pub fn resolve_namespace(configured: Option<&str>, file: &Path) -> Result<String, String> {
+pub fn resolve_namespace(configured: Option<&str>, file: &Path) -> Result<String, Problem> {
     let ns = match configured {
         Some(ns) => ns.to_string(),
         None => std::fs::read_to_string(file)
             .map_err(|e| {
-                format!(
-                    "namespace: not set, and {} cannot be read ({e}); set it",
-                    file.display()
+                Problem::new(
+                    "namespace",
+                    format!(
+                        "not set, and {} cannot be read ({e}); set it",
+                        file.display()
+                    ),
                 )
             })?
             .trim()
@@ -346,7 +380,7 @@ pub fn resolve_namespace(configured: Option<&str>, file: &Path) -> Result<String
 }
 
 /// Checks an RFC 1123 label (a namespace).
-pub fn check_label(key: &str, name: &str) -> Result<(), String> {
+pub fn check_label(key: &str, name: &str) -> Result<(), Problem> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -357,22 +391,24 @@ pub fn check_label(key: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{key}: {name:?} is not a valid name (lowercase letters, digits and '-', at most 63)"
+        Err(Problem::new(
+            key,
+            format!("{name:?} is not a valid name (lowercase letters, digits and '-', at most 63)"),
         ))
     }
 }
 
 /// Checks an RFC 1123 subdomain (a Deployment's or a Rollout's name).
-pub fn check_name(key: &str, name: &str) -> Result<(), String> {
+pub fn check_name(key: &str, name: &str) -> Result<(), Problem> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|part| check_label(key, part).is_ok());
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{key}: {name:?} is not a valid object name (lowercase letters, digits, '-' and '.')"
+        Err(Problem::new(
+            key,
+            format!("{name:?} is not a valid object name (lowercase letters, digits, '-' and '.')"),
         ))
     }
 }
@@ -508,7 +544,7 @@ mod tests {
         assert_eq!(resolve_namespace(Some("web"), &file).unwrap(), "web");
         let missing = dir.path().join("missing");
         let err = resolve_namespace(None, &missing).unwrap_err();
-        assert!(err.starts_with("namespace: not set"), "{err}");
+        assert!(err.to_string().starts_with("namespace: not set"), "{err}");
         assert!(resolve_namespace(Some("Bad_NS"), &file).is_err());
     }
 
@@ -521,28 +557,61 @@ mod tests {
     }
 
     #[test]
-    fn building_the_client_names_the_key_at_fault() {
+    fn checking_the_settings_names_every_key_at_fault() {
         let dir = tempfile::tempdir().unwrap();
         let ns = dir.path().join("namespace");
         std::fs::write(&ns, "default").unwrap();
+        let keys = |settings: &ClusterSettings, ns: &Path| -> Vec<String> {
+            match settings.check(ns) {
+                Ok(_) => vec![],
+                Err(problems) => problems.iter().map(ToString::to_string).collect(),
+            }
+        };
         let bad_url = ClusterSettings {
             api_url: Some("not a url".into()),
             ..Default::default()
         };
-        let err = KubeClient::with_namespace_file(&bad_url, &ns).unwrap_err();
-        assert!(err.starts_with("api_url:"), "{err}");
+        let err = keys(&bad_url, &ns);
+        assert!(err.len() == 1 && err[0].starts_with("api_url:"), "{err:?}");
         let missing_ca = ClusterSettings {
             api_url: Some("https://10.0.0.1".into()),
             ca_file: Some(dir.path().join("ca.crt")),
             ..Default::default()
         };
-        let err = KubeClient::with_namespace_file(&missing_ca, &ns).unwrap_err();
-        assert!(err.starts_with("ca_file:"), "{err}");
+        let err = keys(&missing_ca, &ns);
+        assert!(err.len() == 1 && err[0].starts_with("ca_file:"), "{err:?}");
+        let not_pem = dir.path().join("not-pem.crt");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let err = keys(
+            &ClusterSettings {
+                ca_file: Some(not_pem),
+                ..missing_ca.clone()
+            },
+            &ns,
+        );
+        assert!(
+            err.len() == 1 && err[0].contains("holds no PEM certificate"),
+            "{err:?}"
+        );
+        // Every problem at once, not only the first.
+        let all_wrong = ClusterSettings {
+            api_url: Some("https://10.0.0.1/?watch=1".into()),
+            ca_file: Some(dir.path().join("ca.crt")),
+            timeout: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let err = keys(&all_wrong, &dir.path().join("missing"));
+        let keys_only: Vec<&str> = err.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys_only,
+            ["api_url", "namespace", "timeout", "ca_file"],
+            "{err:?}"
+        );
         let ok = ClusterSettings {
             api_url: Some("http://127.0.0.1:6443/".into()),
             ..Default::default()
         };
-        let client = KubeClient::with_namespace_file(&ok, &ns).unwrap();
+        let client = KubeClient::new("kubernetes", ok.check(&ns).unwrap()).unwrap();
         assert_eq!(client.namespace(), "default");
         assert_eq!(client.url("/api"), "http://127.0.0.1:6443/api");
     }
@@ -554,12 +623,13 @@ mod tests {
             "reason": "NotFound", "details": {"name": "web", "group": "apps", "kind": "deployments"},
             "code": 404});
         assert_eq!(
-            with_status_message(
+            with_detail(
                 "GET x answered 404 Not Found".into(),
-                body.to_string().as_bytes()
+                body.to_string().as_bytes(),
+                &[]
             ),
             "GET x answered 404 Not Found: deployments.apps \"web\" not found"
         );
-        assert_eq!(with_status_message("r".into(), b"<html>"), "r");
+        assert_eq!(with_detail("r".into(), b"<html>", &[]), "r");
     }
 }

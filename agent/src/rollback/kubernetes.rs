@@ -10,7 +10,7 @@
 //!   deployment = "web"
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,13 +18,13 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::kube::{
-    annotation, check_name, controlled_by, label, label_selector, meta, CallError, ClusterSettings,
-    KubeClient, PatchType,
+    annotation, check_name, controlled_by, label, label_selector, meta, CallError, Cluster,
+    ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE,
 };
-use super::RollbackError;
+use super::{with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
 use crate::evidence::{RollbackDone, RollbackRequest};
-use crate::retry::{retry, Attempt, RetryError, RetryPolicy};
+use crate::retry::{Attempt, RetryPolicy};
 
 /// The target's name in `[rollback] target` and in metrics.
 pub const NAME: &str = "kubernetes";
@@ -62,6 +62,61 @@ impl KubernetesConfig {
             timeout: self.timeout.map(Into::into),
         }
     }
+
+    /// Everything wrong with the subtable, keys relative to it. Reads the
+    /// pod's namespace file when `namespace` is not set, and the CA file.
+    pub fn validate(&self) -> Vec<Problem> {
+        self.check(Path::new(DEFAULT_NAMESPACE_FILE))
+            .err()
+            .unwrap_or_default()
+    }
+
+    /// Builds the target; reads local files as [`KubernetesConfig::validate`]
+    /// does, sends nothing.
+    pub fn build(&self, cx: &BuildContext) -> Result<Kubernetes, RollbackError> {
+        self.build_with(cx, Path::new(DEFAULT_NAMESPACE_FILE))
+    }
+
+    fn build_with(
+        &self,
+        cx: &BuildContext,
+        namespace_file: &Path,
+    ) -> Result<Kubernetes, RollbackError> {
+        let cluster = self
+            .check(namespace_file)
+            .map_err(|problems| RollbackError::setup(NAME, &problems))?;
+        Ok(Kubernetes {
+            client: KubeClient::new(NAME, cluster)?,
+            deployment: self.deployment.clone(),
+            policy: cx.policy,
+        })
+    }
+
+    fn check(&self, namespace_file: &Path) -> Result<Cluster, Vec<Problem>> {
+        check_cluster(
+            "deployment",
+            &self.deployment,
+            &self.cluster(),
+            namespace_file,
+        )
+    }
+}
+
+/// Checks the workload's name (under `key`) and the cluster settings, all
+/// problems at once.
+pub(super) fn check_cluster(
+    key: &str,
+    name: &str,
+    cluster: &ClusterSettings,
+    namespace_file: &Path,
+) -> Result<Cluster, Vec<Problem>> {
+    let name = check_name(key, name);
+    match (name, cluster.check(namespace_file)) {
+        (Ok(()), Ok(cluster)) => Ok(cluster),
+        (Ok(()), Err(problems)) => Err(problems),
+        (Err(p), Ok(_)) => Err(vec![p]),
+        (Err(p), Err(problems)) => Err([vec![p], problems].concat()),
+    }
 }
 
 /// Rolls one Deployment back to an earlier revision.
@@ -73,22 +128,6 @@ pub struct Kubernetes {
 }
 
 impl Kubernetes {
-    /// Builds the target. Reads the namespace and CA files when it needs
-    /// them, never the network; `policy` bounds each rollback call.
-    pub fn new(config: &KubernetesConfig, policy: RetryPolicy) -> Result<Self, RollbackError> {
-        let config_error = |message| RollbackError::Config {
-            target: NAME,
-            message,
-        };
-        check_name("deployment", &config.deployment).map_err(config_error)?;
-        let client = KubeClient::new(&config.cluster()).map_err(config_error)?;
-        Ok(Self {
-            client,
-            deployment: config.deployment.clone(),
-            policy,
-        })
-    }
-
     pub fn name(&self) -> &'static str {
         NAME
     }
@@ -104,8 +143,7 @@ impl Kubernetes {
             req.return_to.as_deref(),
             self.policy,
         )
-        .await
-        .map_err(|e| RollbackError::from(e).in_target(NAME))?;
+        .await?;
         let detail = undone.describe(&DEPLOYMENT, self.client.namespace(), &self.deployment);
         tracing::info!(
             target_name = NAME,
@@ -125,6 +163,8 @@ impl Kubernetes {
 /// What differs between undoing a Deployment and undoing an Argo Rollout.
 #[derive(Debug)]
 pub(super) struct Workload {
+    /// The rollback target that works on it, named in its errors.
+    pub target: &'static str,
     /// How messages call it: `deployment`, `rollout`.
     pub noun: &'static str,
     /// The API group's path and the resource: `/apis/apps/v1`, `deployments`.
@@ -152,6 +192,7 @@ impl Workload {
 }
 
 pub(super) const DEPLOYMENT: Workload = Workload {
+    target: NAME,
     noun: "deployment",
     api: "/apis/apps/v1",
     resource: "deployments",
@@ -275,10 +316,10 @@ pub(super) async fn undo(
     name: &str,
     return_to: Option<&str>,
     policy: RetryPolicy,
-) -> Result<Undone, RetryError> {
+) -> Result<Undone, RollbackError> {
     let progress = Mutex::new(Progress::default());
     let progress = &progress;
-    retry(policy, move |_| async move {
+    with_retries(w.target, policy, move |_| async move {
         match attempt(client, w, name, return_to, progress).await {
             Ok(undone) => Attempt::Done(undone),
             Err(e) => e.into(),
@@ -566,6 +607,53 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `deploy`"), "{err}");
         assert!(toml_edit::de::from_str::<KubernetesConfig>("namespace = \"x\"").is_err());
+    }
+
+    #[test]
+    fn building_outside_a_cluster_needs_the_namespace_and_names_its_key_path() {
+        let cx = BuildContext {
+            policy: RetryPolicy::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("namespace");
+        let config = |namespace: Option<&str>| KubernetesConfig {
+            deployment: "web".into(),
+            api_url: None,
+            token_file: None,
+            ca_file: None,
+            namespace: namespace.map(str::to_string),
+            timeout: None,
+        };
+        // Set explicitly, no service-account file is needed to build.
+        let built = config(Some("prod")).build_with(&cx, &missing).unwrap();
+        assert_eq!(built.client.namespace(), "prod");
+        assert_eq!(config(Some("prod")).check(&missing).err(), None);
+
+        let err = config(None).build_with(&cx, &missing).unwrap_err();
+        assert!(
+            matches!(err, RollbackError::Setup { target: NAME, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "kubernetes rollback cannot start: rollback.kubernetes.namespace: not set, and {} cannot be read",
+                missing.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&missing, "payments\n").unwrap();
+        let built = config(None).build_with(&cx, &missing).unwrap();
+        assert_eq!(built.client.namespace(), "payments");
+
+        let mut bad = config(Some("prod"));
+        bad.deployment = "Web".into();
+        bad.timeout = Some(Dur(Duration::ZERO));
+        let err = bad.build_with(&cx, &missing).unwrap_err().to_string();
+        assert!(
+            err.contains("rollback.kubernetes.deployment: \"Web\" is not a valid object name")
+                && err.contains("; rollback.kubernetes.timeout: must be more than 0s"),
+            "{err}"
+        );
     }
 
     #[test]
