@@ -7,6 +7,7 @@ mod notify;
 mod packaging;
 mod probe_http;
 mod probe_scenario;
+mod rollback_kubernetes;
 mod rollback_targets;
 mod probe_promql;
 mod probe_scrape;

@@ -27,17 +27,20 @@
 //! - Error messages that name the target and the HTTP status, and never a
 //!   token or a secret URL ([`send`] scrubs what a platform echoes back).
 //!
-//! The `kubernetes` and `argo_rollouts` targets follow this shape in
-//! `kubernetes.rs` and `argo_rollouts.rs`; the places where they are wired in
-//! are marked `WIRE-IN(kubernetes, argo_rollouts)` below.
+//! The `kubernetes` and `argo_rollouts` targets follow this shape too, over
+//! the small API-server client of `kube.rs`. Their `validate` and `build`
+//! read local files (the service account's namespace when `namespace` is not
+//! set, the cluster's CA), never the network.
 
+pub mod argo_rollouts;
 pub mod exec;
 pub mod heroku;
+pub mod kube;
+pub mod kubernetes;
 pub mod railway;
 pub mod render;
 pub mod vercel;
 pub mod webhook;
-// WIRE-IN(kubernetes, argo_rollouts): `pub mod kubernetes;` and `pub mod argo_rollouts;`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -104,9 +107,8 @@ pub enum TargetConfig {
     Render(render::RenderConfig),
     Vercel(vercel::VercelConfig),
     Heroku(heroku::HerokuConfig),
-    // WIRE-IN(kubernetes, argo_rollouts):
-    // Kubernetes(kubernetes::KubernetesConfig),
-    // ArgoRollouts(argo_rollouts::ArgoRolloutsConfig),
+    Kubernetes(kubernetes::KubernetesConfig),
+    ArgoRollouts(argo_rollouts::ArgoRolloutsConfig),
 }
 
 impl TargetConfig {
@@ -119,6 +121,8 @@ impl TargetConfig {
             Self::Render(_) => "render",
             Self::Vercel(_) => "vercel",
             Self::Heroku(_) => "heroku",
+            Self::Kubernetes(_) => kubernetes::NAME,
+            Self::ArgoRollouts(_) => argo_rollouts::NAME,
         }
     }
 
@@ -130,6 +134,8 @@ impl TargetConfig {
             Self::Render(c) => c.validate(),
             Self::Vercel(c) => c.validate(),
             Self::Heroku(c) => c.validate(),
+            Self::Kubernetes(c) => c.validate(),
+            Self::ArgoRollouts(c) => c.validate(),
         }
     }
 }
@@ -155,6 +161,8 @@ impl RollbackConfig {
             TargetConfig::Render(c) => Target::Render(c.build(&cx)?),
             TargetConfig::Vercel(c) => Target::Vercel(c.build(&cx)?),
             TargetConfig::Heroku(c) => Target::Heroku(c.build(&cx)?),
+            TargetConfig::Kubernetes(c) => Target::Kubernetes(c.build(&cx)?),
+            TargetConfig::ArgoRollouts(c) => Target::ArgoRollouts(c.build(&cx)?),
         })
     }
 }
@@ -175,9 +183,8 @@ pub enum Target {
     Render(render::Render),
     Vercel(vercel::Vercel),
     Heroku(heroku::Heroku),
-    // WIRE-IN(kubernetes, argo_rollouts):
-    // Kubernetes(kubernetes::Kubernetes),
-    // ArgoRollouts(argo_rollouts::ArgoRollouts),
+    Kubernetes(kubernetes::Kubernetes),
+    ArgoRollouts(argo_rollouts::ArgoRollouts),
 }
 
 impl Target {
@@ -190,6 +197,8 @@ impl Target {
             Self::Render(_) => "render",
             Self::Vercel(_) => "vercel",
             Self::Heroku(_) => "heroku",
+            Self::Kubernetes(_) => kubernetes::NAME,
+            Self::ArgoRollouts(_) => argo_rollouts::NAME,
         }
     }
 
@@ -204,6 +213,8 @@ impl Target {
             Self::Render(t) => t.rollback(req).await,
             Self::Vercel(t) => t.rollback(req).await,
             Self::Heroku(t) => t.rollback(req).await,
+            Self::Kubernetes(t) => t.rollback(req).await,
+            Self::ArgoRollouts(t) => t.rollback(req).await,
         }
     }
 }
@@ -250,6 +261,17 @@ impl RollbackError {
             Self::Final { attempts, .. } | Self::Exhausted { attempts, .. } => *attempts,
             Self::Setup { .. } => 0,
         }
+    }
+
+    /// A target that cannot be built because of `problems` in its
+    /// `[rollback.<target>]` subtable; each is named by its key path.
+    pub fn setup(target: &'static str, problems: &[Problem]) -> Self {
+        let reason = problems
+            .iter()
+            .map(|p| format!("rollback.{target}.{p}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::Setup { target, reason }
     }
 
     fn from_retry(target: &'static str, err: RetryError) -> Self {
@@ -324,11 +346,22 @@ pub fn http_client(
     target: &'static str,
     timeout: Duration,
 ) -> Result<reqwest::Client, RollbackError> {
-    reqwest::Client::builder()
+    http_client_with(target, timeout, |b| b)
+}
+
+/// Like [`http_client`], with more settings (such as a target's own CA)
+/// added by `configure`.
+pub fn http_client_with(
+    target: &'static str,
+    timeout: Duration,
+    configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, RollbackError> {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")));
+    configure(builder)
         .build()
         .map_err(|e| RollbackError::Setup {
             target,
@@ -381,8 +414,9 @@ fn first_words(s: &str) -> String {
     truncate(s.lines().next().unwrap_or(""), 120)
 }
 
-/// `reason: <the platform's message>` when the body is JSON with one.
-fn with_detail(reason: String, body: &[u8], secrets: &[&str]) -> String {
+/// `reason: <the platform's message>` when the body is JSON with one (a
+/// Kubernetes `Status` object's `message` too).
+pub(crate) fn with_detail(reason: String, body: &[u8], secrets: &[&str]) -> String {
     match platform_message(body) {
         Some(m) => scrub(&format!("{reason}: {m}"), secrets),
         None => reason,
@@ -499,6 +533,12 @@ pub fn choose<'a>(
 pub struct Problem {
     pub key: String,
     pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
 }
 
 impl Problem {
@@ -696,14 +736,6 @@ pub(crate) fn read(cx: &mut impl SectionReader, value: Value) -> Option<Rollback
     }
     let path = format!("rollback.{chosen}");
     let target = match (kind, chosen_table) {
-        // WIRE-IN(kubernetes, argo_rollouts): read their subtables here like the others.
-        (TargetKind::Kubernetes | TargetKind::ArgoRollouts, _) => {
-            cx.report(
-                "rollback.target".into(),
-                format!("the {chosen} target is not available in this version"),
-            );
-            None
-        }
         (_, None) => {
             cx.report(
                 path.clone(),
@@ -718,7 +750,8 @@ pub(crate) fn read(cx: &mut impl SectionReader, value: Value) -> Option<Rollback
             TargetKind::Render => cx.section(&path, v).map(TargetConfig::Render),
             TargetKind::Vercel => cx.section(&path, v).map(TargetConfig::Vercel),
             TargetKind::Heroku => cx.section(&path, v).map(TargetConfig::Heroku),
-            TargetKind::Kubernetes | TargetKind::ArgoRollouts => None,
+            TargetKind::Kubernetes => cx.section(&path, v).map(TargetConfig::Kubernetes),
+            TargetKind::ArgoRollouts => cx.section(&path, v).map(TargetConfig::ArgoRollouts),
         },
     };
     if let Some(t) = &target {
@@ -925,12 +958,6 @@ mod tests {
                 "rollback.exec.command: must name a program, e.g. [\"/usr/local/bin/rollback\", \"--now\"] (line 7)",
                 "",
             ),
-            (
-                "a target not available yet",
-                "[rollback]\ntarget = \"kubernetes\"\n",
-                "rollback.target: the kubernetes target is not available in this version (line 5)",
-                "",
-            ),
         ];
         for (name, text, want, hidden) in cases {
             let errors = parse(text).expect_err(name);
@@ -939,6 +966,90 @@ mod tests {
             if !hidden.is_empty() {
                 assert!(!errors.to_string().contains(hidden), "{name}: {errors}");
             }
+        }
+    }
+
+    #[test]
+    fn accepts_and_validates_the_kubernetes_targets() {
+        // `namespace` is always set, so no case depends on the machine
+        // being a pod (see `kubernetes::tests` for the namespace file).
+        let ok: &[(&str, &str, &str)] = &[
+            (
+                "a deployment",
+                "[rollback]\ntarget = \"kubernetes\"\n[rollback.kubernetes]\ndeployment = \"web\"\nnamespace = \"prod\"\n",
+                "kubernetes",
+            ),
+            (
+                "a rollout, aborted then undone",
+                "[rollback]\ntarget = \"argo_rollouts\"\n[rollback.argo_rollouts]\nrollout = \"web\"\nnamespace = \"prod\"\naction = [\"abort\", \"undo\"]\napi_url = \"http://127.0.0.1:6443\"\ntimeout = \"3s\"\n",
+                "argo_rollouts",
+            ),
+        ];
+        for (name, text, target) in ok {
+            let r = parse(text)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .rollback
+                .unwrap();
+            assert_eq!(r.target.name(), *target, "{name}");
+            assert_eq!(r.build().expect(name).name(), *target, "{name}");
+        }
+        let k8s = |body: &str| {
+            format!("[rollback]\ntarget = \"kubernetes\"\n[rollback.kubernetes]\n{body}\n")
+        };
+        let argo = |body: &str| {
+            format!("[rollback]\ntarget = \"argo_rollouts\"\n[rollback.argo_rollouts]\nrollout = \"web\"\nnamespace = \"prod\"\n{body}\n")
+        };
+        let bad: &[(&str, String, &str)] = &[
+            (
+                "missing subtable",
+                "[rollback]\ntarget = \"kubernetes\"\n".into(),
+                "rollback.kubernetes: target = \"kubernetes\" needs a [rollback.kubernetes] table (line 4)",
+            ),
+            (
+                "missing deployment",
+                k8s("namespace = \"prod\""),
+                "rollback.kubernetes.deployment: required key is missing (line 6)",
+            ),
+            (
+                "bad deployment name",
+                k8s("deployment = \"Web_1\"\nnamespace = \"prod\""),
+                "rollback.kubernetes.deployment: \"Web_1\" is not a valid object name (lowercase letters, digits, '-' and '.') (line 7)",
+            ),
+            (
+                "bad namespace",
+                k8s("deployment = \"web\"\nnamespace = \"Prod\""),
+                "rollback.kubernetes.namespace: \"Prod\" is not a valid name (lowercase letters, digits and '-', at most 63) (line 8)",
+            ),
+            (
+                "bad api URL",
+                k8s("deployment = \"web\"\nnamespace = \"prod\"\napi_url = \"ftp://x\""),
+                "rollback.kubernetes.api_url: expected an http or https URL, got \"ftp://x/\" (line 9)",
+            ),
+            (
+                "missing CA file",
+                k8s("deployment = \"web\"\nnamespace = \"prod\"\nca_file = \"/nonexistent/ca.crt\""),
+                "rollback.kubernetes.ca_file: cannot read /nonexistent/ca.crt (No such file or directory (os error 2)) (line 9)",
+            ),
+            (
+                "unknown action",
+                argo("action = \"rewind\""),
+                "rollback.argo_rollouts.action: unknown action \"rewind\", expected \"abort\" or \"undo\" (line 9)",
+            ),
+            (
+                "zero timeout",
+                argo("timeout = \"0s\""),
+                "rollback.argo_rollouts.timeout: must be more than 0s (line 9)",
+            ),
+            (
+                "unknown key",
+                argo("actions = \"undo\""),
+                "rollback.argo_rollouts.actions: unknown key, expected one of rollout, action, api_url, token_file, ca_file, namespace, timeout (line 9)",
+            ),
+        ];
+        for (name, text, want) in bad {
+            let errors = parse(text).expect_err(name);
+            let shown: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            assert_eq!(shown, [*want], "{name}");
         }
     }
 

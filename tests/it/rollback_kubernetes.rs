@@ -1,0 +1,1050 @@
+//! The `kubernetes` and `argo_rollouts` rollback targets against a stand-in
+//! of the Kubernetes API on loopback, answering with the objects and the
+//! `Status` errors a real API server sends.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use backstop::evidence::{RollbackDone, RollbackRequest};
+use backstop::retry::RetryPolicy;
+use backstop::rollback::argo_rollouts::{ArgoRollouts, ArgoRolloutsConfig};
+use backstop::rollback::kubernetes::{Kubernetes, KubernetesConfig};
+use backstop::rollback::{BuildContext, RollbackError};
+use backstop_tests::{closed_port, HttpServer, Recorded, Reply};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/web";
+const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/prod/replicasets";
+const ROLLOUT: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web";
+const ROLLOUT_STATUS: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web/status";
+const DEPLOYMENT_UID: &str = "5f0c1e2a-8d4b-4c1e-9f3a-2b7d6e8c9a01";
+const OTHER_UID: &str = "0b1d2c3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
+const ROLLOUT_UID: &str = "7e6d5c4b-3a29-4180-b7c6-d5e4f3a2b1c0";
+
+// The objects the stand-in answers with.
+
+fn pod_template(image: &str, hash: Option<(&str, &str)>) -> Value {
+    let mut labels = json!({"app": "web"});
+    if let Some((key, value)) = hash {
+        labels[key] = json!(value);
+    }
+    json!({
+        "metadata": {"creationTimestamp": null, "labels": labels},
+        "spec": {
+            "containers": [{
+                "name": "web",
+                "image": image,
+                "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                "resources": {},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"
+            }],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "securityContext": {},
+            "schedulerName": "default-scheduler"
+        }
+    })
+}
+
+fn deployment(revision: u32, image: &str, resource_version: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": "prod",
+            "uid": DEPLOYMENT_UID,
+            "resourceVersion": resource_version,
+            "generation": revision + 3,
+            "creationTimestamp": "2024-05-02T09:14:03Z",
+            "labels": {"app": "web"},
+            "annotations": {
+                "deployment.kubernetes.io/revision": revision.to_string(),
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\"}\n"
+            }
+        },
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": pod_template(image, None),
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+            "revisionHistoryLimit": 10,
+            "progressDeadlineSeconds": 600
+        },
+        "status": {
+            "observedGeneration": revision + 3,
+            "replicas": 3,
+            "updatedReplicas": 3,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+            "unavailableReplicas": 2,
+            "conditions": [{
+                "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                "lastUpdateTime": "2024-05-02T10:01:12Z", "lastTransitionTime": "2024-05-02T09:14:03Z",
+                "message": "ReplicaSet \"web-7c9d5f6b8\" has successfully progressed."
+            }]
+        }
+    })
+}
+
+fn paused(mut d: Value) -> Value {
+    d["spec"]["paused"] = json!(true);
+    d
+}
+
+/// A ReplicaSet `owner` controls: a Deployment's, or a Rollout's when the
+/// uid is `ROLLOUT_UID`.
+fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
+    let hash = name.rsplit('-').next().unwrap();
+    let (hash_label, revision_key, owner_ref) = if owner == ROLLOUT_UID {
+        (
+            "rollouts-pod-template-hash",
+            "rollout.argoproj.io/revision",
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
+                   "uid": owner, "controller": true, "blockOwnerDeletion": true}),
+        )
+    } else {
+        (
+            "pod-template-hash",
+            "deployment.kubernetes.io/revision",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "name": if owner == DEPLOYMENT_UID { "web" } else { "web-canary" },
+                   "uid": owner, "controller": true, "blockOwnerDeletion": true}),
+        )
+    };
+    json!({
+        "metadata": {
+            "name": name,
+            "namespace": "prod",
+            "uid": format!("rs-{name}"),
+            "resourceVersion": format!("{}", 40000 + revision),
+            "generation": 2,
+            "labels": {"app": "web", hash_label: hash},
+            "annotations": {
+                "deployment.kubernetes.io/desired-replicas": "3",
+                "deployment.kubernetes.io/max-replicas": "4",
+                revision_key: revision.to_string(),
+                "kubernetes.io/change-cause": format!("kubectl set image deployment/web web={image}")
+            },
+            "ownerReferences": [owner_ref]
+        },
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web", hash_label: hash}},
+            "template": pod_template(image, Some((hash_label, hash)))
+        },
+        "status": {"replicas": 0, "observedGeneration": 2}
+    })
+}
+
+fn replica_set_list(items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSetList",
+        "metadata": {"resourceVersion": "48220"},
+        "items": items
+    })
+}
+
+fn rollout(revision: u32, image: &str) -> Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {
+            "name": "web",
+            "namespace": "prod",
+            "uid": ROLLOUT_UID,
+            "resourceVersion": "9931",
+            "generation": 5,
+            "annotations": {"rollout.argoproj.io/revision": revision.to_string()}
+        },
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": pod_template(image, None),
+            "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}]}}
+        },
+        "status": {
+            "abort": false,
+            "currentPodHash": "7c9d5f6b8",
+            "stableRS": "5d8f7c9b6",
+            "currentStepIndex": 1,
+            "phase": "Paused",
+            "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": "2024-05-02T10:03:00Z"}]
+        }
+    })
+}
+
+fn aborted(mut r: Value) -> Value {
+    r["status"]["abort"] = json!(true);
+    r["status"]["phase"] = json!("Degraded");
+    r
+}
+
+/// The API server's error object.
+fn status_error(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": "web", "group": "apps", "kind": "deployments"},
+        "code": code
+    })
+}
+
+// The stand-in: each route answers with its replies in turn, repeating the
+// last; anything else is a 404 `Status`.
+
+type Answer = Box<dyn Fn() -> Reply + Send + Sync>;
+
+fn ok(v: Value) -> Answer {
+    Box::new(move || Reply::json(200, v.clone()))
+}
+
+fn fails(code: u16, reason: &'static str, message: &str) -> Answer {
+    let body = status_error(code, reason, message);
+    Box::new(move || Reply::json(code, body.clone()))
+}
+
+fn throttled(retry_after: &'static str) -> Answer {
+    let body = status_error(
+        429,
+        "TooManyRequests",
+        "Too many requests, please try again later.",
+    );
+    Box::new(move || Reply::json(429, body.clone()).header("retry-after", retry_after))
+}
+
+async fn stand_in(routes: Vec<(&'static str, &'static str, Vec<Answer>)>) -> HttpServer {
+    let routes: Vec<_> = routes
+        .into_iter()
+        .map(|(method, path, answers)| (method, path, answers, AtomicUsize::new(0)))
+        .collect();
+    HttpServer::start(move |r: &Recorded| {
+        for (method, path, answers, seen) in &routes {
+            if *method == r.method && *path == r.path {
+                let n = seen.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
+                return answers[n]();
+            }
+        }
+        Reply::json(
+            404,
+            status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        )
+    })
+    .await
+}
+
+fn calls(server: &HttpServer, method: &str, path: &str) -> Vec<Recorded> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == method && r.path == path)
+        .collect()
+}
+
+// The targets under test.
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        deadline: Duration::from_secs(5),
+    }
+}
+
+struct Token {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn token() -> Token {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    Token { _dir: dir, path }
+}
+
+fn kubernetes(api_url: &str, token_file: &Path, policy: RetryPolicy) -> Kubernetes {
+    let config: KubernetesConfig = serde_json::from_value(json!({
+        "deployment": "web",
+        "namespace": "prod",
+        "api_url": api_url,
+        "token_file": token_file,
+        "timeout": "2s"
+    }))
+    .unwrap();
+    config.build(&BuildContext { policy }).unwrap()
+}
+
+fn argo(server: &HttpServer, token_file: &Path, action: Value) -> ArgoRollouts {
+    let config: ArgoRolloutsConfig = serde_json::from_value(json!({
+        "rollout": "web",
+        "namespace": "prod",
+        "api_url": server.url(""),
+        "token_file": token_file,
+        "timeout": "2s",
+        "action": action
+    }))
+    .unwrap();
+    config.build(&BuildContext { policy: quick() }).unwrap()
+}
+
+fn request(return_to: Option<&str>) -> RollbackRequest {
+    RollbackRequest {
+        service: "web".into(),
+        deployment: "web:4".into(),
+        return_to: return_to.map(str::to_string),
+        rule: "health failing".into(),
+        reason: "health failed 3 times in a row".into(),
+        evidence: vec![],
+    }
+}
+
+/// The usual history: revision 4 is current, 2 the one before (3 is a
+/// ReplicaSet of another Deployment that matches the same labels).
+fn history() -> Value {
+    replica_set_list(vec![
+        replica_set("web-7c9d5f6b8", 4, "registry.example/web:4", DEPLOYMENT_UID),
+        replica_set(
+            "web-canary-58c6d7f9b",
+            3,
+            "registry.example/web:canary",
+            OTHER_UID,
+        ),
+        replica_set("web-5d8f7c9b6", 2, "registry.example/web:2", DEPLOYMENT_UID),
+        replica_set("web-6b7f8d9c4", 1, "registry.example/web:1", DEPLOYMENT_UID),
+    ])
+}
+
+#[tokio::test]
+async fn undo_patches_the_deployment_back_to_its_previous_revision() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![ok(deployment(5, "registry.example/web:2", "48230"))],
+        ),
+    ])
+    .await;
+    let token = token();
+    let done = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    assert!(
+        done.detail
+            .contains("rolled back from revision 4 to revision 2"),
+        "{}",
+        done.detail
+    );
+    let list = &calls(&server, "GET", REPLICA_SETS)[0];
+    assert_eq!(list.query.as_deref(), Some("labelSelector=app%3Dweb"));
+    let patches = calls(&server, "PATCH", DEPLOYMENT);
+    assert_eq!(patches.len(), 1);
+    let patch = &patches[0];
+    assert_eq!(
+        patch.header("content-type"),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        patch.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(patch.query.as_deref(), Some("fieldManager=backstop"));
+    assert_eq!(
+        patch.json(),
+        json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": "48213"},
+            {"op": "replace", "path": "/spec/template",
+             "value": pod_template("registry.example/web:2", None)},
+            {"op": "replace", "path": "/metadata/annotations", "value": {
+                "deployment.kubernetes.io/revision": "4",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\"}\n",
+                "kubernetes.io/change-cause": "kubectl set image deployment/web web=registry.example/web:2"
+            }}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn undo_returns_to_the_revision_the_agent_names() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![ok(deployment(5, "registry.example/web:1", "48230"))],
+        ),
+    ])
+    .await;
+    let token = token();
+    let done = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(Some("6b7f8d9c4")))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 1 (web-6b7f8d9c4)")
+    );
+    let patch = &calls(&server, "PATCH", DEPLOYMENT)[0];
+    assert_eq!(
+        patch.json()[1]["value"]["spec"]["containers"][0]["image"],
+        "registry.example/web:1"
+    );
+}
+
+#[tokio::test]
+async fn undo_succeeds_without_a_patch_when_the_deployment_already_has_that_template() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:2", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+    ])
+    .await;
+    let token = token();
+    let done = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert!(
+        done.detail.contains("already at that template"),
+        "{}",
+        done.detail
+    );
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    assert!(calls(&server, "PATCH", DEPLOYMENT).is_empty());
+}
+
+#[tokio::test]
+async fn undo_refuses_a_paused_deployment_and_sends_no_patch() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(paused(deployment(4, "registry.example/web:4", "48213")))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+    ])
+    .await;
+    let token = token();
+    let err = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RollbackError::Final {
+                target: "kubernetes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("deployment is paused; resume it first"),
+        "{err}"
+    );
+    assert!(calls(&server, "PATCH", DEPLOYMENT).is_empty());
+}
+
+#[tokio::test]
+async fn undo_without_a_previous_revision_fails_for_good() {
+    let only_current = replica_set_list(vec![
+        replica_set("web-7c9d5f6b8", 4, "registry.example/web:4", DEPLOYMENT_UID),
+        replica_set(
+            "web-canary-58c6d7f9b",
+            3,
+            "registry.example/web:canary",
+            OTHER_UID,
+        ),
+    ]);
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(only_current)]),
+    ])
+    .await;
+    let token = token();
+    let err = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err}");
+    assert!(err.to_string().contains("no previous revision"), "{err}");
+    assert_eq!(calls(&server, "GET", DEPLOYMENT).len(), 1);
+    assert!(calls(&server, "PATCH", DEPLOYMENT).is_empty());
+}
+
+#[tokio::test]
+async fn the_token_file_is_read_again_for_every_request() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:2", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+    ])
+    .await;
+    let token = token();
+    let target = kubernetes(&server.url(""), &token.path, quick());
+    target.rollback(&request(None)).await.unwrap();
+    std::fs::write(&token.path, "rotated-token-two").unwrap();
+    target.rollback(&request(None)).await.unwrap();
+
+    let seen: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(
+        seen[..2],
+        [format!("Bearer {TOKEN}"), format!("Bearer {TOKEN}")]
+    );
+    assert_eq!(
+        seen[2..],
+        ["Bearer rotated-token-two", "Bearer rotated-token-two"]
+    );
+}
+
+#[tokio::test]
+async fn api_refusals_are_final_and_never_show_the_token() {
+    let forbidden = "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:prod:backstop\" \
+                     cannot get resource \"deployments\" in API group \"apps\" in the namespace \"prod\"";
+    let invalid = "Deployment.apps \"web\" is invalid: spec.template.spec.containers[0].image: Required value";
+    let echoed = format!("token {TOKEN} is not valid for this audience");
+    let cases: Vec<(&str, &str, u16, &str, String, &str)> = vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            401,
+            "Unauthorized",
+            "Unauthorized".into(),
+            "401 Unauthorized: Unauthorized",
+        ),
+        (
+            "GET",
+            DEPLOYMENT,
+            403,
+            "Forbidden",
+            forbidden.into(),
+            "cannot get resource \"deployments\"",
+        ),
+        (
+            "GET",
+            DEPLOYMENT,
+            403,
+            "Forbidden",
+            echoed,
+            "token *** is not valid",
+        ),
+        (
+            "GET",
+            DEPLOYMENT,
+            404,
+            "NotFound",
+            "deployments.apps \"web\" not found".into(),
+            "404 Not Found: deployments.apps \"web\" not found",
+        ),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            422,
+            "Invalid",
+            invalid.into(),
+            "422 Unprocessable Entity: Deployment.apps \"web\" is invalid",
+        ),
+    ];
+    let token = token();
+    for (method, path, code, reason, message, want) in cases {
+        let mut routes = vec![
+            (
+                "GET",
+                DEPLOYMENT,
+                vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+            ),
+            ("GET", REPLICA_SETS, vec![ok(history())]),
+            (
+                "PATCH",
+                DEPLOYMENT,
+                vec![ok(deployment(5, "registry.example/web:2", "48230"))],
+            ),
+        ];
+        for route in &mut routes {
+            if route.0 == method && route.1 == path {
+                route.2 = vec![fails(code, reason, &message)];
+            }
+        }
+        let server = stand_in(routes).await;
+        let err = kubernetes(&server.url(""), &token.path, quick())
+            .rollback(&request(None))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RollbackError::Final { .. }), "{code}: {text}");
+        assert!(text.contains(want), "{code}: {text}");
+        assert!(
+            !text.contains(TOKEN) && !format!("{err:?}").contains(TOKEN),
+            "{code}: {text}"
+        );
+        assert_eq!(
+            calls(&server, method, path).len(),
+            1,
+            "{code} is not retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_patch_is_retried_once_after_reading_again() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![
+                ok(deployment(4, "registry.example/web:4", "48213")),
+                // Only the status moved (the controller counted ready pods).
+                ok(deployment(4, "registry.example/web:4", "48215")),
+            ],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![
+                fails(409, "Conflict", "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified; please apply your changes to the latest version and try again"),
+                ok(deployment(5, "registry.example/web:2", "48230")),
+            ],
+        ),
+    ])
+    .await;
+    let token = token();
+    let done = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    let patches = calls(&server, "PATCH", DEPLOYMENT);
+    assert_eq!(patches.len(), 2);
+    assert_eq!(
+        patches[1].json()[0]["value"],
+        "48215",
+        "the second patch carries the new resourceVersion"
+    );
+    assert_eq!(
+        patches[0].json()[1],
+        patches[1].json()[1],
+        "and the same template"
+    );
+    assert_eq!(
+        calls(&server, "GET", REPLICA_SETS).len(),
+        1,
+        "the revision chosen first is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_second_conflict_is_final() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![fails(409, "Conflict", "the object has been modified")],
+        ),
+    ])
+    .await;
+    let token = token();
+    let err = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err}");
+    assert!(err.to_string().contains("409 Conflict"), "{err}");
+    assert_eq!(calls(&server, "PATCH", DEPLOYMENT).len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_rollout_seen_after_a_conflict_is_not_undone() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![
+                ok(deployment(4, "registry.example/web:4", "48213")),
+                // Someone deployed revision 5 between the read and the patch.
+                ok(deployment(5, "registry.example/web:5", "48240")),
+            ],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![fails(409, "Conflict", "the object has been modified")],
+        ),
+    ])
+    .await;
+    let token = token();
+    let err = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err}");
+    assert!(
+        err.to_string().contains("moved from revision 4 to 5"),
+        "{err}"
+    );
+    assert_eq!(calls(&server, "PATCH", DEPLOYMENT).len(), 1);
+}
+
+#[tokio::test]
+async fn too_many_requests_is_retried_after_the_retry_after_delay() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![
+                throttled("1"),
+                ok(deployment(4, "registry.example/web:4", "48213")),
+            ],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(history())]),
+        (
+            "PATCH",
+            DEPLOYMENT,
+            vec![ok(deployment(5, "registry.example/web:2", "48230"))],
+        ),
+    ])
+    .await;
+    let token = token();
+    let start = Instant::now();
+    kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(calls(&server, "GET", DEPLOYMENT).len(), 2);
+    assert_eq!(calls(&server, "PATCH", DEPLOYMENT).len(), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_the_api_answers() {
+    let server = stand_in(vec![
+        ("GET", DEPLOYMENT, vec![ok(deployment(4, "registry.example/web:4", "48213"))]),
+        (
+            "GET",
+            REPLICA_SETS,
+            vec![
+                fails(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                fails(500, "InternalError", "an error on the server (\"etcdserver: leader changed\") has prevented the request from succeeding"),
+                ok(history()),
+            ],
+        ),
+        ("PATCH", DEPLOYMENT, vec![ok(deployment(5, "registry.example/web:2", "48230"))]),
+    ])
+    .await;
+    let token = token();
+    let done = kubernetes(&server.url(""), &token.path, quick())
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    assert_eq!(calls(&server, "GET", REPLICA_SETS).len(), 3);
+    assert_eq!(calls(&server, "PATCH", DEPLOYMENT).len(), 1);
+}
+
+#[tokio::test]
+async fn gives_up_at_the_deadline_when_the_api_keeps_failing() {
+    let server = stand_in(vec![(
+        "GET",
+        DEPLOYMENT,
+        vec![fails(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        )],
+    )])
+    .await;
+    let token = token();
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(800),
+        ..quick()
+    };
+    let start = Instant::now();
+    let err = kubernetes(&server.url(""), &token.path, policy)
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    match &err {
+        RollbackError::Exhausted {
+            attempts, reason, ..
+        } => {
+            assert!(*attempts >= 2, "{err}");
+            assert!(reason.contains("503 Service Unavailable"), "{err}");
+        }
+        other => panic!("expected exhaustion, got {other}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_retried_then_given_up() {
+    let token = token();
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let err = kubernetes(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        &token.path,
+        policy,
+    )
+    .rollback(&request(None))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RollbackError::Exhausted { .. }), "{err}");
+    assert!(err.to_string().contains("connection failed"), "{err}");
+}
+
+#[tokio::test]
+async fn argo_abort_merge_patches_the_status_subresource() {
+    let server = stand_in(vec![(
+        "PATCH",
+        ROLLOUT_STATUS,
+        vec![ok(aborted(rollout(4, "registry.example/web:4")))],
+    )])
+    .await;
+    let token = token();
+    let target = argo(&server, &token.path, json!("abort"));
+    assert_eq!(target.name(), "argo_rollouts");
+    let done = target.rollback(&request(None)).await.unwrap();
+
+    assert_eq!(done.returned_to.as_deref(), Some("web-5d8f7c9b6"));
+    assert!(
+        done.detail.contains("rollout prod/web aborted"),
+        "{}",
+        done.detail
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].path.as_str()),
+        ("PATCH", ROLLOUT_STATUS)
+    );
+    assert_eq!(
+        requests[0].header("content-type"),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(requests[0].json(), json!({"status": {"abort": true}}));
+}
+
+#[tokio::test]
+async fn argo_abort_patches_the_rollout_itself_when_there_is_no_status_subresource() {
+    let server = stand_in(vec![(
+        "PATCH",
+        ROLLOUT,
+        vec![ok(aborted(rollout(4, "registry.example/web:4")))],
+    )])
+    .await;
+    let token = token();
+    argo(&server, &token.path, json!("abort"))
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [ROLLOUT_STATUS, ROLLOUT]);
+}
+
+fn rollout_history() -> Value {
+    replica_set_list(vec![
+        replica_set("web-7c9d5f6b8", 4, "registry.example/web:4", ROLLOUT_UID),
+        replica_set(
+            "web-canary-58c6d7f9b",
+            3,
+            "registry.example/web:canary",
+            OTHER_UID,
+        ),
+        replica_set("web-5d8f7c9b6", 2, "registry.example/web:2", ROLLOUT_UID),
+    ])
+}
+
+#[tokio::test]
+async fn argo_undo_patches_the_rollout_template_back() {
+    let server = stand_in(vec![
+        (
+            "GET",
+            ROLLOUT,
+            vec![ok(rollout(4, "registry.example/web:4"))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(rollout_history())]),
+        (
+            "PATCH",
+            ROLLOUT,
+            vec![ok(rollout(5, "registry.example/web:2"))],
+        ),
+    ])
+    .await;
+    let token = token();
+    let done = argo(&server, &token.path, json!("undo"))
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    let patch = &calls(&server, "PATCH", ROLLOUT)[0];
+    assert_eq!(
+        patch.header("content-type"),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        patch.json(),
+        json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": "9931"},
+            {"op": "replace", "path": "/spec/template",
+             "value": pod_template("registry.example/web:2", None)}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn argo_abort_then_undo_does_both_in_order() {
+    let server = stand_in(vec![
+        (
+            "PATCH",
+            ROLLOUT_STATUS,
+            vec![ok(aborted(rollout(4, "registry.example/web:4")))],
+        ),
+        (
+            "GET",
+            ROLLOUT,
+            vec![ok(aborted(rollout(4, "registry.example/web:4")))],
+        ),
+        ("GET", REPLICA_SETS, vec![ok(rollout_history())]),
+        (
+            "PATCH",
+            ROLLOUT,
+            vec![ok(rollout(5, "registry.example/web:2"))],
+        ),
+    ])
+    .await;
+    let token = token();
+    let RollbackDone {
+        returned_to,
+        detail,
+    } = argo(&server, &token.path, json!(["abort", "undo"]))
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert_eq!(returned_to.as_deref(), Some("revision 2 (web-5d8f7c9b6)"));
+    assert!(
+        detail.contains("aborted") && detail.contains("rolled back from revision 4"),
+        "{detail}"
+    );
+    let order: Vec<(String, String)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    let want = [
+        ("PATCH", ROLLOUT_STATUS),
+        ("GET", ROLLOUT),
+        ("GET", REPLICA_SETS),
+        ("PATCH", ROLLOUT),
+    ];
+    assert_eq!(order.len(), want.len());
+    for ((method, path), (want_method, want_path)) in order.iter().zip(want) {
+        assert_eq!((method.as_str(), path.as_str()), (want_method, want_path));
+    }
+}
+
+#[tokio::test]
+async fn argo_undo_failing_after_an_abort_says_the_abort_was_done() {
+    let server = stand_in(vec![
+        ("PATCH", ROLLOUT_STATUS, vec![ok(aborted(rollout(4, "registry.example/web:4")))]),
+        ("GET", ROLLOUT, vec![ok(aborted(rollout(4, "registry.example/web:4")))]),
+        (
+            "GET",
+            REPLICA_SETS,
+            vec![fails(403, "Forbidden", "replicasets.apps is forbidden: User \"system:serviceaccount:prod:backstop\" cannot list resource \"replicasets\"")],
+        ),
+    ])
+    .await;
+    let token = token();
+    let err = argo(&server, &token.path, json!(["abort", "undo"]))
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RollbackError::Final {
+                target: "argo_rollouts",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("abort done, then undo: LIST replicasets"),
+        "{err}"
+    );
+}
