@@ -113,7 +113,7 @@ fi
 log "cargo test"
 cargo build --quiet --bin backstop
 if [ $# -eq 0 ]; then
-  cargo test --workspace
+  cargo test --workspace --no-fail-fast
 else
   cargo test "$@"
 fi

@@ -1124,7 +1124,7 @@ type = "smtp"
             vec![
                 "service.name: must not be empty (line 2)".to_string(),
                 r#"probe[0].address: expected host:port, got "nowhere" (line 8)"#.to_string(),
-                r#"probe[1].type: unknown probe type "smtp", expected one of http, tcp, postgres, redis, resources (line 13)"#.to_string(),
+                r#"probe[1].type: unknown probe type "smtp", expected one of http, tcp, postgres, redis, resources, scenario, scrape, promql (line 13)"#.to_string(),
             ]
         );
     }

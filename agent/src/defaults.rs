@@ -82,10 +82,113 @@ pub fn rules_for(probes: &[ProbeConfig]) -> Vec<RuleConfig> {
                     Rollback,
                 ));
             }
+            ProbeSpec::Scrape(_) => {
+                out.push(rule(
+                    format!("{n} error rate"),
+                    n,
+                    "error_rate > 5% for 5m",
+                    Rollback,
+                ));
+                out.push(rule(
+                    format!("{n} latency regression"),
+                    n,
+                    "p95_ms > 2x baseline for 5m",
+                    Rollback,
+                ));
+            }
+            ProbeSpec::Http(_) if p.level == 4 => {
+                out.push(rule(
+                    format!("{n} latency regression"),
+                    n,
+                    "latency_ms > 2x baseline for 5m",
+                    Rollback,
+                ));
+            }
             _ => {}
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_default_rules_follow_the_probes() {
+        let text = r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+critical = true
+
+[[probe]]
+name = "db"
+level = 2
+type = "postgres"
+url = "postgres://app@127.0.0.1/app"
+
+[[probe]]
+name = "app"
+level = 4
+type = "scrape"
+url = "http://127.0.0.1:8080/metrics"
+requests = "http_requests_total"
+latency = "http_request_duration_seconds"
+
+[[rule]]
+name = "db unreachable"
+probe = "db"
+when = "consecutive_failures >= 5"
+action = "alert"
+"#;
+        let config = Config::parse(text, |_| None).unwrap();
+        let rules: Vec<(String, String, &str, bool)> = config
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.when.clone(), r.action.as_str(), r.default))
+            .collect();
+        let want = [
+            (
+                "health failing",
+                "consecutive_failures >= 3",
+                "rollback",
+                true,
+            ),
+            (
+                "db connections saturated",
+                "pool_utilization > 90% for 5m",
+                "rollback",
+                true,
+            ),
+            ("app error rate", "error_rate > 5% for 5m", "rollback", true),
+            (
+                "app latency regression",
+                "p95_ms > 2x baseline for 5m",
+                "rollback",
+                true,
+            ),
+            (
+                "db unreachable",
+                "consecutive_failures >= 5",
+                "alert",
+                false,
+            ),
+        ];
+        assert_eq!(rules.len(), want.len(), "{rules:?}");
+        for (got, want) in rules.iter().zip(want) {
+            assert_eq!((got.0.as_str(), got.1.as_str(), got.2, got.3), want);
+        }
+        assert!(config.rules.iter().all(|r| r.expr.is_some()));
+
+        let off = format!("[agent]\ndefault_rules = false\n{text}");
+        assert_eq!(Config::parse(&off, |_| None).unwrap().rules.len(), 1);
+    }
 }
 
 /// Merges the defaults under the rules written in the file: a written rule

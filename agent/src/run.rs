@@ -91,10 +91,15 @@ pub async fn run(
     }
 
     let target: Option<Arc<dyn Rollbacker>> = match &config.rollback {
-        Some(rb) => Some(Arc::new(rb.build().context("building the rollback target")?)),
+        Some(rb) => Some(Arc::new(
+            rb.build().context("building the rollback target")?,
+        )),
         None => None,
     };
-    let fixed_id = matches!(config.deployment.source, crate::config::DeploymentSource::Fixed(_));
+    let fixed_id = matches!(
+        config.deployment.source,
+        crate::config::DeploymentSource::Fixed(_)
+    );
     let guard = match &config.rollback {
         Some(rb) => crate::watch::Guard {
             dry_run: rb.dry_run,
@@ -306,14 +311,20 @@ impl Judge {
         let mut builder = crate::baseline::BaselineBuilder::new(deployment);
         for slot in &self.slots {
             let state = slot.state.lock().expect("probe state lock");
-            for sample in state.window.iter().filter(|s| since.is_none_or(|t| s.at >= t)) {
+            for sample in state
+                .window
+                .iter()
+                .filter(|s| since.is_none_or(|t| s.at >= t))
+            {
                 builder.add(&slot.cfg.name, sample);
             }
         }
         let baseline = builder.finish();
         match self.store.save_baseline(&baseline) {
             Ok(()) => tracing::info!(deployment, "baseline recorded"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot store the baseline; it is used until the agent restarts"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot store the baseline; it is used until the agent restarts")
+            }
         }
         self.baseline = Some(baseline);
     }

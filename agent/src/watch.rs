@@ -711,16 +711,16 @@ mod tests {
             after_stable: false,
             evidence: (verdict == Verdict::Holds)
                 .then(|| Evidence {
-                rule: "health failing".into(),
-                probe: "health".into(),
-                expression: "consecutive_failures >= 3".into(),
-                signal: Some("consecutive_failures".into()),
-                observed: Some(3.0),
-                threshold: Some(3.0),
-                window: None,
-                baseline: None,
-                summary: "consecutive_failures 3 >= 3 on probe health".into(),
-            })
+                    rule: "health failing".into(),
+                    probe: "health".into(),
+                    expression: "consecutive_failures >= 3".into(),
+                    signal: Some("consecutive_failures".into()),
+                    observed: Some(3.0),
+                    threshold: Some(3.0),
+                    window: None,
+                    baseline: None,
+                    summary: "consecutive_failures 3 >= 3 on probe health".into(),
+                })
                 .into_iter()
                 .collect(),
             verdict,
