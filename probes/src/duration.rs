@@ -1,14 +1,15 @@
-//! Durations as the configuration writes them (`"250ms"`, `"2s"`, `"1m30s"`),
-//! for the settings a probe reads itself, such as a scenario step's `timeout`.
-//! The grammar is the agent's: units `ms`, `s`, `m`, `h`, `d`, and a unit is
-//! always required.
+//! Durations as written in the configuration: `"250ms"`, `"5s"`, `"15m"`,
+//! `"1h30m"`. The one grammar for every duration setting: the agent's and
+//! the ones a probe reads itself, such as a scenario step's `timeout`.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
 
-/// Parses `"250ms"`, `"5s"`, `"1m30s"`, `"2h"`, `"1d"`.
+/// Parses `"250ms"`, `"5s"`, `"1m30s"`, `"2h"`, `"1d"`. Units: `ms`, `s`,
+/// `m`, `h`, `d`; a number without a unit is rejected so `5` is never read
+/// as five milliseconds by one reader and five seconds by another.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {text:?} (use a number and a unit: 250ms, 5s, 15m, 1h)");
     let s = text.trim();
@@ -43,7 +44,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Formats a duration the way the configuration writes it, for messages.
+/// Formats a duration the way the configuration writes it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 && !d.is_zero() {
@@ -60,7 +61,7 @@ pub fn format(d: Duration) -> String {
     }
 }
 
-/// A duration setting, deserialized from a string such as `"2s"`.
+/// A configuration duration, deserialized from a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
 
@@ -70,7 +71,7 @@ impl<'de> Deserialize<'de> for Dur {
         impl de::Visitor<'_> for V {
             type Value = Dur;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration string like \"2s\"")
+                f.write_str("a duration string like \"5s\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse(v).map(Dur).map_err(E::custom)
@@ -80,19 +81,25 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Self {
+        d.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_what_the_agent_parses() {
+    fn parses_the_units_the_configuration_uses() {
         let cases = [
             ("250ms", Duration::from_millis(250)),
-            ("2s", Duration::from_secs(2)),
+            ("5s", Duration::from_secs(5)),
             ("15m", Duration::from_secs(900)),
             ("1h30m", Duration::from_secs(5400)),
             ("1.5s", Duration::from_millis(1500)),
-            ("1d", Duration::from_secs(86_400)),
+            ("2d", Duration::from_secs(172_800)),
         ];
         for (text, want) in cases {
             assert_eq!(parse(text), Ok(want), "{text}");
@@ -100,15 +107,19 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_number_without_a_unit_and_other_non_durations() {
+    fn rejects_what_is_not_a_duration() {
         for text in ["", "10x", "5", "s", "-1s", "1h 30m", "ms5"] {
             assert!(parse(text).is_err(), "{text:?} should be rejected");
         }
+        assert_eq!(
+            parse("10x").unwrap_err(),
+            "invalid duration \"10x\" (use a number and a unit: 250ms, 5s, 15m, 1h)"
+        );
     }
 
     #[test]
-    fn formats_the_way_the_configuration_writes() {
-        for text in ["250ms", "2s", "15m", "2h"] {
+    fn formats_round_trip() {
+        for text in ["250ms", "5s", "15m", "2h"] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-mod duration;
+pub mod duration;
 pub mod http;
 pub mod postgres;
 pub mod promql;
