@@ -14,6 +14,7 @@ use deadpool_postgres::{
 use serde::Deserialize;
 use tokio_postgres::NoTls;
 
+use crate::redact::ms;
 use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
 /// The pool never holds more connections than this: one check uses one.
@@ -103,10 +104,7 @@ impl PostgresProbe {
         let mut problems = Vec::new();
         let timeout = ctx.timeout.max(Duration::from_millis(1));
         let shown = redact_url(&cfg.url);
-        let password = url::Url::parse(&cfg.url)
-            .ok()
-            .and_then(|u| u.password().map(percent_decode))
-            .filter(|p| !p.is_empty());
+        let password = crate::redact::url_password(&cfg.url).filter(|p| !p.is_empty());
         let pg = match parse_url(&cfg.url, password.as_deref()) {
             Ok(mut pg) => {
                 pg.connect_timeout(timeout);
@@ -295,10 +293,7 @@ impl PostgresProbe {
 
     /// Hides the password should any text ever repeat it.
     fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(p) => text.replace(p.as_str(), "***"),
-            None => text.to_string(),
-        }
+        crate::redact::scrub(text, self.password.as_deref())
     }
 }
 
@@ -534,17 +529,6 @@ fn describe(e: &tokio_postgres::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[cfg(test)]

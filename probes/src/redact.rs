@@ -47,9 +47,46 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// The password of a URL's userinfo, percent-decoded, so text that might
+/// repeat it (a driver's error) can be scrubbed with [`scrub`].
+pub fn url_password(raw: &str) -> Option<String> {
+    let u = url::Url::parse(raw).ok()?;
+    let p = u.password()?;
+    Some(
+        url::form_urlencoded::parse(format!("p={}", p.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| p.to_string()),
+    )
+}
+
+/// `text` with every occurrence of `secret` replaced by `***`.
+pub fn scrub(text: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "***"),
+        _ => text.to_string(),
+    }
+}
+
+/// Milliseconds, as signals report durations.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, scrub, url_password};
+
+    #[test]
+    fn finds_the_decoded_password_and_scrubs_it() {
+        let pw = url_password("postgres://app:p%40ss+w@db/app");
+        assert_eq!(pw.as_deref(), Some("p@ss+w"));
+        assert_eq!(
+            scrub("auth failed for p@ss+w", pw.as_deref()),
+            "auth failed for ***"
+        );
+        assert_eq!(url_password("redis://127.0.0.1:6379"), None);
+    }
 
     #[test]
     fn hides_passwords_and_secret_parameters() {

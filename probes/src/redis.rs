@@ -15,6 +15,7 @@ use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, Options}
 use fred::types::{ConnectHandle, Expiration};
 use serde::Deserialize;
 
+use crate::redact::{ms, scrub};
 use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
 const DEFAULT_KEY_PREFIX: &str = "backstop:probe:";
@@ -100,10 +101,7 @@ impl RedisProbe {
         let timeout = ctx.timeout.max(Duration::from_millis(10));
         let shown = redact_url(&cfg.url);
         let parsed = url::Url::parse(&cfg.url).ok();
-        let password = parsed
-            .as_ref()
-            .and_then(|u| u.password().map(percent_decode))
-            .filter(|p| !p.is_empty());
+        let password = crate::redact::url_password(&cfg.url).filter(|p| !p.is_empty());
         let config = match parsed.as_ref().map(|u| u.scheme()) {
             None => {
                 problems.push(ConfigProblem::new(
@@ -490,24 +488,6 @@ fn validate_prefix(prefix: &str) -> Result<(), String> {
 /// for long.
 fn ttl(timeout: Duration) -> Duration {
     (timeout * 2).max(Duration::from_secs(1))
-}
-
-fn scrub(text: &str, password: Option<&str>) -> String {
-    match password {
-        Some(p) => text.replace(p, "***"),
-        None => text.to_string(),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[cfg(test)]
