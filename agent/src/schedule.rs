@@ -68,11 +68,14 @@ impl Check for Probe {
 }
 
 /// Runs one check with the probe's timeout; a panic inside the probe is the
-/// agent's fault and becomes an `error` observation.
+/// agent's fault and becomes an `error` observation. Probes enforce the
+/// timeout themselves with a more precise reason ("no response within 1s");
+/// the agent's own bound, a little later, catches any that do not.
 pub async fn check_once(probe: &impl Check, cfg: &ProbeConfig) -> Observation {
     let start = Instant::now();
     let run = AssertUnwindSafe(probe.check()).catch_unwind();
-    match tokio::time::timeout(cfg.timeout, run).await {
+    let grace = (cfg.timeout / 10).min(Duration::from_millis(250));
+    match tokio::time::timeout(cfg.timeout + grace, run).await {
         Ok(Ok(result)) => Observation::from_result(result, start.elapsed(), cfg.max_latency),
         Ok(Err(_panic)) => Observation::from_result(
             Err(backstop_probes::ProbeError::cannot_run(
