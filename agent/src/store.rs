@@ -1,0 +1,380 @@
+//! Where the agent keeps what must survive it: deployments and their watch
+//! state, the last stable deployment, every rollback, the pause switch and
+//! the baselines. Either the embedded store in `state_dir` (one agent) or
+//! PostgreSQL (`[store] url`, shared by the agents of one or more services);
+//! both keep the same records, and both record a rollback's intent with one
+//! atomic check-and-write, so a deployment is never rolled back twice.
+
+pub mod embedded;
+pub mod postgres;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::Baseline;
+use crate::config::StoreConfig;
+use crate::evidence::Evidence;
+
+/// Where a deployment is in its life, as SPEC names the states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchState {
+    Warming,
+    Watching,
+    Stable,
+    RolledBack,
+}
+
+impl WatchState {
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Warming,
+            Self::Watching,
+            Self::Stable,
+            Self::RolledBack,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warming => "warming",
+            Self::Watching => "watching",
+            Self::Stable => "stable",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// One deployment the agent has seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    /// When this agent first saw it, in Unix milliseconds.
+    pub first_seen_ms: u64,
+    pub state: WatchState,
+    pub stable_at_ms: Option<u64>,
+}
+
+/// Where a rollback call stands. `Intent` is written before the call: a
+/// record left in `Intent` means the agent died during the call, and the
+/// call is never made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackStatus {
+    Intent,
+    Succeeded,
+    Failed,
+    DryRun,
+}
+
+impl RollbackStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Intent, Self::Succeeded, Self::Failed, Self::DryRun]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Intent => "intent",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::DryRun => "dry_run",
+        }
+    }
+}
+
+/// The record of the one rollback of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRecord {
+    pub deployment: String,
+    pub return_to: Option<String>,
+    pub rule: String,
+    pub reason: String,
+    pub evidence: Vec<Evidence>,
+    pub target: String,
+    pub status: RollbackStatus,
+    pub intent_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// What the platform said, or why the call failed.
+    pub detail: String,
+    pub returned_to: Option<String>,
+    /// Set when the deployment had not changed `verify` after the call.
+    #[serde(default)]
+    pub not_effective: bool,
+    /// Which agent made the call (its replica name), for fleets.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// What [`Store::claim_rollback`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This agent recorded the intent and may call the platform, once.
+    Claimed,
+    /// A rollback of this deployment was already recorded.
+    AlreadyRecorded(Box<RollbackRecord>),
+}
+
+/// The store the agent uses. Every method means the same on both back ends;
+/// an error is an error — never read as "nothing recorded".
+pub enum Store {
+    Embedded(embedded::Embedded),
+    Postgres(postgres::Postgres),
+}
+
+impl Store {
+    /// Opens (or creates) the embedded store in `state_dir`.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        embedded::Embedded::open(state_dir).map(Self::Embedded)
+    }
+
+    /// Connects to PostgreSQL and brings its tables up to date; the rows
+    /// read and written are `service`'s.
+    pub async fn connect(config: &StoreConfig, service: &str) -> anyhow::Result<Self> {
+        postgres::Postgres::connect(config, service)
+            .await
+            .map(Self::Postgres)
+    }
+
+    /// The store a configuration asks for: PostgreSQL with `[store]`, else
+    /// the embedded one in `state_dir`.
+    pub async fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        match &config.store {
+            Some(s) => Self::connect(s, &config.service).await,
+            None => Self::open(&config.agent.state_dir),
+        }
+    }
+
+    /// Where the store is, for the log: a path, or a URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embedded(s) => s.path().display().to_string(),
+            Self::Postgres(s) => s.describe(),
+        }
+    }
+
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Option<DeploymentRecord>> {
+        match self {
+            Self::Embedded(s) => s.deployment(id),
+            Self::Postgres(s) => s.deployment(id).await,
+        }
+    }
+
+    pub async fn save_deployment(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.save_deployment(rec),
+            Self::Postgres(s) => s.save_deployment(rec).await,
+        }
+    }
+
+    /// Marks a deployment stable and makes it the one to return to, in one
+    /// transaction.
+    pub async fn mark_stable(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.mark_stable(rec),
+            Self::Postgres(s) => s.mark_stable(rec).await,
+        }
+    }
+
+    /// The last deployment that became stable, the one to return to.
+    pub async fn last_stable(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Embedded(s) => s.last_stable(),
+            Self::Postgres(s) => s.last_stable().await,
+        }
+    }
+
+    /// The deployment watched last, to resume after a restart.
+    pub async fn current(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Embedded(s) => s.current(),
+            Self::Postgres(s) => s.current().await,
+        }
+    }
+
+    pub async fn set_current(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.set_current(id),
+            Self::Postgres(s) => s.set_current(id).await,
+        }
+    }
+
+    pub async fn paused(&self) -> anyhow::Result<bool> {
+        match self {
+            Self::Embedded(s) => s.paused(),
+            Self::Postgres(s) => s.paused().await,
+        }
+    }
+
+    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.set_paused(paused),
+            Self::Postgres(s) => s.set_paused(paused).await,
+        }
+    }
+
+    /// Records the intent to roll `rec.deployment` back, unless a rollback of
+    /// it is already recorded. The check and the write are one atomic step,
+    /// also between agents sharing a PostgreSQL store: of all the claims of
+    /// one deployment, exactly one is [`Claim::Claimed`].
+    pub async fn claim_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<Claim> {
+        match self {
+            Self::Embedded(s) => s.claim_rollback(rec),
+            Self::Postgres(s) => s.claim_rollback(rec).await,
+        }
+    }
+
+    /// Updates the record of a rollback (its outcome, its verification).
+    pub async fn update_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.update_rollback(rec),
+            Self::Postgres(s) => s.update_rollback(rec).await,
+        }
+    }
+
+    pub async fn rollback(&self, deployment: &str) -> anyhow::Result<Option<RollbackRecord>> {
+        match self {
+            Self::Embedded(s) => s.rollback(deployment),
+            Self::Postgres(s) => s.rollback(deployment).await,
+        }
+    }
+
+    /// Every rollback recorded (of this service), newest first.
+    pub async fn rollbacks(&self) -> anyhow::Result<Vec<RollbackRecord>> {
+        match self {
+            Self::Embedded(s) => s.rollbacks(),
+            Self::Postgres(s) => s.rollbacks().await,
+        }
+    }
+
+    /// Keeps the baseline of a deployment that became stable. The first
+    /// write wins: a deployment's baseline, once kept, is never replaced, so
+    /// every agent judges against the same numbers. Returns whether this
+    /// write was the one kept.
+    pub async fn save_baseline(&self, baseline: &Baseline) -> anyhow::Result<bool> {
+        match self {
+            Self::Embedded(s) => s.save_baseline(baseline),
+            Self::Postgres(s) => s.save_baseline(baseline).await,
+        }
+    }
+
+    pub async fn baseline(&self, deployment: &str) -> anyhow::Result<Option<Baseline>> {
+        match self {
+            Self::Embedded(s) => s.baseline(deployment),
+            Self::Postgres(s) => s.baseline(deployment).await,
+        }
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(dep: &str) -> RollbackRecord {
+        RollbackRecord {
+            deployment: dep.into(),
+            return_to: Some("v1".into()),
+            rule: "health failing".into(),
+            reason: "health failed 3 times".into(),
+            evidence: vec![],
+            target: "webhook".into(),
+            status: RollbackStatus::Intent,
+            intent_at_ms: now_ms(),
+            finished_at_ms: None,
+            detail: String::new(),
+            returned_to: None,
+            not_effective: false,
+            by: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rollback_is_claimed_once_even_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store.claim_rollback(&record("v2")).await.unwrap(),
+                Claim::Claimed
+            );
+            assert!(matches!(
+                store.claim_rollback(&record("v2")).await.unwrap(),
+                Claim::AlreadyRecorded(_)
+            ));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.claim_rollback(&record("v2")).await.unwrap(),
+            Claim::AlreadyRecorded(r) if r.status == RollbackStatus::Intent
+        ));
+        assert_eq!(
+            store.claim_rollback(&record("v3")).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(store.rollbacks().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn stable_deployments_and_the_pause_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .mark_stable(&DeploymentRecord {
+                    id: "v1".into(),
+                    first_seen_ms: 1,
+                    state: WatchState::Stable,
+                    stable_at_ms: Some(2),
+                })
+                .await
+                .unwrap();
+            store.set_paused(true).await.unwrap();
+            store.set_current("v1").await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_stable().await.unwrap().as_deref(), Some("v1"));
+        assert_eq!(store.current().await.unwrap().as_deref(), Some("v1"));
+        assert!(store.paused().await.unwrap());
+        assert_eq!(
+            store.deployment("v1").await.unwrap().unwrap().state,
+            WatchState::Stable
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_baseline_of_a_deployment_is_the_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = Baseline {
+            deployment: "v1".into(),
+            ..Baseline::default()
+        };
+        let mut second = first.clone();
+        second.probes.insert("app".into(), Default::default());
+        assert!(store.save_baseline(&first).await.unwrap());
+        assert!(!store.save_baseline(&second).await.unwrap());
+        assert_eq!(store.baseline("v1").await.unwrap(), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_on_the_same_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(format!("{err:#}").contains("another backstop"), "{err:#}");
+    }
+}
