@@ -72,7 +72,7 @@ struct AgentSection {
     /// Address of `/healthz`, `/status`, `/metrics` and `/v1/*`. Default `0.0.0.0:9469`.
     #[serde(default = "default_listen")]
     listen: String,
-    /// Directory of the embedded store. Default `/var/lib/backstop`.
+    /// Directory of the embedded store; unused with `[store]`. Default `/var/lib/backstop`.
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     /// Bearer token for the `POST /v1/*` endpoints; empty disables them. Default empty.
@@ -103,6 +103,34 @@ fn default_listen() -> String {
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/backstop".into()
+}
+
+/// `[store]`: a PostgreSQL store shared by the agents of a service, instead
+/// of the embedded one in `state_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    /// `postgres://user:password@host:port/database`; a secret. Required.
+    url: crate::secret::Secret,
+    /// The schema of backstop's tables, created when missing. Default `public`.
+    #[serde(default = "default_schema")]
+    schema: String,
+    /// Connections kept open to the server. Default `4`.
+    #[serde(default = "default_pool_size")]
+    pool_size: i64,
+    /// Time one store operation may take, connecting included. Default `5s`.
+    #[serde(default = "default_store_timeout")]
+    timeout: Dur,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+fn default_pool_size() -> i64 {
+    4
+}
+fn default_store_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 
 /// `[service]`: which service this agent watches.
@@ -258,6 +286,20 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     /// `[rollback]`; `None` when the section is absent (nothing is rolled back).
     pub rollback: Option<crate::rollback::RollbackConfig>,
+    /// `[store]`; `None` when the section is absent (the embedded store in
+    /// `state_dir`).
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`, validated: where the PostgreSQL store is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// The connection URL; shown only through `redact_url`.
+    pub url: crate::secret::Secret,
+    /// A valid, unquoted identifier.
+    pub schema: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -579,14 +621,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             None => Some(None),
         };
 
+        let store = match root.remove("store") {
+            Some(v) => self
+                .section::<StoreSection>("store", v)
+                .and_then(|s| self.store(s))
+                .map(Some),
+            None => Some(None),
+        };
+
         let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
-        for section in ["store", "fleet"] {
-            if root.contains_key(section) {
-                self.error(
-                    section,
-                    format!("[{section}] is not supported by this version of backstop yet"),
-                );
-            }
+        if root.contains_key("fleet") {
+            self.error(
+                "fleet",
+                "[fleet] is not supported by this version of backstop yet",
+            );
         }
         let agent = agent.and_then(|a| self.agent(a));
         let service = service.and_then(|s| {
@@ -621,6 +669,40 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             rules,
             notify,
             rollback: rollback?,
+            store: store?,
+        })
+    }
+
+    fn store(&mut self, s: StoreSection) -> Option<StoreConfig> {
+        let mut ok = true;
+        if let Err(message) = crate::store::postgres::check_url(s.url.expose()) {
+            self.error("store.url", message);
+            ok = false;
+        }
+        if !crate::store::postgres::valid_identifier(&s.schema) {
+            self.error(
+                "store.schema",
+                format!(
+                    "{:?} is not a schema name: use lowercase letters, digits and underscores \
+                     (at most 63, not starting with a digit)",
+                    s.schema
+                ),
+            );
+            ok = false;
+        }
+        if !(1..=64).contains(&s.pool_size) {
+            self.error("store.pool_size", "must be between 1 and 64");
+            ok = false;
+        }
+        if s.timeout.0 < Duration::from_millis(100) {
+            self.error("store.timeout", "must be at least 100ms");
+            ok = false;
+        }
+        ok.then_some(StoreConfig {
+            url: s.url,
+            schema: s.schema,
+            pool_size: s.pool_size as usize,
+            timeout: s.timeout.0,
         })
     }
 
@@ -1093,6 +1175,14 @@ url = "http://127.0.0.1:8080/health"
             ("[[rule]]\nname = \"r\"\nprobe = \"nope\"\nwhen = \"status >= 500\"", r#"rule[0].probe: no probe named "nope" (line 11)"#),
             ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"status >= 500\"\naction = \"explode\"", r#"rule[0].action: unknown value "explode", expected rollback or alert (line 13)"#),
             ("[fleet]\nquorum = 0.5", "fleet: [fleet] is not supported by this version of backstop yet (line 9)"),
+            ("[store]\nschema = \"backstop\"", "store.url: required key is missing (line 9)"),
+            ("[store]\nurl = \"mysql://app:hunter2@db/app\"", r#"store.url: scheme "mysql" is not postgres or postgresql (line 10)"#),
+            ("[store]\nurl = \"postgres://app:hunter2@db/app?sslmode=require\"", "store.url: sslmode=require is not supported: the store connects without TLS; use sslmode=disable or sslmode=prefer, or reach the server over a trusted network (line 10)"),
+            ("[store]\nurl = \"postgres://app:hunter2@db:x/app\"", r#"store.url: invalid URL "postgres://***@db:x/app": invalid port number (line 10)"#),
+            ("[store]\nurl = \"postgres://app@db/app\"\nschema = \"Ops-Data\"", r#"store.schema: "Ops-Data" is not a schema name: use lowercase letters, digits and underscores (at most 63, not starting with a digit) (line 11)"#),
+            ("[store]\nurl = \"postgres://app@db/app\"\npool_size = 0", "store.pool_size: must be between 1 and 64 (line 11)"),
+            ("[store]\nurl = \"postgres://app@db/app\"\ntimeout = \"10ms\"", "store.timeout: must be at least 100ms (line 11)"),
+            ("[store]\nurl = \"postgres://app@db/app\"\nreplica = \"a\"", "store.replica: unknown key, expected one of url, schema, pool_size, timeout (line 11)"),
             ("[nonsense]", "nonsense: unknown section, expected one of agent, service, deployment, probe, rule, rollback, notify, store, fleet (line 9)"),
         ];
         for (extra, want) in cases {
@@ -1175,6 +1265,28 @@ type = "smtp"
             (Duration::from_secs(10), Duration::from_secs(5))
         );
         assert!(!p.critical);
+    }
+
+    #[test]
+    fn a_store_section_chooses_postgres_with_defaults_and_hides_its_password() {
+        let c = Config::parse(BASE, |_| None).unwrap();
+        assert_eq!(c.store, None, "no [store]: the embedded store");
+        let text = format!("{BASE}[store]\nurl = \"${{STORE_URL}}\"\n");
+        let env = |k: &str| (k == "STORE_URL").then(|| "postgres://app:hunter2@db/app".into());
+        let c = Config::parse(&text, env).unwrap();
+        let store = c.store.clone().unwrap();
+        assert_eq!(store.url.expose(), "postgres://app:hunter2@db/app");
+        assert_eq!(
+            (store.schema.as_str(), store.pool_size, store.timeout),
+            ("public", 4, Duration::from_secs(5))
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let text = format!("{BASE}[store]\nurl = \"postgres://app:hunter2@db/app\"\nschema = \"ops\"\npool_size = 2\ntimeout = \"2s\"\n");
+        let store = Config::parse(&text, |_| None).unwrap().store.unwrap();
+        assert_eq!(
+            (store.schema.as_str(), store.pool_size, store.timeout),
+            ("ops", 2, Duration::from_secs(2))
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(&config.agent.state_dir).map_err(UnusableStore)?);
+    let store = Arc::new(Store::from_config(&config).await.map_err(UnusableStore)?);
     let listener = TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.agent.listen))?;
@@ -127,12 +127,14 @@ pub async fn run(
         config.deployment.warmup,
         config.deployment.watch,
         Clock::new(),
-    )?;
+    )
+    .await
+    .map_err(UnusableStore)?;
     let view = watcher.view.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let ids = IdSource::new(config.deployment.source.clone());
     let baseline = match watcher.last_stable() {
-        Some(dep) => store.baseline(dep).unwrap_or_else(|e| {
+        Some(dep) => store.baseline(dep).await.unwrap_or_else(|e| {
             tracing::error!(error = %format!("{e:#}"), "cannot read the baseline; baseline rules stay inconclusive");
             None
         }),
@@ -167,7 +169,7 @@ pub async fn run(
         listen = %addr,
         service = %app.config.service,
         probes = app.slots.len(),
-        store = %store.path().display(),
+        store = %store.describe(),
         "backstop running"
     );
     if let Some(tx) = bound {
@@ -305,7 +307,7 @@ impl Judge {
 
     /// Builds the baseline of the deployment that just became stable from
     /// what its watch saw, and keeps it.
-    fn record_baseline(&mut self, deployment: &str) {
+    async fn record_baseline(&mut self, deployment: &str) {
         let watched = Duration::from_millis(self.watcher.age_ms()).saturating_sub(self.warmup);
         let since = Instant::now().checked_sub(watched);
         let mut builder = crate::baseline::BaselineBuilder::new(deployment);
@@ -319,9 +321,24 @@ impl Judge {
                 builder.add(&slot.cfg.name, sample);
             }
         }
-        let baseline = builder.finish();
-        match self.store.save_baseline(&baseline) {
-            Ok(()) => tracing::info!(deployment, "baseline recorded"),
+        let mut baseline = builder.finish();
+        match self.store.save_baseline(&baseline).await {
+            Ok(true) => tracing::info!(deployment, "baseline recorded"),
+            // Another agent of the service kept its baseline first: judge
+            // against that one, as every agent does.
+            Ok(false) => match self.store.baseline(deployment).await {
+                Ok(Some(kept)) => {
+                    tracing::info!(
+                        deployment,
+                        "baseline already recorded by another agent; using it"
+                    );
+                    baseline = kept;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot read the baseline kept in the store; using this agent's own")
+                }
+            },
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot store the baseline; it is used until the agent restarts")
             }
@@ -354,7 +371,7 @@ async fn watch_loop(
                         let _ = reply.send(judge.watcher.manual_rollback(&reason).await);
                     }
                     Command::Pause(paused, reply) => {
-                        let _ = reply.send(judge.watcher.set_paused(paused));
+                        let _ = reply.send(judge.watcher.set_paused(paused).await);
                     }
                 }
                 continue;
@@ -369,7 +386,7 @@ async fn watch_loop(
                         tracing::info!("deployment id readable again");
                     }
                     let before = judge.watcher.deployment().map(str::to_string);
-                    if let Err(e) = judge.watcher.observe_deployment(&id) {
+                    if let Err(e) = judge.watcher.observe_deployment(&id).await {
                         tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
                         continue;
                     }
@@ -385,8 +402,8 @@ async fn watch_loop(
                 }
             }
         }
-        match judge.watcher.advance() {
-            Ok(Some(stable)) => judge.record_baseline(&stable),
+        match judge.watcher.advance().await {
+            Ok(Some(stable)) => judge.record_baseline(&stable).await,
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");

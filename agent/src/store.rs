@@ -1,20 +1,20 @@
-//! The embedded store in `state_dir`: deployments and their watch state, the
-//! last stable deployment, every rollback, the pause switch. Each write is a
-//! committed, durable transaction, so a restart resumes where the agent was
-//! and a rollback recorded as intended is never called again.
+//! Where the agent keeps what must survive it: deployments and their watch
+//! state, the last stable deployment, every rollback, the pause switch and
+//! the baselines. Either the embedded store in `state_dir` (one agent) or
+//! PostgreSQL (`[store] url`, shared by the agents of one or more services);
+//! both keep the same records, and both record a rollback's intent with one
+//! atomic check-and-write, so a deployment is never rolled back twice.
 
-use std::path::{Path, PathBuf};
+pub mod embedded;
+pub mod postgres;
 
-use anyhow::Context as _;
-use redb::{Database, ReadableTable, TableDefinition};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::Baseline;
+use crate::config::StoreConfig;
 use crate::evidence::Evidence;
-
-const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
-const ROLLBACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollbacks");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
 
 /// Where a deployment is in its life, as SPEC names the states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,17 @@ pub enum WatchState {
 }
 
 impl WatchState {
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Warming,
+            Self::Watching,
+            Self::Stable,
+            Self::RolledBack,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Warming => "warming",
@@ -60,6 +71,12 @@ pub enum RollbackStatus {
 }
 
 impl RollbackStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Intent, Self::Succeeded, Self::Failed, Self::DryRun]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Intent => "intent",
@@ -102,174 +119,154 @@ pub enum Claim {
     AlreadyRecorded(Box<RollbackRecord>),
 }
 
-pub struct Store {
-    db: Database,
-    path: PathBuf,
+/// The store the agent uses. Every method means the same on both back ends;
+/// an error is an error — never read as "nothing recorded".
+pub enum Store {
+    Embedded(embedded::Embedded),
+    Postgres(postgres::Postgres),
 }
 
 impl Store {
-    /// Opens (or creates) the store in `state_dir`. Fails clearly when the
-    /// directory cannot be written or another agent holds the store.
+    /// Opens (or creates) the embedded store in `state_dir`.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-        let path = state_dir.join("backstop.redb");
-        let db = Database::create(&path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the store {}: {e} (is another backstop using this state_dir?)",
-                path.display()
-            )
-        })?;
-        let store = Self { db, path };
-        // Create the tables up front so readers never see them missing.
-        let tx = store.db.begin_write()?;
-        tx.open_table(DEPLOYMENTS)?;
-        tx.open_table(ROLLBACKS)?;
-        tx.open_table(META)?;
-        tx.open_table(BASELINES)?;
-        tx.commit()?;
-        Ok(store)
+        embedded::Embedded::open(state_dir).map(Self::Embedded)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to PostgreSQL and brings its tables up to date; the rows
+    /// read and written are `service`'s.
+    pub async fn connect(config: &StoreConfig, service: &str) -> anyhow::Result<Self> {
+        postgres::Postgres::connect(config, service)
+            .await
+            .map(Self::Postgres)
     }
 
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> anyhow::Result<Option<T>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table)?;
-        match t.get(key)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value())
-                    .with_context(|| format!("store record {key:?} is unreadable"))?,
-            )),
-            None => Ok(None),
+    /// The store a configuration asks for: PostgreSQL with `[store]`, else
+    /// the embedded one in `state_dir`.
+    pub async fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        match &config.store {
+            Some(s) => Self::connect(s, &config.service).await,
+            None => Self::open(&config.agent.state_dir),
         }
     }
 
-    fn put<T: Serialize>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-    ) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(value)?;
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(table)?;
-            t.insert(key, bytes.as_slice())?;
+    /// Where the store is, for the log: a path, or a URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embedded(s) => s.path().display().to_string(),
+            Self::Postgres(s) => s.describe(),
         }
-        tx.commit()?;
-        Ok(())
     }
 
-    pub fn deployment(&self, id: &str) -> anyhow::Result<Option<DeploymentRecord>> {
-        self.get(DEPLOYMENTS, id)
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Option<DeploymentRecord>> {
+        match self {
+            Self::Embedded(s) => s.deployment(id),
+            Self::Postgres(s) => s.deployment(id).await,
+        }
     }
 
-    pub fn save_deployment(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
-        self.put(DEPLOYMENTS, &rec.id, rec)
+    pub async fn save_deployment(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.save_deployment(rec),
+            Self::Postgres(s) => s.save_deployment(rec).await,
+        }
     }
 
     /// Marks a deployment stable and makes it the one to return to, in one
     /// transaction.
-    pub fn mark_stable(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(rec)?;
-        let id = serde_json::to_vec(&rec.id)?;
-        let tx = self.db.begin_write()?;
-        {
-            let mut d = tx.open_table(DEPLOYMENTS)?;
-            d.insert(rec.id.as_str(), bytes.as_slice())?;
-            let mut m = tx.open_table(META)?;
-            m.insert("last_stable", id.as_slice())?;
+    pub async fn mark_stable(&self, rec: &DeploymentRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.mark_stable(rec),
+            Self::Postgres(s) => s.mark_stable(rec).await,
         }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The last deployment that became stable, the one to return to.
-    pub fn last_stable(&self) -> anyhow::Result<Option<String>> {
-        self.get(META, "last_stable")
+    pub async fn last_stable(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Embedded(s) => s.last_stable(),
+            Self::Postgres(s) => s.last_stable().await,
+        }
     }
 
-    /// The deployment this agent watched last, to resume after a restart.
-    pub fn current(&self) -> anyhow::Result<Option<String>> {
-        self.get(META, "current")
+    /// The deployment watched last, to resume after a restart.
+    pub async fn current(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Embedded(s) => s.current(),
+            Self::Postgres(s) => s.current().await,
+        }
     }
 
-    pub fn set_current(&self, id: &str) -> anyhow::Result<()> {
-        self.put(META, "current", &id)
+    pub async fn set_current(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.set_current(id),
+            Self::Postgres(s) => s.set_current(id).await,
+        }
     }
 
-    pub fn paused(&self) -> anyhow::Result<bool> {
-        Ok(self.get(META, "paused")?.unwrap_or(false))
+    pub async fn paused(&self) -> anyhow::Result<bool> {
+        match self {
+            Self::Embedded(s) => s.paused(),
+            Self::Postgres(s) => s.paused().await,
+        }
     }
 
-    pub fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
-        self.put(META, "paused", &paused)
+    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.set_paused(paused),
+            Self::Postgres(s) => s.set_paused(paused).await,
+        }
     }
 
     /// Records the intent to roll `rec.deployment` back, unless a rollback of
-    /// it is already recorded. The check and the write are one transaction.
-    pub fn claim_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<Claim> {
-        let bytes = serde_json::to_vec(rec)?;
-        let tx = self.db.begin_write()?;
-        let existing = {
-            let mut t = tx.open_table(ROLLBACKS)?;
-            let existing = t
-                .get(rec.deployment.as_str())?
-                .map(|v| serde_json::from_slice::<RollbackRecord>(v.value()))
-                .transpose()?;
-            if existing.is_none() {
-                t.insert(rec.deployment.as_str(), bytes.as_slice())?;
-            }
-            existing
-        };
-        match existing {
-            Some(r) => {
-                tx.abort()?;
-                Ok(Claim::AlreadyRecorded(Box::new(r)))
-            }
-            None => {
-                tx.commit()?;
-                Ok(Claim::Claimed)
-            }
+    /// it is already recorded. The check and the write are one atomic step,
+    /// also between agents sharing a PostgreSQL store: of all the claims of
+    /// one deployment, exactly one is [`Claim::Claimed`].
+    pub async fn claim_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<Claim> {
+        match self {
+            Self::Embedded(s) => s.claim_rollback(rec),
+            Self::Postgres(s) => s.claim_rollback(rec).await,
         }
     }
 
     /// Updates the record of a rollback (its outcome, its verification).
-    pub fn update_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<()> {
-        self.put(ROLLBACKS, &rec.deployment, rec)
-    }
-
-    pub fn rollback(&self, deployment: &str) -> anyhow::Result<Option<RollbackRecord>> {
-        self.get(ROLLBACKS, deployment)
-    }
-
-    /// Keeps the baseline of a deployment that became stable.
-    pub fn save_baseline(&self, baseline: &crate::baseline::Baseline) -> anyhow::Result<()> {
-        self.put(BASELINES, &baseline.deployment, baseline)
-    }
-
-    pub fn baseline(&self, deployment: &str) -> anyhow::Result<Option<crate::baseline::Baseline>> {
-        self.get(BASELINES, deployment)
-    }
-
-    /// Every rollback recorded, newest first.
-    pub fn rollbacks(&self) -> anyhow::Result<Vec<RollbackRecord>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(ROLLBACKS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice::<RollbackRecord>(v.value())?);
+    pub async fn update_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.update_rollback(rec),
+            Self::Postgres(s) => s.update_rollback(rec).await,
         }
-        out.sort_by_key(|r| std::cmp::Reverse(r.intent_at_ms));
-        Ok(out)
+    }
+
+    pub async fn rollback(&self, deployment: &str) -> anyhow::Result<Option<RollbackRecord>> {
+        match self {
+            Self::Embedded(s) => s.rollback(deployment),
+            Self::Postgres(s) => s.rollback(deployment).await,
+        }
+    }
+
+    /// Every rollback recorded (of this service), newest first.
+    pub async fn rollbacks(&self) -> anyhow::Result<Vec<RollbackRecord>> {
+        match self {
+            Self::Embedded(s) => s.rollbacks(),
+            Self::Postgres(s) => s.rollbacks().await,
+        }
+    }
+
+    /// Keeps the baseline of a deployment that became stable. The first
+    /// write wins: a deployment's baseline, once kept, is never replaced, so
+    /// every agent judges against the same numbers. Returns whether this
+    /// write was the one kept.
+    pub async fn save_baseline(&self, baseline: &Baseline) -> anyhow::Result<bool> {
+        match self {
+            Self::Embedded(s) => s.save_baseline(baseline),
+            Self::Postgres(s) => s.save_baseline(baseline).await,
+        }
+    }
+
+    pub async fn baseline(&self, deployment: &str) -> anyhow::Result<Option<Baseline>> {
+        match self {
+            Self::Embedded(s) => s.baseline(deployment),
+            Self::Postgres(s) => s.baseline(deployment).await,
+        }
     }
 }
 
@@ -303,28 +300,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_rollback_is_claimed_once_even_after_reopening() {
+    #[tokio::test]
+    async fn a_rollback_is_claimed_once_even_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.claim_rollback(&record("v2")).unwrap(), Claim::Claimed);
+            assert_eq!(
+                store.claim_rollback(&record("v2")).await.unwrap(),
+                Claim::Claimed
+            );
             assert!(matches!(
-                store.claim_rollback(&record("v2")).unwrap(),
+                store.claim_rollback(&record("v2")).await.unwrap(),
                 Claim::AlreadyRecorded(_)
             ));
         }
         let store = Store::open(dir.path()).unwrap();
         assert!(matches!(
-            store.claim_rollback(&record("v2")).unwrap(),
+            store.claim_rollback(&record("v2")).await.unwrap(),
             Claim::AlreadyRecorded(r) if r.status == RollbackStatus::Intent
         ));
-        assert_eq!(store.claim_rollback(&record("v3")).unwrap(), Claim::Claimed);
-        assert_eq!(store.rollbacks().unwrap().len(), 2);
+        assert_eq!(
+            store.claim_rollback(&record("v3")).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(store.rollbacks().await.unwrap().len(), 2);
     }
 
-    #[test]
-    fn stable_deployments_and_the_pause_survive_a_restart() {
+    #[tokio::test]
+    async fn stable_deployments_and_the_pause_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
@@ -335,22 +338,38 @@ mod tests {
                     state: WatchState::Stable,
                     stable_at_ms: Some(2),
                 })
+                .await
                 .unwrap();
-            store.set_paused(true).unwrap();
-            store.set_current("v1").unwrap();
+            store.set_paused(true).await.unwrap();
+            store.set_current("v1").await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.last_stable().unwrap().as_deref(), Some("v1"));
-        assert_eq!(store.current().unwrap().as_deref(), Some("v1"));
-        assert!(store.paused().unwrap());
+        assert_eq!(store.last_stable().await.unwrap().as_deref(), Some("v1"));
+        assert_eq!(store.current().await.unwrap().as_deref(), Some("v1"));
+        assert!(store.paused().await.unwrap());
         assert_eq!(
-            store.deployment("v1").unwrap().unwrap().state,
+            store.deployment("v1").await.unwrap().unwrap().state,
             WatchState::Stable
         );
     }
 
-    #[test]
-    fn a_second_agent_on_the_same_state_dir_is_refused() {
+    #[tokio::test]
+    async fn the_first_baseline_of_a_deployment_is_the_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = Baseline {
+            deployment: "v1".into(),
+            ..Baseline::default()
+        };
+        let mut second = first.clone();
+        second.probes.insert("app".into(), Default::default());
+        assert!(store.save_baseline(&first).await.unwrap());
+        assert!(!store.save_baseline(&second).await.unwrap());
+        assert_eq!(store.baseline("v1").await.unwrap(), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_on_the_same_state_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path())

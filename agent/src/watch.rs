@@ -148,7 +148,7 @@ pub struct Watcher {
 
 impl Watcher {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub async fn new(
         service: String,
         replica: Option<String>,
         store: Arc<Store>,
@@ -159,8 +159,8 @@ impl Watcher {
         watch: Duration,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        let last_stable = store.last_stable()?;
-        let paused = store.paused()?;
+        let last_stable = store.last_stable().await?;
+        let paused = store.paused().await?;
         Ok(Self {
             service,
             replica,
@@ -205,7 +205,7 @@ impl Watcher {
 
     /// Takes note of the deployment running now; a new id starts a new
     /// watch, an id seen before resumes its recorded state.
-    pub fn observe_deployment(&mut self, id: &str) -> anyhow::Result<()> {
+    pub async fn observe_deployment(&mut self, id: &str) -> anyhow::Result<()> {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             return Ok(());
         }
@@ -215,7 +215,7 @@ impl Watcher {
                 self.verify_pending = None;
             }
         }
-        let rec = match self.store.deployment(id)? {
+        let rec = match self.store.deployment(id).await? {
             Some(rec) => {
                 tracing::info!(deployment = %id, state = rec.state.as_str(), "resuming the watch of a known deployment");
                 rec
@@ -227,21 +227,21 @@ impl Watcher {
                     state: WatchState::Warming,
                     stable_at_ms: None,
                 };
-                self.store.save_deployment(&rec)?;
+                self.store.save_deployment(&rec).await?;
                 tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
                 rec
             }
         };
-        self.store.set_current(id)?;
+        self.store.set_current(id).await?;
         self.firing.clear();
         self.held_told.clear();
         // A rollback of this deployment recorded before a restart.
-        if let Some(mut r) = self.store.rollback(id)? {
+        if let Some(mut r) = self.store.rollback(id).await? {
             if r.status == RollbackStatus::Intent {
                 r.status = RollbackStatus::Failed;
                 r.detail = "the agent stopped during the rollback call; it will not call again: check the platform".into();
                 r.finished_at_ms = Some(self.clock.now_ms());
-                self.store.update_rollback(&r)?;
+                self.store.update_rollback(&r).await?;
                 self.tell(
                     EventKind::RollbackFailed,
                     Some(r.rule.clone()),
@@ -260,22 +260,32 @@ impl Watcher {
 
     /// Moves the watch along with time: warming → watching → stable.
     /// Returns the deployment that just became stable, if one did.
-    pub fn advance(&mut self) -> anyhow::Result<Option<String>> {
+    pub async fn advance(&mut self) -> anyhow::Result<Option<String>> {
         let now = self.clock.now_ms();
         let Some(cur) = self.current.as_mut() else {
             return Ok(None);
         };
         let age = Duration::from_millis(now.saturating_sub(cur.first_seen_ms));
         let mut became_stable = None;
+        // The state moves on only once the store has it, so a failing store
+        // holds the watch where it is.
         if cur.state == WatchState::Warming && age >= self.warmup {
-            cur.state = WatchState::Watching;
-            self.store.save_deployment(cur)?;
+            let next = DeploymentRecord {
+                state: WatchState::Watching,
+                ..cur.clone()
+            };
+            self.store.save_deployment(&next).await?;
+            *cur = next;
             tracing::info!(deployment = %cur.id, "warm-up over: rules armed");
         }
         if cur.state == WatchState::Watching && age >= self.warmup + self.watch {
-            cur.state = WatchState::Stable;
-            cur.stable_at_ms = Some(now);
-            self.store.mark_stable(cur)?;
+            let next = DeploymentRecord {
+                state: WatchState::Stable,
+                stable_at_ms: Some(now),
+                ..cur.clone()
+            };
+            self.store.mark_stable(&next).await?;
+            *cur = next;
             self.last_stable = Some(cur.id.clone());
             tracing::info!(deployment = %cur.id, "watch over: deployment is stable and becomes the baseline");
             became_stable = Some(cur.id.clone());
@@ -283,24 +293,24 @@ impl Watcher {
         Ok(became_stable)
     }
 
-    pub fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
-        self.store.set_paused(paused)?;
+    pub async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
+        self.store.set_paused(paused).await?;
         self.paused = paused;
         tracing::info!(
             paused,
             "automatic rollbacks {}",
             if paused { "paused" } else { "resumed" }
         );
-        self.refresh_view(&[]);
+        self.refresh_view(&[]).await;
         Ok(())
     }
 
     /// Acts on the rules' verdicts. Call after [`Self::observe_deployment`]
     /// and [`Self::advance`].
     pub async fn judge(&mut self, rules: &[RuleStatus]) -> anyhow::Result<()> {
-        self.check_verification()?;
+        self.check_verification().await?;
         let Some(state) = self.state() else {
-            self.refresh_view(rules);
+            self.refresh_view(rules).await;
             return Ok(());
         };
         for r in rules {
@@ -340,7 +350,7 @@ impl Watcher {
                 }
             }
         }
-        self.refresh_view(rules);
+        self.refresh_view(rules).await;
         Ok(())
     }
 
@@ -354,7 +364,7 @@ impl Watcher {
         let Some(dep) = self.deployment().map(str::to_string) else {
             return Ok(ManualOutcome::Refused("no deployment is known yet".into()));
         };
-        if let Some(r) = self.store.rollback(&dep)? {
+        if let Some(r) = self.store.rollback(&dep).await? {
             return Ok(ManualOutcome::AlreadyRecorded(format!(
                 "deployment {dep} already has a rollback recorded ({})",
                 r.status.as_str()
@@ -388,12 +398,12 @@ impl Watcher {
         let Some(dep) = self.deployment().map(str::to_string) else {
             return Ok(Some("no deployment is known yet".into()));
         };
-        if self.store.rollback(&dep)?.is_some() {
+        if self.store.rollback(&dep).await?.is_some() {
             return Ok(None);
         }
         let return_to = self.last_stable.clone().filter(|s| *s != dep);
         let now = self.clock.now_ms();
-        let recent = self.store.rollbacks()?;
+        let recent = self.store.rollbacks().await?;
         let hold = if self.target.is_none() {
             Some("no [rollback] target is configured".to_string())
         } else if self.paused && !manual {
@@ -461,13 +471,13 @@ impl Watcher {
             not_effective: false,
             by: self.replica.clone(),
         };
-        if let Claim::AlreadyRecorded(_) = self.store.claim_rollback(&rec)? {
+        if let Claim::AlreadyRecorded(_) = self.store.claim_rollback(&rec).await? {
             return Ok(None);
         }
         if self.guard.dry_run {
             rec.detail = "dry run: no call made".into();
             rec.finished_at_ms = Some(now);
-            self.store.update_rollback(&rec)?;
+            self.store.update_rollback(&rec).await?;
             metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
             tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll back");
             self.tell(
@@ -499,10 +509,10 @@ impl Watcher {
                 rec.status = RollbackStatus::Succeeded;
                 rec.detail = done.detail.clone();
                 rec.returned_to = done.returned_to.clone().or(return_to.clone());
-                self.store.update_rollback(&rec)?;
+                self.store.update_rollback(&rec).await?;
                 if let Some(cur) = self.current.as_mut() {
                     cur.state = WatchState::RolledBack;
-                    self.store.save_deployment(cur)?;
+                    self.store.save_deployment(cur).await?;
                 }
                 metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
                 tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
@@ -520,7 +530,7 @@ impl Watcher {
             Err(err) => {
                 rec.status = RollbackStatus::Failed;
                 rec.detail = err.clone();
-                self.store.update_rollback(&rec)?;
+                self.store.update_rollback(&rec).await?;
                 metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "failed").increment(1);
                 tracing::error!(deployment = %dep, target = target.name(), error = %err, "rollback failed; it will not be called again for this deployment");
                 self.tell(
@@ -535,7 +545,7 @@ impl Watcher {
         Ok(None)
     }
 
-    fn check_verification(&mut self) -> anyhow::Result<()> {
+    async fn check_verification(&mut self) -> anyhow::Result<()> {
         let Some((dep, deadline)) = self.verify_pending.clone() else {
             return Ok(());
         };
@@ -547,9 +557,9 @@ impl Watcher {
             return Ok(());
         }
         self.verify_pending = None;
-        if let Some(mut r) = self.store.rollback(&dep)? {
+        if let Some(mut r) = self.store.rollback(&dep).await? {
             r.not_effective = true;
-            self.store.update_rollback(&r)?;
+            self.store.update_rollback(&r).await?;
             let msg = format!(
                 "the platform accepted the rollback of {dep}, but the deployment has not changed; it will not be called again"
             );
@@ -583,7 +593,7 @@ impl Watcher {
         });
     }
 
-    fn refresh_view(&mut self, rules: &[RuleStatus]) {
+    async fn refresh_view(&mut self, rules: &[RuleStatus]) {
         let state = self.state();
         if let (Some(dep), Some(st)) = (self.deployment().map(str::to_string), state) {
             let labels = (dep, st.as_str());
@@ -596,6 +606,13 @@ impl Watcher {
             }
         }
         let armed = matches!(state, Some(WatchState::Watching));
+        // A rollback recorded before a restart, or by another agent; only
+        // shown, so an error here just leaves it out.
+        let missing = self.view.lock().expect("view lock").last_rollback.is_none();
+        let recorded = match (missing, self.deployment()) {
+            (true, Some(dep)) => self.store.rollback(dep).await.ok().flatten(),
+            _ => None,
+        };
         let mut view = self.view.lock().expect("view lock");
         view.deployment = self.current.clone();
         view.last_stable = self.last_stable.clone();
@@ -618,9 +635,7 @@ impl Watcher {
                 .collect();
         }
         if view.last_rollback.is_none() {
-            if let Some(dep) = self.deployment() {
-                view.last_rollback = self.store.rollback(dep).ok().flatten();
-            }
+            view.last_rollback = recorded;
         }
     }
 }
@@ -750,7 +765,7 @@ mod tests {
             }
         }
 
-        fn watcher(&self, guard: Guard) -> Watcher {
+        async fn watcher(&self, guard: Guard) -> Watcher {
             Watcher::new(
                 "web".into(),
                 None,
@@ -762,6 +777,7 @@ mod tests {
                 Duration::from_secs(900),
                 Clock::new(),
             )
+            .await
             .unwrap()
         }
 
@@ -771,8 +787,8 @@ mod tests {
     }
 
     async fn step(w: &mut Watcher, id: &str, verdict: Verdict) {
-        w.observe_deployment(id).unwrap();
-        w.advance().unwrap();
+        w.observe_deployment(id).await.unwrap();
+        w.advance().await.unwrap();
         w.judge(&[rule(verdict)]).await.unwrap();
     }
 
@@ -786,7 +802,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deployment_warms_up_then_is_watched_then_becomes_stable() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         step(&mut w, "v1", Verdict::Clear).await;
         assert_eq!(w.state(), Some(WatchState::Warming));
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -795,13 +811,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(900)).await;
         step(&mut w, "v1", Verdict::Clear).await;
         assert_eq!(w.state(), Some(WatchState::Stable));
-        assert_eq!(rig.store.last_stable().unwrap().as_deref(), Some("v1"));
+        assert_eq!(
+            rig.store.last_stable().await.unwrap().as_deref(),
+            Some("v1")
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn rolls_back_a_bad_deployment_exactly_once() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0, "rules are not armed while warming");
@@ -812,7 +831,7 @@ mod tests {
         }
         assert_eq!(rig.calls(), 1);
         assert_eq!(w.state(), Some(WatchState::RolledBack));
-        let rec = rig.store.rollback("v2").unwrap().unwrap();
+        let rec = rig.store.rollback("v2").await.unwrap().unwrap();
         assert_eq!(rec.status, RollbackStatus::Succeeded);
         assert_eq!(rec.returned_to.as_deref(), Some("v1"));
         assert!(rig.told.kinds().contains(&EventKind::RollbackPerformed));
@@ -822,14 +841,14 @@ mod tests {
     async fn a_restarted_agent_never_calls_again_for_the_same_deployment() {
         let rig = Rig::new(false);
         {
-            let mut w = rig.watcher(guard());
+            let mut w = rig.watcher(guard()).await;
             make_stable(&mut w, "v1").await;
             step(&mut w, "v2", Verdict::Clear).await;
             tokio::time::advance(Duration::from_secs(31)).await;
             step(&mut w, "v2", Verdict::Holds).await;
         }
         assert_eq!(rig.calls(), 1);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         for _ in 0..3 {
             step(&mut w, "v2", Verdict::Holds).await;
         }
@@ -856,14 +875,15 @@ mod tests {
                 not_effective: false,
                 by: None,
             })
+            .await
             .unwrap();
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         tokio::time::advance(Duration::from_secs(100)).await;
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0);
         assert_eq!(rig.told.kinds(), vec![EventKind::RollbackFailed]);
         assert_eq!(
-            rig.store.rollback("v2").unwrap().unwrap().status,
+            rig.store.rollback("v2").await.unwrap().unwrap().status,
             RollbackStatus::Failed
         );
     }
@@ -871,7 +891,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn holds_back_without_an_earlier_stable_deployment_and_says_so_once() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         step(&mut w, "v1", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         for _ in 0..3 {
@@ -888,14 +908,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paused_holds_back_and_resume_rolls_back_if_the_rule_still_holds() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
-        w.set_paused(true).unwrap();
+        w.set_paused(true).await.unwrap();
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0);
-        w.set_paused(false).unwrap();
+        w.set_paused(false).await.unwrap();
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 1);
     }
@@ -903,10 +923,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dry_run_records_and_reports_without_calling() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(Guard {
-            dry_run: true,
-            ..guard()
-        });
+        let mut w = rig
+            .watcher(Guard {
+                dry_run: true,
+                ..guard()
+            })
+            .await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -914,7 +936,7 @@ mod tests {
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0);
         assert_eq!(
-            rig.store.rollback("v2").unwrap().unwrap().status,
+            rig.store.rollback("v2").await.unwrap().unwrap().status,
             RollbackStatus::DryRun
         );
         let performed = rig
@@ -931,7 +953,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_call_is_reported_and_not_repeated() {
         let rig = Rig::new(true);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -944,7 +966,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cooldown_holds_back_a_second_rollback() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -965,7 +987,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_accepted_rollback_that_changes_nothing_is_reported_once() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -982,13 +1004,20 @@ mod tests {
             1
         );
         assert_eq!(rig.calls(), 1);
-        assert!(rig.store.rollback("v2").unwrap().unwrap().not_effective);
+        assert!(
+            rig.store
+                .rollback("v2")
+                .await
+                .unwrap()
+                .unwrap()
+                .not_effective
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn after_stable_a_rollback_rule_alerts_instead() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard());
+        let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
         step(&mut w, "v1", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0);

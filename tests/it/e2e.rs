@@ -11,15 +11,15 @@ use serde_json::json;
 
 /// The service under watch: its version and whether its health is good.
 #[derive(Clone)]
-struct Service(Arc<Mutex<(String, bool)>>);
+pub(crate) struct Service(Arc<Mutex<(String, bool)>>);
 
 impl Service {
-    fn set(&self, version: &str, healthy: bool) {
+    pub(crate) fn set(&self, version: &str, healthy: bool) {
         *self.0.lock().unwrap() = (version.to_string(), healthy);
     }
 }
 
-async fn service() -> (Service, HttpServer) {
+pub(crate) async fn service() -> (Service, HttpServer) {
     let state = Service(Arc::new(Mutex::new(("v1".to_string(), true))));
     let s = state.clone();
     let server = HttpServer::start(move |r| {
@@ -41,6 +41,19 @@ fn config(
     svc: &HttpServer,
     platform: &HttpServer,
 ) -> std::path::PathBuf {
+    config_with(dir, port, svc, platform, "3s", "")
+}
+
+/// The agent's configuration, with its own watch and more sections (such
+/// as `[store]`) at the end.
+pub(crate) fn config_with(
+    dir: &std::path::Path,
+    port: u16,
+    svc: &HttpServer,
+    platform: &HttpServer,
+    watch: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join("backstop.toml");
     std::fs::write(
         &path,
@@ -57,7 +70,7 @@ id_url = "{version}"
 id_pointer = "/version"
 poll_interval = "200ms"
 warmup = "1s"
-watch = "3s"
+watch = "{watch}"
 
 [[probe]]
 name = "health"
@@ -76,6 +89,8 @@ deadline = "5s"
 
 [rollback.webhook]
 url = "{hook}"
+
+{extra}
 "#,
             state = dir.join("state").display(),
             version = svc.url("/version"),
@@ -87,10 +102,10 @@ url = "{hook}"
     path
 }
 
-struct Agent(Child);
+pub(crate) struct Agent(Child);
 
 impl Agent {
-    fn start(config: &std::path::Path, port: u16) -> Self {
+    pub(crate) fn start(config: &std::path::Path, port: u16) -> Self {
         let child = Command::new(backstop_bin())
             .args(["run", "--config"])
             .arg(config)
@@ -110,7 +125,7 @@ impl Drop for Agent {
     }
 }
 
-async fn status(port: u16) -> serde_json::Value {
+pub(crate) async fn status(port: u16) -> serde_json::Value {
     reqwest::get(format!("http://127.0.0.1:{port}/status"))
         .await
         .unwrap()
@@ -120,7 +135,11 @@ async fn status(port: u16) -> serde_json::Value {
 }
 
 /// Polls `/status` until `f` holds (up to 20 s).
-async fn until(port: u16, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub(crate) async fn until(
+    port: u16,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     for _ in 0..200 {
         last = status(port).await;

@@ -14,3 +14,4 @@ mod probe_scenario;
 mod probe_scrape;
 mod rollback_kubernetes;
 mod rollback_targets;
+mod store_postgres;
