@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod e2e;
+mod manifests;
 mod notify;
 mod packaging;
 mod probe_http;
@@ -12,5 +13,6 @@ mod probe_redis;
 mod probe_resources;
 mod probe_scenario;
 mod probe_scrape;
+mod prometheus;
 mod rollback_kubernetes;
 mod rollback_targets;
