@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod docs;
 mod e2e;
 mod manifests;
 mod notify;

@@ -262,10 +262,9 @@ fn the_container_image_runs_unprivileged_with_its_healthcheck() {
         "the state directory is a volume"
     );
     assert!(
-        runtime
-            .iter()
-            .any(|l| l.starts_with("COPY") && l.contains(&format!("--chown={uid}"))
-                && l.ends_with("/var/lib/backstop")),
+        runtime.iter().any(|l| l.starts_with("COPY")
+            && l.contains(&format!("--chown={uid}"))
+            && l.ends_with("/var/lib/backstop")),
         "the state directory belongs to the user"
     );
     let entrypoint = exec_form(instr("ENTRYPOINT")[0]);
@@ -300,7 +299,10 @@ fn the_container_image_runs_unprivileged_with_its_healthcheck() {
     backstop_tests::wait_for_port(port);
     let out = Command::new(backstop_bin())
         .args(&argv[1..])
-        .env("BACKSTOP_HEALTHCHECK_URL", format!("http://127.0.0.1:{port}/healthz"))
+        .env(
+            "BACKSTOP_HEALTHCHECK_URL",
+            format!("http://127.0.0.1:{port}/healthz"),
+        )
         .output()
         .unwrap();
     let _ = agent.kill();
@@ -326,7 +328,12 @@ fn version_completions_and_man_page_come_from_the_command_line() {
     let version = run(&["--version"]);
     let want = format!("backstop {} (commit ", env!("CARGO_PKG_VERSION"));
     assert!(version.starts_with(&want), "{version}");
-    let target = version.trim_end().trim_end_matches(')').rsplit(", ").next().unwrap();
+    let target = version
+        .trim_end()
+        .trim_end_matches(')')
+        .rsplit(", ")
+        .next()
+        .unwrap();
     assert!(target.contains("-linux-"), "no target in {version}");
 
     for (shell, marker) in [
