@@ -21,5 +21,6 @@ pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod watch;

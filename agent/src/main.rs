@@ -1,17 +1,31 @@
 //! The `backstop` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use backstop::config::{Config, ConfigErrors, DEFAULT_PATH};
 use backstop::telemetry::{self, LogFormat};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// `backstop --version`: the version, the commit it was built from and the
+/// target, as `build.rs` found them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BACKSTOP_GIT_COMMIT"),
+    ", ",
+    env!("BACKSTOP_TARGET"),
+    ")"
+);
 
 /// Probes a service and its dependencies, judges each new deployment against
 /// the last good one, and calls the platform's rollback API once when it is
 /// worse.
 #[derive(Parser)]
-#[command(name = "backstop", version, about, long_about = None)]
+#[command(name = "backstop", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -46,6 +60,28 @@ enum Command {
     Validate(ConfigArg),
     /// A self-contained demonstration: a service goes bad and is rolled back.
     Demo,
+    /// Ask a running agent's /healthz once; exit 0 when it answers 2xx, else 1
+    /// (for a container engine's HEALTHCHECK).
+    Healthcheck {
+        /// The agent's /healthz URL.
+        #[arg(long, env = "BACKSTOP_HEALTHCHECK_URL", default_value = backstop::supervise::DEFAULT_HEALTHZ_URL)]
+        url: String,
+        /// How long to wait for the answer (250ms, 5s, ...).
+        #[arg(long, default_value = "3s", value_parser = backstop::duration::parse)]
+        timeout: Duration,
+    },
+    /// Print a shell completion script for backstop.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a directory.
+    Man {
+        /// Write backstop.1, backstop-run.1, ... into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,11 +158,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(arg) => {
             let config = load(&arg)?;
             let handle = telemetry::install()?;
-            runtime()?.block_on(backstop::run::run_with_signals(
-                arg.config.clone(),
-                config,
-                Some(handle),
-            ))?;
+            let listen = config.agent.listen;
+            runtime()?.block_on(async {
+                // Readiness and watchdog for a `Type=notify` unit; nothing otherwise.
+                let notify = tokio::spawn(backstop::supervise::systemd(listen));
+                let result =
+                    backstop::run::run_with_signals(arg.config.clone(), config, Some(handle)).await;
+                notify.abort();
+                result
+            })?;
+            Ok(0)
+        }
+        Command::Healthcheck { url, timeout } => {
+            let checked = runtime()?.block_on(backstop::supervise::check_healthz(&url, timeout));
+            match checked {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    eprintln!("backstop: unhealthy: {e:#}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "backstop", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)?;
+            out.flush()?;
+            Ok(0)
+        }
+        Command::Man { dir: None } => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            out.flush()?;
+            Ok(0)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
             Ok(0)
         }
     }

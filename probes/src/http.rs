@@ -31,6 +31,7 @@ pub struct HttpConfig {
     #[serde(default)]
     pub body: Option<String>,
     /// A JSON request body, sent with `Content-Type: application/json`.
+    /// Default none; exclusive with `body`.
     #[serde(default)]
     pub json: Option<serde_json::Value>,
     /// Statuses that count as healthy. Default: any 2xx.

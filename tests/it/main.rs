@@ -2,7 +2,9 @@
 
 mod agent;
 mod cli;
+mod docs;
 mod e2e;
+mod manifests;
 mod notify;
 mod packaging;
 mod probe_http;
@@ -12,6 +14,7 @@ mod probe_redis;
 mod probe_resources;
 mod probe_scenario;
 mod probe_scrape;
+mod prometheus;
 mod rollback_kubernetes;
 mod rollback_targets;
 mod store_postgres;

@@ -615,21 +615,25 @@ pub(crate) trait SectionReader {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommonSection {
-    /// Required, one of [`TARGETS`].
+    /// The platform to call, configured in the subtable of the same name:
+    /// `railway`, `kubernetes`, `argo_rollouts`, `render`, `vercel`, `heroku`,
+    /// `webhook` or `exec` (see [`TARGETS`]). Required.
     target: TargetKind,
-    /// Default `false`.
+    /// Record what would be done instead of calling. Default `false`.
     #[serde(default)]
     dry_run: bool,
-    /// Default `10m`.
+    /// No automatic rollback within this long after the previous one. Default `10m`.
     #[serde(default = "default_cooldown")]
     cooldown: Dur,
-    /// Default 3.
+    /// At most this many rollback calls in any hour. Default 3.
     #[serde(default = "default_max_per_hour")]
     max_per_hour: u32,
-    /// Default `5m`.
+    /// How long after an accepted call the deployment must have changed
+    /// before the rollback counts as effective. Default `5m`.
     #[serde(default = "default_five_minutes")]
     verify: Dur,
-    /// Default `5m`.
+    /// Retries stop when the next attempt would start later than this after
+    /// the first. Default `5m`.
     #[serde(default = "default_five_minutes")]
     deadline: Dur,
 }
