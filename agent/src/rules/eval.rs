@@ -568,6 +568,8 @@ pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
             threshold: f.threshold,
             window: f.window(),
             baseline: f.baseline,
+            ratio: f.ratio,
+            p_value: f.p_value,
             summary: f.summary(&rule.probe),
         })
         .collect()

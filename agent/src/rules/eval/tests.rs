@@ -631,6 +631,21 @@ async fn evidence_reads_as_a_sentence() {
             && line.contains("p<0.0001, 60 vs 500 samples)"),
         "{line}"
     );
+    // And in the evidence's own fields, for whoever reads the rollback call.
+    let rule = RuleConfig {
+        name: "latency".into(),
+        when: "p95_ms > 2x baseline for 5m".into(),
+        ..rule
+    };
+    let ev = evidence(&rule, &j);
+    let f = &j.findings[0];
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].observed, ev[0].baseline, ev[0].ratio, ev[0].p_value),
+        (f.observed, f.baseline, f.ratio, f.p_value)
+    );
+    assert!(ev[0].ratio.unwrap() > 2.5 && ev[0].p_value.unwrap() < 1e-4);
+    assert_eq!(ev[0].summary, line);
 }
 
 #[tokio::test(start_paused = true)]
