@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod e2e;
+mod e2e_l4;
 mod notify;
 mod packaging;
 mod probe_http;
