@@ -22,6 +22,13 @@ pub struct Evidence {
     pub window: Option<String>,
     /// The baseline's value, for `Nx baseline` comparisons.
     pub baseline: Option<f64>,
+    /// `observed / baseline`, for `Nx baseline` comparisons. Absent from
+    /// records written before it was kept.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// The one-sided p-value of a baseline comparison (see `judge`).
+    #[serde(default)]
+    pub p_value: Option<f64>,
     /// One sentence a person can read at 3 a.m.
     pub summary: String,
 }

@@ -379,6 +379,8 @@ impl Watcher {
             threshold: None,
             window: None,
             baseline: None,
+            ratio: None,
+            p_value: None,
             summary: format!("manual rollback: {reason}"),
         }];
         match self.try_rollback("manual", ev, true).await? {
@@ -734,6 +736,8 @@ mod tests {
                     threshold: Some(3.0),
                     window: None,
                     baseline: None,
+                    ratio: None,
+                    p_value: None,
                     summary: "consecutive_failures 3 >= 3 on probe health".into(),
                 })
                 .into_iter()

@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod docs;
 mod e2e;
+mod e2e_l4;
 mod manifests;
 mod notify;
 mod packaging;

@@ -39,6 +39,8 @@ fn event(kind: EventKind) -> Event {
             threshold: Some(400.0),
             window: Some("5m".into()),
             baseline: Some(200.0),
+            ratio: None,
+            p_value: None,
             summary: "p95 480ms against 200ms".into(),
         }],
         return_to: Some("d1".into()),

@@ -35,6 +35,8 @@ fn request(deployment: &str, return_to: Option<&str>) -> RollbackRequest {
             threshold: Some(3.0),
             window: None,
             baseline: None,
+            ratio: None,
+            p_value: None,
             summary: "health failed 3 times in a row".into(),
         }],
     }

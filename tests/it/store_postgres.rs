@@ -65,6 +65,8 @@ fn rollback(dep: &str, by: &str) -> RollbackRecord {
             threshold: Some(3.0),
             window: None,
             baseline: None,
+            ratio: None,
+            p_value: None,
             summary: "consecutive_failures 3 >= 3 on probe health".into(),
         }],
         target: "webhook".into(),

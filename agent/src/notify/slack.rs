@@ -144,6 +144,8 @@ mod tests {
                 threshold: Some(400.0),
                 window: Some("5m".into()),
                 baseline: Some(200.0),
+                ratio: None,
+                p_value: None,
                 summary: String::new(),
             }],
             return_to: None,

@@ -230,23 +230,51 @@ fn in_window(pts: Vec<Point>, now: Instant, d: Duration) -> Vec<Point> {
     }
 }
 
-/// `None` when the window is covered, else why not.
-fn uncovered(pts: &[Point], now: Instant, d: Duration, tolerance: Duration) -> Option<String> {
-    let need = d.saturating_sub(tolerance);
-    let reach = pts
+/// `None` when the window is covered, else why not. The window is covered
+/// when the probe watched all of it — its judged samples, whichever signals
+/// they carry, reach back at least `d - tolerance` — and at least two of
+/// them carry the signal. A sample without the signal is no gap: a scrape
+/// with no request since the previous one has no `error_rate` or `p95_ms`,
+/// yet the service was watched all the same.
+fn uncovered(
+    state: &ProbeState,
+    pts: &[Point],
+    signal: &str,
+    now: Instant,
+    d: Duration,
+    tolerance: Duration,
+) -> Option<String> {
+    let from = since(now, d);
+    let watched: Vec<Instant> = state
+        .window
+        .iter()
+        .filter(|s| s.outcome != Outcome::Error)
+        .map(|s| s.at)
+        .filter(|at| from.is_none_or(|f| *at >= f) && *at <= now)
+        .collect();
+    let reach = watched
         .first()
-        .map(|p| now.saturating_duration_since(p.at))
+        .map(|at| now.saturating_duration_since(*at))
         .unwrap_or_default();
-    if pts.len() >= 2 && reach >= need {
-        return None;
+    let plural = |n: usize| if n == 1 { "sample" } else { "samples" };
+    if watched.len() < 2 || reach < d.saturating_sub(tolerance) {
+        return Some(format!(
+            "window not yet covered: {} {} reaching back {} of {}",
+            watched.len(),
+            plural(watched.len()),
+            crate::duration::format(Duration::from_secs(reach.as_secs())),
+            crate::duration::format(d)
+        ));
     }
-    Some(format!(
-        "window not yet covered: {} {} reaching back {} of {}",
-        pts.len(),
-        if pts.len() == 1 { "sample" } else { "samples" },
-        crate::duration::format(Duration::from_secs(reach.as_secs())),
-        crate::duration::format(d)
-    ))
+    (pts.len() < 2).then(|| {
+        format!(
+            "too few samples: {} of {} in {} {} {signal}, need 2",
+            pts.len(),
+            watched.len(),
+            crate::duration::format(d),
+            if pts.len() == 1 { "carries" } else { "carry" },
+        )
+    })
 }
 
 fn sum_counts(pts: &[Point]) -> Option<Counts> {
@@ -338,7 +366,14 @@ fn absolute(
     if breaking.is_some() {
         return Verdict::Clear;
     }
-    if let Some(why) = uncovered(&pts, input.now, window, input.interval) {
+    if let Some(why) = uncovered(
+        input.state,
+        &pts,
+        &c.signal,
+        input.now,
+        window,
+        input.interval,
+    ) {
         return inconclusive(why);
     }
     match (is_rate_signal(&c.signal), counts) {
@@ -379,7 +414,14 @@ fn against_baseline(
     let traffic = probe.and_then(|p| p.traffic);
     let samples = probe.and_then(|p| p.signals.get(&c.signal));
     if let Some(window) = c.window {
-        if let Some(why) = uncovered(&pts, input.now, window, input.interval) {
+        if let Some(why) = uncovered(
+            input.state,
+            &pts,
+            &c.signal,
+            input.now,
+            window,
+            input.interval,
+        ) {
             return inconclusive(why);
         }
     }
@@ -526,6 +568,8 @@ pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
             threshold: f.threshold,
             window: f.window(),
             baseline: f.baseline,
+            ratio: f.ratio,
+            p_value: f.p_value,
             summary: f.summary(&rule.probe),
         })
         .collect()

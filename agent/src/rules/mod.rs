@@ -29,10 +29,14 @@
 //!   `consecutive_failures` is read from the probe's state.
 //! - **With `for D`**, every sample of the window `[now - D, now]` that
 //!   carries the signal must satisfy the comparison. One that does not makes
-//!   it Clear. Otherwise it Holds only if the window is covered: at least two
-//!   such samples, the oldest at least `D - interval` old (one probe interval
-//!   of tolerance, given by the caller); else it is Inconclusive ("window not
-//!   yet covered"). The value reported is the least satisfying one: the
+//!   it Clear. Otherwise it Holds only if the window is covered: the probe's
+//!   samples, whichever signals they carry, reach back at least `D -
+//!   interval` (one probe interval of tolerance, given by the caller), else
+//!   it is Inconclusive ("window not yet covered"); and at least two of them
+//!   carry the signal, else it is Inconclusive ("too few samples"). A sample
+//!   without the signal is no gap in the window: a scrape with no request
+//!   since the previous one has no `error_rate` or `p95_ms`, but the service
+//!   was watched all the same. The value reported is the least satisfying one: the
 //!   minimum over the window for `>`/`>=`, the maximum for `<`/`<=`, and for
 //!   `==`/`!=` the first breaking sample or else the latest. For
 //!   `consecutive_failures` the count after each sample is reconstructed from

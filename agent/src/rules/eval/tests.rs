@@ -139,6 +139,82 @@ async fn a_window_needs_data_reaching_back_its_length_less_one_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_signal_only_some_samples_carry_is_judged_over_the_window_the_probe_watched() {
+    // A scrape every 30s, with requests since the previous one only on
+    // every fourth: the others carry `requests = 0` and no rate or latency.
+    // The probe watched the whole window, whichever sample is the oldest to
+    // carry the signal, so the window is covered at every step.
+    let mut s = state();
+    let baseline = {
+        let mut b = BaselineBuilder::with_capacity("v1", 1000, 5);
+        for i in 0..100 {
+            let sample = crate::observe::Sample {
+                at: Instant::now(),
+                outcome: Outcome::Ok,
+                signals: vec![
+                    ("p95_ms", 100.0 + i as f64),
+                    ("requests", 100.0),
+                    ("errors", 1.0),
+                    ("error_rate", 0.01),
+                ],
+            };
+            b.add("app", &sample);
+        }
+        b.finish()
+    };
+    for i in 0..40 {
+        let signals = if i % 4 == 0 {
+            vec![
+                ("requests", 1.0),
+                ("errors", 1.0),
+                ("error_rate", 1.0),
+                ("p95_ms", 900.0),
+            ]
+        } else {
+            vec![("requests", 0.0)]
+        };
+        feed(&mut s, S30, [ok(signals)]).await;
+        if i < 10 {
+            continue;
+        }
+        // Two or three requests, and as many latency samples, in 5m.
+        let cases = [
+            ("error_rate > 5% for 5m", "too few requests"),
+            ("error_rate > 2x baseline for 5m", "too few requests"),
+            ("p95_ms > 2x baseline for 5m", "too few samples"),
+        ];
+        for (when, why) in cases {
+            let j = judge(when, &s, Some(&baseline));
+            assert!(
+                reason(&j).starts_with(&format!("{when}: {why}")),
+                "after {i}: {:?}",
+                j.verdict
+            );
+        }
+        // Not a rate, and every value in the window satisfies it.
+        assert_eq!(
+            judge("p95_ms > 500 for 5m", &s, None).verdict,
+            Verdict::Holds,
+            "after {i}"
+        );
+    }
+    // Two samples carrying the signal are the least a window is judged on.
+    let mut s = state();
+    let items = (0..12).map(|i| {
+        ok(if i == 11 {
+            vec![("requests", 1.0), ("p95_ms", 900.0)]
+        } else {
+            vec![("requests", 0.0)]
+        })
+    });
+    feed(&mut s, S30, items).await;
+    assert_eq!(
+        reason(&judge("p95_ms > 500 for 5m", &s, None)),
+        "p95_ms > 500 for 5m: too few samples: 1 of 10 in 5m carries p95_ms, need 2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn error_samples_neither_satisfy_nor_break() {
     let mut s = state();
     let items = (0..20).map(|i| {
@@ -555,6 +631,21 @@ async fn evidence_reads_as_a_sentence() {
             && line.contains("p<0.0001, 60 vs 500 samples)"),
         "{line}"
     );
+    // And in the evidence's own fields, for whoever reads the rollback call.
+    let rule = RuleConfig {
+        name: "latency".into(),
+        when: "p95_ms > 2x baseline for 5m".into(),
+        ..rule
+    };
+    let ev = evidence(&rule, &j);
+    let f = &j.findings[0];
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].observed, ev[0].baseline, ev[0].ratio, ev[0].p_value),
+        (f.observed, f.baseline, f.ratio, f.p_value)
+    );
+    assert!(ev[0].ratio.unwrap() > 2.5 && ev[0].p_value.unwrap() < 1e-4);
+    assert_eq!(ev[0].summary, line);
 }
 
 #[tokio::test(start_paused = true)]
