@@ -19,6 +19,22 @@ use toml_edit::TableLike;
 use crate::duration::Dur;
 use crate::notify::{NotifyCommon, NotifyConfig, NotifySpec, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
 
+/// The top-level sections of a configuration file.
+pub const SECTIONS: &[&str] = &[
+    "agent",
+    "service",
+    "deployment",
+    "probe",
+    "rule",
+    "rollback",
+    "notify",
+    "store",
+    "fleet",
+];
+
+/// Sections the loader knows but this version does not support yet.
+pub const UNSUPPORTED_SECTIONS: &[&str] = &["fleet"];
+
 /// Where `--config` points when neither the flag nor `$BACKSTOP_CONFIG` is set.
 pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
 
@@ -538,17 +554,6 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         let Value::Object(mut root) = root else {
             return None;
         };
-        const SECTIONS: &[&str] = &[
-            "agent",
-            "service",
-            "deployment",
-            "probe",
-            "rule",
-            "rollback",
-            "notify",
-            "store",
-            "fleet",
-        ];
         for key in root.keys().cloned().collect::<Vec<_>>() {
             if !SECTIONS.contains(&key.as_str()) {
                 self.error(

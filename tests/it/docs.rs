@@ -81,6 +81,7 @@ const SECTIONS: &[Section] = &[
         "PromqlConfig",
     ),
     s("[[rule]]", "agent/src/config.rs", "RuleConfig"),
+    s("[store]", "agent/src/config.rs", "StoreSection"),
     s("[rollback]", "agent/src/rollback/mod.rs", "CommonSection"),
     s(
         "[rollback.railway]",
@@ -344,6 +345,15 @@ fn generate(problems: &mut Vec<String>) -> String {
 #[test]
 fn every_probe_type_rollback_target_and_notifier_has_a_section() {
     let headings: BTreeSet<&str> = SECTIONS.iter().map(|s| s.heading).collect();
+    for section in backstop::config::SECTIONS {
+        if backstop::config::UNSUPPORTED_SECTIONS.contains(section) {
+            continue;
+        }
+        let documented = headings.iter().any(|h| {
+            h.starts_with(&format!("[{section}]")) || h.starts_with(&format!("[[{section}]]"))
+        });
+        assert!(documented, "no section for the top-level [{section}]");
+    }
     for kind in backstop_probes::PROBE_TYPES {
         let h = format!("[[probe]] type = \"{kind}\"");
         assert!(headings.contains(h.as_str()), "no section for {h}");
