@@ -151,6 +151,7 @@ pub async fn run(
             settings,
             baseline,
             store: store.clone(),
+            store_failing: false,
         },
         wake,
         cmd_rx,
@@ -245,9 +246,33 @@ struct Judge {
     settings: crate::rules::Settings,
     baseline: Option<crate::baseline::Baseline>,
     store: Arc<Store>,
+    /// Whether the last step failed on the store.
+    store_failing: bool,
 }
 
 impl Judge {
+    /// The store failed a step: nothing is rolled back while it fails.
+    /// People are told once, when it starts failing; `backstop_store_up`
+    /// says so all along.
+    fn store_failed(&mut self, e: &anyhow::Error) {
+        metrics::gauge!("backstop_store_up").set(0.0);
+        let message = format!("{e:#}");
+        tracing::error!(error = %message, "store failed; no rollback until it works again");
+        if !self.store_failing {
+            self.store_failing = true;
+            self.watcher.tell_store(false, &message);
+        }
+    }
+
+    fn store_ok(&mut self) {
+        metrics::gauge!("backstop_store_up").set(1.0);
+        if self.store_failing {
+            self.store_failing = false;
+            tracing::info!("store works again");
+            self.watcher.tell_store(true, "the store works again");
+        }
+    }
+
     /// Every rule's verdict now, judged under its probe's lock (no copy of
     /// the window is made).
     fn evaluate(&self) -> Vec<RuleStatus> {
@@ -387,7 +412,7 @@ async fn watch_loop(
                     }
                     let before = judge.watcher.deployment().map(str::to_string);
                     if let Err(e) = judge.watcher.observe_deployment(&id).await {
-                        tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
+                        judge.store_failed(&e);
                         continue;
                     }
                     if before.is_some_and(|b| b != id) {
@@ -406,13 +431,14 @@ async fn watch_loop(
             Ok(Some(stable)) => judge.record_baseline(&stable).await,
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
+                judge.store_failed(&e);
                 continue;
             }
         }
         let statuses = judge.evaluate();
-        if let Err(e) = judge.watcher.judge(&statuses).await {
-            tracing::error!(error = %format!("{e:#}"), "store failed; no rollback until it works again");
+        match judge.watcher.judge(&statuses).await {
+            Ok(()) => judge.store_ok(),
+            Err(e) => judge.store_failed(&e),
         }
     }
 }

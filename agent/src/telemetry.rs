@@ -60,6 +60,10 @@ pub fn describe() {
         "Rollbacks by target and outcome: succeeded, failed or dry_run."
     );
     describe_gauge!("backstop_build_info", "The agent's version.");
+    describe_gauge!(
+        "backstop_store_up",
+        "Whether the store (embedded, or PostgreSQL shared by the replicas) worked at the last step (1) or failed (0); while it fails nothing is rolled back."
+    );
     crate::notify::describe();
 }
 

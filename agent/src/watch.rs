@@ -577,6 +577,23 @@ impl Watcher {
         Ok(())
     }
 
+    /// Tells people that the store stopped (or started again) working:
+    /// while it fails, no rollback is made.
+    pub fn tell_store(&self, works: bool, detail: &str) {
+        let (kind, summary) = if works {
+            (
+                EventKind::Resolved,
+                "the store works again: rollbacks are possible again".to_string(),
+            )
+        } else {
+            (
+                EventKind::Alert,
+                format!("the store is failing; no rollback until it works again: {detail}"),
+            )
+        };
+        self.tell(kind, Some("store".into()), summary, vec![]);
+    }
+
     fn tell(
         &self,
         kind: EventKind,

@@ -432,6 +432,16 @@ async fn while_the_store_is_down_probing_goes_on_and_nothing_is_rolled_back_unti
         "no rollback while the store is down"
     );
     assert!(s["last_rollback"].is_null(), "{s:#}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "backstop_store_up 0"),
+        "the store is reported down:\n{metrics}"
+    );
 
     pg.start_again();
     let s = until(port, "the rollback of v2 once the store is back", |s| {
@@ -441,4 +451,14 @@ async fn while_the_store_is_down_probing_goes_on_and_nothing_is_rolled_back_unti
     assert_eq!(s["last_rollback"]["returned_to"], "v1");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(platform.requests().len(), 1, "exactly one call");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "backstop_store_up 1"),
+        "the store is reported up again:\n{metrics}"
+    );
 }
