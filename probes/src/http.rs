@@ -107,7 +107,14 @@ impl HttpProbe {
         if cfg.max_body_bytes == 0 {
             problems.push(ConfigProblem::new("max_body_bytes", "must be at least 1"));
         }
-        let client = match request::client(cfg.tls_verify, cfg.follow_redirects) {
+        // A plain-HTTP probe that follows no redirect never speaks TLS: its
+        // client goes without the TLS stack reqwest would build for it.
+        let plain = !cfg.follow_redirects && url.as_ref().is_some_and(|u| u.scheme() == "http");
+        let client = match if plain {
+            request::plain_http_client()
+        } else {
+            request::client(cfg.tls_verify, cfg.follow_redirects)
+        } {
             Ok(c) => Some(c),
             Err(e) => {
                 problems.push(ConfigProblem::new("url", e));
@@ -276,6 +283,24 @@ mod tests {
             assert_eq!(found[0].0, key, "{extra}");
             assert!(found[0].1.starts_with(message), "{extra}: {}", found[0].1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_probe_checks_its_target_without_a_tls_stack() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request).await.unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        });
+        let cfg = config(serde_json::json!({ "url": format!("http://{addr}/health") }));
+        let report = HttpProbe::new(&cfg, ctx()).unwrap().check().await.unwrap();
+        assert_eq!(report.get("status"), Some(200.0));
     }
 
     #[test]

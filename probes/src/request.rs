@@ -128,9 +128,34 @@ pub(crate) fn check_one_body(
 /// reads none), no cookie store of its own, one idle connection kept per host
 /// so checks reuse it, and a per-request timeout set by the caller.
 pub(crate) fn client(tls_verify: bool, follow_redirects: bool) -> Result<reqwest::Client, String> {
+    builder(follow_redirects)
+        .danger_accept_invalid_certs(!tls_verify)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
+}
+
+/// The client of a probe that can only ever speak plain HTTP: an `http://`
+/// URL and no redirect followed. The same as [`client`], except that it
+/// carries an empty TLS configuration instead of the one reqwest builds for
+/// every client, the webpki roots and a 256-entry session cache (about 22
+/// KiB, most of an idle `http` probe's memory), which it could never use.
+pub(crate) fn plain_http_client() -> Result<reqwest::Client, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    tls.resumption = rustls::client::Resumption::disabled();
+    builder(false)
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
+}
+
+fn builder(follow_redirects: bool) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
-        .danger_accept_invalid_certs(!tls_verify)
         .redirect(if follow_redirects {
             reqwest::redirect::Policy::limited(10)
         } else {
@@ -139,8 +164,6 @@ pub(crate) fn client(tls_verify: bool, follow_redirects: bool) -> Result<reqwest
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1)
         .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
 }
 
 /// `host:port` of a URL, for messages: never the userinfo, path or query.

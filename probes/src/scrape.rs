@@ -405,6 +405,21 @@ impl ScrapeProbe {
         Ok(self.signals(report, &change, current.at - previous.at))
     }
 
+    /// Reads an exposition body as a check does (the same cutting, parsing
+    /// and `match` filters, without the request and without the change
+    /// since the previous check) and returns how many matching series of
+    /// the requests counter and the latency histogram it found. Public so
+    /// that the cost of reading a large exposition can be measured alone.
+    pub fn read_exposition(&self, text: &str, openmetrics: bool) -> Result<usize, ProbeError> {
+        let format = if openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        };
+        self.read(text, format, Instant::now())
+            .map(|r| r.requests.len() + r.latency.len())
+    }
+
     /// Cuts the configured metrics out of an exposition and reads their
     /// matching series.
     fn read(&self, text: &str, format: Format, at: Instant) -> Result<Reading, ProbeError> {
@@ -1055,6 +1070,23 @@ mod tests {
         assert_eq!(cuts[0].declared.as_deref(), Some("counter"));
         assert_eq!(cuts[1].origin, vec![6, 7, 8, 9]);
         assert_eq!(cuts[1].declared.as_deref(), Some("histogram"));
+    }
+
+    #[test]
+    fn reading_an_exposition_alone_counts_the_matching_series() {
+        let p = probe(serde_json::json!({
+            "requests": "http_requests_total",
+            "latency": "d",
+            "match": { "handler": "/api" },
+        }));
+        let body = "# TYPE http_requests_total counter\n\
+                    http_requests_total{handler=\"/api\",code=\"200\"} 3\n\
+                    http_requests_total{handler=\"/api\",code=\"500\"} 1\n\
+                    http_requests_total{handler=\"/other\",code=\"200\"} 9\n\
+                    # TYPE d histogram\nd_bucket{handler=\"/api\",le=\"+Inf\"} 1\n\
+                    d_sum{handler=\"/api\"} 0.2\nd_count{handler=\"/api\"} 1\n";
+        assert_eq!(p.read_exposition(body, false).unwrap(), 3);
+        assert!(p.read_exposition("other 1\n", false).is_err());
     }
 
     #[test]
