@@ -411,7 +411,7 @@ impl Config {
             }])
         })?;
         let mut cx = Reader {
-            text,
+            line_starts: line_starts(text),
             env: &env,
             lines: HashMap::new(),
             errors: Vec::new(),
@@ -431,7 +431,8 @@ impl Config {
 }
 
 struct Reader<'a, F> {
-    text: &'a str,
+    /// Byte offsets where each line starts, to turn a span into a line.
+    line_starts: Vec<usize>,
     env: &'a F,
     lines: HashMap<String, usize>,
     errors: Vec<ConfigError>,
@@ -464,7 +465,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         if let Some(s) = span {
             self.lines
                 .entry(path.to_string())
-                .or_insert_with(|| line_of(self.text, s.start));
+                .or_insert_with(|| self.line_starts.partition_point(|&start| start <= s.start));
         }
     }
 
@@ -1064,6 +1065,13 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// The offsets where lines start: 0, then after every newline.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -1130,7 +1138,7 @@ pub fn key_lines(text: &str) -> BTreeMap<String, usize> {
     };
     let env = |_: &str| Some(String::new());
     let mut cx = Reader {
-        text,
+        line_starts: line_starts(text),
         env: &env,
         lines: HashMap::new(),
         errors: Vec::new(),

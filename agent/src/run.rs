@@ -201,6 +201,10 @@ pub async fn run(
     Ok(())
 }
 
+/// The shortest time between two judgements of the rules after probes
+/// report: it adds at most this much to the detection time.
+pub const JUDGE_GAP: Duration = Duration::from_millis(100);
+
 /// How long in-flight checks and calls get to finish after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
 
@@ -386,10 +390,18 @@ async fn watch_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_poll = Instant::now();
     let mut id_error: Option<String> = None;
+    let mut last_judged = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                // Many probes report every second: judge their news together,
+                // at most once per JUDGE_GAP, instead of once per check.
+                let due = last_judged + JUDGE_GAP;
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
             Some(cmd) = commands.recv() => {
                 match cmd {
                     Command::Rollback { reason, reply } => {
@@ -435,6 +447,7 @@ async fn watch_loop(
                 continue;
             }
         }
+        last_judged = Instant::now();
         let statuses = judge.evaluate();
         match judge.watcher.judge(&statuses).await {
             Ok(()) => judge.store_ok(),
