@@ -230,12 +230,31 @@ struct Step {
 
 /// A runtime `scenario` probe. Its client is shared by all runs, so
 /// connections are reused; cookies are not.
-#[derive(Debug)]
 pub struct ScenarioProbe {
     client: reqwest::Client,
     steps: Vec<Step>,
     max_body_bytes: u64,
     timeout: Duration,
+    /// Header and body values of the steps, hidden from every message
+    /// should a server echo them back; captured values are added per run.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for ScenarioProbe {
+    // Steps carry credentials in headers and bodies: only their labels show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScenarioProbe")
+            .field(
+                "steps",
+                &self
+                    .steps
+                    .iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScenarioProbe {
@@ -252,7 +271,17 @@ impl ScenarioProbe {
         }
         let mut captured: HashSet<String> = HashSet::new();
         let mut steps = Vec::new();
+        let mut secrets = Vec::new();
         for (i, s) in cfg.step.iter().enumerate() {
+            for (k, v) in &s.headers {
+                secrets.extend(crate::redact::header_secrets(k, v));
+            }
+            if let Some(b) = &s.body {
+                secrets.extend(crate::redact::secret_words(b));
+            }
+            if let Some(j) = &s.json {
+                crate::redact::json_secrets(j, &mut secrets);
+            }
             if let Some(step) = build_step(s, &format!("step[{i}]"), &captured, ctx, &mut problems)
             {
                 steps.push(step);
@@ -276,6 +305,7 @@ impl ScenarioProbe {
                     steps,
                     max_body_bytes: cfg.max_body_bytes,
                     timeout: ctx.timeout,
+                    secrets,
                 })
             }
             _ => Err(problems),
@@ -301,8 +331,17 @@ impl ScenarioProbe {
                         .with("latency_ms", start.elapsed().as_secs_f64() * 1e3)
                         .with("steps_ok", i as f64)
                         .with("step_failed", (i + 1) as f64);
+                    // What a server answered may repeat what it was sent,
+                    // or a token captured earlier in this run.
+                    let mut secrets = self.secrets.clone();
+                    for v in vars.values() {
+                        secrets.extend(crate::redact::secret_words(&text_of(Some(v))));
+                    }
                     return Err(ProbeError::unhealthy_with(
-                        format!("step {} ({}): {msg}", i + 1, step.label),
+                        crate::redact::scrub(
+                            &format!("step {} ({}): {msg}", i + 1, step.label),
+                            &secrets,
+                        ),
                         report,
                     ));
                 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod daemon;
 mod e2e;
 mod notify;
 mod packaging;
@@ -14,3 +15,4 @@ mod probe_scenario;
 mod probe_scrape;
 mod rollback_kubernetes;
 mod rollback_targets;
+mod secrets;
