@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use backstop_tests::{backstop_bin, wait_for_port};
+use backstop_tests::backstop_bin;
 
 /// A running agent, killed on drop. Its stdout and stderr go to files in
 /// its directory, so the test can read everything it said.
 pub struct Daemon {
     child: Child,
     pub port: u16,
-    pub config: PathBuf,
     out: PathBuf,
     err: PathBuf,
 }
@@ -30,8 +29,22 @@ impl Daemon {
     /// Starts `backstop run` on `config` with `--log-format log_format` and
     /// extra environment, and waits until it listens on `port`.
     pub fn start(config: &Path, port: u16, log_format: &str, env: &[(&str, &str)]) -> Self {
-        let d = Self::spawn(config, port, log_format, env, "");
-        wait_for_port(port);
+        let mut d = Self::spawn(config, port, log_format, env, "");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!(
+                    "the agent exited with {status} before listening:\n{}",
+                    d.output()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the agent did not listen on {port} within 30s:\n{}",
+                d.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         d
     }
 
@@ -61,7 +74,6 @@ impl Daemon {
         Self {
             child,
             port,
-            config: config.to_path_buf(),
             out,
             err,
         }
