@@ -38,7 +38,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
+        // Whole milliseconds only: a finer part could not be written back
+        // (`format`) and no timer here is that precise.
+        let ms = number * seconds * 1e3;
+        let whole = ms.round();
+        if !(0.0..=1e15).contains(&whole) || (ms - whole).abs() > 1e-6 * whole.max(1.0) {
+            return Err(format!(
+                "invalid duration {text:?} (whole milliseconds only, like 250ms or 1.5s)"
+            ));
+        }
+        total = total
+            .checked_add(Duration::from_millis(whole as u64))
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }

@@ -613,6 +613,16 @@ mod tests {
     }
 
     #[test]
+    fn a_window_finer_than_a_millisecond_is_an_error_not_a_silent_rounding() {
+        // Found by the `rules` fuzz target: it used to parse, and print back
+        // as "x == 0 for 248s", a different rule.
+        let err = parse("x == 0 for 248.0005s").unwrap_err().to_string();
+        assert!(err.contains("whole milliseconds"), "{err}");
+        let e = parse("x == 0 for 248.5s").unwrap();
+        assert_eq!(parse(&e.to_string()), Ok(e));
+    }
+
+    #[test]
     fn keywords_are_whole_words() {
         // A signal may start with a keyword's letters.
         let e = parse("order_count > 1 and forks > 2 or baseline_ms > 3").unwrap();
