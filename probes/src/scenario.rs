@@ -443,17 +443,41 @@ impl ScenarioProbe {
         }
         for (name, capture) in &step.captures {
             if let (Capture::Pointer(p), Some(body)) = (capture, &body) {
-                let value = body.json()?.pointer(p).ok_or_else(|| {
-                    format!(
-                        "body has no value at {} to capture as {name}",
-                        request::at(p)
-                    )
-                })?;
-                vars.insert(name.clone(), value.clone());
+                vars.insert(name.clone(), capture_pointer(body, p, name)?);
             }
         }
         Ok(url)
     }
+}
+
+/// The value at JSON pointer `pointer` of a response body, captured as `name`.
+fn capture_pointer(body: &ReadBody, pointer: &str, name: &str) -> Result<Value, String> {
+    body.json()?.pointer(pointer).cloned().ok_or_else(|| {
+        format!(
+            "body has no value at {} to capture as {name}",
+            request::at(pointer)
+        )
+    })
+}
+
+/// What a step does with a response body and what a later step does with
+/// the value: captures `pointer` out of `body` as `name`, then fills in
+/// `template` (text with `{{name}}` placeholders) and `json` (a JSON body
+/// template) with it. Public for the fuzz targets; a check calls the same
+/// code.
+#[doc(hidden)]
+pub fn capture_and_render(
+    body: &[u8],
+    pointer: &str,
+    template: &str,
+    json: &Value,
+) -> Result<(String, Value), String> {
+    let body = ReadBody::new(bytes::Bytes::copy_from_slice(body));
+    let value = capture_pointer(&body, pointer, "value")?;
+    let mut vars = Vars::new();
+    vars.insert("value".into(), value);
+    let text = Template::parse(template)?.render(&vars);
+    Ok((text, render_json(json, &vars)))
 }
 
 /// Parses a step's URL once its placeholders are replaced; a relative one
@@ -814,6 +838,25 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(label(&Method::GET, url), want, "{url}");
         }
+    }
+
+    #[test]
+    fn captures_a_pointer_from_a_body_and_fills_it_in() {
+        let body = br#"{"user": {"id": 7, "a/b": "x~y"}, "token": "abc"}"#;
+        let (text, doc) = capture_and_render(
+            body,
+            "/user/id",
+            "/users/{{value}}",
+            &json!({ "id": "{{value}}" }),
+        )
+        .unwrap();
+        assert_eq!((text.as_str(), doc), ("/users/7", json!({ "id": 7 })));
+        let (text, _) = capture_and_render(body, "/user/a~1b", "{{value}}", &json!(null)).unwrap();
+        assert_eq!(text, "x~y");
+        let err = capture_and_render(body, "/nope", "{{value}}", &json!(null)).unwrap_err();
+        assert_eq!(err, "body has no value at /nope to capture as value");
+        let err = capture_and_render(b"<html>", "/t", "{{value}}", &json!(null)).unwrap_err();
+        assert!(err.starts_with("body is not JSON"), "{err}");
     }
 
     #[test]
