@@ -110,6 +110,17 @@ pub fn rules_for(probes: &[ProbeConfig]) -> Vec<RuleConfig> {
     out
 }
 
+/// Merges the defaults under the rules written in the file: a written rule
+/// replaces the default of the same name.
+pub fn merge(written: Vec<RuleConfig>, defaults: Vec<RuleConfig>) -> Vec<RuleConfig> {
+    let mut out: Vec<RuleConfig> = defaults
+        .into_iter()
+        .filter(|d| !written.iter().any(|w| w.name == d.name))
+        .collect();
+    out.extend(written);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
@@ -189,15 +200,4 @@ action = "alert"
         let off = format!("[agent]\ndefault_rules = false\n{text}");
         assert_eq!(Config::parse(&off, |_| None).unwrap().rules.len(), 1);
     }
-}
-
-/// Merges the defaults under the rules written in the file: a written rule
-/// replaces the default of the same name.
-pub fn merge(written: Vec<RuleConfig>, defaults: Vec<RuleConfig>) -> Vec<RuleConfig> {
-    let mut out: Vec<RuleConfig> = defaults
-        .into_iter()
-        .filter(|d| !written.iter().any(|w| w.name == d.name))
-        .collect();
-    out.extend(written);
-    out
 }

@@ -326,12 +326,11 @@ async fn rollback_through(
     let platform = HttpServer::start(move |_| {
         seen.lock().unwrap().push(Instant::now());
         let mut a = answers.lock().unwrap();
-        let r = if a.len() > 1 {
+        if a.len() > 1 {
             a.remove(0)
         } else {
             a[0].clone_reply()
-        };
-        r
+        }
     })
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -129,7 +129,7 @@ fn secrets_of(args: &[String], env: impl Iterator<Item = (String, String)>) -> V
     let mut out: Vec<String> = args
         .iter()
         .flat_map(|a| backstop_probes::redact::secret_words(a))
-        .filter(|w| !(w.starts_with('-') && !w.contains('=')))
+        .filter(|w| !w.starts_with('-') || w.contains('='))
         .collect();
     for (name, value) in env {
         let upper = name.to_ascii_uppercase();
