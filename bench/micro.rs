@@ -281,9 +281,9 @@ fn scrape_parsing(c: &mut Criterion) {
         },
     )
     .expect("a valid scrape probe");
-    assert_eq!(probe.read_exposition(&body, false).unwrap(), 240);
+    assert_eq!(probe.count_series(&body, false).unwrap(), 240);
     c.bench_function("scrape: read a 5000-line exposition", |b| {
-        b.iter(|| probe.read_exposition(black_box(&body), false))
+        b.iter(|| probe.count_series(black_box(&body), false))
     });
 }
 

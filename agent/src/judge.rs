@@ -93,16 +93,33 @@ pub fn mann_whitney(current: &[f64], baseline: &[f64]) -> Option<UTest> {
     })
 }
 
+/// The most requests, both sides together, [`fisher`] counts exactly.
+pub const FISHER_MAX_REQUESTS: f64 = 1e9;
+
 /// One-sided Fisher exact test of "the current error proportion is larger
 /// than the baseline's": P(X >= current_errors) where X is hypergeometric
 /// (all requests, all errors, current requests drawn). Counts are rounded.
+/// Counts that are not finite give no evidence (1); more than
+/// [`FISHER_MAX_REQUESTS`] requests in all are scaled down to that many,
+/// keeping both proportions, so the sums cannot overflow and the tail sums
+/// stay short.
 pub fn fisher(
     current_errors: f64,
     current_requests: f64,
     base_errors: f64,
     base_requests: f64,
 ) -> f64 {
-    let r = |x: f64| x.max(0.0).round() as u64;
+    let counts = [current_errors, current_requests, base_errors, base_requests];
+    if counts.iter().any(|c| !c.is_finite()) {
+        return 1.0;
+    }
+    let all = current_requests.max(0.0) + base_requests.max(0.0);
+    let scale = if all > FISHER_MAX_REQUESTS {
+        FISHER_MAX_REQUESTS / all
+    } else {
+        1.0
+    };
+    let r = |x: f64| (x.max(0.0) * scale).round() as u64;
     let (x, n1) = (r(current_errors), r(current_requests));
     let (e0, n0) = (r(base_errors), r(base_requests));
     let (x, e0) = (x.min(n1), e0.min(n0));
@@ -115,10 +132,12 @@ pub fn fisher(
     let hi = errors.min(n1);
     let log_pmf =
         |k: u64| ln_choose(errors, k) + ln_choose(total - errors, n1 - k) - ln_choose(total, n1);
-    // pmf(k+1) / pmf(k)
+    // pmf(k+1) / pmf(k). For lo <= k, total - errors + k >= n1: written in
+    // this order the subtraction never goes below zero, even when errors
+    // and current requests together outnumber all requests.
     let up = |k: u64| {
         ((errors - k) as f64 * (n1 - k) as f64)
-            / ((k + 1) as f64 * (total - errors - n1 + k + 1) as f64)
+            / ((k + 1) as f64 * (total - errors + k + 1 - n1) as f64)
     };
     let mode = ((n1 + 1) as f64 * (errors + 1) as f64 / (total + 2) as f64).floor() as u64;
     if x <= lo {
@@ -490,6 +509,24 @@ mod tests {
                 "fisher({e1}, {n1}, {e0}, {n0}) = {got}, not {p}"
             );
         }
+    }
+
+    #[test]
+    fn fisher_stays_a_probability_and_quick_on_huge_or_broken_counts() {
+        // Found by a property test: infinite or huge counts (a scraped
+        // counter can read 1e20) overflowed the sums.
+        assert_eq!(fisher(0.0, f64::INFINITY, 0.0, 2140.7), 1.0);
+        assert_eq!(fisher(f64::NAN, 10.0, 1.0, 10.0), 1.0);
+        let start = std::time::Instant::now();
+        let p = fisher(3e19, 1e20, 1e17, 1e20);
+        assert!(p < 1e-6, "a 30% against a 0.1% error rate: {p}");
+        let q = fisher(1e17, 1e20, 1e17, 1e20);
+        assert!((0.3..=1.0).contains(&q), "the same rate on both sides: {q}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        // Errors and current requests outnumbering all requests used to
+        // subtract below zero.
+        let p = fisher(2948.5, 3432.8, 1355.5, 1648.9);
+        assert!((0.0..=1.0).contains(&p), "{p}");
     }
 
     #[test]

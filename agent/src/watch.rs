@@ -242,6 +242,9 @@ impl Watcher {
                 r.detail = "the agent stopped during the rollback call; it will not call again: check the platform".into();
                 r.finished_at_ms = Some(self.clock.now_ms());
                 self.store.update_rollback(&r).await?;
+                // Without a notifier this line is the only place besides
+                // /status where a person learns of it.
+                tracing::error!(deployment = %id, rule = %r.rule, target = %r.target, detail = %r.detail, "a rollback call was interrupted");
                 self.tell(
                     EventKind::RollbackFailed,
                     Some(r.rule.clone()),

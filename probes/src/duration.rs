@@ -39,7 +39,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
+        // Whole milliseconds only: a finer part could not be written back
+        // (`format`) and no timer here is that precise.
+        let ms = number * seconds * 1e3;
+        let whole = ms.round();
+        if !(0.0..=1e15).contains(&whole) || (ms - whole).abs() > 1e-6 * whole.max(1.0) {
+            return Err(format!(
+                "invalid duration {text:?} (whole milliseconds only, like 250ms or 1.5s)"
+            ));
+        }
+        total = total
+            .checked_add(Duration::from_millis(whole as u64))
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }
@@ -122,5 +133,27 @@ mod tests {
         for text in ["250ms", "5s", "15m", "2h"] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn a_part_finer_than_a_millisecond_is_rejected_so_every_duration_prints_back() {
+        // Found by fuzzing the rule parser: "for 248.0005s" printed as "for 248s".
+        for text in ["248.0005s", "0.5ms", "1.0001ms", "0.0000001h"] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains("whole milliseconds"), "{text}: {err}");
+        }
+        for text in [
+            "0.001s",
+            "0.007s",
+            "1.5s",
+            "0.25m",
+            "1.1s",
+            "2.5h1.25m0.001s",
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(d.subsec_nanos() % 1_000_000, 0, "{text}");
+            assert_eq!(parse(&format(d)), Ok(d), "{text}");
+        }
+        assert!(parse("99999999999999999999d").is_err());
     }
 }

@@ -54,7 +54,6 @@ pub struct HttpConfig {
 }
 
 /// A runtime `http` probe. It keeps its client, so checks reuse a connection.
-#[derive(Debug)]
 pub struct HttpProbe {
     client: reqwest::Client,
     method: reqwest::Method,
@@ -68,6 +67,22 @@ pub struct HttpProbe {
     timeout: Duration,
     /// The timeout as messages show it (`1s`).
     within: String,
+    /// Header and body values hidden from every message, should the target
+    /// echo them back.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for HttpProbe {
+    // Headers and the body may carry credentials: only their presence shows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpProbe")
+            .field("method", &self.method)
+            .field("url", &redact_url(self.url.as_str()))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body", &self.body.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpProbe {
@@ -76,7 +91,9 @@ impl HttpProbe {
         let url = request::parse_url(&cfg.url, "url", &mut problems);
         let method = request::parse_method(&cfg.method, "method", &mut problems);
         let mut headers = HeaderMap::new();
+        let mut secrets = Vec::new();
         for (k, v) in &cfg.headers {
+            secrets.extend(crate::redact::header_secrets(k, v));
             let key = format!("headers.{k}");
             let name = request::parse_header_name(k, &key, &mut problems);
             match HeaderValue::from_str(v) {
@@ -93,6 +110,12 @@ impl HttpProbe {
             }
         }
         request::check_one_body(&cfg.body, &cfg.json, "", &mut problems);
+        if let Some(b) = &cfg.body {
+            secrets.extend(crate::redact::secret_words(b));
+        }
+        if let Some(j) = &cfg.json {
+            crate::redact::json_secrets(j, &mut secrets);
+        }
         let body = match (&cfg.body, &cfg.json) {
             (Some(b), _) => Some(bytes::Bytes::from(b.clone())),
             (None, Some(j)) => {
@@ -140,6 +163,7 @@ impl HttpProbe {
                     max_body_bytes: cfg.max_body_bytes,
                     timeout: ctx.timeout,
                     within: duration::format(ctx.timeout),
+                    secrets,
                 })
             }
             _ => Err(problems),
@@ -147,8 +171,21 @@ impl HttpProbe {
     }
 
     /// Sends the request and checks the response. Every way the target can
-    /// answer badly, or not at all within the timeout, is `Unhealthy`.
+    /// answer badly, or not at all within the timeout, is `Unhealthy`; what
+    /// it says never repeats a header or body value the probe sent.
     pub async fn check(&self) -> Result<Report, ProbeError> {
+        self.check_unscrubbed().await.map_err(|e| match e {
+            ProbeError::Unhealthy { message, report } => ProbeError::Unhealthy {
+                message: crate::redact::scrub(&message, &self.secrets),
+                report,
+            },
+            ProbeError::CannotRun(message) => {
+                ProbeError::CannotRun(crate::redact::scrub(&message, &self.secrets))
+            }
+        })
+    }
+
+    async fn check_unscrubbed(&self) -> Result<Report, ProbeError> {
         let start = Instant::now();
         let elapsed_ms = || start.elapsed().as_secs_f64() * 1e3;
         let mut req = self

@@ -293,7 +293,7 @@ impl PostgresProbe {
 
     /// Hides the password should any text ever repeat it.
     fn scrub(&self, text: &str) -> String {
-        crate::redact::scrub(text, self.password.as_deref())
+        crate::redact::scrub_password(text, self.password.as_deref())
     }
 }
 

@@ -47,8 +47,79 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// Words shorter than this are never treated as secrets: hiding them would
+/// garble messages more than it protects anything.
+const MIN_SECRET_LEN: usize = 8;
+
+/// Headers whose values are never secret, so messages may show them.
+const PLAIN_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-type",
+    "user-agent",
+];
+
+/// The pieces of a request setting that may be a secret should the target
+/// echo them back: the whole value, each of its words (split at spaces and
+/// at the `&` and `,` of forms and lists) and the value part of a
+/// `key=value` or `key:value` word, each of at least eight characters.
+pub fn secret_words(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |w: &str| {
+        let w = w.trim();
+        if w.len() >= MIN_SECRET_LEN && !out.iter().any(|o: &String| o == w) {
+            out.push(w.to_string());
+        }
+    };
+    add(value);
+    for w in value.split(|c: char| c.is_whitespace() || matches!(c, '&' | ',')) {
+        add(w);
+        if let Some((_, v)) = w.split_once(['=', ':']) {
+            add(v);
+        }
+    }
+    out
+}
+
+/// The secret words of a request header, none for a header that never
+/// carries one (`Accept`, `Content-Type`, ...).
+pub fn header_secrets(name: &str, value: &str) -> Vec<String> {
+    if PLAIN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        vec![]
+    } else {
+        secret_words(value)
+    }
+}
+
+/// The secret words of every string in a JSON document (a login body's
+/// password, an API key).
+pub fn json_secrets(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.extend(secret_words(s)),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| json_secrets(i, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|i| json_secrets(i, out)),
+        _ => {}
+    }
+}
+
+/// `text` with every one of `secrets` replaced by `***`, longest first so a
+/// secret that contains another is hidden whole.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for s in sorted {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
 /// The password of a URL's userinfo, percent-decoded, so text that might
-/// repeat it (a driver's error) can be scrubbed with [`scrub`].
+/// repeat it (a driver's error) can be scrubbed with [`scrub_password`].
 pub fn url_password(raw: &str) -> Option<String> {
     let u = url::Url::parse(raw).ok()?;
     let p = u.password()?;
@@ -60,10 +131,10 @@ pub fn url_password(raw: &str) -> Option<String> {
     )
 }
 
-/// `text` with every occurrence of `secret` replaced by `***`.
-pub fn scrub(text: &str, secret: Option<&str>) -> String {
-    match secret {
-        Some(s) if !s.is_empty() => text.replace(s, "***"),
+/// `text` with every occurrence of `password` replaced by `***`.
+pub fn scrub_password(text: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) if !p.is_empty() => text.replace(p, "***"),
         _ => text.to_string(),
     }
 }
@@ -75,17 +146,39 @@ pub fn ms(d: std::time::Duration) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, scrub, url_password};
+    use super::{header_secrets, redact_url, scrub, scrub_password, secret_words, url_password};
 
     #[test]
     fn finds_the_decoded_password_and_scrubs_it() {
         let pw = url_password("postgres://app:p%40ss+w@db/app");
         assert_eq!(pw.as_deref(), Some("p@ss+w"));
         assert_eq!(
-            scrub("auth failed for p@ss+w", pw.as_deref()),
+            scrub_password("auth failed for p@ss+w", pw.as_deref()),
             "auth failed for ***"
         );
         assert_eq!(url_password("redis://127.0.0.1:6379"), None);
+    }
+
+    #[test]
+    fn a_header_value_echoed_back_is_hidden_whole_or_in_part() {
+        let secrets = header_secrets("Authorization", "Bearer tok-0123456789");
+        assert_eq!(
+            scrub(
+                "body at /auth is \"Bearer tok-0123456789\"; saw tok-0123456789",
+                &secrets
+            ),
+            "body at /auth is \"***\"; saw ***"
+        );
+        assert!(header_secrets("Content-Type", "application/json").is_empty());
+        assert_eq!(
+            secret_words("user=smoke&password=hunter2-long"),
+            vec![
+                "user=smoke&password=hunter2-long",
+                "user=smoke",
+                "password=hunter2-long",
+                "hunter2-long"
+            ]
+        );
     }
 
     #[test]

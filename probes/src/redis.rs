@@ -15,7 +15,7 @@ use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, Options}
 use fred::types::{ConnectHandle, Expiration};
 use serde::Deserialize;
 
-use crate::redact::{ms, scrub};
+use crate::redact::{ms, scrub_password as scrub};
 use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
 const DEFAULT_KEY_PREFIX: &str = "backstop:probe:";

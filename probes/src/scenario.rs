@@ -230,12 +230,31 @@ struct Step {
 
 /// A runtime `scenario` probe. Its client is shared by all runs, so
 /// connections are reused; cookies are not.
-#[derive(Debug)]
 pub struct ScenarioProbe {
     client: reqwest::Client,
     steps: Vec<Step>,
     max_body_bytes: u64,
     timeout: Duration,
+    /// Header and body values of the steps, hidden from every message
+    /// should a server echo them back; captured values are added per run.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for ScenarioProbe {
+    // Steps carry credentials in headers and bodies: only their labels show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScenarioProbe")
+            .field(
+                "steps",
+                &self
+                    .steps
+                    .iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScenarioProbe {
@@ -252,7 +271,17 @@ impl ScenarioProbe {
         }
         let mut captured: HashSet<String> = HashSet::new();
         let mut steps = Vec::new();
+        let mut secrets = Vec::new();
         for (i, s) in cfg.step.iter().enumerate() {
+            for (k, v) in &s.headers {
+                secrets.extend(crate::redact::header_secrets(k, v));
+            }
+            if let Some(b) = &s.body {
+                secrets.extend(crate::redact::secret_words(b));
+            }
+            if let Some(j) = &s.json {
+                crate::redact::json_secrets(j, &mut secrets);
+            }
             if let Some(step) = build_step(s, &format!("step[{i}]"), &captured, ctx, &mut problems)
             {
                 steps.push(step);
@@ -276,6 +305,7 @@ impl ScenarioProbe {
                     steps,
                     max_body_bytes: cfg.max_body_bytes,
                     timeout: ctx.timeout,
+                    secrets,
                 })
             }
             _ => Err(problems),
@@ -301,8 +331,17 @@ impl ScenarioProbe {
                         .with("latency_ms", start.elapsed().as_secs_f64() * 1e3)
                         .with("steps_ok", i as f64)
                         .with("step_failed", (i + 1) as f64);
+                    // What a server answered may repeat what it was sent,
+                    // or a token captured earlier in this run.
+                    let mut secrets = self.secrets.clone();
+                    for v in vars.values() {
+                        secrets.extend(crate::redact::secret_words(&text_of(Some(v))));
+                    }
                     return Err(ProbeError::unhealthy_with(
-                        format!("step {} ({}): {msg}", i + 1, step.label),
+                        crate::redact::scrub(
+                            &format!("step {} ({}): {msg}", i + 1, step.label),
+                            &secrets,
+                        ),
                         report,
                     ));
                 }
@@ -404,17 +443,41 @@ impl ScenarioProbe {
         }
         for (name, capture) in &step.captures {
             if let (Capture::Pointer(p), Some(body)) = (capture, &body) {
-                let value = body.json()?.pointer(p).ok_or_else(|| {
-                    format!(
-                        "body has no value at {} to capture as {name}",
-                        request::at(p)
-                    )
-                })?;
-                vars.insert(name.clone(), value.clone());
+                vars.insert(name.clone(), capture_pointer(body, p, name)?);
             }
         }
         Ok(url)
     }
+}
+
+/// The value at JSON pointer `pointer` of a response body, captured as `name`.
+fn capture_pointer(body: &ReadBody, pointer: &str, name: &str) -> Result<Value, String> {
+    body.json()?.pointer(pointer).cloned().ok_or_else(|| {
+        format!(
+            "body has no value at {} to capture as {name}",
+            request::at(pointer)
+        )
+    })
+}
+
+/// What a step does with a response body and what a later step does with
+/// the value: captures `pointer` out of `body` as `name`, then fills in
+/// `template` (text with `{{name}}` placeholders) and `json` (a JSON body
+/// template) with it. Public for the fuzz targets; a check calls the same
+/// code.
+#[doc(hidden)]
+pub fn capture_and_render(
+    body: &[u8],
+    pointer: &str,
+    template: &str,
+    json: &Value,
+) -> Result<(String, Value), String> {
+    let body = ReadBody::new(bytes::Bytes::copy_from_slice(body));
+    let value = capture_pointer(&body, pointer, "value")?;
+    let mut vars = Vars::new();
+    vars.insert("value".into(), value);
+    let text = Template::parse(template)?.render(&vars);
+    Ok((text, render_json(json, &vars)))
 }
 
 /// Parses a step's URL once its placeholders are replaced; a relative one
@@ -775,6 +838,25 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(label(&Method::GET, url), want, "{url}");
         }
+    }
+
+    #[test]
+    fn captures_a_pointer_from_a_body_and_fills_it_in() {
+        let body = br#"{"user": {"id": 7, "a/b": "x~y"}, "token": "abc"}"#;
+        let (text, doc) = capture_and_render(
+            body,
+            "/user/id",
+            "/users/{{value}}",
+            &json!({ "id": "{{value}}" }),
+        )
+        .unwrap();
+        assert_eq!((text.as_str(), doc), ("/users/7", json!({ "id": 7 })));
+        let (text, _) = capture_and_render(body, "/user/a~1b", "{{value}}", &json!(null)).unwrap();
+        assert_eq!(text, "x~y");
+        let err = capture_and_render(body, "/nope", "{{value}}", &json!(null)).unwrap_err();
+        assert_eq!(err, "body has no value at /nope to capture as value");
+        let err = capture_and_render(b"<html>", "/t", "{{value}}", &json!(null)).unwrap_err();
+        assert!(err.starts_with("body is not JSON"), "{err}");
     }
 
     #[test]

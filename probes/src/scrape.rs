@@ -382,7 +382,31 @@ impl ScrapeProbe {
             ));
         }
         let body = body.map_err(|msg| ProbeError::unhealthy_with(msg, report.clone()))?;
-        let text = std::str::from_utf8(&body).map_err(|_| {
+        self.take(&body, format, at, report)
+    }
+
+    /// What a check does with a body it read: parses it as an exposition
+    /// (OpenMetrics if `openmetrics`, else Prometheus text) and reports the
+    /// change since the previous body, all without the network. Public for
+    /// the fuzz targets; a check calls the same code.
+    #[doc(hidden)]
+    pub fn read_exposition(&self, body: &[u8], openmetrics: bool) -> Result<Report, ProbeError> {
+        let format = if openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        };
+        self.take(body, format, Instant::now(), Report::new())
+    }
+
+    fn take(
+        &self,
+        body: &[u8],
+        format: Format,
+        at: Instant,
+        report: Report,
+    ) -> Result<Report, ProbeError> {
+        let text = std::str::from_utf8(body).map_err(|_| {
             ProbeError::unhealthy_with(
                 format!("exposition of {} is not UTF-8 text", self.shown_url),
                 report.clone(),
@@ -410,7 +434,7 @@ impl ScrapeProbe {
     /// since the previous check) and returns how many matching series of
     /// the requests counter and the latency histogram it found. Public so
     /// that the cost of reading a large exposition can be measured alone.
-    pub fn read_exposition(&self, text: &str, openmetrics: bool) -> Result<usize, ProbeError> {
+    pub fn count_series(&self, text: &str, openmetrics: bool) -> Result<usize, ProbeError> {
         let format = if openmetrics {
             Format::OpenMetrics
         } else {
@@ -913,6 +937,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_an_exposition_without_the_network_as_a_check_does() {
+        let p = probe(serde_json::json!({ "requests": "http_requests_total" }));
+        let body = |ok: u32, bad: u32| {
+            format!(
+                "# TYPE http_requests_total counter\nhttp_requests_total{{code=\"200\"}} {ok}\nhttp_requests_total{{code=\"500\"}} {bad}\n"
+            )
+        };
+        let first = p.read_exposition(body(10, 0).as_bytes(), false).unwrap();
+        assert_eq!(
+            first.get("requests"),
+            None,
+            "the first reading is the start"
+        );
+        let second = p.read_exposition(body(20, 10).as_bytes(), false).unwrap();
+        assert_eq!(second.get("requests"), Some(20.0));
+        assert_eq!(second.get("error_rate"), Some(0.5));
+        assert!(p.read_exposition(b"\xff\xfe", false).is_err());
+    }
+
+    #[test]
     fn quantiles_interpolate_inside_the_bucket_like_histogram_quantile() {
         // 100 observations: 50 up to 0.1, 40 in (0.1, 0.5], 10 in (0.5, 1].
         let b = [(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (INF, 100.0)];
@@ -1085,8 +1129,8 @@ mod tests {
                     http_requests_total{handler=\"/other\",code=\"200\"} 9\n\
                     # TYPE d histogram\nd_bucket{handler=\"/api\",le=\"+Inf\"} 1\n\
                     d_sum{handler=\"/api\"} 0.2\nd_count{handler=\"/api\"} 1\n";
-        assert_eq!(p.read_exposition(body, false).unwrap(), 3);
-        assert!(p.read_exposition("other 1\n", false).is_err());
+        assert_eq!(p.count_series(body, false).unwrap(), 3);
+        assert!(p.count_series("other 1\n", false).is_err());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 
 mod agent;
 mod cli;
+mod daemon;
 mod docs;
 mod e2e;
 mod e2e_l4;
+mod faults;
 mod manifests;
 mod notify;
 mod packaging;
@@ -16,6 +18,8 @@ mod probe_resources;
 mod probe_scenario;
 mod probe_scrape;
 mod prometheus;
+mod reload;
 mod rollback_kubernetes;
 mod rollback_targets;
+mod secrets;
 mod store_postgres;

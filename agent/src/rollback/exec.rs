@@ -88,6 +88,7 @@ impl ExecConfig {
             });
         }
         Ok(Exec {
+            secrets: secrets_of(&self.command[1..], std::env::vars()),
             command: self.command.clone(),
             timeout: self.timeout.0,
             retry_exit_codes: self.retry_exit_codes.clone(),
@@ -102,6 +103,51 @@ pub struct Exec {
     timeout: Duration,
     retry_exit_codes: Vec<i32>,
     policy: RetryPolicy,
+    /// What the command's output must never show once reported: its
+    /// arguments and the secret-looking variables of its environment.
+    secrets: Vec<String>,
+}
+
+/// Names of environment variables whose values are taken for secrets.
+const SECRET_ENV_WORDS: &[&str] = &[
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "KEY",
+    "CREDENTIAL",
+    "AUTH",
+];
+
+/// The values a command's output is scrubbed of before it is reported: the
+/// words of its arguments (a `--token` value, a URL with a key), the values
+/// of environment variables named like secrets, and the password of any
+/// URL in the environment (`DATABASE_URL`). A careless tool that prints its
+/// invocation or environment on failure leaks nothing through the agent.
+fn secrets_of(args: &[String], env: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    // A flag (`--service`) names a setting; its value is what may be secret.
+    let mut out: Vec<String> = args
+        .iter()
+        .flat_map(|a| backstop_probes::redact::secret_words(a))
+        .filter(|w| !w.starts_with('-') || w.contains('='))
+        .collect();
+    for (name, value) in env {
+        let upper = name.to_ascii_uppercase();
+        if SECRET_ENV_WORDS.iter().any(|w| upper.contains(w)) {
+            out.extend(backstop_probes::redact::secret_words(&value));
+        } else if let Ok(u) = url::Url::parse(&value) {
+            if let Some(p) = u.password() {
+                out.extend(backstop_probes::redact::secret_words(p));
+                if let Some(decoded) = url::form_urlencoded::parse(format!("p={p}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                {
+                    out.extend(backstop_probes::redact::secret_words(&decoded));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl std::fmt::Debug for Exec {
@@ -117,7 +163,24 @@ impl std::fmt::Debug for Exec {
 
 impl Exec {
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
-        with_retries(NAME, self.policy, |_| self.run_once(req)).await
+        with_retries(NAME, self.policy, |_| async {
+            match self.run_once(req).await {
+                Attempt::Done(mut done) => {
+                    done.detail = self.scrub(&done.detail);
+                    Attempt::Done(done)
+                }
+                Attempt::Retry { reason, after } => Attempt::Retry {
+                    reason: self.scrub(&reason),
+                    after,
+                },
+                Attempt::Fail(reason) => Attempt::Fail(self.scrub(&reason)),
+            }
+        })
+        .await
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        backstop_probes::redact::scrub(text, &self.secrets)
     }
 
     async fn run_once(&self, req: &RollbackRequest) -> Attempt<RollbackDone> {
@@ -267,6 +330,31 @@ fn kill_group(pid: Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_scrubbed_of_arguments_and_secret_looking_environment() {
+        let args = [
+            "--token",
+            "arg-secret-123",
+            "--key=kv-secret-456",
+            "--service",
+            "web",
+        ]
+        .map(String::from);
+        let env = [
+            ("DEPLOY_TOKEN", "env-secret-789"),
+            ("DATABASE_URL", "postgres://app:pw-secret-%2Fabc@db/app"),
+            ("HOME", "/home/deployer"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let secrets = secrets_of(&args, env.into_iter());
+        let line = "usage: --service web --token arg-secret-123 --key=kv-secret-456 \
+                    env-secret-789 pw-secret-/abc pw-secret-%2Fabc /home/deployer";
+        assert_eq!(
+            backstop_probes::redact::scrub(line, &secrets),
+            "usage: --service web --token *** *** *** *** *** /home/deployer"
+        );
+    }
 
     #[test]
     fn keeps_the_last_non_empty_line_of_output() {

@@ -250,3 +250,5 @@ pub fn is_rate_signal(signal: &str) -> bool {
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod safety_props;

@@ -22,7 +22,11 @@ const KEYWORDS: &[&str] = &["and", "or", "for", "baseline"];
 
 /// Parses a `when` expression.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
-    let mut p = Parser { text, pos: 0 };
+    let mut p = Parser {
+        text,
+        pos: 0,
+        depth: 0,
+    };
     let expr = p.any()?;
     p.skip_ws();
     if p.pos < text.len() {
@@ -39,7 +43,13 @@ struct Parser<'a> {
     text: &'a str,
     /// Byte offset of the next character.
     pos: usize,
+    /// Parentheses open around the current position.
+    depth: usize,
 }
+
+/// The deepest nesting of parentheses accepted: far beyond what a rule
+/// needs, and far below what would exhaust the stack.
+const MAX_DEPTH: usize = 32;
 
 impl Parser<'_> {
     fn error_at(&self, byte: usize, message: impl Into<String>) -> ParseError {
@@ -121,7 +131,16 @@ impl Parser<'_> {
         self.skip_ws();
         let open = self.pos;
         if self.symbol("(") {
-            let inner = self.any()?;
+            if self.depth >= MAX_DEPTH {
+                return Err(self.error_at(
+                    open,
+                    format!("parentheses nested more than {MAX_DEPTH} deep"),
+                ));
+            }
+            self.depth += 1;
+            let inner = self.any();
+            self.depth -= 1;
+            let inner = inner?;
             if !self.symbol(")") {
                 let found = self.found();
                 return Err(self.error_at(
@@ -610,6 +629,26 @@ mod tests {
             parse("error_rate > x% for 5m").unwrap_err().to_string(),
             "expected a number after \">\", found \"x%\" at column 14"
         );
+    }
+
+    #[test]
+    fn deep_parentheses_are_an_error_not_a_stack_overflow() {
+        // Found by the `rules` fuzz target: 2,000 "(" overflowed the stack.
+        let deep = format!("{}a > 1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let err = parse(&deep).unwrap_err().to_string();
+        assert!(err.contains("nested more than 32 deep"), "{err}");
+        let ok = format!("{}a > 1{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(parse(&ok), parse("a > 1"));
+    }
+
+    #[test]
+    fn a_window_finer_than_a_millisecond_is_an_error_not_a_silent_rounding() {
+        // Found by the `rules` fuzz target: it used to parse, and print back
+        // as "x == 0 for 248s", a different rule.
+        let err = parse("x == 0 for 248.0005s").unwrap_err().to_string();
+        assert!(err.contains("whole milliseconds"), "{err}");
+        let e = parse("x == 0 for 248.5s").unwrap();
+        assert_eq!(parse(&e.to_string()), Ok(e));
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn comparison() -> impl Strategy<Value = Comparison> {
         })
 }
 
-fn expr() -> impl Strategy<Value = Expr> {
+pub(super) fn expr() -> impl Strategy<Value = Expr> {
     comparison()
         .prop_map(Expr::Cmp)
         .prop_recursive(4, 24, 4, |inner| {
