@@ -698,7 +698,7 @@ async fn exec_passes_the_rollback_in_the_environment_and_succeeds_on_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env");
     let script = format!(
-        "printf '%s|%s|%s|%s|%s' \"$BACKSTOP_SERVICE\" \"$BACKSTOP_DEPLOYMENT\" \"$BACKSTOP_RETURN_TO\" \"$BACKSTOP_REASON\" \"$BACKSTOP_RULE\" > {}; printf '%s' \"$BACKSTOP_EVIDENCE\" > {}.json; echo noise; echo rolled back to dep-good",
+        "printf '%s|%s|%s|%s|%s' \"$BACKSTOP_SERVICE\" \"$BACKSTOP_DEPLOYMENT\" \"$BACKSTOP_RETURN_TO\" \"$BACKSTOP_REASON\" \"$BACKSTOP_RULE\" > {}; printf '%s' \"$BACKSTOP_EVIDENCE\" > {}.json; echo noise; echo rolled back to \"$BACKSTOP_RETURN_TO\"",
         out.display(),
         out.display()
     );
