@@ -137,6 +137,7 @@ mod tests {
             secret_words("user=smoke&password=hunter2-long"),
             vec![
                 "user=smoke&password=hunter2-long",
+                "user=smoke",
                 "password=hunter2-long",
                 "hunter2-long"
             ]
