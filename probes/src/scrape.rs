@@ -543,7 +543,9 @@ impl ScrapeProbe {
             if observed > 0.0 {
                 for (name, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
                     if let Some(v) = quantile(q, &change.buckets) {
-                        report.push(name, v * self.unit_ms);
+                        // A latency is never below zero, whatever bounds
+                        // the buckets were given (`le="-0.05"`).
+                        report.push(name, (v * self.unit_ms).max(0.0));
                     }
                 }
             }
@@ -945,6 +947,22 @@ mod tests {
         let r = p.read_exposition(second.as_bytes(), false).unwrap();
         assert_eq!(r.get("requests"), Some(11.0));
         assert_eq!(r.get("error_rate"), Some(10.0 / 11.0));
+    }
+
+    #[test]
+    fn a_bucket_with_a_negative_bound_never_makes_a_negative_latency() {
+        // Found by the `scrape` fuzz target: le="-.05" gave p50_ms = -50.
+        let p = probe(serde_json::json!({ "latency": "d" }));
+        let body = |low: u32, all: u32| {
+            format!(
+                "# TYPE d histogram\nd_bucket{{le=\"-.05\"}} {low}\nd_bucket{{le=\"0.1\"}} {low}\n\
+                 d_bucket{{le=\"+Inf\"}} {all}\n"
+            )
+        };
+        p.read_exposition(body(1, 1).as_bytes(), false).unwrap();
+        let r = p.read_exposition(body(100, 101).as_bytes(), false).unwrap();
+        assert_eq!(r.get("p50_ms"), Some(0.0));
+        assert!(r.get("p99_ms").unwrap() >= 0.0);
     }
 
     #[test]
