@@ -147,6 +147,11 @@ impl ProbeState {
             Outcome::Failed => self.consecutive_failures += 1,
             Outcome::Error => {}
         }
+        // Make room first: pushing onto a full window would double its
+        // allocation for the one sample that is dropped right after.
+        if self.window.len() >= MAX_SAMPLES {
+            self.window.pop_front();
+        }
         self.window.push_back(Sample {
             at: now,
             outcome: obs.outcome,
@@ -173,6 +178,27 @@ impl ProbeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_window_keeps_its_allocation() {
+        // Seen in the soak: each full window held twice the memory it needs.
+        let mut s = ProbeState::new(Duration::from_secs(86_400));
+        let start = Instant::now();
+        for i in 0..MAX_SAMPLES + 1000 {
+            let obs = Observation::from_result(
+                Ok(Report::new().with("latency_ms", 1.0)),
+                Duration::from_millis(1),
+                None,
+            );
+            s.record(obs, start + Duration::from_millis(i as u64));
+        }
+        assert_eq!(s.window.len(), MAX_SAMPLES);
+        assert!(
+            s.window.capacity() < 2 * MAX_SAMPLES,
+            "{}",
+            s.window.capacity()
+        );
+    }
 
     fn obs(outcome: Outcome) -> Observation {
         Observation {

@@ -487,15 +487,20 @@ impl ScrapeProbe {
                 if !self.selects(&labels) {
                     continue;
                 }
+                // A counter or bucket count is never negative: such a series
+                // is no reading at all, or one bad series could cancel the
+                // requests of the others and inflate the error rate.
                 match value {
-                    Value::Count(v) if is_requests && v.is_finite() => {
+                    Value::Count(v) if is_requests && v.is_finite() && v >= 0.0 => {
                         let error = labels
                             .iter()
                             .find(|(k, _)| *k == self.code_label)
                             .map(|(_, code)| self.error_codes.iter().any(|m| m.matches(code)));
                         reading.requests.insert(labels, (v, error));
                     }
-                    Value::Buckets(b) if !is_requests => {
+                    Value::Buckets(b)
+                        if !is_requests && b.iter().all(|(_, n)| n.is_finite() && *n >= 0.0) =>
+                    {
                         reading.latency.insert(labels, b);
                     }
                     _ => {}
@@ -553,7 +558,9 @@ impl ScrapeProbe {
             if observed > 0.0 {
                 for (name, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
                     if let Some(v) = quantile(q, &change.buckets) {
-                        report.push(name, v * self.unit_ms);
+                        // A latency is never below zero, whatever bounds
+                        // the buckets were given (`le="-0.05"`).
+                        report.push(name, (v * self.unit_ms).max(0.0));
                     }
                 }
             }
@@ -934,6 +941,43 @@ mod tests {
 
     fn probe(extra: serde_json::Value) -> ScrapeProbe {
         ScrapeProbe::new(&config(extra), ctx()).unwrap()
+    }
+
+    #[test]
+    fn a_negative_count_is_ignored_rather_than_cancelling_other_series() {
+        // Found by the `scrape` fuzz target: in an untyped family (the parser
+        // refuses negative totals only under `# TYPE ... counter`) a new
+        // series at -10 next to one that grew by 9 made requests -1 and the
+        // request rate negative.
+        let p = probe(serde_json::json!({ "requests": "http_requests_total", "latency": "d" }));
+        let hist = "# TYPE d histogram\nd_bucket{le=\"0.1\"} 1\nd_bucket{le=\"+Inf\"} 2\nd_sum 1\nd_count 2\n";
+        let first = format!(
+            "http_requests_total{{code=\"200\"}} 1\nhttp_requests_total{{code=\"500\"}} 0\n{hist}"
+        );
+        p.read_exposition(first.as_bytes(), false).unwrap();
+        let second = format!(
+            "http_requests_total{{code=\"200\"}} 2\nhttp_requests_total{{code=\"500\"}} 10\n\
+             http_requests_total{{code=\"201\"}} -100\n{hist}"
+        );
+        let r = p.read_exposition(second.as_bytes(), false).unwrap();
+        assert_eq!(r.get("requests"), Some(11.0));
+        assert_eq!(r.get("error_rate"), Some(10.0 / 11.0));
+    }
+
+    #[test]
+    fn a_bucket_with_a_negative_bound_never_makes_a_negative_latency() {
+        // Found by the `scrape` fuzz target: le="-.05" gave p50_ms = -50.
+        let p = probe(serde_json::json!({ "latency": "d" }));
+        let body = |low: u32, all: u32| {
+            format!(
+                "# TYPE d histogram\nd_bucket{{le=\"-.05\"}} {low}\nd_bucket{{le=\"0.1\"}} {low}\n\
+                 d_bucket{{le=\"+Inf\"}} {all}\n"
+            )
+        };
+        p.read_exposition(body(1, 1).as_bytes(), false).unwrap();
+        let r = p.read_exposition(body(100, 101).as_bytes(), false).unwrap();
+        assert_eq!(r.get("p50_ms"), Some(0.0));
+        assert!(r.get("p99_ms").unwrap() >= 0.0);
     }
 
     #[test]

@@ -126,11 +126,18 @@ const SECRET_ENV_WORDS: &[&str] = &[
 /// invocation or environment on failure leaks nothing through the agent.
 fn secrets_of(args: &[String], env: impl Iterator<Item = (String, String)>) -> Vec<String> {
     // A flag (`--service`) names a setting; its value is what may be secret.
-    let mut out: Vec<String> = args
-        .iter()
-        .flat_map(|a| backstop_probes::redact::secret_words(a))
-        .filter(|w| !w.starts_with('-') || w.contains('='))
-        .collect();
+    // An inline script (`sh -c "..."`) is mostly words anyone may read: of
+    // those, only the long ones, which look like tokens, are kept.
+    let mut out: Vec<String> = Vec::new();
+    for a in args {
+        let script = a.chars().any(char::is_whitespace);
+        out.extend(
+            backstop_probes::redact::secret_words(a)
+                .into_iter()
+                .filter(|w| !w.starts_with('-') || w.contains('='))
+                .filter(|w| !script || (w.len() >= 16 && !w.chars().any(char::is_whitespace))),
+        );
+    }
     for (name, value) in env {
         let upper = name.to_ascii_uppercase();
         if SECRET_ENV_WORDS.iter().any(|w| upper.contains(w)) {
@@ -339,6 +346,7 @@ mod tests {
             "--key=kv-secret-456",
             "--service",
             "web",
+            "deploy --to previous --token inline-secret-0123456789",
         ]
         .map(String::from);
         let env = [
@@ -349,10 +357,12 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let secrets = secrets_of(&args, env.into_iter());
         let line = "usage: --service web --token arg-secret-123 --key=kv-secret-456 \
-                    env-secret-789 pw-secret-/abc pw-secret-%2Fabc /home/deployer";
+                    env-secret-789 pw-secret-/abc pw-secret-%2Fabc /home/deployer \
+                    deploy to previous: inline-secret-0123456789";
         assert_eq!(
             backstop_probes::redact::scrub(line, &secrets),
-            "usage: --service web --token *** *** *** *** *** /home/deployer"
+            "usage: --service web --token *** *** *** *** *** /home/deployer \
+             deploy to previous: ***"
         );
     }
 
