@@ -10,6 +10,7 @@ pub mod demo;
 pub mod deployment;
 pub mod duration;
 pub mod evidence;
+pub mod fleet;
 pub mod judge;
 pub mod notify;
 pub mod observe;
