@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 pub mod duration;
+pub mod exposition;
 pub mod http;
 pub mod postgres;
 pub mod promql;

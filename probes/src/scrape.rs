@@ -3,19 +3,12 @@
 //! requests, errors and their rates from a counter, latency quantiles from a
 //! histogram. The first check only takes the starting point.
 //!
-//! The exposition is parsed with `openmetrics-parser`. Of the crates that
-//! read the text format it is the one that unescapes label values and keeps
-//! `,`, `=`, `{` and `}` inside them, groups a histogram's `_bucket`, `_sum`
-//! and `_count` lines by their labels, reads `# HELP` and `# TYPE`, reads
-//! both Prometheus text 0.0.4 and OpenMetrics 1.0, and fails with the line it
-//! could not read. `prometheus-parse` splits labels on `,` and `=`, silently
-//! drops a line whose label value holds `}` (`handler="/users/{id}"`) and
-//! skips whatever it cannot read, so garbage parses as an empty exposition;
-//! `nom-openmetrics` writes to stderr for every `+Inf` bucket and reads no
-//! timestamps; `prom_text_format_parser` keeps label values escaped and had
-//! a single release. Its licence is LGPL-3.0, unlike ours (Apache-2.0): used
-//! unmodified as a library that is allowed, and whoever ships a static
-//! binary must let its users relink it, which our public source does.
+//! The sample lines are read by `exposition.rs`, this crate's own reader
+//! of Prometheus text 0.0.4 and OpenMetrics 1.0: it unescapes label values,
+//! keeps `,`, `=`, `{` and `}` inside them (`handler="/users/{id}"`), skips
+//! exemplars and timestamps, and fails with what it expected where, so
+//! garbage is never read as an empty exposition. This file groups a
+//! histogram's `_bucket` lines by their labels without `le`.
 //!
 //! Only the lines of the configured metrics are cut out of the body and
 //! parsed: that keeps a large exposition cheap to read, and a quirk in some
@@ -457,7 +450,7 @@ impl ScrapeProbe {
         for (family, cut) in families.iter().zip(&cuts) {
             let is_requests = family.is_counter;
             if cut.lines == 0 {
-                return Err(self.absent(family, text, format, described));
+                return Err(self.absent(family, text, described));
             }
             let declared = cut.declared.as_deref().unwrap_or("untyped");
             if is_requests && !matches!(declared, "counter" | "untyped" | "unknown") {
@@ -477,7 +470,7 @@ impl ScrapeProbe {
                     family.name
                 )));
             }
-            let series = parse_cut(cut, format).map_err(|msg| {
+            let series = parse_cut(cut, family).map_err(|msg| {
                 ProbeError::unhealthy(format!(
                     "cannot parse {} in the exposition of {}: {msg}",
                     family.name, self.shown_url
@@ -513,9 +506,9 @@ impl ScrapeProbe {
     /// The error for a configured metric with no line in the exposition:
     /// the configuration does not match the service, unless the body is no
     /// exposition at all.
-    fn absent(&self, family: &Family, text: &str, format: Format, described: bool) -> ProbeError {
+    fn absent(&self, family: &Family, text: &str, described: bool) -> ProbeError {
         if !described && !text.trim().is_empty() {
-            if let Err(msg) = parse_whole(text, format) {
+            if let Err(msg) = parse_whole(text) {
                 return ProbeError::unhealthy(format!(
                     "{} did not answer a Prometheus exposition: {msg}",
                     self.shown_url
@@ -640,113 +633,64 @@ enum Value {
     Count(f64),
     /// Cumulative counts by upper bound, sorted by bound.
     Buckets(Vec<(f64, f64)>),
-    Other,
 }
 
-/// Parses one family's lines into its series. A parse error names the
+/// Parses one family's lines into its series: a counter's samples as
+/// counts, a histogram's `_bucket` samples grouped by their labels without
+/// `le` (its `_sum` and `_count` are not needed). A parse error names the
 /// line of the body it stopped at.
-fn parse_cut(cut: &Cut, format: Format) -> Result<Vec<(Labels, Value)>, String> {
-    use openmetrics_parser::{MetricNumber, OpenMetricsValue, PrometheusValue};
-    fn buckets(h: &openmetrics_parser::HistogramValue) -> Value {
-        let mut b: Vec<(f64, f64)> = h
-            .buckets
-            .iter()
-            .map(|b| (b.upper_bound, b.count.as_f64()))
-            .collect();
+fn parse_cut(cut: &Cut, family: &Family) -> Result<Vec<(Labels, Value)>, String> {
+    let mut out: Vec<(Labels, Value)> = Vec::new();
+    let mut histograms: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+    let bucket = format!("{}_bucket", family.name);
+    for (i, line) in cut.text.lines().enumerate() {
+        let Some(sample) = crate::exposition::parse_line(line).map_err(|e| at(i, &e, cut))? else {
+            continue;
+        };
+        let mut labels = sample.labels;
+        if family.is_counter {
+            labels.sort();
+            out.push((labels, Value::Count(sample.value)));
+        } else if sample.name == bucket {
+            let Some(le) = labels.iter().position(|(k, _)| k == "le") else {
+                return Err(at(i, "a histogram bucket without an le label", cut));
+            };
+            let (_, le) = labels.swap_remove(le);
+            let Some(le) = crate::exposition::number(&le).filter(|b| !b.is_nan()) else {
+                return Err(at(i, &format!("le={le:?} is not a bucket bound"), cut));
+            };
+            labels.sort();
+            histograms
+                .entry(labels)
+                .or_default()
+                .push((le, sample.value));
+        }
+    }
+    for (labels, mut b) in histograms {
         b.sort_by(|x, y| x.0.total_cmp(&y.0));
-        Value::Buckets(b)
-    }
-    fn labels<V>(s: &openmetrics_parser::Sample<V>) -> Result<Labels, String>
-    where
-        V: openmetrics_parser::RenderableMetricValue + Clone,
-    {
-        let set = s.get_labelset().map_err(|e| e.to_string())?;
-        let mut l: Labels = set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        l.sort();
-        Ok(l)
-    }
-    let count = |n: &MetricNumber| Value::Count(n.as_f64());
-    let mut out = Vec::new();
-    match format {
-        Format::Prometheus => {
-            let parsed = guarded(|| openmetrics_parser::prometheus::parse_prometheus(&cut.text))
-                .and_then(|r| r.map_err(|e| locate(&e.to_string(), cut)))?;
-            for family in parsed.families.values() {
-                for s in family.iter_samples() {
-                    let value = match &s.value {
-                        PrometheusValue::Counter(c) => count(&c.value),
-                        PrometheusValue::Unknown(n) => count(n),
-                        PrometheusValue::Histogram(h) => buckets(h),
-                        _ => Value::Other,
-                    };
-                    out.push((labels(s)?, value));
-                }
-            }
-        }
-        Format::OpenMetrics => {
-            let text = format!("{}# EOF\n", cut.text);
-            let parsed = guarded(|| openmetrics_parser::openmetrics::parse_openmetrics(&text))
-                .and_then(|r| r.map_err(|e| locate(&e.to_string(), cut)))?;
-            for family in parsed.families.values() {
-                for s in family.iter_samples() {
-                    let value = match &s.value {
-                        OpenMetricsValue::Counter(c) => count(&c.value),
-                        OpenMetricsValue::Unknown(n) => count(n),
-                        OpenMetricsValue::Histogram(h) => buckets(h),
-                        _ => Value::Other,
-                    };
-                    out.push((labels(s)?, value));
-                }
-            }
-        }
+        out.push((labels, Value::Buckets(b)));
     }
     Ok(out)
 }
 
-/// Parses a whole body only to learn whether it is an exposition at all.
-fn parse_whole(text: &str, format: Format) -> Result<(), String> {
-    let mut cut = Cut::default();
+/// Reads a whole body only to learn whether it is an exposition at all.
+fn parse_whole(text: &str) -> Result<(), String> {
     for (i, line) in text.lines().enumerate() {
-        cut.text.push_str(line.trim());
-        cut.text.push('\n');
-        cut.origin.push(i + 1);
+        crate::exposition::parse_line(line).map_err(|e| {
+            let shown: String = line.trim().chars().take(80).collect();
+            format!("line {}: {e}: {shown:?}", i + 1)
+        })?;
     }
-    let result = match format {
-        Format::Prometheus => {
-            guarded(|| openmetrics_parser::prometheus::parse_prometheus(&cut.text).map(|_| ()))
-        }
-        Format::OpenMetrics => {
-            guarded(|| openmetrics_parser::openmetrics::parse_openmetrics(&cut.text).map(|_| ()))
-        }
-    };
-    result.and_then(|r| r.map_err(|e| locate(&e.to_string(), &cut)))
+    Ok(())
 }
 
-/// Runs the parser so that a panic inside it, on input nobody foresaw,
-/// is a failed check rather than a dead probe.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|_| "the exposition parser failed on this input".to_string())
-}
-
-/// Turns the parser's multi-line message (` --> 2:11`, a drawing, then
-/// `= expected ...`) into one line naming the body's own line.
-fn locate(message: &str, cut: &Cut) -> String {
-    let at = message
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("--> "))
-        .and_then(|pos| pos.split(':').next()?.parse::<usize>().ok());
-    let what = message
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("= "))
-        .unwrap_or_else(|| message.lines().next().unwrap_or(message));
-    match at {
-        Some(n) if n >= 1 && n <= cut.origin.len() => {
-            let line = cut.text.lines().nth(n - 1).unwrap_or("");
-            let shown: String = line.chars().take(80).collect();
-            format!("line {}: {what}: {shown:?}", cut.origin[n - 1])
-        }
-        _ => what.to_string(),
+/// An error at the `i`-th line of a cut, named by the body's own line.
+fn at(i: usize, what: &str, cut: &Cut) -> String {
+    let line = cut.text.lines().nth(i).unwrap_or("");
+    let shown: String = line.chars().take(80).collect();
+    match cut.origin.get(i) {
+        Some(n) => format!("line {n}: {what}: {shown:?}"),
+        None => format!("{what}: {shown:?}"),
     }
 }
 
@@ -1182,7 +1126,7 @@ mod tests {
         let body = "# TYPE other gauge\nother 1\n# TYPE c counter\nc{code=\"200\" 3\n";
         let fam = Family::counter("c");
         let (cuts, _) = cut(body, &[&fam], Format::Prometheus);
-        let err = parse_cut(&cuts[0], Format::Prometheus).unwrap_err();
+        let err = parse_cut(&cuts[0], &fam).unwrap_err();
         assert!(err.starts_with("line 4: "), "{err}");
     }
 
