@@ -646,3 +646,70 @@ fn lease_value(lease: &Lease) -> String {
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_every_key_of_a_service_under_one_hash_tag() {
+        assert_eq!(key("web", "reports"), "backstop:{web}:reports");
+        assert_eq!(lease_key("web", "v2"), "backstop:{web}:lease:v2");
+        assert_eq!(record_key("web", "v2"), "backstop:{web}:rollback:v2");
+        let lease = Lease {
+            deployment: "v2".into(),
+            holder: "pod-a".into(),
+            token: 1_732_000_000_001,
+            expires_at_ms: 0,
+        };
+        assert_eq!(lease_value(&lease), "1732000000001:pod-a");
+    }
+
+    #[test]
+    fn sends_durations_as_whole_milliseconds_of_at_least_one() {
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn words_errors_in_one_line() {
+        use fred::error::{Error, ErrorKind};
+        let io = Error::new(
+            ErrorKind::IO,
+            r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#,
+        );
+        assert_eq!(details(&io), "Connection refused");
+        let script = Error::new(ErrorKind::Unknown, "ERR user_script:3: oops\nmore");
+        assert_eq!(details(&script), "ERR user_script:3: oops");
+        assert_eq!(
+            details(&Error::new(ErrorKind::Timeout, "")),
+            "Timeout Error"
+        );
+    }
+
+    #[test]
+    fn refuses_urls_it_cannot_use_without_echoing_the_password() {
+        for url in [
+            "rediss://:hunter2-secret@cache:6380/0",
+            "redis-cluster://:hunter2-secret@cache:6379",
+            "redis://:hunter2-secret@cache:6379/notadb",
+            "not a url",
+        ] {
+            let err =
+                match RedisFleet::new(&crate::secret::Secret::new(url), Duration::from_secs(1)) {
+                    Ok(_) => panic!("{url} accepted"),
+                    Err(e) => e.to_string(),
+                };
+            assert!(err.starts_with("[fleet] redis"), "{url}: {err}");
+            assert!(!err.contains("hunter2-secret"), "{url}: {err}");
+        }
+        // Building touches nothing: no runtime, no network.
+        let ok = RedisFleet::new(
+            &crate::secret::Secret::new("redis://:hunter2-secret@127.0.0.1:1/0"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(ok.describe(), "redis://:***@127.0.0.1:1/0");
+    }
+}
