@@ -194,6 +194,22 @@ async fn snapshot(client: &fred::prelude::Client) -> anyhow::Result<Snapshot> {
     })
 }
 
+/// This process' CPU seconds (user + system), from `/proc/self/stat`.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name in parentheses; utime and stime are
+    // the 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let tick = 100.0; // USER_HZ on Linux
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / tick)
+}
+
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -273,10 +289,12 @@ async fn run_case(
     }
     tokio::time::sleep(args.interval * args.warmup).await;
     let before = snapshot(admin).await?;
+    let own_before = own_cpu();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(args.interval * args.intervals).await;
     measuring.store(false, Ordering::Relaxed);
     let after = snapshot(admin).await?;
+    let own = own_cpu() - own_before;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
@@ -334,6 +352,10 @@ async fn run_case(
         "server CPU: {cpu:.3} s over {secs:.1} s = {:.1}% of one core; {:.4} s per interval",
         100.0 * cpu / secs,
         cpu / intervals
+    );
+    println!(
+        "harness CPU (the simulated agents, same machine): {own:.2} s = {:.1}% of one core",
+        100.0 * own / secs
     );
     println!(
         "latency publish p50 {:.2} ms p99 {:.2} ms ({} calls); live p50 {:.2} ms p99 {:.2} ms ({} calls)",

@@ -23,4 +23,7 @@ cargo build --quiet --release -p backstop --example fleet_load
   --requirepass fleet-load-pw --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
 for _ in $(seq 50); do [ -f "$work/redis.pid" ] && break; sleep 0.1; done
 "$redis_bin" --version
+# The machine's load says how far the latencies are the server's own.
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 target/release/examples/fleet_load --redis "redis://:fleet-load-pw@127.0.0.1:$port/0" "$@"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
