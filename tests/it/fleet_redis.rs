@@ -507,3 +507,67 @@ async fn a_restarted_server_fails_calls_while_down_and_serves_them_after() {
     assert!(lease.token > before.token, "{lease:?} after {before:?}");
     assert!(c.record(&svc, &lease, &record("d2", "a")).await.unwrap());
 }
+
+/// The commands and keys the module documentation lists for a Redis user
+/// restricted by ACL are enough for every call.
+#[tokio::test]
+async fn works_as_a_user_allowed_only_what_the_documentation_lists() {
+    let url = redis_url();
+    let svc = service("acl");
+    let user = format!("fleet-{svc}");
+    let raw = raw_client(&url).await;
+    let mut rule: Vec<String> = ["on", ">acl-user-pw-1", "resetkeys", "~backstop:*", "-@all"]
+        .map(String::from)
+        .to_vec();
+    rule.extend(
+        backstop::fleet::redis::ACL_COMMANDS
+            .split_whitespace()
+            .map(|c| format!("+{c}")),
+    );
+    let mut args = vec!["SETUSER".to_string(), user.clone()];
+    args.extend(rule);
+    let _: String = raw
+        .custom(
+            fred::types::CustomCommand::new_static("ACL", fred::types::ClusterHash::Random, false),
+            args,
+        )
+        .await
+        .unwrap();
+
+    let port = url::Url::parse(&url).unwrap().port().unwrap();
+    let c = fleet(&format!("redis://{user}:acl-user-pw-1@127.0.0.1:{port}/0")).await;
+    c.publish(&svc, &report("a", "d2", true), LONG)
+        .await
+        .unwrap();
+    assert_eq!(names(&c.live(&svc, "d2").await.unwrap()), ["a"]);
+    let mut lease = c.acquire(&svc, "d2", "a", LONG).await.unwrap().unwrap();
+    assert!(c.renew(&svc, &mut lease, LONG).await.unwrap());
+    assert!(c.record(&svc, &lease, &record("d2", "a")).await.unwrap());
+    assert_eq!(
+        c.outcome(&svc, "d2").await.unwrap(),
+        Some(record("d2", "a"))
+    );
+    c.release(&svc, &lease).await.unwrap();
+    c.leave(&svc, "a").await.unwrap();
+    // The rule above is really applied: other keys and commands are refused.
+    let as_user = raw_client(&format!("redis://{user}:acl-user-pw-1@127.0.0.1:{port}/0")).await;
+    let other: Result<Option<String>, _> = as_user.get("elsewhere").await;
+    assert!(other.unwrap_err().details().contains("NOPERM"));
+    let keys: Result<Vec<String>, _> = as_user
+        .custom(
+            fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::Random, false),
+            vec!["backstop:*".to_string()],
+        )
+        .await;
+    assert!(keys.unwrap_err().details().contains("NOPERM"));
+    as_user.quit().await.unwrap();
+
+    let _: i64 = raw
+        .custom(
+            fred::types::CustomCommand::new_static("ACL", fred::types::ClusterHash::Random, false),
+            vec!["DELUSER".to_string(), user],
+        )
+        .await
+        .unwrap();
+    raw.quit().await.unwrap();
+}

@@ -27,6 +27,9 @@
 //! is back the very next call works. Every call, connecting included, is
 //! bounded by the timeout given to [`RedisFleet::connect`]; every error is
 //! one line without the password.
+//!
+//! A Redis user restricted by ACL needs the keys `~backstop:*` and the
+//! commands of [`ACL_COMMANDS`] (tested).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -41,6 +44,11 @@ use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 
 use super::{Lease, Report};
 use crate::store::RollbackRecord;
+
+/// The commands a Redis user restricted by ACL needs (with the keys
+/// `~backstop:*`): the ones sent, and the ones the scripts run.
+pub const ACL_COMMANDS: &str = "ping select get evalsha eval script|load time hset hmget hdel \
+     zadd zrange zrangebyscore zrem pexpire pexpireat exists incr set del";
 
 /// How long a fleet rollback record is kept after it was last written.
 const RECORD_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
