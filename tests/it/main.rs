@@ -7,6 +7,7 @@ mod docs;
 mod e2e;
 mod e2e_l4;
 mod faults;
+mod fleet_redis;
 mod manifests;
 mod notify;
 mod packaging;
