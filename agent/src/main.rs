@@ -122,11 +122,16 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load_file(&arg.config)?)
 }
 
+/// Runtime worker threads unless tokio's own `TOKIO_WORKER_THREADS` says
+/// otherwise.
+const WORKER_THREADS: usize = 2;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(WORKER_THREADS);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
