@@ -164,6 +164,9 @@ pub async fn run(
         stop.clone(),
     ));
 
+    if let Some(handle) = &metrics {
+        tasks.spawn(telemetry::upkeep(handle.clone(), stop.clone()));
+    }
     let app = Arc::new(App {
         config,
         slots,
