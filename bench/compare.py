@@ -357,7 +357,8 @@ def compare_point(binary, procs, nginx, work, n, interval_ms, duration, warmup=3
     t1 = time.time()
     hwm = {k: status_kib(pids[k], "VmHWM") for k in ("backstop", "blackbox")}
     rss = {k: status_kib(pids[k], "VmRSS") for k in ("backstop", "blackbox")}
-    out, _ = driver.communicate(timeout=60)
+    # A driver on a loaded machine can finish its last requests late.
+    out, _ = driver.communicate(timeout=180)
     drove = json.loads(out.strip().splitlines()[-1])
     procs.stop(bs)
     procs.stop(bb)
@@ -751,21 +752,28 @@ def ab(args):
             for label, binary in (("a", args.a), ("b", args.b)):
                 name = f"ab{label}{rnd}"
                 port = free_port()
-                cfg = backstop_config(work, name, port, nginx["port"], args.probes, args.interval_ms)
-                bs = start_backstop(procs, binary, cfg, work, "backstop-" + name)
+                cfg = backstop_config(work, name, port, nginx["port"], args.probes, args.interval_ms,
+                                      rules=args.rules)
+                env = dict(kv.split("=", 1) for kv in (args.a_env if label == "a" else args.b_env))
+                bs = start_backstop(procs, binary, cfg, work, "backstop-" + name, env=env)
                 wait_http(f"http://127.0.0.1:{port}/healthz")
                 time.sleep(3)
                 c0, t0 = cpu_seconds(bs.pid), time.time()
                 time.sleep(args.seconds)
                 c1, t1 = cpu_seconds(bs.pid), time.time()
                 hwm = status_kib(bs.pid, "VmHWM")
+                anon, file_ = status_kib(bs.pid, "RssAnon"), status_kib(bs.pid, "RssFile")
+                threads = status_kib(bs.pid, "Threads")
                 procs.stop(bs)
                 time.sleep(1.3)
                 n = sum(1 for t, p, st in read_log(nginx, "bs")
                         if t0 <= t < t1 and p.startswith(f"/bs/{name}/"))
-                rows.append({"build": label, "binary": binary, "vmhwm_kib": hwm,
+                rows.append({"build": label, "binary": binary, "env": env, "vmhwm_kib": hwm,
+                             "rss_anon_kib": anon, "rss_file_kib": file_, "threads": threads,
                              "cpu_s_per_1000": round(1000 * (c1 - c0) / max(n, 1), 4), "checks": n})
-                log(f"  {label} ({binary}): VmHWM {hwm} KiB, {rows[-1]['cpu_s_per_1000']} CPU-s/1000 ({n} checks)")
+                log(f"  {label} ({binary} {env or ''}): VmHWM {hwm} KiB (at the end: anon {anon}, "
+                    f"file {file_}; {threads} threads), {rows[-1]['cpu_s_per_1000']} CPU-s/1000 ({n} checks); "
+                    f"load average {open('/proc/loadavg').read().split()[0]}")
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -804,6 +812,9 @@ def main():
     a.add_argument("--seconds", type=float, default=15.0)
     a.add_argument("--rounds", type=int, default=2)
     a.add_argument("--json", default=None)
+    a.add_argument("--rules", action="store_true", help="one default rule per probe")
+    a.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for build a's process")
+    a.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for build b's process")
     args = ap.parse_args()
     if args.cmd == "ab":
         ab(args)

@@ -365,9 +365,21 @@ impl ProbeConfig {
     /// Builds the runtime probe; the configuration was validated, so this
     /// only fails if the environment changed in between.
     pub fn build(&self) -> Result<backstop_probes::Probe, Vec<backstop_probes::ConfigProblem>> {
-        self.spec.build(Context {
-            timeout: self.timeout,
-        })
+        self.build_shared(&backstop_probes::Clients::default())
+    }
+
+    /// Like [`ProbeConfig::build`], sharing `http` clients with the other
+    /// probes built with `clients`.
+    pub fn build_shared(
+        &self,
+        clients: &backstop_probes::Clients,
+    ) -> Result<backstop_probes::Probe, Vec<backstop_probes::ConfigProblem>> {
+        self.spec.build_shared(
+            Context {
+                timeout: self.timeout,
+            },
+            clients,
+        )
     }
 }
 
@@ -415,6 +427,7 @@ impl Config {
             env: &env,
             lines: HashMap::new(),
             errors: Vec::new(),
+            clients: Default::default(),
         };
         let root = cx.table(doc.as_table(), "");
         let config = cx.config(root);
@@ -436,6 +449,8 @@ struct Reader<'a, F> {
     env: &'a F,
     lines: HashMap<String, usize>,
     errors: Vec<ConfigError>,
+    /// Clients for the probes built to validate them, shared among them.
+    clients: backstop_probes::Clients,
 }
 
 impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
@@ -861,7 +876,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             ok = false;
         }
         let spec = spec?;
-        if let Err(problems) = spec.build(Context { timeout }) {
+        if let Err(problems) = spec.build_shared(Context { timeout }, &self.clients) {
             for p in problems {
                 self.error(format!("{path}.{}", p.key), p.message);
             }
@@ -1142,6 +1157,7 @@ pub fn key_lines(text: &str) -> BTreeMap<String, usize> {
         env: &env,
         lines: HashMap::new(),
         errors: Vec::new(),
+        clients: Default::default(),
     };
     cx.table(doc.as_table(), "");
     cx.lines.into_iter().collect()

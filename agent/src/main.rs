@@ -90,7 +90,23 @@ enum Format {
     Json,
 }
 
+/// glibc gives each thread that allocates an arena of its own; the agent's
+/// few threads allocate little, and one arena measured 0.6-0.8 MiB less
+/// resident memory at no measurable CPU cost (bench/README.md). glibc's own
+/// `MALLOC_ARENA_MAX`, when set, still decides.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists;
+        // mallopt only changes the allocator's tuning.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     telemetry::init_logs(cli.log_format);
     match run(cli) {
@@ -122,11 +138,16 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load_file(&arg.config)?)
 }
 
+/// Runtime worker threads unless tokio's own `TOKIO_WORKER_THREADS` says
+/// otherwise.
+const WORKER_THREADS: usize = 2;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none_or(|v| v.is_empty()) {
+        builder.worker_threads(WORKER_THREADS);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {

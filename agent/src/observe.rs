@@ -126,6 +126,9 @@ pub struct ProbeState {
     pub window: VecDeque<Sample>,
     /// How far back the window reaches.
     pub span: Duration,
+    /// Observations recorded so far: a reader that saw this number has
+    /// seen every observation up to it.
+    pub recorded: u64,
 }
 
 impl ProbeState {
@@ -135,6 +138,7 @@ impl ProbeState {
             consecutive_failures: 0,
             window: VecDeque::new(),
             span,
+            recorded: 0,
         }
     }
 
@@ -142,6 +146,7 @@ impl ProbeState {
     /// flipped, which is when it is worth a log line.
     pub fn record(&mut self, obs: Observation, now: Instant) -> bool {
         let was_up = self.last.as_ref().map(|o| o.outcome.is_up());
+        self.recorded += 1;
         match obs.outcome {
             Outcome::Ok | Outcome::Degraded => self.consecutive_failures = 0,
             Outcome::Failed => self.consecutive_failures += 1,

@@ -54,6 +54,8 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
     let settings = crate::rules::Settings::default();
+    // One HTTP client (and connection pool) per distinct client setting.
+    let clients = backstop_probes::Clients::default();
     for cfg in &config.probes {
         // The window reaches back far enough for every rule on the probe,
         // and over a whole watch, which becomes the baseline.
@@ -66,7 +68,7 @@ pub async fn run(
             .chain([WINDOW_SPAN, config.deployment.watch + cfg.interval])
             .max()
             .unwrap_or(WINDOW_SPAN);
-        let probe = cfg.build().map_err(|problems| {
+        let probe = cfg.build_shared(&clients).map_err(|problems| {
             anyhow::anyhow!(
                 "probe {}: {}",
                 cfg.name,
@@ -152,12 +154,19 @@ pub async fn run(
             baseline,
             store: store.clone(),
             store_failing: false,
+            plan: Judge::plan(&config.rules, &slots),
+            statuses: Vec::new(),
+            seen: Vec::new(),
+            rejudge: true,
         },
         wake,
         cmd_rx,
         stop.clone(),
     ));
 
+    if let Some(handle) = &metrics {
+        tasks.spawn(telemetry::upkeep(handle.clone(), stop.clone()));
+    }
     let app = Arc::new(App {
         config,
         slots,
@@ -252,6 +261,14 @@ struct Judge {
     store: Arc<Store>,
     /// Whether the last step failed on the store.
     store_failing: bool,
+    /// The rules that can be judged, as (index in `rules`, index in `slots`).
+    plan: Vec<(usize, usize)>,
+    /// The latest status of each rule of `plan`, in its order.
+    statuses: Vec<RuleStatus>,
+    /// `ProbeState::recorded` of each rule's probe when it was last judged.
+    seen: Vec<u64>,
+    /// Every rule must be judged again (new windows, a new baseline).
+    rejudge: bool,
 }
 
 impl Judge {
@@ -277,61 +294,87 @@ impl Judge {
         }
     }
 
-    /// Every rule's verdict now, judged under its probe's lock (no copy of
-    /// the window is made).
-    fn evaluate(&self) -> Vec<RuleStatus> {
-        let now = Instant::now();
-        self.rules
+    /// Which probe each rule is judged on; a rule without an expression or
+    /// whose probe is gone is left out.
+    fn plan(rules: &[crate::config::RuleConfig], slots: &[Arc<ProbeSlot>]) -> Vec<(usize, usize)> {
+        rules
             .iter()
-            .filter_map(|rule| {
-                let slot = self.slots.iter().find(|s| s.cfg.name == rule.probe)?;
-                let expr = rule.expr.as_ref()?;
-                let judgement = {
-                    let state = slot.state.lock().expect("probe state lock");
-                    crate::rules::evaluate(
-                        expr,
-                        &crate::rules::Input {
-                            probe: &rule.probe,
-                            state: &state,
-                            baseline: self.baseline.as_ref(),
-                            interval: slot.cfg.interval,
-                            now,
-                        },
-                        &self.settings,
-                    )
-                };
-                let verdict = match &judgement.verdict {
-                    crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                    crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                    crate::rules::Verdict::Inconclusive(why) => {
-                        crate::watch::Verdict::Inconclusive(why.clone())
-                    }
-                };
-                Some(RuleStatus {
-                    name: rule.name.clone(),
-                    probe: rule.probe.clone(),
-                    action: rule.action,
-                    after_stable: rule.after_stable,
-                    evidence: crate::rules::evidence(rule, &judgement),
-                    detail: serde_json::json!({
-                        "when": rule.when,
-                        "default": rule.default,
-                        "findings": judgement.findings,
-                    }),
-                    verdict,
-                })
-            })
+            .enumerate()
+            .filter(|(_, r)| r.expr.is_some())
+            .filter_map(|(i, r)| Some((i, slots.iter().position(|s| s.cfg.name == r.probe)?)))
             .collect()
+    }
+
+    /// Every rule's verdict now, each judged under its probe's lock (no copy
+    /// of the window is made). A rule is judged again only when its probe
+    /// recorded something since, unless `all`: what a window's ageing alone
+    /// changes waits for the next `all` (once a second).
+    fn evaluate(&mut self, all: bool) {
+        let now = Instant::now();
+        let all = all || std::mem::take(&mut self.rejudge);
+        for (k, &(ri, si)) in self.plan.iter().enumerate() {
+            let rule = &self.rules[ri];
+            let slot = &self.slots[si];
+            let Some(expr) = rule.expr.as_ref() else {
+                continue;
+            };
+            let judgement = {
+                let state = slot.state.lock().expect("probe state lock");
+                if !all && self.seen.get(k) == Some(&state.recorded) {
+                    continue;
+                }
+                match self.seen.get_mut(k) {
+                    Some(seen) => *seen = state.recorded,
+                    None => self.seen.push(state.recorded),
+                }
+                crate::rules::evaluate(
+                    expr,
+                    &crate::rules::Input {
+                        probe: &rule.probe,
+                        state: &state,
+                        baseline: self.baseline.as_ref(),
+                        interval: slot.cfg.interval,
+                        now,
+                    },
+                    &self.settings,
+                )
+            };
+            let verdict = match &judgement.verdict {
+                crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
+                crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
+                crate::rules::Verdict::Inconclusive(why) => {
+                    crate::watch::Verdict::Inconclusive(why.clone())
+                }
+            };
+            let status = RuleStatus {
+                name: rule.name.clone(),
+                probe: rule.probe.clone(),
+                action: rule.action,
+                after_stable: rule.after_stable,
+                evidence: crate::rules::evidence(rule, &judgement),
+                detail: serde_json::json!({
+                    "when": rule.when,
+                    "default": rule.default,
+                    "findings": judgement.findings,
+                }),
+                verdict,
+            };
+            match self.statuses.get_mut(k) {
+                Some(kept) => *kept = status,
+                None => self.statuses.push(status),
+            }
+        }
     }
 
     /// A new deployment starts with empty windows: what the last one did
     /// must not be judged against this one. The count of consecutive
     /// failures goes on (the first checks of a new deployment often land
     /// before its id is read), and rules are not armed during the warm-up.
-    fn forget_windows(&self) {
+    fn forget_windows(&mut self) {
         for slot in &self.slots {
             slot.state.lock().expect("probe state lock").window.clear();
         }
+        self.rejudge = true;
     }
 
     /// Builds the baseline of the deployment that just became stable from
@@ -373,6 +416,7 @@ impl Judge {
             }
         }
         self.baseline = Some(baseline);
+        self.rejudge = true;
     }
 }
 
@@ -392,8 +436,10 @@ async fn watch_loop(
     let mut id_error: Option<String> = None;
     let mut last_judged = Instant::now();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        // Once a second every rule is judged; after probes report, only
+        // theirs.
+        let all = tokio::select! {
+            _ = tick.tick() => true,
             _ = wake.notified() => {
                 // Many probes report every second: judge their news together,
                 // at most once per JUDGE_GAP, instead of once per check.
@@ -401,6 +447,7 @@ async fn watch_loop(
                 if Instant::now() < due {
                     tokio::time::sleep_until(due).await;
                 }
+                false
             }
             Some(cmd) = commands.recv() => {
                 match cmd {
@@ -414,7 +461,7 @@ async fn watch_loop(
                 continue;
             }
             _ = stop.changed() => return,
-        }
+        };
         if Instant::now() >= next_poll || judge.watcher.deployment().is_none() {
             next_poll = Instant::now() + judge.poll_interval;
             match judge.ids.current().await {
@@ -448,8 +495,8 @@ async fn watch_loop(
             }
         }
         last_judged = Instant::now();
-        let statuses = judge.evaluate();
-        match judge.watcher.judge(&statuses).await {
+        judge.evaluate(all);
+        match judge.watcher.judge(&judge.statuses).await {
             Ok(()) => judge.store_ok(),
             Err(e) => judge.store_failed(&e),
         }

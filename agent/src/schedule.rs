@@ -73,7 +73,10 @@ impl Check for Probe {
 /// the agent's own bound, a little later, catches any that do not.
 pub async fn check_once(probe: &impl Check, cfg: &ProbeConfig) -> Observation {
     let start = Instant::now();
-    let run = AssertUnwindSafe(probe.check()).catch_unwind();
+    // Boxed: the check's future (several KiB for the largest probe types)
+    // lives on the heap only while a check runs, instead of inside every
+    // probe loop's task for good.
+    let run = AssertUnwindSafe(Box::pin(probe.check())).catch_unwind();
     let grace = (cfg.timeout / 10).min(Duration::from_millis(250));
     match tokio::time::timeout(cfg.timeout + grace, run).await {
         Ok(Ok(result)) => Observation::from_result(result, start.elapsed(), cfg.max_latency),

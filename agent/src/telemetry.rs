@@ -67,6 +67,25 @@ pub fn describe() {
     crate::notify::describe();
 }
 
+/// How often histogram samples are folded into their buckets between
+/// scrapes.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the histograms' recorded samples into their buckets every
+/// [`UPKEEP_EVERY`] until `stop` turns true. The recorder keeps every sample
+/// until then: without it, an agent nobody scrapes would hold 8 bytes more
+/// for every check, for good.
+pub async fn upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => handle.run_upkeep(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Sets the constant `backstop_build_info` series.
 pub fn build_info() {
     metrics::gauge!("backstop_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);

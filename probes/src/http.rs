@@ -10,7 +10,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::request::{
-    self, authority, default_max_body, default_method, describe, read_capped, yes, Expect, ReadBody,
+    self, authority, default_max_body, default_method, describe, read_capped, yes, ClientKind,
+    Clients, Expect, ReadBody,
 };
 pub use crate::request::{BodyAssertion, DEFAULT_MAX_BODY_BYTES};
 use crate::{duration, redact_url, ConfigProblem, Context, ProbeError, Report};
@@ -53,7 +54,9 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
 }
 
-/// A runtime `http` probe. It keeps its client, so checks reuse a connection.
+/// A runtime `http` probe. It keeps its client (shared with probes of the same
+/// client settings when built through [`crate::Clients`]), so checks reuse a
+/// connection.
 pub struct HttpProbe {
     client: reqwest::Client,
     method: reqwest::Method,
@@ -86,7 +89,18 @@ impl std::fmt::Debug for HttpProbe {
 }
 
 impl HttpProbe {
+    /// A probe with a client of its own.
     pub fn new(cfg: &HttpConfig, ctx: Context) -> Result<Self, Vec<ConfigProblem>> {
+        Self::with_clients(cfg, ctx, &Clients::default())
+    }
+
+    /// A probe whose client is shared with the other probes built with
+    /// `clients` that need the same client settings.
+    pub fn with_clients(
+        cfg: &HttpConfig,
+        ctx: Context,
+        clients: &Clients,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let url = request::parse_url(&cfg.url, "url", &mut problems);
         let method = request::parse_method(&cfg.method, "method", &mut problems);
@@ -133,11 +147,15 @@ impl HttpProbe {
         // A plain-HTTP probe that follows no redirect never speaks TLS: its
         // client goes without the TLS stack reqwest would build for it.
         let plain = !cfg.follow_redirects && url.as_ref().is_some_and(|u| u.scheme() == "http");
-        let client = match if plain {
-            request::plain_http_client()
+        let kind = if plain {
+            ClientKind::Plain
         } else {
-            request::client(cfg.tls_verify, cfg.follow_redirects)
-        } {
+            ClientKind::Tls {
+                verify: cfg.tls_verify,
+                follow_redirects: cfg.follow_redirects,
+            }
+        };
+        let client = match clients.get(kind) {
             Ok(c) => Some(c),
             Err(e) => {
                 problems.push(ConfigProblem::new("url", e));
@@ -338,6 +356,66 @@ mod tests {
         let cfg = config(serde_json::json!({ "url": format!("http://{addr}/health") }));
         let report = HttpProbe::new(&cfg, ctx()).unwrap().check().await.unwrap();
         assert_eq!(report.get("status"), Some(200.0));
+    }
+
+    #[tokio::test]
+    async fn probes_built_with_shared_clients_share_a_connection_per_target() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    // One response per request, the connection kept open.
+                    let mut request = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut request).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let clients = Clients::default();
+        let probe = |path: &str, extra: serde_json::Value| {
+            let mut doc = serde_json::json!({ "url": format!("http://{addr}/{path}") });
+            doc.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            HttpProbe::with_clients(&config(doc), ctx(), &clients).unwrap()
+        };
+        let a = probe("a", serde_json::json!({}));
+        let b = probe("b", serde_json::json!({ "headers": { "x-probe": "b" } }));
+        assert_eq!(clients.len(), 1, "same client settings, one client");
+        for _ in 0..3 {
+            assert_eq!(a.check().await.unwrap().get("status"), Some(200.0));
+            assert_eq!(b.check().await.unwrap().get("status"), Some(200.0));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "checks one after another reuse one connection"
+        );
+        // Other client settings get a client of their own.
+        probe("c", serde_json::json!({ "follow_redirects": true }));
+        probe(
+            "d",
+            serde_json::json!({ "follow_redirects": true, "tls_verify": false }),
+        );
+        probe("e", serde_json::json!({ "follow_redirects": true }));
+        assert_eq!(clients.len(), 3);
     }
 
     #[test]

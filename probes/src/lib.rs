@@ -19,6 +19,7 @@ pub mod scrape;
 pub mod tcp;
 
 pub use redact::redact_url;
+pub use request::Clients;
 
 /// What one check of a probe saw, before the agent applies `max_latency`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -173,8 +174,18 @@ impl ProbeSpec {
     /// Builds the runtime probe. Never touches the network: connections are
     /// made on the first check, so `validate` can build every probe.
     pub fn build(&self, ctx: Context) -> Result<Probe, Vec<ConfigProblem>> {
+        self.build_shared(ctx, &Clients::default())
+    }
+
+    /// Like [`ProbeSpec::build`], with the `http` probe's client taken from
+    /// (or added to) `clients`, which the probes built with it share.
+    pub fn build_shared(
+        &self,
+        ctx: Context,
+        clients: &Clients,
+    ) -> Result<Probe, Vec<ConfigProblem>> {
         Ok(match self {
-            Self::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c, ctx)?)),
+            Self::Http(c) => Probe::Http(Box::new(http::HttpProbe::with_clients(c, ctx, clients)?)),
             Self::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c, ctx)?),
             Self::Postgres(c) => Probe::Postgres(postgres::PostgresProbe::new(c, ctx)?),
             Self::Redis(c) => Probe::Redis(redis::RedisProbe::new(c, ctx)?),

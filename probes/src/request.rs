@@ -4,6 +4,7 @@
 //! carries a URL.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::time::Duration;
 
@@ -128,7 +129,7 @@ pub(crate) fn check_one_body(
 /// reads none), no cookie store of its own, one idle connection kept per host
 /// so checks reuse it, and a per-request timeout set by the caller.
 pub(crate) fn client(tls_verify: bool, follow_redirects: bool) -> Result<reqwest::Client, String> {
-    builder(follow_redirects)
+    builder(follow_redirects, 1)
         .danger_accept_invalid_certs(!tls_verify)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
@@ -138,8 +139,8 @@ pub(crate) fn client(tls_verify: bool, follow_redirects: bool) -> Result<reqwest
 /// URL and no redirect followed. The same as [`client`], except that it
 /// carries an empty TLS configuration instead of the one reqwest builds for
 /// every client, the webpki roots and a 256-entry session cache (about 22
-/// KiB, most of an idle `http` probe's memory), which it could never use.
-pub(crate) fn plain_http_client() -> Result<reqwest::Client, String> {
+/// KiB), which it could never use.
+fn plain_http_client(idle_per_host: usize) -> Result<reqwest::Client, String> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -147,13 +148,13 @@ pub(crate) fn plain_http_client() -> Result<reqwest::Client, String> {
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
     tls.resumption = rustls::client::Resumption::disabled();
-    builder(false)
+    builder(false, idle_per_host)
         .use_preconfigured_tls(tls)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))
 }
 
-fn builder(follow_redirects: bool) -> reqwest::ClientBuilder {
+fn builder(follow_redirects: bool, idle_per_host: usize) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(if follow_redirects {
@@ -162,8 +163,64 @@ fn builder(follow_redirects: bool) -> reqwest::ClientBuilder {
             reqwest::redirect::Policy::none()
         })
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1)
+        .pool_max_idle_per_host(idle_per_host)
         .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Idle connections a shared client keeps per host: enough for the checks
+/// of many probes of one target that overlap, few enough to stay small.
+const SHARED_IDLE_PER_HOST: usize = 16;
+
+/// The settings that make two `http` probes' clients differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ClientKind {
+    /// An `http://` URL and no redirect followed: no TLS stack at all.
+    Plain,
+    Tls {
+        verify: bool,
+        follow_redirects: bool,
+    },
+}
+
+/// HTTP clients shared by the `http` probes built with it: one client (one
+/// connection pool, one TLS configuration and root store) per distinct
+/// [`ClientKind`] instead of one per probe. Probes of the same target then
+/// reuse each other's idle connections, so an agent with many probes keeps
+/// a few connections per target rather than one per probe. Every request
+/// still carries its probe's own timeout, headers and body. Cloning shares
+/// the clients; [`Clients::default`] starts with none.
+#[derive(Debug, Clone, Default)]
+pub struct Clients(std::sync::Arc<std::sync::Mutex<HashMap<ClientKind, reqwest::Client>>>);
+
+impl Clients {
+    /// The client for `kind`, built on first use.
+    pub(crate) fn get(&self, kind: ClientKind) -> Result<reqwest::Client, String> {
+        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&kind) {
+            return Ok(c.clone());
+        }
+        let c = match kind {
+            ClientKind::Plain => plain_http_client(SHARED_IDLE_PER_HOST)?,
+            ClientKind::Tls {
+                verify,
+                follow_redirects,
+            } => builder(follow_redirects, SHARED_IDLE_PER_HOST)
+                .danger_accept_invalid_certs(!verify)
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {}", one_line(&e)))?,
+        };
+        clients.insert(kind, c.clone());
+        Ok(c)
+    }
+
+    /// How many distinct clients were built.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// `host:port` of a URL, for messages: never the userinfo, path or query.

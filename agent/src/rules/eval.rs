@@ -216,6 +216,28 @@ fn points(state: &ProbeState, signal: &str) -> Vec<Point> {
     out
 }
 
+/// The signal's latest value in the window: the last of [`points`], for a
+/// signal other than `consecutive_failures`, found from the end.
+fn latest_point(state: &ProbeState, signal: &str) -> Option<Point> {
+    state
+        .window
+        .iter()
+        .rev()
+        .filter(|s| s.outcome != Outcome::Error)
+        .find_map(|s| {
+            let value = s
+                .signals
+                .iter()
+                .find(|(n, v)| *n == signal && !v.is_nan())
+                .map(|(_, v)| *v)?;
+            Some(Point {
+                at: s.at,
+                value,
+                counts: baseline::sample_counts(s),
+            })
+        })
+}
+
 fn since(now: Instant, d: Duration) -> Option<Instant> {
     now.checked_sub(d)
 }
@@ -322,9 +344,9 @@ fn absolute(
     settings: &Settings,
     f: &mut Finding,
 ) -> Verdict {
-    let pts = points(input.state, &c.signal);
     let Some(window) = c.window else {
-        // The latest observation.
+        // The latest observation: read from the end of the window (or the
+        // count kept with the state), without replaying the window.
         let latest = if c.signal == CONSECUTIVE_FAILURES {
             input.state.last.as_ref().map(|_| Point {
                 at: input.now,
@@ -332,7 +354,7 @@ fn absolute(
                 counts: None,
             })
         } else {
-            pts.last().copied()
+            latest_point(input.state, &c.signal)
         };
         let Some(p) = latest else {
             return inconclusive("no data");
@@ -352,7 +374,7 @@ fn absolute(
             _ => Verdict::Holds,
         };
     };
-    let pts = in_window(pts, input.now, window);
+    let pts = in_window(points(input.state, &c.signal), input.now, window);
     f.samples = pts.len();
     let counts = sum_counts(&pts);
     f.requests = counts.map(|c| c.requests);

@@ -677,3 +677,35 @@ fn numbers_read_well() {
         assert_eq!(num(x), want, "{x}");
     }
 }
+
+#[test]
+fn the_latest_value_read_from_the_end_is_the_last_point_of_the_window() {
+    // Windows of mixed outcomes, some samples without the signal and some
+    // NaN: reading the latest value from the end agrees with replaying the
+    // whole window, whatever the mix.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let start = Instant::now();
+    for _ in 0..500 {
+        let mut s = state();
+        let n = rand::Rng::gen_range(&mut rng, 0..20);
+        for i in 0..n {
+            let outcome = Outcome::ALL[rand::Rng::gen_range(&mut rng, 0..4)];
+            let signals = match rand::Rng::gen_range(&mut rng, 0..4) {
+                0 => vec![],
+                1 => vec![("latency_ms", f64::NAN)],
+                2 => vec![("status", 200.0)],
+                _ => vec![
+                    ("latency_ms", i as f64),
+                    ("requests", 10.0),
+                    ("errors", 1.0),
+                ],
+            };
+            s.record(obs(outcome, signals), start + Duration::from_millis(i));
+        }
+        let replayed = points(&s, "latency_ms")
+            .last()
+            .map(|p| (p.at, p.value, p.counts));
+        let latest = latest_point(&s, "latency_ms").map(|p| (p.at, p.value, p.counts));
+        assert_eq!(latest, replayed);
+    }
+}
