@@ -13,10 +13,7 @@ pub struct RedisFleet {
 }
 
 impl RedisFleet {
-    pub async fn connect(
-        _url: &crate::secret::Secret,
-        _timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub async fn connect(_url: &crate::secret::Secret, _timeout: Duration) -> anyhow::Result<Self> {
         bail!("fleet coordination through redis is not written yet")
     }
 

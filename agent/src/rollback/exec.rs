@@ -204,6 +204,10 @@ impl Exec {
             .env("BACKSTOP_REASON", &req.reason)
             .env("BACKSTOP_RULE", &req.rule)
             .env("BACKSTOP_EVIDENCE", evidence)
+            .env(
+                "BACKSTOP_FENCING_TOKEN",
+                req.fencing_token.map(|t| t.to_string()).unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

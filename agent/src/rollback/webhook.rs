@@ -250,7 +250,7 @@ impl Webhook {
 
 /// SPEC's JSON document.
 fn default_body(req: &RollbackRequest) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "event": "rollback",
         "service": req.service,
         "deployment": req.deployment,
@@ -258,8 +258,12 @@ fn default_body(req: &RollbackRequest) -> String {
         "reason": req.reason,
         "rule": req.rule,
         "evidence": req.evidence,
-    })
-    .to_string()
+    });
+    // Only when a fleet decided: the lease's fencing token.
+    if let Some(token) = req.fencing_token {
+        body["fencing_token"] = serde_json::json!(token);
+    }
+    body.to_string()
 }
 
 /// How values are put into a template.
@@ -371,6 +375,7 @@ fn sample_request() -> RollbackRequest {
         rule: "health \"failing\"".into(),
         reason: "a\nb \\ c".into(),
         evidence: vec![],
+        fencing_token: None,
     }
 }
 

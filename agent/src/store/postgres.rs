@@ -130,7 +130,8 @@ CREATE TABLE IF NOT EXISTS {s}.backstop_fleet_leases (
 ALTER TABLE {s}.backstop_rollbacks ADD COLUMN IF NOT EXISTS fence bigint;
 "#;
 
-pub(crate) const ROLLBACK_COLUMNS: &str = "deployment, return_to, rule, reason, evidence::text, target, \
+pub(crate) const ROLLBACK_COLUMNS: &str =
+    "deployment, return_to, rule, reason, evidence::text, target, \
      status, intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica";
 
 /// A pool of connections to one schema, reading and writing one service's rows.
