@@ -766,7 +766,15 @@ impl Watcher {
             evidence: evidence.clone(),
             fencing_token: Some(lease.token),
         };
-        self.view.lock().expect("view lock").last_rollback = Some(rec.clone());
+        if let Some(f) = self.fleet.as_mut() {
+            f.record = Some(rec.clone());
+        }
+        let shown = self.fleet_view(&[]);
+        {
+            let mut view = self.view.lock().expect("view lock");
+            view.last_rollback = Some(rec.clone());
+            view.fleet = shown;
+        }
         let renewing = {
             let coord = coord.clone();
             let service = service.clone();
