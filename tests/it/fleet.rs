@@ -140,12 +140,22 @@ fn fleet_config(backend: Backend, stores: &Stores, name: &str) -> String {
     )
 }
 
-/// Three replicas watching deployment `v2`, one rollback target.
+/// `n` replicas watching deployment `v2`, one rollback target.
 async fn replicas(
     backend: Backend,
     stores: &Stores,
     platform: &HttpServer,
     n: usize,
+) -> Vec<Replica> {
+    replicas_watching(backend, stores, platform, n, "10m").await
+}
+
+async fn replicas_watching(
+    backend: Backend,
+    stores: &Stores,
+    platform: &HttpServer,
+    n: usize,
+    watch: &str,
 ) -> Vec<Replica> {
     seed(&stores.store_url, &stores.schema).await;
     let mut out = Vec::new();
@@ -175,7 +185,7 @@ name = "shop"
 [deployment]
 id = "v2"
 warmup = "1s"
-watch = "10m"
+watch = "{watch}"
 
 [[probe]]
 name = "health"
@@ -496,6 +506,44 @@ async fn the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_o
         let m = r.metrics().await;
         assert!(m.lines().any(|l| l == "backstop_fleet_up 1"), "{m}");
     }
+}
+
+/// Three agents see v2 become stable together: one baseline is written,
+/// (the first write wins; the others read that one, see `run.rs`).
+async fn three_agents_keep_one_baseline_of_a_stable_deployment(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas_watching(backend, &st, &platform, 3, "2s").await;
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "v2 stable everywhere", |s| {
+        s["deployment"]["state"] == "stable"
+    })
+    .await;
+    for s in &seen {
+        assert_eq!(s["baseline"]["deployment"], "v2", "{s:#}");
+    }
+    let (client, conn) = tokio_postgres::connect(&st.store_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT deployment, summary::text FROM \"{}\".backstop_baselines WHERE service = 'shop'",
+                st.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one baseline, however many agents");
+    assert_eq!(rows[0].get::<_, String>(0), "v2");
+    assert!(platform.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_agents_keep_one_baseline_of_a_stable_deployment() {
+    three_agents_keep_one_baseline_of_a_stable_deployment(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
