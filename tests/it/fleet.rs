@@ -124,7 +124,10 @@ struct Stores {
     redis_url: Option<String>,
 }
 
-/// The `[store]` and `[fleet]` sections of replica `name`.
+/// The `[store]` and `[fleet]` sections of replica `name`. A short lease,
+/// so a takeover comes soon; an expiry of ten heartbeats, so a healthy
+/// replica slowed down by a busy machine is not dropped from the count
+/// (which would let one sick replica of the two left reach the quorum).
 fn fleet_config(backend: Backend, stores: &Stores, name: &str) -> String {
     let redis = match backend {
         Backend::Postgres => String::new(),
@@ -135,7 +138,7 @@ fn fleet_config(backend: Backend, stores: &Stores, name: &str) -> String {
     };
     format!(
         "[store]\nurl = \"{}\"\nschema = \"{}\"\ntimeout = \"1s\"\n\n\
-         [fleet]\nreplica = \"{name}\"\nquorum = 0.5\nheartbeat = \"300ms\"\nexpiry = \"1s\"\nlease = \"2s\"\n{redis}",
+         [fleet]\nreplica = \"{name}\"\nquorum = 0.5\nheartbeat = \"300ms\"\nexpiry = \"3s\"\nlease = \"2s\"\n{redis}",
         stores.store_url, stores.schema
     )
 }
