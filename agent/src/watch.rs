@@ -4,6 +4,9 @@
 //! guard rails, whether to alert, hold or roll back — and rolls back at most
 //! once per deployment: the intent is recorded in the store before the call,
 //! and a recorded intent is never called again, not after a restart either.
+//! With `[fleet]` a rollback rule that holds here does not call by itself:
+//! the replicas' verdicts are tallied, and the holder of the fleet's lease
+//! calls (see ARCHITECTURE.md, "Fleet", and `fleet`).
 
 use std::collections::HashSet;
 use std::future::Future;

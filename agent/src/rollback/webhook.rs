@@ -1,5 +1,7 @@
 //! The `webhook` target: one HTTP request to a URL of the user's, with SPEC's
-//! JSON document or a body of their own.
+//! JSON document or a body of their own. With `[fleet]`, the document also
+//! has `fencing_token`: the lease's token, which grows with every lease, so
+//! a receiver may refuse one lower than the highest it has seen.
 //!
 //! Templates (`body` and header values) may use `{{service}}`,
 //! `{{deployment}}`, `{{return_to}}` (empty when unknown), `{{reason}}` and
