@@ -511,9 +511,10 @@ async fn the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_o
     }
 }
 
-/// Three agents see v2 become stable together: one baseline is written,
-/// (the first write wins; the others read that one, see `run.rs`).
-async fn three_agents_keep_one_baseline_of_a_stable_deployment(backend: Backend) {
+/// Three agents see v2 become stable together: one baseline is written
+/// (the first write wins; the others read that one, see `run.rs`); an
+/// agent stopped cleanly leaves the fleet.
+async fn three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(backend: Backend) {
     let platform = platform().await;
     let st = stores(backend, postgres_url());
     let rs = replicas_watching(backend, &st, &platform, 3, "2s").await;
@@ -542,11 +543,38 @@ async fn three_agents_keep_one_baseline_of_a_stable_deployment(backend: Backend)
     assert_eq!(rows.len(), 1, "one baseline, however many agents");
     assert_eq!(rows[0].get::<_, String>(0), "v2");
     assert!(platform.requests().is_empty());
+
+    // A clean shutdown leaves the fleet: its report is gone at once.
+    if backend == Backend::Postgres {
+        let mut rs = rs;
+        let mut child = rs[0].agent.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        assert!(child.wait().unwrap().success());
+        let replicas: Vec<String> = client
+            .query(
+                &format!(
+                    "SELECT replica FROM \"{}\".backstop_fleet_reports WHERE service = 'shop' ORDER BY replica",
+                    st.schema
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(replicas, ["r1", "r2"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_three_agents_keep_one_baseline_of_a_stable_deployment() {
-    three_agents_keep_one_baseline_of_a_stable_deployment(Backend::Postgres).await;
+async fn postgres_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet() {
+    three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
