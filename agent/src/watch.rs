@@ -660,7 +660,7 @@ impl Watcher {
             }
         };
         tracing::info!(deployment = %dep, rule, token = lease.token, agree = t.agree, live = t.live, "took the fleet lease");
-        let done = self.fleet_call(rule, evidence, &dep, &lease, t).await;
+        let done = self.fleet_call(rule, evidence, &dep, &lease, Some(t)).await;
         if let Err(e) = coord.release(&self.service, &lease).await {
             tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
         }
@@ -675,7 +675,7 @@ impl Watcher {
         evidence: Vec<Evidence>,
         dep: &str,
         lease: &Lease,
-        t: crate::fleet::Tally,
+        t: Option<crate::fleet::Tally>,
     ) -> anyhow::Result<()> {
         let f = self.fleet.as_ref().expect("fleet");
         let (coord, ttl) = (f.coord.clone(), f.cfg.lease);
@@ -743,7 +743,10 @@ impl Watcher {
         if local_copy {
             self.store.update_rollback(&rec).await?;
         }
-        let agreeing = format!("{} of {} live replicas agree", t.agree, t.live);
+        let agreeing = match t {
+            Some(t) => format!("{} of {} live replicas agree", t.agree, t.live),
+            None => "asked for by hand".to_string(),
+        };
         if self.guard.dry_run {
             metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
             tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll the fleet back");
@@ -953,10 +956,49 @@ impl Watcher {
             p_value: None,
             summary: format!("manual rollback: {reason}"),
         }];
+        if self.fleet.is_some() {
+            return self.manual_fleet_rollback(&dep, ev).await;
+        }
         match self.try_rollback("manual", ev, true).await? {
             Some(refusal) => Ok(ManualOutcome::Refused(refusal)),
             None => Ok(ManualOutcome::Started),
         }
+    }
+
+    /// A rollback asked for by hand in a fleet: no quorum, but the fleet's
+    /// lease, so that no agent takes its intent for one left by a holder
+    /// that stopped, and no two calls are made at once.
+    async fn manual_fleet_rollback(
+        &mut self,
+        dep: &str,
+        evidence: Vec<Evidence>,
+    ) -> anyhow::Result<ManualOutcome> {
+        if self.target.is_none() {
+            return Ok(ManualOutcome::Refused(
+                "no [rollback] target is configured".into(),
+            ));
+        }
+        let f = self.fleet.as_ref().expect("fleet");
+        let (coord, replica, ttl) = (f.coord.clone(), f.cfg.replica.clone(), f.cfg.lease);
+        let lease = match coord.acquire(&self.service, dep, &replica, ttl).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Ok(ManualOutcome::Refused(format!(
+                    "another agent holds the fleet's lease for {dep} and is rolling it back"
+                )))
+            }
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(ManualOutcome::Refused(format!(
+                    "the fleet's coordination store is failing: {e:#}"
+                )));
+            }
+        };
+        let done = self.fleet_call("manual", evidence, dep, &lease, None).await;
+        if let Err(e) = coord.release(&self.service, &lease).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
+        }
+        done.map(|()| ManualOutcome::Started)
     }
 
     /// The guard rails: why a rollback of `dep` is held back now, if it is.
