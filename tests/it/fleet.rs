@@ -24,6 +24,8 @@ use serde_json::{json, Value};
 
 use crate::e2e::status;
 
+const ADMIN_TOKEN: &str = "fleet-admin-token-0123456789";
+
 /// Where the replicas coordinate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Backend {
@@ -181,6 +183,7 @@ async fn replicas_watching(
                 r#"[agent]
 listen = "127.0.0.1:{port}"
 state_dir = "{state}"
+admin_token = "{ADMIN_TOKEN}"
 
 [service]
 name = "shop"
@@ -509,6 +512,48 @@ async fn the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_o
         let m = r.metrics().await;
         assert!(m.lines().any(|l| l == "backstop_fleet_up 1"), "{m}");
     }
+}
+
+/// A rollback asked for by hand on one replica, the fleet healthy: made
+/// once, under the fleet's lease, shown everywhere; asked again on another
+/// replica, refused.
+async fn a_manual_rollback_in_a_fleet_is_made_once(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    let ask = |port: u16| async move {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/rollback"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "reason": "bad release" }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = ask(rs[1].port).await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "every agent showing the manual rollback", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    for s in &seen {
+        assert_eq!(s["fleet"]["rollback"]["by"], "r1", "{s:#}");
+        assert_eq!(s["fleet"]["rollback"]["rule"], "manual");
+    }
+    let r = ask(rs[2].port).await;
+    assert_eq!(r.status(), 409);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(platform.requests().len(), 1, "exactly one call");
+    assert!(platform.requests()[0].json()["fencing_token"]
+        .as_i64()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_manual_rollback_in_a_fleet_is_made_once() {
+    a_manual_rollback_in_a_fleet_is_made_once(Backend::Postgres).await;
 }
 
 /// Three agents see v2 become stable together: one baseline is written
