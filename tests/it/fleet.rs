@@ -667,3 +667,15 @@ async fn redis_the_coordination_store_restarted_during_a_watch_holds_then_rolls_
     the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once(Backend::Redis)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Redis fleet back end"]
+async fn redis_a_manual_rollback_in_a_fleet_is_made_once() {
+    a_manual_rollback_in_a_fleet_is_made_once(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Redis fleet back end"]
+async fn redis_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet() {
+    three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Redis).await;
+}
