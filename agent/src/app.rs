@@ -98,6 +98,7 @@ impl App {
             "probes": probes,
             "rules": view.rules,
             "last_rollback": view.last_rollback,
+            "fleet": view.fleet,
         })
     }
 

@@ -33,7 +33,7 @@ pub const SECTIONS: &[&str] = &[
 ];
 
 /// Sections the loader knows but this version does not support yet.
-pub const UNSUPPORTED_SECTIONS: &[&str] = &["fleet"];
+pub const UNSUPPORTED_SECTIONS: &[&str] = &[];
 
 /// Where `--config` points when neither the flag nor `$BACKSTOP_CONFIG` is set.
 pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
@@ -147,6 +147,45 @@ fn default_pool_size() -> i64 {
 }
 fn default_store_timeout() -> Dur {
     Dur(Duration::from_secs(5))
+}
+
+/// `[fleet]`: several replicas of the service, one decision. Each agent
+/// publishes its own verdicts; the fleet rolls back only when `quorum` of
+/// the live replicas agree, and exactly one agent calls the platform.
+/// Coordinates through the PostgreSQL `[store]`, or through `redis`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetSection {
+    /// This agent's name among its peers, unique per service, e.g. `"${HOSTNAME}"`. Required.
+    replica: String,
+    /// Share of live replicas whose own verdict must hold, 0 < quorum ≤ 1. Default `0.5`.
+    #[serde(default = "default_quorum")]
+    quorum: f64,
+    /// `redis://…` to coordinate through Redis instead of `[store]`; a secret. Default none.
+    #[serde(default)]
+    redis: Option<crate::secret::Secret>,
+    /// How often the agent publishes its verdicts (and at once when one changes). Default `5s`.
+    #[serde(default = "default_heartbeat")]
+    heartbeat: Dur,
+    /// A replica not heard from for this long is not live; more than `heartbeat`. Default 3 × `heartbeat`.
+    #[serde(default)]
+    expiry: Option<Dur>,
+    /// How long the lease to call the platform lasts unless renewed. Default `30s`.
+    #[serde(default = "default_lease")]
+    lease: Dur,
+    /// `"hold"` (no fleet rollback while the coordination store is unreachable) or `"local"` (decide on this replica's own verdicts). Default `"hold"`.
+    #[serde(default)]
+    on_coordination_loss: crate::fleet::LossPolicy,
+}
+
+fn default_quorum() -> f64 {
+    0.5
+}
+fn default_heartbeat() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_lease() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 /// `[service]`: which service this agent watches.
@@ -305,6 +344,8 @@ pub struct Config {
     /// `[store]`; `None` when the section is absent (the embedded store in
     /// `state_dir`).
     pub store: Option<StoreConfig>,
+    /// `[fleet]`; `None` when the section is absent (this agent decides alone).
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// `[store]`, validated: where the PostgreSQL store is.
@@ -650,13 +691,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             None => Some(None),
         };
 
+        let fleet = match root.remove("fleet") {
+            Some(v) => {
+                let has_store = matches!(store, Some(Some(_)));
+                self.section::<FleetSection>("fleet", v)
+                    .and_then(|f| self.fleet(f, has_store))
+                    .map(Some)
+            }
+            None => Some(None),
+        };
+
         let default_rules = agent.as_ref().is_none_or(|a| a.default_rules);
-        if root.contains_key("fleet") {
-            self.error(
-                "fleet",
-                "[fleet] is not supported by this version of backstop yet",
-            );
-        }
         let agent = agent.and_then(|a| self.agent(a));
         let service = service.and_then(|s| {
             if s.name.trim().is_empty() {
@@ -691,6 +736,76 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             notify,
             rollback: rollback?,
             store: store?,
+            fleet: fleet?,
+        })
+    }
+
+    fn fleet(&mut self, f: FleetSection, has_store: bool) -> Option<crate::fleet::FleetConfig> {
+        let mut ok = true;
+        if f.replica.trim().is_empty() {
+            self.error(
+                "fleet.replica",
+                "must not be empty: name this replica, e.g. \"${HOSTNAME}\"",
+            );
+            ok = false;
+        }
+        if !(f.quorum > 0.0 && f.quorum <= 1.0) {
+            self.error(
+                "fleet.quorum",
+                format!("must be more than 0 and at most 1, got {}", f.quorum),
+            );
+            ok = false;
+        }
+        if let Some(url) = &f.redis {
+            let raw = url.expose();
+            match url::Url::parse(raw) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                _ => {
+                    self.error(
+                        "fleet.redis",
+                        format!(
+                            "expected a redis:// or rediss:// URL, got {:?}",
+                            backstop_probes::redact_url(raw)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if f.heartbeat.0 < Duration::from_millis(100) {
+            self.error("fleet.heartbeat", "must be at least 100ms");
+            ok = false;
+        }
+        let expiry = f.expiry.map(|d| d.0).unwrap_or(f.heartbeat.0 * 3);
+        if expiry <= f.heartbeat.0 {
+            self.error(
+                "fleet.expiry",
+                format!(
+                    "must be longer than heartbeat {}",
+                    crate::duration::format(f.heartbeat.0)
+                ),
+            );
+            ok = false;
+        }
+        if f.lease.0 < Duration::from_millis(300) {
+            self.error("fleet.lease", "must be at least 300ms");
+            ok = false;
+        }
+        if f.redis.is_none() && !has_store {
+            self.error(
+                "fleet",
+                "needs a coordination store: a PostgreSQL [store], or redis = \"redis://…\" here",
+            );
+            ok = false;
+        }
+        ok.then_some(crate::fleet::FleetConfig {
+            replica: f.replica.trim().to_string(),
+            quorum: f.quorum,
+            redis: f.redis,
+            heartbeat: f.heartbeat.0,
+            expiry,
+            lease: f.lease.0,
+            on_coordination_loss: f.on_coordination_loss,
         })
     }
 
@@ -1203,7 +1318,15 @@ url = "http://127.0.0.1:8080/health"
             ("[deployment]\nwarmup = 5", "deployment.warmup: invalid type: integer 5, expected a duration string like \"5s\" (line 10)"),
             ("[[rule]]\nname = \"r\"\nprobe = \"nope\"\nwhen = \"status >= 500\"", r#"rule[0].probe: no probe named "nope" (line 11)"#),
             ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"status >= 500\"\naction = \"explode\"", r#"rule[0].action: unknown value "explode", expected rollback or alert (line 13)"#),
-            ("[fleet]\nquorum = 0.5", "fleet: [fleet] is not supported by this version of backstop yet (line 9)"),
+            ("[fleet]\nquorum = 0.5", "fleet.replica: required key is missing (line 9)"),
+            ("[fleet]\nreplica = \"a\"", "fleet: needs a coordination store: a PostgreSQL [store], or redis = \"redis://…\" here (line 9)"),
+            ("[fleet]\nreplica = \" \"\nredis = \"redis://r:6379\"", "fleet.replica: must not be empty: name this replica, e.g. \"${HOSTNAME}\" (line 10)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nquorum = 0", "fleet.quorum: must be more than 0 and at most 1, got 0 (line 12)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nquorum = 1.5", "fleet.quorum: must be more than 0 and at most 1, got 1.5 (line 12)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"http://u:hunter2@r\"", r#"fleet.redis: expected a redis:// or rediss:// URL, got "http://u:***@r/" (line 11)"#),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nheartbeat = \"5s\"\nexpiry = \"5s\"", "fleet.expiry: must be longer than heartbeat 5s (line 13)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nlease = \"10ms\"", "fleet.lease: must be at least 300ms (line 12)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\non_coordination_loss = \"panic\"", "fleet.on_coordination_loss: unknown value \"panic\", expected hold or local (line 12)"),
             ("[store]\nschema = \"backstop\"", "store.url: required key is missing (line 9)"),
             ("[store]\nurl = \"mysql://app:hunter2@db/app\"", r#"store.url: scheme "mysql" is not postgres or postgresql (line 10)"#),
             ("[store]\nurl = \"postgres://app:hunter2@db/app?sslmode=require\"", "store.url: sslmode=require is not supported: the store connects without TLS; use sslmode=disable or sslmode=prefer, or reach the server over a trusted network (line 10)"),
@@ -1219,6 +1342,39 @@ url = "http://127.0.0.1:8080/health"
             let got = errors(&text);
             assert_eq!(got, vec![want.to_string()], "with {extra:?}");
         }
+    }
+
+    #[test]
+    fn a_fleet_section_has_its_defaults_and_coordinates_through_the_store_or_redis() {
+        let text = format!(
+            "{BASE}[store]\nurl = \"postgres://app@db/app\"\n\n[fleet]\nreplica = \"${{HOST}}\"\n"
+        );
+        let env = |k: &str| (k == "HOST").then(|| "web-1".to_string());
+        let f = Config::parse(&text, env).unwrap().fleet.unwrap();
+        assert_eq!(f.replica, "web-1");
+        assert_eq!(f.quorum, 0.5);
+        assert!(f.redis.is_none());
+        assert_eq!(
+            (f.heartbeat, f.expiry, f.lease),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(15),
+                Duration::from_secs(30)
+            )
+        );
+        assert_eq!(f.on_coordination_loss, crate::fleet::LossPolicy::Hold);
+        let text = format!(
+            "{BASE}[fleet]\nreplica = \"web-2\"\nredis = \"redis://:hunter2@r:6379\"\nquorum = 1\nheartbeat = \"2s\"\non_coordination_loss = \"local\"\n"
+        );
+        let f = Config::parse(&text, |_| None).unwrap().fleet.unwrap();
+        assert_eq!(f.quorum, 1.0);
+        assert_eq!(f.expiry, Duration::from_secs(6));
+        assert_eq!(f.on_coordination_loss, crate::fleet::LossPolicy::Local);
+        assert_eq!(f.redis.unwrap().expose(), "redis://:hunter2@r:6379");
+        assert!(
+            Config::parse(BASE, |_| None).unwrap().fleet.is_none(),
+            "no [fleet]: this agent decides alone"
+        );
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct RollbackRequest {
     /// One line: why.
     pub reason: String,
     pub evidence: Vec<Evidence>,
+    /// The fleet lease's fencing token, when a fleet decided: it grows
+    /// with every lease, so a platform that keeps the highest it has seen
+    /// can refuse a late call from an earlier holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
 }
 
 /// What a rollback target reports after a successful call.

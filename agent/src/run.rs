@@ -119,7 +119,21 @@ pub async fn run(
         },
     };
     let notifier: Arc<dyn Notifier> = Arc::new(crate::notify::Notifiers::build(&config.notify)?);
-    let watcher = Watcher::new(
+    let coordinator = match &config.fleet {
+        Some(f) => {
+            let timeout = config
+                .store
+                .as_ref()
+                .map(|s| s.timeout)
+                .unwrap_or(Duration::from_secs(5));
+            let c = crate::fleet::Coordinator::connect(f, &store, timeout)
+                .await
+                .map_err(|e| UnusableStore(e.context("the fleet's coordination store")))?;
+            Some((Arc::new(c), f.clone()))
+        }
+        None => None,
+    };
+    let mut watcher = Watcher::new(
         config.service.clone(),
         None,
         store.clone(),
@@ -132,6 +146,10 @@ pub async fn run(
     )
     .await
     .map_err(UnusableStore)?;
+    if let Some((coord, f)) = coordinator {
+        tracing::info!(replica = %f.replica, coordinator = %coord.describe(), quorum = f.quorum, "deciding with the fleet");
+        watcher = watcher.with_fleet(coord, f);
+    }
     let view = watcher.view.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let ids = IdSource::new(config.deployment.source.clone());
@@ -430,7 +448,12 @@ async fn watch_loop(
     mut commands: mpsc::Receiver<Command>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Often enough for the fleet's heartbeat, when there is one.
+    let period = judge
+        .watcher
+        .fleet_heartbeat()
+        .map_or(Duration::from_secs(1), |h| h.min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_poll = Instant::now();
     let mut id_error: Option<String> = None;
@@ -460,7 +483,10 @@ async fn watch_loop(
                 }
                 continue;
             }
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                judge.watcher.leave_fleet().await;
+                return;
+            }
         };
         if Instant::now() >= next_poll || judge.watcher.deployment().is_none() {
             next_poll = Instant::now() + judge.poll_interval;

@@ -64,6 +64,18 @@ pub fn describe() {
         "backstop_store_up",
         "Whether the store (embedded, or PostgreSQL shared by the replicas) worked at the last step (1) or failed (0); while it fails nothing is rolled back."
     );
+    describe_gauge!(
+        "backstop_fleet_up",
+        "With [fleet]: whether the fleet's coordination store answered at the last try (1) or not (0); while it fails the fleet is not rolled back (unless on_coordination_loss = \"local\")."
+    );
+    describe_gauge!(
+        "backstop_fleet_live_replicas",
+        "With [fleet]: the replicas on this deployment whose heartbeat is fresh, as read last."
+    );
+    describe_gauge!(
+        "backstop_fleet_agreeing",
+        "With [fleet]: the live replicas whose own verdict on the rollback rule holds, as read last."
+    );
     crate::notify::describe();
 }
 

@@ -4,6 +4,9 @@
 //! guard rails, whether to alert, hold or roll back — and rolls back at most
 //! once per deployment: the intent is recorded in the store before the call,
 //! and a recorded intent is never called again, not after a restart either.
+//! With `[fleet]` a rollback rule that holds here does not call by itself:
+//! the replicas' verdicts are tallied, and the holder of the fleet's lease
+//! calls (see ARCHITECTURE.md, "Fleet", and `fleet`).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::Action;
 use crate::evidence::{Event, EventKind, Evidence, RollbackDone, RollbackRequest};
+use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, Vote};
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
 
 /// A platform that can roll a deployment back (see `rollback`).
@@ -115,7 +119,36 @@ pub struct WatchView {
     pub last_rollback: Option<RollbackRecord>,
     pub held: Option<String>,
     pub notes: Vec<String>,
+    /// The fleet as this replica sees it; `None` without `[fleet]`.
+    pub fleet: Option<Value>,
 }
+
+/// The fleet side of the watch (`[fleet]`): what this replica published and
+/// read last from the coordination store.
+struct Fleet {
+    coord: Arc<Coordinator>,
+    cfg: FleetConfig,
+    /// Whether the coordination store answered at the last try; `None`
+    /// before the first.
+    up: Option<bool>,
+    last_publish: Option<Instant>,
+    /// The deployment and (rule, verdict) pairs published last.
+    published: Option<(String, Vec<(String, String)>)>,
+    beats: u64,
+    /// The live reports of `live_for`, as read last.
+    live: Vec<Report>,
+    live_for: Option<String>,
+    /// Whether `live` was read in this step.
+    fresh: bool,
+    /// The fleet's rollback record of `live_for`, as read last.
+    record: Option<RollbackRecord>,
+    /// Since when each rollback rule has held here, for the quorum message.
+    holding_since: std::collections::HashMap<String, Instant>,
+}
+
+/// How many heartbeats pass between two reads of the live replicas while
+/// none of this replica's rollback rules holds (only for `/status`).
+pub const FLEET_READ_EVERY: u64 = 6;
 
 /// The answer to a manual rollback request.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +176,7 @@ pub struct Watcher {
     held_told: HashSet<(String, String)>,
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
+    fleet: Option<Fleet>,
     pub view: Arc<Mutex<WatchView>>,
 }
 
@@ -178,8 +212,47 @@ impl Watcher {
             held_told: HashSet::new(),
             verify_pending: None,
             info_labels: None,
+            fleet: None,
             view: Arc::new(Mutex::new(WatchView::default())),
         })
+    }
+
+    /// Decides with the fleet (`[fleet]`): a rollback rule that holds here
+    /// rolls back only when `quorum` of the live replicas agree, and only
+    /// the holder of the lease calls the platform.
+    pub fn with_fleet(mut self, coord: Arc<Coordinator>, cfg: FleetConfig) -> Self {
+        self.replica = Some(cfg.replica.clone());
+        self.fleet = Some(Fleet {
+            coord,
+            cfg,
+            up: None,
+            last_publish: None,
+            published: None,
+            beats: 0,
+            live: vec![],
+            live_for: None,
+            fresh: false,
+            record: None,
+            holding_since: Default::default(),
+        });
+        self
+    }
+
+    /// The shortest time between two steps the fleet needs.
+    pub fn fleet_heartbeat(&self) -> Option<Duration> {
+        self.fleet.as_ref().map(|f| f.cfg.heartbeat)
+    }
+
+    /// Removes this replica's report (a clean shutdown).
+    pub async fn leave_fleet(&self) {
+        if let Some(f) = &self.fleet {
+            match f.coord.leave(&self.service, &f.cfg.replica).await {
+                Ok(()) => tracing::info!(replica = %f.cfg.replica, "left the fleet"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot leave the fleet; the others stop counting this replica when its report expires")
+                }
+            }
+        }
     }
 
     pub fn state(&self) -> Option<WatchState> {
@@ -237,7 +310,11 @@ impl Watcher {
         self.held_told.clear();
         // A rollback of this deployment recorded before a restart.
         if let Some(mut r) = self.store.rollback(id).await? {
-            if r.status == RollbackStatus::Intent {
+            if r.status == RollbackStatus::Intent && self.fleet.is_some() {
+                // In a fleet the intent belongs to the holder of a lease:
+                // once the lease expires another agent completes the call.
+                tracing::warn!(deployment = %id, by = ?r.by, "a fleet rollback of this deployment is in progress or was interrupted");
+            } else if r.status == RollbackStatus::Intent {
                 r.status = RollbackStatus::Failed;
                 r.detail = "the agent stopped during the rollback call; it will not call again: check the platform".into();
                 r.finished_at_ms = Some(self.clock.now_ms());
@@ -316,6 +393,9 @@ impl Watcher {
             self.refresh_view(rules).await;
             return Ok(());
         };
+        if self.fleet.is_some() {
+            self.fleet_step(rules, state).await;
+        }
         for r in rules {
             let holds = r.verdict == Verdict::Holds;
             metrics::gauge!("backstop_rule_firing", "rule" => r.name.clone(), "action" => r.action.as_str())
@@ -347,7 +427,11 @@ impl Watcher {
             }
             if holds && self.rolls_back(r, state) {
                 let ev = r.evidence.clone();
-                self.try_rollback(&r.name, ev, false).await?;
+                if self.fleet.is_some() {
+                    self.fleet_rollback(&r.name, ev).await?;
+                } else {
+                    self.try_rollback(&r.name, ev, false).await?;
+                }
                 if self.state() == Some(WatchState::RolledBack) {
                     break;
                 }
@@ -360,6 +444,492 @@ impl Watcher {
     fn rolls_back(&self, r: &RuleStatus, state: WatchState) -> bool {
         r.action == Action::Rollback
             && (state == WatchState::Watching || (state == WatchState::Stable && r.after_stable))
+    }
+
+    /// Publishes this replica's verdicts on every heartbeat (and at once
+    /// when one changes), and reads the live replicas and the fleet's
+    /// record: on every heartbeat while one of this replica's rollback
+    /// rules holds, else every `FLEET_READ_EVERY` heartbeats for `/status`.
+    async fn fleet_step(&mut self, rules: &[RuleStatus], state: WatchState) {
+        let Some(dep) = self.deployment().map(str::to_string) else {
+            return;
+        };
+        let votes: Vec<Vote> = rules
+            .iter()
+            .filter(|r| self.rolls_back(r, state))
+            .map(|r| Vote {
+                rule: r.name.clone(),
+                verdict: r.verdict.as_str().to_string(),
+                summary: if r.verdict == Verdict::Holds {
+                    summarize(&r.name, &r.evidence)
+                } else {
+                    String::new()
+                },
+            })
+            .collect();
+        let now = Instant::now();
+        let service = self.service.clone();
+        let at_ms = self.clock.now_ms();
+        let f = self.fleet.as_mut().expect("fleet");
+        f.fresh = false;
+        f.holding_since.retain(|rule, _| {
+            votes
+                .iter()
+                .any(|v| v.rule == *rule && v.verdict == "holds")
+        });
+        for v in votes.iter().filter(|v| v.verdict == "holds") {
+            f.holding_since.entry(v.rule.clone()).or_insert(now);
+        }
+        let key = (
+            dep.clone(),
+            votes
+                .iter()
+                .map(|v| (v.rule.clone(), v.verdict.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let changed = f.published.as_ref() != Some(&key);
+        let due = changed
+            || f.last_publish
+                .is_none_or(|t| now.duration_since(t) >= f.cfg.heartbeat);
+        if !due {
+            return;
+        }
+        f.last_publish = Some(now);
+        let holding = votes.iter().any(|v| v.verdict == "holds");
+        let report = Report {
+            replica: f.cfg.replica.clone(),
+            deployment: dep.clone(),
+            at_ms,
+            votes,
+        };
+        let coord = f.coord.clone();
+        if let Err(e) = coord.publish(&service, &report, f.cfg.expiry).await {
+            self.fleet_failed(&e);
+            return;
+        }
+        f.published = Some(key);
+        f.beats += 1;
+        let read = holding
+            || f.live_for.as_deref() != Some(dep.as_str())
+            || f.beats % FLEET_READ_EVERY == 0;
+        if read {
+            let live = match coord.live(&service, &dep).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.fleet_failed(&e);
+                    return;
+                }
+            };
+            let record = match coord.outcome(&service, &dep).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fleet_failed(&e);
+                    return;
+                }
+            };
+            let f = self.fleet.as_mut().expect("fleet");
+            metrics::gauge!("backstop_fleet_live_replicas").set(live.len() as f64);
+            for r in rules.iter().filter(|r| r.action == Action::Rollback) {
+                metrics::gauge!("backstop_fleet_agreeing", "rule" => r.name.clone())
+                    .set(tally(&live, &r.name).agree as f64);
+            }
+            f.live = live;
+            f.live_for = Some(dep);
+            f.record = record;
+            f.fresh = true;
+        }
+        self.fleet_ok();
+    }
+
+    /// The coordination store failed: no fleet rollback while it fails
+    /// (unless `on_coordination_loss = "local"`). Told once when it starts
+    /// failing; `backstop_fleet_up` says so all along.
+    fn fleet_failed(&mut self, e: &anyhow::Error) {
+        metrics::gauge!("backstop_fleet_up").set(0.0);
+        let f = self.fleet.as_mut().expect("fleet");
+        let was = f.up.replace(false);
+        f.fresh = false;
+        let message = format!("{e:#}");
+        let policy = f.cfg.on_coordination_loss;
+        let shown = f.coord.describe();
+        tracing::error!(coordinator = %shown, error = %message, "the fleet's coordination store is failing");
+        if was != Some(false) {
+            let then = match policy {
+                LossPolicy::Hold => "no fleet rollback until it works again",
+                LossPolicy::Local => {
+                    "this replica decides on its own verdicts until it works again"
+                }
+            };
+            self.tell(
+                EventKind::Alert,
+                Some("fleet".into()),
+                format!("the fleet's coordination store {shown} is failing; {then}: {message}"),
+                vec![],
+            );
+        }
+    }
+
+    fn fleet_ok(&mut self) {
+        metrics::gauge!("backstop_fleet_up").set(1.0);
+        let f = self.fleet.as_mut().expect("fleet");
+        if f.up.replace(true) == Some(false) {
+            tracing::info!("the fleet's coordination store works again");
+            self.tell(
+                EventKind::Resolved,
+                Some("fleet".into()),
+                "the fleet's coordination store works again: fleet rollbacks are possible again"
+                    .into(),
+                vec![],
+            );
+        }
+    }
+
+    /// A rollback rule holds on this replica: the fleet decides. Only on a
+    /// fresh read of the live replicas; the replicas that agree try to take
+    /// the lease, and only its holder calls the platform.
+    async fn fleet_rollback(&mut self, rule: &str, evidence: Vec<Evidence>) -> anyhow::Result<()> {
+        let Some(dep) = self.deployment().map(str::to_string) else {
+            return Ok(());
+        };
+        let f = self.fleet.as_ref().expect("fleet");
+        if f.up == Some(false) {
+            if f.cfg.on_coordination_loss == LossPolicy::Local {
+                self.try_rollback(rule, evidence, false).await?;
+            } else {
+                self.view.lock().expect("view lock").held = Some(
+                    "the fleet's coordination store is failing: no fleet rollback until it works again"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        if !f.fresh || f.live_for.as_deref() != Some(dep.as_str()) {
+            return Ok(());
+        }
+        let t = tally(&f.live, rule);
+        let quorum = f.cfg.quorum;
+        if !t.reaches(quorum) {
+            let settled = f
+                .holding_since
+                .get(rule)
+                .is_some_and(|since| since.elapsed() >= f.cfg.expiry);
+            let msg = format!(
+                "rule {rule} holds on this replica only: {} of {} live replicas agree (quorum {quorum}); not rolling the fleet back",
+                t.agree, t.live
+            );
+            // Told once the others have had time to publish, once per
+            // (rule, deployment).
+            if settled
+                && self
+                    .held_told
+                    .insert((rule.to_string(), "fleet quorum".into()))
+            {
+                tracing::warn!(deployment = %dep, rule, agree = t.agree, live = t.live, quorum, "rule holds on this replica only; the fleet is not rolled back");
+                self.tell(
+                    EventKind::RollbackHeld,
+                    Some(rule.to_string()),
+                    msg.clone(),
+                    evidence,
+                );
+            }
+            self.view.lock().expect("view lock").held = Some(msg);
+            return Ok(());
+        }
+        if let Some(rec) = f.record.clone() {
+            if rec.status != RollbackStatus::Intent {
+                self.show_fleet_record(rec);
+                return Ok(());
+            }
+        }
+        if self
+            .hold_reason(rule, &dep, &evidence, false)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let f = self.fleet.as_ref().expect("fleet");
+        let (coord, replica, ttl) = (f.coord.clone(), f.cfg.replica.clone(), f.cfg.lease);
+        let lease = match coord.acquire(&self.service, &dep, &replica, ttl).await {
+            Ok(Some(l)) => l,
+            // Another agent holds it and is calling.
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(());
+            }
+        };
+        tracing::info!(deployment = %dep, rule, token = lease.token, agree = t.agree, live = t.live, "took the fleet lease");
+        let done = self.fleet_call(rule, evidence, &dep, &lease, Some(t)).await;
+        if let Err(e) = coord.release(&self.service, &lease).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
+        }
+        done
+    }
+
+    /// Holding the lease: records the intent (fenced), calls the platform
+    /// while renewing the lease, and records the outcome (fenced).
+    async fn fleet_call(
+        &mut self,
+        rule: &str,
+        evidence: Vec<Evidence>,
+        dep: &str,
+        lease: &Lease,
+        t: Option<crate::fleet::Tally>,
+    ) -> anyhow::Result<()> {
+        let f = self.fleet.as_ref().expect("fleet");
+        let (coord, ttl) = (f.coord.clone(), f.cfg.lease);
+        let local_copy = matches!(*coord, Coordinator::Redis(_));
+        let service = self.service.clone();
+        // Again, now that no other agent can write: a holder whose lease
+        // expired may have finished meanwhile, or stopped mid-call.
+        match coord.outcome(&service, dep).await {
+            Ok(Some(rec)) if rec.status != RollbackStatus::Intent => {
+                self.show_fleet_record(rec);
+                return Ok(());
+            }
+            Ok(Some(rec)) => {
+                tracing::warn!(deployment = %dep, by = ?rec.by, "the earlier holder of the fleet lease stopped during the call; completing it");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(());
+            }
+        }
+        let Some(target) = self.target.clone() else {
+            return Ok(());
+        };
+        let return_to = self.last_stable.clone().filter(|s| s != dep);
+        let reason = summarize(rule, &evidence);
+        let now = self.clock.now_ms();
+        let mut rec = RollbackRecord {
+            deployment: dep.to_string(),
+            return_to: return_to.clone(),
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            evidence: evidence.clone(),
+            target: target.name().to_string(),
+            status: if self.guard.dry_run {
+                RollbackStatus::DryRun
+            } else {
+                RollbackStatus::Intent
+            },
+            intent_at_ms: now,
+            finished_at_ms: None,
+            detail: if self.guard.dry_run {
+                "dry run: no call made".into()
+            } else {
+                String::new()
+            },
+            returned_to: None,
+            not_effective: false,
+            by: self.replica.clone(),
+        };
+        if self.guard.dry_run {
+            rec.finished_at_ms = Some(now);
+        }
+        match coord.record(&service, lease, &rec).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(deployment = %dep, "the fleet lease was taken over before the intent was written; not calling");
+                return Ok(());
+            }
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(());
+            }
+        }
+        if local_copy {
+            self.store.update_rollback(&rec).await?;
+        }
+        let agreeing = match t {
+            Some(t) => format!("{} of {} live replicas agree", t.agree, t.live),
+            None => "asked for by hand".to_string(),
+        };
+        if self.guard.dry_run {
+            metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
+            tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll the fleet back");
+            self.tell(
+                EventKind::RollbackPerformed,
+                Some(rule.to_string()),
+                format!(
+                    "dry run: would roll back {dep}{} ({agreeing}): {reason}",
+                    to_text(&return_to)
+                ),
+                evidence,
+            );
+            self.show_fleet_record(rec);
+            return Ok(());
+        }
+        tracing::warn!(deployment = %dep, rule, target = target.name(), token = lease.token, return_to = ?return_to, reason = %reason, "rolling the fleet back");
+        let req = RollbackRequest {
+            service: service.clone(),
+            deployment: dep.to_string(),
+            return_to: return_to.clone(),
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            evidence: evidence.clone(),
+            fencing_token: Some(lease.token),
+        };
+        if let Some(f) = self.fleet.as_mut() {
+            f.record = Some(rec.clone());
+        }
+        let shown = self.fleet_view(&[]);
+        {
+            let mut view = self.view.lock().expect("view lock");
+            view.last_rollback = Some(rec.clone());
+            view.fleet = shown;
+        }
+        let renewing = {
+            let coord = coord.clone();
+            let service = service.clone();
+            let mut held = lease.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match coord.renew(&service, &mut held, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(deployment = %held.deployment, "the fleet lease was lost during the call; its outcome is recorded only if no other agent took over");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot renew the fleet lease")
+                        }
+                    }
+                }
+                std::future::pending::<()>().await
+            }
+        };
+        let result = tokio::select! {
+            r = target.rollback(&req) => r,
+            () = renewing => unreachable!("the renewal never ends"),
+        };
+        rec.finished_at_ms = Some(self.clock.now_ms());
+        match &result {
+            Ok(done) => {
+                rec.status = RollbackStatus::Succeeded;
+                rec.detail = done.detail.clone();
+                rec.returned_to = done.returned_to.clone().or(return_to.clone());
+            }
+            Err(err) => {
+                rec.status = RollbackStatus::Failed;
+                rec.detail = err.clone();
+            }
+        }
+        match coord.record(&service, lease, &rec).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(deployment = %dep, status = rec.status.as_str(), "the fleet lease was taken over during the call; this outcome is not recorded")
+            }
+            Err(e) => self.fleet_failed(&e),
+        }
+        if local_copy {
+            self.store.update_rollback(&rec).await?;
+        }
+        match result {
+            Ok(done) => {
+                if let Some(cur) = self.current.as_mut() {
+                    cur.state = WatchState::RolledBack;
+                    self.store.save_deployment(cur).await?;
+                }
+                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
+                tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "fleet rollback accepted by the platform");
+                if let Some(verify) = self.guard.verify {
+                    self.verify_pending = Some((
+                        dep.to_string(),
+                        self.clock.now_ms() + verify.as_millis() as u64,
+                    ));
+                }
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rule.to_string()),
+                    format!(
+                        "rolled back {dep}{} for the fleet ({agreeing}): {reason}",
+                        to_text(&rec.returned_to)
+                    ),
+                    evidence,
+                );
+            }
+            Err(err) => {
+                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "failed").increment(1);
+                tracing::error!(deployment = %dep, target = target.name(), error = %err, "fleet rollback failed; it will not be called again for this deployment");
+                self.tell(
+                    EventKind::RollbackFailed,
+                    Some(rule.to_string()),
+                    format!("rollback of {dep} failed: {err}"),
+                    evidence,
+                );
+            }
+        }
+        self.show_fleet_record(rec);
+        Ok(())
+    }
+
+    /// The fleet's record of the current deployment, whoever wrote it: shown
+    /// in `/status`; a deployment rolled back by the fleet is no longer
+    /// judged here either.
+    fn show_fleet_record(&mut self, rec: RollbackRecord) {
+        if rec.status == RollbackStatus::Succeeded
+            && self.deployment() == Some(rec.deployment.as_str())
+        {
+            if let Some(cur) = self.current.as_mut() {
+                if cur.state != WatchState::RolledBack {
+                    tracing::info!(deployment = %rec.deployment, by = ?rec.by, "the fleet rolled this deployment back");
+                    cur.state = WatchState::RolledBack;
+                }
+            }
+        }
+        if let Some(f) = self.fleet.as_mut() {
+            f.record = Some(rec.clone());
+        }
+        self.view.lock().expect("view lock").last_rollback = Some(rec);
+    }
+
+    /// The `fleet` object of `/status`.
+    fn fleet_view(&self, rules: &[RuleStatus]) -> Option<Value> {
+        let f = self.fleet.as_ref()?;
+        let mut names: Vec<String> = rules
+            .iter()
+            .filter(|r| r.action == Action::Rollback)
+            .map(|r| r.name.clone())
+            .collect();
+        for v in f.live.iter().flat_map(|r| &r.votes) {
+            if !names.contains(&v.rule) {
+                names.push(v.rule.clone());
+            }
+        }
+        let tallies: Vec<Value> = names
+            .iter()
+            .map(|n| {
+                let t = tally(&f.live, n);
+                json!({ "rule": n, "agree": t.agree, "live": t.live, "reaches_quorum": t.reaches(f.cfg.quorum) })
+            })
+            .collect();
+        let record = f
+            .record
+            .as_ref()
+            .filter(|r| f.live_for.as_deref() == Some(r.deployment.as_str()));
+        Some(json!({
+            "replica": f.cfg.replica,
+            "coordinator": f.coord.describe(),
+            "up": f.up,
+            "quorum": f.cfg.quorum,
+            "on_coordination_loss": f.cfg.on_coordination_loss,
+            "heartbeat_s": f.cfg.heartbeat.as_secs_f64(),
+            "expiry_s": f.cfg.expiry.as_secs_f64(),
+            "deployment": f.live_for,
+            "live": f.live.iter().map(|r| json!({
+                "replica": r.replica,
+                "deployment": r.deployment,
+                "at_ms": r.at_ms,
+                "votes": r.votes,
+            })).collect::<Vec<_>>(),
+            "tally": tallies,
+            "lease_holder": record.filter(|r| r.status == RollbackStatus::Intent).and_then(|r| r.by.clone()),
+            "rollback": record,
+        }))
     }
 
     /// A rollback asked for through the admin API.
@@ -386,29 +956,71 @@ impl Watcher {
             p_value: None,
             summary: format!("manual rollback: {reason}"),
         }];
+        if self.fleet.is_some() {
+            return self.manual_fleet_rollback(&dep, ev).await;
+        }
         match self.try_rollback("manual", ev, true).await? {
             Some(refusal) => Ok(ManualOutcome::Refused(refusal)),
             None => Ok(ManualOutcome::Started),
         }
     }
 
-    /// Rolls the current deployment back unless a guard rail says no.
-    /// Returns why it held back, if it did.
-    async fn try_rollback(
+    /// A rollback asked for by hand in a fleet: no quorum, but the fleet's
+    /// lease, so that no agent takes its intent for one left by a holder
+    /// that stopped, and no two calls are made at once.
+    async fn manual_fleet_rollback(
+        &mut self,
+        dep: &str,
+        evidence: Vec<Evidence>,
+    ) -> anyhow::Result<ManualOutcome> {
+        if self.target.is_none() {
+            return Ok(ManualOutcome::Refused(
+                "no [rollback] target is configured".into(),
+            ));
+        }
+        let f = self.fleet.as_ref().expect("fleet");
+        let (coord, replica, ttl) = (f.coord.clone(), f.cfg.replica.clone(), f.cfg.lease);
+        let lease = match coord.acquire(&self.service, dep, &replica, ttl).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Ok(ManualOutcome::Refused(format!(
+                    "another agent holds the fleet's lease for {dep} and is rolling it back"
+                )))
+            }
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(ManualOutcome::Refused(format!(
+                    "the fleet's coordination store is failing: {e:#}"
+                )));
+            }
+        };
+        let done = self.fleet_call("manual", evidence, dep, &lease, None).await;
+        if let Err(e) = coord.release(&self.service, &lease).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
+        }
+        done.map(|()| ManualOutcome::Started)
+    }
+
+    /// The guard rails: why a rollback of `dep` is held back now, if it is.
+    /// People are told once per (rule, reason); `/status` shows it.
+    async fn hold_reason(
         &mut self,
         rule: &str,
-        evidence: Vec<Evidence>,
+        dep: &str,
+        evidence: &[Evidence],
         manual: bool,
     ) -> anyhow::Result<Option<String>> {
-        let Some(dep) = self.deployment().map(str::to_string) else {
-            return Ok(Some("no deployment is known yet".into()));
-        };
-        if self.store.rollback(&dep).await?.is_some() {
-            return Ok(None);
-        }
-        let return_to = self.last_stable.clone().filter(|s| *s != dep);
+        let return_to = self.last_stable.clone().filter(|s| s != dep);
         let now = self.clock.now_ms();
-        let recent = self.store.rollbacks().await?;
+        // The deployment's own record (an intent left by a fleet holder
+        // that stopped) is not an earlier rollback.
+        let recent: Vec<RollbackRecord> = self
+            .store
+            .rollbacks()
+            .await?
+            .into_iter()
+            .filter(|r| r.deployment != dep)
+            .collect();
         let hold = if self.target.is_none() {
             Some("no [rollback] target is configured".to_string())
         } else if self.paused && !manual {
@@ -449,10 +1061,32 @@ impl Watcher {
                     EventKind::RollbackHeld,
                     Some(rule.to_string()),
                     format!("rollback of {dep} held back: {reason}"),
-                    evidence,
+                    evidence.to_vec(),
                 );
             }
             self.view.lock().expect("view lock").held = Some(reason.clone());
+            return Ok(Some(reason));
+        }
+        Ok(None)
+    }
+
+    /// Rolls the current deployment back unless a guard rail says no.
+    /// Returns why it held back, if it did.
+    async fn try_rollback(
+        &mut self,
+        rule: &str,
+        evidence: Vec<Evidence>,
+        manual: bool,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(dep) = self.deployment().map(str::to_string) else {
+            return Ok(Some("no deployment is known yet".into()));
+        };
+        if self.store.rollback(&dep).await?.is_some() {
+            return Ok(None);
+        }
+        let return_to = self.last_stable.clone().filter(|s| *s != dep);
+        let now = self.clock.now_ms();
+        if let Some(reason) = self.hold_reason(rule, &dep, &evidence, manual).await? {
             return Ok(Some(reason));
         }
         let target = self.target.clone().expect("checked above");
@@ -505,6 +1139,7 @@ impl Watcher {
             rule: rule.to_string(),
             reason: reason.clone(),
             evidence: evidence.clone(),
+            fencing_token: None,
         };
         self.view.lock().expect("view lock").last_rollback = Some(rec.clone());
         let result = target.rollback(&req).await;
@@ -658,6 +1293,11 @@ impl Watcher {
         }
         if view.last_rollback.is_none() {
             view.last_rollback = recorded;
+        }
+        drop(view);
+        if self.fleet.is_some() {
+            let fleet = self.fleet_view(rules);
+            self.view.lock().expect("view lock").fleet = fleet;
         }
     }
 }

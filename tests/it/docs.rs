@@ -82,6 +82,7 @@ const SECTIONS: &[Section] = &[
     ),
     s("[[rule]]", "agent/src/config.rs", "RuleConfig"),
     s("[store]", "agent/src/config.rs", "StoreSection"),
+    s("[fleet]", "agent/src/config.rs", "FleetSection"),
     s("[rollback]", "agent/src/rollback/mod.rs", "CommonSection"),
     s(
         "[rollback.railway]",

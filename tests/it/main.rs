@@ -7,6 +7,8 @@ mod docs;
 mod e2e;
 mod e2e_l4;
 mod faults;
+mod fleet;
+mod fleet_postgres;
 mod fleet_redis;
 mod manifests;
 mod notify;

@@ -310,6 +310,7 @@ fn request(return_to: Option<&str>) -> RollbackRequest {
         rule: "health failing".into(),
         reason: "health failed 3 times in a row".into(),
         evidence: vec![],
+        fencing_token: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn request(deployment: &str, return_to: Option<&str>) -> RollbackRequest {
             p_value: None,
             summary: "health failed 3 times in a row".into(),
         }],
+        fencing_token: None,
     }
 }
 

@@ -117,6 +117,28 @@ pub enum Coordinator {
 }
 
 impl Coordinator {
+    /// The coordination store `[fleet]` asks for: Redis with `redis`, else
+    /// the PostgreSQL `[store]`, on the store's own pool. Without either
+    /// there is nothing to coordinate through (the configuration refuses
+    /// it before this).
+    pub async fn connect(
+        config: &FleetConfig,
+        store: &crate::store::Store,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        match (&config.redis, store) {
+            (Some(url), _) => redis::RedisFleet::connect(url, timeout)
+                .await
+                .map(Self::Redis),
+            (None, crate::store::Store::Postgres(pg)) => {
+                Ok(Self::Postgres(postgres::PgFleet::new(pg)))
+            }
+            (None, crate::store::Store::Embedded(_)) => anyhow::bail!(
+                "[fleet] needs a coordination store: set [fleet] redis or a PostgreSQL [store]"
+            ),
+        }
+    }
+
     /// Where it is, for the log: a URL without its password.
     pub fn describe(&self) -> String {
         match self {

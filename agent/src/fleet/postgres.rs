@@ -1,76 +1,322 @@
-//! Fleet coordination through postgres. Placeholder: every call fails until the
-//! back end is written, so nothing can mistake it for a working store.
+//! Fleet coordination through the PostgreSQL `[store]`, on the store's own
+//! pool (no second pool is opened). The tables are made by the store's
+//! migrations (version 2, see `store::postgres`):
+//!
+//! - `backstop_fleet_reports`: one row per (service, replica), its latest
+//!   report and `expires_at`, set from the server's `now()` so the replicas'
+//!   clocks do not matter;
+//! - `backstop_fleet_leases`: one row per (service, deployment), the holder,
+//!   its fencing token and `expires_at`;
+//! - `backstop_fleet_fences`: the newest fencing token of each service;
+//! - `backstop_rollbacks`: the fleet's rollback record, the row the lone
+//!   agent's claim writes too, with the `fence` of the lease that wrote it.
+//!
+//! Acquiring is one statement: the service's counter is incremented and the
+//! lease row inserted, or taken over only when it has expired. A fenced
+//! write locks the lease row (`FOR UPDATE` in the same statement) and
+//! writes only while the row still carries the writer's token, so a holder
+//! whose lease was taken over can no longer write.
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::anyhow;
 
 use super::{Lease, Report};
+use crate::store::postgres::{ms, rollback_from, unms, Postgres, ROLLBACK_COLUMNS};
 use crate::store::RollbackRecord;
 
 pub struct PgFleet {
+    pg: Postgres,
     shown: String,
 }
 
+/// `expires_at` as Unix milliseconds, by the server's clock.
+const EXPIRES_MS: &str = "(extract(epoch FROM expires_at) * 1000)::bigint";
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 impl PgFleet {
+    /// Coordination on the store's pool and schema.
+    pub fn new(store: &Postgres) -> Self {
+        Self {
+            shown: store.describe(),
+            pg: store.clone(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         self.shown.clone()
     }
 
+    fn s(&self) -> &str {
+        self.pg.schema()
+    }
+
     pub async fn publish(
         &self,
-        _service: &str,
-        _report: &Report,
-        _expiry: Duration,
+        service: &str,
+        report: &Report,
+        expiry: Duration,
     ) -> anyhow::Result<()> {
-        bail!("fleet coordination through postgres is not written yet")
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "INSERT INTO {}.backstop_fleet_reports
+                 (service, replica, deployment, report, expires_at)
+             VALUES ($1, $2, $3, $4::text::jsonb, now() + $5::float8 * interval '1 millisecond')
+             ON CONFLICT (service, replica) DO UPDATE SET
+                 deployment = EXCLUDED.deployment, report = EXCLUDED.report,
+                 expires_at = EXCLUDED.expires_at",
+            self.s()
+        );
+        let json = serde_json::to_string(report)?;
+        self.pg
+            .timed(
+                "publishing this replica's report",
+                c.execute(
+                    &sql,
+                    &[
+                        &service,
+                        &report.replica,
+                        &report.deployment,
+                        &json,
+                        &millis(expiry),
+                    ],
+                ),
+            )
+            .await?;
+        Ok(())
     }
 
-    pub async fn live(&self, _service: &str, _deployment: &str) -> anyhow::Result<Vec<Report>> {
-        bail!("fleet coordination through postgres is not written yet")
+    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Report>> {
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "SELECT report::text FROM {}.backstop_fleet_reports
+             WHERE service = $1 AND deployment = $2 AND expires_at > now()
+             ORDER BY replica",
+            self.s()
+        );
+        let rows = self
+            .pg
+            .timed(
+                "reading the live replicas",
+                c.query(&sql, &[&service, &deployment]),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(0)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("a replica's report is unreadable: {e}"))
+            })
+            .collect()
     }
 
-    pub async fn leave(&self, _service: &str, _replica: &str) -> anyhow::Result<()> {
-        bail!("fleet coordination through postgres is not written yet")
+    pub async fn leave(&self, service: &str, replica: &str) -> anyhow::Result<()> {
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "DELETE FROM {}.backstop_fleet_reports WHERE service = $1 AND replica = $2",
+            self.s()
+        );
+        self.pg
+            .timed("leaving the fleet", c.execute(&sql, &[&service, &replica]))
+            .await?;
+        Ok(())
     }
 
+    /// One statement: when no unexpired lease of the deployment is seen, the
+    /// service's fencing counter goes up by one and the lease is inserted,
+    /// or taken over if it has expired. Two agents racing both increment
+    /// the counter (one after the other: the counter's row is locked), but
+    /// only one inserts or takes over the lease row; the other gets nothing.
     pub async fn acquire(
         &self,
-        _service: &str,
-        _deployment: &str,
-        _holder: &str,
-        _ttl: Duration,
+        service: &str,
+        deployment: &str,
+        holder: &str,
+        ttl: Duration,
     ) -> anyhow::Result<Option<Lease>> {
-        bail!("fleet coordination through postgres is not written yet")
+        let c = self.pg.client().await?;
+        let s = self.s();
+        let sql = format!(
+            "WITH free AS (
+                 SELECT NOT EXISTS (
+                     SELECT 1 FROM {s}.backstop_fleet_leases
+                     WHERE service = $1 AND deployment = $2 AND expires_at >= now()
+                 ) AS ok
+             ), fence AS (
+                 INSERT INTO {s}.backstop_fleet_fences (service, token)
+                 SELECT $1, 1 FROM free WHERE free.ok
+                 ON CONFLICT (service) DO UPDATE SET token = backstop_fleet_fences.token + 1
+                 RETURNING token
+             )
+             INSERT INTO {s}.backstop_fleet_leases AS l (service, deployment, holder, token, expires_at)
+             SELECT $1, $2, $3, fence.token, now() + $4::float8 * interval '1 millisecond'
+             FROM fence
+             ON CONFLICT (service, deployment) DO UPDATE SET
+                 holder = EXCLUDED.holder, token = EXCLUDED.token,
+                 expires_at = EXCLUDED.expires_at
+             WHERE l.expires_at < now()
+             RETURNING token, {EXPIRES_MS}"
+        );
+        let row = self
+            .pg
+            .timed(
+                "taking the fleet lease",
+                c.query_opt(&sql, &[&service, &deployment, &holder, &millis(ttl)]),
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => Some(Lease {
+                deployment: deployment.to_string(),
+                holder: holder.to_string(),
+                token: r.try_get(0)?,
+                expires_at_ms: unms(r.try_get(1)?),
+            }),
+            None => None,
+        })
     }
 
+    /// Extends the lease while its row still carries this token: a lease
+    /// that expired but was not taken over is still this holder's.
     pub async fn renew(
         &self,
-        _service: &str,
-        _lease: &mut Lease,
-        _ttl: Duration,
+        service: &str,
+        lease: &mut Lease,
+        ttl: Duration,
     ) -> anyhow::Result<bool> {
-        bail!("fleet coordination through postgres is not written yet")
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "UPDATE {}.backstop_fleet_leases
+             SET expires_at = now() + $4::float8 * interval '1 millisecond'
+             WHERE service = $1 AND deployment = $2 AND token = $3
+             RETURNING {EXPIRES_MS}",
+            self.s()
+        );
+        let row = self
+            .pg
+            .timed(
+                "renewing the fleet lease",
+                c.query_opt(
+                    &sql,
+                    &[&service, &lease.deployment, &lease.token, &millis(ttl)],
+                ),
+            )
+            .await?;
+        match row {
+            Some(r) => {
+                lease.expires_at_ms = unms(r.try_get(0)?);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
-    pub async fn release(&self, _service: &str, _lease: &Lease) -> anyhow::Result<()> {
-        bail!("fleet coordination through postgres is not written yet")
+    pub async fn release(&self, service: &str, lease: &Lease) -> anyhow::Result<()> {
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "DELETE FROM {}.backstop_fleet_leases
+             WHERE service = $1 AND deployment = $2 AND token = $3",
+            self.s()
+        );
+        self.pg
+            .timed(
+                "releasing the fleet lease",
+                c.execute(&sql, &[&service, &lease.deployment, &lease.token]),
+            )
+            .await?;
+        Ok(())
     }
 
+    /// One statement: the lease row is locked and must still carry this
+    /// token; a record written under a newer fence is never overwritten.
     pub async fn record(
         &self,
-        _service: &str,
-        _lease: &Lease,
-        _rec: &RollbackRecord,
+        service: &str,
+        lease: &Lease,
+        rec: &RollbackRecord,
     ) -> anyhow::Result<bool> {
-        bail!("fleet coordination through postgres is not written yet")
+        if rec.deployment != lease.deployment {
+            anyhow::bail!(
+                "the lease is for {}, not for {}",
+                lease.deployment,
+                rec.deployment
+            );
+        }
+        let c = self.pg.client().await?;
+        let s = self.s();
+        let sql = format!(
+            "WITH l AS (
+                 SELECT token FROM {s}.backstop_fleet_leases
+                 WHERE service = $1 AND deployment = $2 AND token = $15
+                 FOR UPDATE
+             )
+             INSERT INTO {s}.backstop_rollbacks AS r
+                 (service, deployment, return_to, rule, reason, evidence, target, status,
+                  intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica,
+                  fence)
+             SELECT $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14,
+                    l.token
+             FROM l
+             ON CONFLICT (service, deployment) DO UPDATE SET
+                 return_to = EXCLUDED.return_to, rule = EXCLUDED.rule,
+                 reason = EXCLUDED.reason, evidence = EXCLUDED.evidence,
+                 target = EXCLUDED.target, status = EXCLUDED.status,
+                 intent_at_ms = EXCLUDED.intent_at_ms, finished_at_ms = EXCLUDED.finished_at_ms,
+                 detail = EXCLUDED.detail, returned_to = EXCLUDED.returned_to,
+                 not_effective = EXCLUDED.not_effective, by_replica = EXCLUDED.by_replica,
+                 fence = EXCLUDED.fence, updated_at = now()
+             WHERE r.fence IS NULL OR r.fence <= EXCLUDED.fence"
+        );
+        let evidence = serde_json::to_string(&rec.evidence)?;
+        let n = self
+            .pg
+            .timed(
+                "writing the fleet's rollback record",
+                c.execute(
+                    &sql,
+                    &[
+                        &service,
+                        &rec.deployment,
+                        &rec.return_to,
+                        &rec.rule,
+                        &rec.reason,
+                        &evidence,
+                        &rec.target,
+                        &rec.status.as_str(),
+                        &ms(rec.intent_at_ms),
+                        &rec.finished_at_ms.map(ms),
+                        &rec.detail,
+                        &rec.returned_to,
+                        &rec.not_effective,
+                        &rec.by,
+                        &lease.token,
+                    ],
+                ),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     pub async fn outcome(
         &self,
-        _service: &str,
-        _deployment: &str,
+        service: &str,
+        deployment: &str,
     ) -> anyhow::Result<Option<RollbackRecord>> {
-        bail!("fleet coordination through postgres is not written yet")
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM {}.backstop_rollbacks
+             WHERE service = $1 AND deployment = $2",
+            self.s()
+        );
+        let row = self
+            .pg
+            .timed(
+                "reading the fleet's rollback record",
+                c.query_opt(&sql, &[&service, &deployment]),
+            )
+            .await?;
+        row.map(|r| rollback_from(&r)).transpose()
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! The command gets the agent's environment plus `BACKSTOP_SERVICE`,
 //! `BACKSTOP_DEPLOYMENT`, `BACKSTOP_RETURN_TO` (empty when unknown),
-//! `BACKSTOP_REASON`, `BACKSTOP_RULE` and `BACKSTOP_EVIDENCE` (a JSON array).
-//! It runs in a process group of its own, so a timeout kills everything it
+//! `BACKSTOP_REASON`, `BACKSTOP_RULE`, `BACKSTOP_EVIDENCE` (a JSON array)
+//! and `BACKSTOP_FENCING_TOKEN` (with `[fleet]`, the lease's fencing token,
+//! which grows with every lease: a command may refuse one lower than the
+//! highest it has seen; empty without `[fleet]`). It runs in a process group of its own, so a timeout kills everything it
 //! started. A failure reports the exit code and the last line of stderr,
 //! never the environment or the arguments.
 
@@ -204,6 +206,10 @@ impl Exec {
             .env("BACKSTOP_REASON", &req.reason)
             .env("BACKSTOP_RULE", &req.rule)
             .env("BACKSTOP_EVIDENCE", evidence)
+            .env(
+                "BACKSTOP_FENCING_TOKEN",
+                req.fencing_token.map(|t| t.to_string()).unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,5 +1,7 @@
 //! The `webhook` target: one HTTP request to a URL of the user's, with SPEC's
-//! JSON document or a body of their own.
+//! JSON document or a body of their own. With `[fleet]`, the document also
+//! has `fencing_token`: the lease's token, which grows with every lease, so
+//! a receiver may refuse one lower than the highest it has seen.
 //!
 //! Templates (`body` and header values) may use `{{service}}`,
 //! `{{deployment}}`, `{{return_to}}` (empty when unknown), `{{reason}}` and
@@ -250,7 +252,7 @@ impl Webhook {
 
 /// SPEC's JSON document.
 fn default_body(req: &RollbackRequest) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "event": "rollback",
         "service": req.service,
         "deployment": req.deployment,
@@ -258,8 +260,12 @@ fn default_body(req: &RollbackRequest) -> String {
         "reason": req.reason,
         "rule": req.rule,
         "evidence": req.evidence,
-    })
-    .to_string()
+    });
+    // Only when a fleet decided: the lease's fencing token.
+    if let Some(token) = req.fencing_token {
+        body["fencing_token"] = serde_json::json!(token);
+    }
+    body.to_string()
 }
 
 /// How values are put into a template.
@@ -371,6 +377,7 @@ fn sample_request() -> RollbackRequest {
         rule: "health \"failing\"".into(),
         reason: "a\nb \\ c".into(),
         evidence: vec![],
+        fencing_token: None,
     }
 }
 

@@ -24,14 +24,14 @@ use crate::config::StoreConfig;
 
 /// The newest schema version this build knows; `backstop_schema_version`
 /// holds one row per version applied.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock class of migrations; the schema's name picks the lock.
 const MIGRATION_LOCK: i32 = 0x6273_7470; // "bstp"
 
 /// Each version's statements, `{s}` standing for the quoted schema. Applied
 /// in order, each once, all in one transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS {s}.backstop_deployments (
@@ -100,10 +100,43 @@ FROM {s}.backstop_deployments d
 LEFT JOIN {s}.backstop_rollbacks r USING (service, deployment);
 "#;
 
-const ROLLBACK_COLUMNS: &str = "deployment, return_to, rule, reason, evidence::text, target, \
+/// Fleet coordination (`[fleet]` without `redis`, see `fleet::postgres`):
+/// each replica's latest report, expiring by the server's clock; one lease
+/// per (service, deployment); a fencing counter per service; and the fence
+/// of the lease that wrote a rollback record.
+const V2: &str = r#"
+CREATE TABLE IF NOT EXISTS {s}.backstop_fleet_reports (
+    service    text        NOT NULL,
+    replica    text        NOT NULL,
+    deployment text        NOT NULL,
+    report     jsonb       NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (service, replica)
+);
+CREATE INDEX IF NOT EXISTS backstop_fleet_reports_live
+    ON {s}.backstop_fleet_reports (service, deployment, expires_at);
+CREATE TABLE IF NOT EXISTS {s}.backstop_fleet_fences (
+    service text   PRIMARY KEY,
+    token   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.backstop_fleet_leases (
+    service    text        NOT NULL,
+    deployment text        NOT NULL,
+    holder     text        NOT NULL,
+    token      bigint      NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (service, deployment)
+);
+ALTER TABLE {s}.backstop_rollbacks ADD COLUMN IF NOT EXISTS fence bigint;
+"#;
+
+pub(crate) const ROLLBACK_COLUMNS: &str =
+    "deployment, return_to, rule, reason, evidence::text, target, \
      status, intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica";
 
 /// A pool of connections to one schema, reading and writing one service's rows.
+/// A clone shares the pool.
+#[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
     service: String,
@@ -162,6 +195,16 @@ impl Postgres {
     /// The URL without its password, and the schema.
     pub fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    /// The connection pool, shared with the fleet coordination.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The quoted schema, ready to prefix table names.
+    pub(crate) fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// Creates the schema and tables that are missing and applies the
@@ -247,7 +290,7 @@ impl Postgres {
     }
 
     /// A connection from the pool, within the timeout.
-    async fn client(&self) -> anyhow::Result<Object> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Object> {
         match tokio::time::timeout(self.timeout, self.pool.get()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(anyhow!("{}", self.scrub(describe_pool(&e, self.timeout)))),
@@ -260,7 +303,7 @@ impl Postgres {
 
     /// Runs one driver call within the timeout; its error as one line,
     /// without the password.
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         what: &str,
         fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
@@ -652,7 +695,7 @@ fn deployment_from(r: &Row) -> anyhow::Result<DeploymentRecord> {
     })
 }
 
-fn rollback_from(r: &Row) -> anyhow::Result<RollbackRecord> {
+pub(crate) fn rollback_from(r: &Row) -> anyhow::Result<RollbackRecord> {
     let evidence: String = r.try_get(4)?;
     let status: String = r.try_get(6)?;
     Ok(RollbackRecord {
@@ -674,11 +717,11 @@ fn rollback_from(r: &Row) -> anyhow::Result<RollbackRecord> {
     })
 }
 
-fn ms(v: u64) -> i64 {
+pub(crate) fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn unms(v: i64) -> u64 {
+pub(crate) fn unms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 

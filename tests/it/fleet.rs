@@ -1,0 +1,675 @@
+//! Several replicas, one decision: three real agents, each beside its own
+//! replica of the service (its own health endpoint, so one can be sick
+//! alone), sharing a coordination store, and a stand-in platform counting
+//! rollback calls. Bad everywhere → exactly one call; bad on one of three →
+//! none; the lease holder killed mid-call → another completes it after the
+//! lease expires; the coordination store restarted during a watch → held
+//! while it is down, one call once it is back. Every scenario runs against
+//! a back end given as a parameter: PostgreSQL (the `[store]`), or Redis
+//! (`[fleet] redis`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::config::StoreConfig;
+use backstop::secret::Secret;
+use backstop::store::{now_ms, DeploymentRecord, Store, WatchState};
+use backstop_tests::{
+    backstop_bin, closed_port, postgres_url, redis_url, wait_for_port, HttpServer, PostgresServer,
+    RedisServer, Reply,
+};
+use serde_json::{json, Value};
+
+use crate::e2e::status;
+
+const ADMIN_TOKEN: &str = "fleet-admin-token-0123456789";
+
+/// Where the replicas coordinate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    /// Through the PostgreSQL `[store]`.
+    Postgres,
+    /// Through `[fleet] redis`, the `[store]` being PostgreSQL still.
+    Redis,
+}
+
+/// A schema no other test uses.
+fn unique_schema(stem: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    format!("t_fleet_{stem}_{}_{n}", std::process::id())
+}
+
+/// The store's tables, with `v1` stable: the deployment to return to.
+async fn seed(store_url: &str, schema: &str) {
+    let store = Store::connect(
+        &StoreConfig {
+            url: Secret::new(store_url),
+            schema: schema.to_string(),
+            pool_size: 2,
+            timeout: Duration::from_secs(5),
+        },
+        "shop",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("seeding the store: {e:#}"));
+    let t = now_ms() - 3_600_000;
+    store
+        .mark_stable(&DeploymentRecord {
+            id: "v1".into(),
+            first_seen_ms: t,
+            state: WatchState::Stable,
+            stable_at_ms: Some(t + 900_000),
+        })
+        .await
+        .unwrap();
+}
+
+/// One replica of the service: its health endpoint and its agent.
+struct Replica {
+    name: String,
+    healthy: Arc<Mutex<bool>>,
+    _server: HttpServer,
+    port: u16,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Replica {
+    fn set_healthy(&self, healthy: bool) {
+        *self.healthy.lock().unwrap() = healthy;
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(backstop_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(self.port);
+        self.agent = Some(child);
+    }
+
+    /// SIGKILL: no clean shutdown, no release, no leave.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the replicas' agents keep and coordinate things.
+struct Stores {
+    store_url: String,
+    schema: String,
+    redis_url: Option<String>,
+}
+
+/// The `[store]` and `[fleet]` sections of replica `name`. A short lease,
+/// so a takeover comes soon; an expiry of ten heartbeats, so a healthy
+/// replica slowed down by a busy machine is not dropped from the count
+/// (which would let one sick replica of the two left reach the quorum).
+fn fleet_config(backend: Backend, stores: &Stores, name: &str) -> String {
+    let redis = match backend {
+        Backend::Postgres => String::new(),
+        Backend::Redis => format!(
+            "redis = \"{}\"\n",
+            stores.redis_url.clone().unwrap_or_else(redis_url)
+        ),
+    };
+    format!(
+        "[store]\nurl = \"{}\"\nschema = \"{}\"\ntimeout = \"1s\"\n\n\
+         [fleet]\nreplica = \"{name}\"\nquorum = 0.5\nheartbeat = \"300ms\"\nexpiry = \"3s\"\nlease = \"2s\"\n{redis}",
+        stores.store_url, stores.schema
+    )
+}
+
+/// `n` replicas watching deployment `v2`, one rollback target.
+async fn replicas(
+    backend: Backend,
+    stores: &Stores,
+    platform: &HttpServer,
+    n: usize,
+) -> Vec<Replica> {
+    replicas_watching(backend, stores, platform, n, "10m").await
+}
+
+async fn replicas_watching(
+    backend: Backend,
+    stores: &Stores,
+    platform: &HttpServer,
+    n: usize,
+    watch: &str,
+) -> Vec<Replica> {
+    seed(&stores.store_url, &stores.schema).await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let name = format!("r{i}");
+        let healthy = Arc::new(Mutex::new(true));
+        let h = healthy.clone();
+        let server = HttpServer::start(move |r| match r.path.as_str() {
+            "/health" if *h.lock().unwrap() => Reply::text(200, "ok"),
+            "/health" => Reply::text(503, "down"),
+            _ => Reply::status(404),
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let port = closed_port();
+        let config = dir.path().join("backstop.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[agent]
+listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+admin_token = "{ADMIN_TOKEN}"
+
+[service]
+name = "shop"
+
+[deployment]
+id = "v2"
+warmup = "1s"
+watch = "{watch}"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "{health}"
+interval = "200ms"
+timeout = "150ms"
+critical = true
+
+[rollback]
+target = "webhook"
+cooldown = "1s"
+deadline = "5s"
+
+[rollback.webhook]
+url = "{hook}"
+
+{fleet}
+"#,
+                state = dir.path().join("state").display(),
+                health = server.url("/health"),
+                hook = platform.url("/rollback"),
+                fleet = fleet_config(backend, stores, &name),
+            ),
+        )
+        .unwrap();
+        let mut r = Replica {
+            name,
+            healthy,
+            _server: server,
+            port,
+            config,
+            _dir: dir,
+            agent: None,
+        };
+        r.start();
+        out.push(r);
+    }
+    out
+}
+
+/// Polls every replica's `/status` until `f` holds for each (up to 30 s).
+async fn all_until(rs: &[&Replica], what: &str, f: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut last = vec![];
+    for _ in 0..300 {
+        last.clear();
+        for r in rs {
+            last.push(status(r.port).await);
+        }
+        if last.iter().all(&f) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}; last /status:\n{last:#?}");
+}
+
+/// Every replica watches v2 and sees the others live.
+async fn all_watching(rs: &[Replica]) {
+    let n = rs.len();
+    let all: Vec<&Replica> = rs.iter().collect();
+    all_until(&all, "every replica watching v2 with its peers live", |s| {
+        s["deployment"]["state"] == "watching"
+            && s["fleet"]["live"].as_array().map(Vec::len) == Some(n)
+    })
+    .await;
+}
+
+fn stores(backend: Backend, store_url: String) -> Stores {
+    Stores {
+        store_url,
+        schema: unique_schema(match backend {
+            Backend::Postgres => "pg",
+            Backend::Redis => "redis",
+        }),
+        redis_url: None,
+    }
+}
+
+/// A platform that answers every call at once, counting them.
+async fn platform() -> HttpServer {
+    HttpServer::start(|_| Reply::json(200, json!({ "ok": true }))).await
+}
+
+async fn bad_everywhere_is_rolled_back_by_exactly_one_agent(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "every replica showing the fleet's rollback", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    let by = seen[0]["fleet"]["rollback"]["by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(rs.iter().any(|r| r.name == by), "by names a replica: {by}");
+    for s in &seen {
+        assert_eq!(
+            s["fleet"]["rollback"], seen[0]["fleet"]["rollback"],
+            "every agent shows the same record"
+        );
+        assert_eq!(s["last_rollback"]["by"], by.as_str());
+        assert_eq!(s["fleet"]["rollback"]["deployment"], "v2");
+        assert_eq!(s["fleet"]["rollback"]["returned_to"], "v1");
+        assert_eq!(s["fleet"]["rollback"]["rule"], "health failing");
+    }
+    // Time for a second call to show up if any agent were to make one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = platform.requests();
+    assert_eq!(calls.len(), 1, "exactly one rollback call: {calls:?}");
+    let body = calls[0].json();
+    assert_eq!(body["deployment"], "v2");
+    assert_eq!(body["return_to"], "v1");
+    assert!(body["fencing_token"].as_i64().unwrap() > 0, "{body}");
+    let holder = rs.iter().find(|r| r.name == by).unwrap();
+    let m = holder.metrics().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("backstop_rollbacks_total")
+            && l.contains("succeeded")
+            && l.ends_with(" 1")),
+        "{m}"
+    );
+    assert!(m.lines().any(|l| l == "backstop_fleet_up 1"), "{m}");
+}
+
+async fn one_sick_replica_of_three_alerts_and_rolls_nothing_back(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    rs[0].set_healthy(false);
+    let s = all_until(&[&rs[0]], "the sick replica holding", |s| {
+        s["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("holds on this replica only"))
+    })
+    .await
+    .remove(0);
+    assert_eq!(
+        s["held"],
+        "rule health failing holds on this replica only: 1 of 3 live replicas agree (quorum 0.5); not rolling the fleet back",
+        "{s:#}"
+    );
+    let t = s["fleet"]["tally"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["rule"] == "health failing")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        t,
+        json!({ "rule": "health failing", "agree": 1, "live": 3, "reaches_quorum": false })
+    );
+    let m = rs[0].metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l == "backstop_fleet_agreeing{rule=\"health failing\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.lines().any(|l| l == "backstop_fleet_live_replicas 3"),
+        "{m}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(platform.requests().is_empty(), "no rollback call");
+    for r in &rs {
+        let s = status(r.port).await;
+        assert!(s["last_rollback"].is_null(), "{s:#}");
+        assert!(s["fleet"]["rollback"].is_null(), "{s:#}");
+        assert_eq!(s["deployment"]["state"], "watching");
+    }
+}
+
+async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(backend: Backend) {
+    // The first call hangs (the platform never answers it in time); every
+    // later one is answered at once.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (calls.clone(), answered.clone());
+    let platform = HttpServer::start(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::json(200, json!({ "ok": true })).after(Duration::from_secs(600))
+        } else {
+            a.fetch_add(1, Ordering::SeqCst);
+            Reply::json(200, json!({ "ok": true }))
+        }
+    })
+    .await;
+    let st = stores(backend, postgres_url());
+    let mut rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "every agent showing the first holder's intent", |s| {
+        s["fleet"]["rollback"]["status"] == "intent"
+    })
+    .await;
+    let first = seen[0]["fleet"]["rollback"]["by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for s in &seen {
+        assert_eq!(s["fleet"]["lease_holder"], first.as_str(), "{s:#}");
+    }
+    for _ in 0..100 {
+        if calls.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the first call is hanging");
+    let i = rs.iter().position(|r| r.name == first).unwrap();
+    rs[i].kill();
+    let dead = rs.remove(i);
+    let rest: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&rest, "another agent completing the rollback", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    let second = seen[0]["fleet"]["rollback"]["by"].as_str().unwrap();
+    assert_ne!(second, dead.name, "{seen:#?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "exactly one completed call"
+    );
+    let reqs = platform.requests();
+    assert_eq!(reqs.len(), 2, "the hung call and the one that completed");
+    let (t1, t2) = (
+        reqs[0].json()["fencing_token"].as_i64().unwrap(),
+        reqs[1].json()["fencing_token"].as_i64().unwrap(),
+    );
+    assert!(
+        t2 > t1,
+        "the second holder's token is newer: {t1} then {t2}"
+    );
+}
+
+async fn the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once(
+    backend: Backend,
+) {
+    let platform = platform().await;
+    // The server that goes away: the PostgreSQL store itself, or Redis.
+    let pg = (backend == Backend::Postgres).then(PostgresServer::start);
+    let mut redis = (backend == Backend::Redis).then(RedisServer::start);
+    let mut st = stores(
+        backend,
+        pg.as_ref().map_or_else(postgres_url, PostgresServer::url),
+    );
+    st.redis_url = redis.as_ref().map(RedisServer::url);
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    match (&pg, &mut redis) {
+        (Some(pg), _) => pg.stop(),
+        (_, Some(r)) => r.stop(),
+        _ => unreachable!(),
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    all_until(
+        &all,
+        "every agent seeing its coordination store down",
+        |s| s["fleet"]["up"] == false,
+    )
+    .await;
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let s = all_until(&all, "every agent holding", |s| {
+        s["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("coordination store is failing"))
+    })
+    .await;
+    assert!(s[0]["last_rollback"].is_null(), "{:#}", s[0]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        platform.requests().is_empty(),
+        "no rollback while it is down"
+    );
+    for r in &rs {
+        let m = r.metrics().await;
+        assert!(m.lines().any(|l| l == "backstop_fleet_up 0"), "{m}");
+    }
+    // Probing goes on.
+    let failures = |s: &Value| s["probes"][0]["consecutive_failures"].as_u64().unwrap_or(0);
+    let before = failures(&status(rs[0].port).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(failures(&status(rs[0].port).await) > before);
+
+    match (&pg, &mut redis) {
+        (Some(pg), _) => pg.start_again(),
+        (_, Some(r)) => *r = RedisServer::start_on(r.port),
+        _ => unreachable!(),
+    }
+    let seen = all_until(&all, "the fleet's rollback once the store is back", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(platform.requests().len(), 1, "exactly one call");
+    for (r, s) in rs.iter().zip(&seen) {
+        assert_eq!(s["fleet"]["up"], true, "{s:#}");
+        assert_eq!(
+            s["fleet"]["rollback"]["by"],
+            seen[0]["fleet"]["rollback"]["by"]
+        );
+        let m = r.metrics().await;
+        assert!(m.lines().any(|l| l == "backstop_fleet_up 1"), "{m}");
+    }
+}
+
+/// A rollback asked for by hand on one replica, the fleet healthy: made
+/// once, under the fleet's lease, shown everywhere; asked again on another
+/// replica, refused.
+async fn a_manual_rollback_in_a_fleet_is_made_once(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    let ask = |port: u16| async move {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/rollback"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "reason": "bad release" }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = ask(rs[1].port).await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "every agent showing the manual rollback", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    for s in &seen {
+        assert_eq!(s["fleet"]["rollback"]["by"], "r1", "{s:#}");
+        assert_eq!(s["fleet"]["rollback"]["rule"], "manual");
+    }
+    let r = ask(rs[2].port).await;
+    assert_eq!(r.status(), 409);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(platform.requests().len(), 1, "exactly one call");
+    assert!(platform.requests()[0].json()["fencing_token"]
+        .as_i64()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_manual_rollback_in_a_fleet_is_made_once() {
+    a_manual_rollback_in_a_fleet_is_made_once(Backend::Postgres).await;
+}
+
+/// Three agents see v2 become stable together: one baseline is written
+/// (the first write wins; the others read that one, see `run.rs`); an
+/// agent stopped cleanly leaves the fleet.
+async fn three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(backend: Backend) {
+    let platform = platform().await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas_watching(backend, &st, &platform, 3, "2s").await;
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "v2 stable everywhere", |s| {
+        s["deployment"]["state"] == "stable"
+    })
+    .await;
+    for s in &seen {
+        assert_eq!(s["baseline"]["deployment"], "v2", "{s:#}");
+    }
+    let (client, conn) = tokio_postgres::connect(&st.store_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT deployment, summary::text FROM \"{}\".backstop_baselines WHERE service = 'shop'",
+                st.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one baseline, however many agents");
+    assert_eq!(rows[0].get::<_, String>(0), "v2");
+    assert!(platform.requests().is_empty());
+
+    // A clean shutdown leaves the fleet: its report is gone at once.
+    if backend == Backend::Postgres {
+        let mut rs = rs;
+        let mut child = rs[0].agent.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        assert!(child.wait().unwrap().success());
+        let replicas: Vec<String> = client
+            .query(
+                &format!(
+                    "SELECT replica FROM \"{}\".backstop_fleet_reports WHERE service = 'shop' ORDER BY replica",
+                    st.schema
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(replicas, ["r1", "r2"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet() {
+    three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_everywhere_is_rolled_back_by_exactly_one_agent() {
+    bad_everywhere_is_rolled_back_by_exactly_one_agent(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_sick_replica_of_three_alerts_and_rolls_nothing_back() {
+    one_sick_replica_of_three_alerts_and_rolls_nothing_back(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires() {
+    the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_store_restarted_during_a_watch_holds_then_rolls_back_once() {
+    the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once(Backend::Postgres)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bad_everywhere_is_rolled_back_by_exactly_one_agent() {
+    bad_everywhere_is_rolled_back_by_exactly_one_agent(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_sick_replica_of_three_alerts_and_rolls_nothing_back() {
+    one_sick_replica_of_three_alerts_and_rolls_nothing_back(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires() {
+    the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once() {
+    the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once(Backend::Redis)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_manual_rollback_in_a_fleet_is_made_once() {
+    a_manual_rollback_in_a_fleet_is_made_once(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet() {
+    three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Redis).await;
+}
