@@ -535,8 +535,12 @@ impl Watcher {
             }
             f.live = live;
             f.live_for = Some(dep);
-            f.record = record;
+            f.record = None;
             f.fresh = true;
+            // Whoever wrote it, every agent shows the fleet's record.
+            if let Some(rec) = record {
+                self.show_fleet_record(rec);
+            }
         }
         self.fleet_ok();
     }

@@ -43,6 +43,8 @@ fn unique_schema(stem: &str) -> String {
 }
 
 /// The store's tables, with `v1` stable: the deployment to return to.
+/// The service is named after the schema, so no two tests share keys in
+/// Redis either.
 async fn seed(store_url: &str, schema: &str) {
     let store = Store::connect(
         &StoreConfig {
@@ -51,7 +53,7 @@ async fn seed(store_url: &str, schema: &str) {
             pool_size: 2,
             timeout: Duration::from_secs(5),
         },
-        "shop",
+        schema,
     )
     .await
     .unwrap_or_else(|e| panic!("seeding the store: {e:#}"));
@@ -186,7 +188,7 @@ state_dir = "{state}"
 admin_token = "{ADMIN_TOKEN}"
 
 [service]
-name = "shop"
+name = "{service}"
 
 [deployment]
 id = "v2"
@@ -216,6 +218,7 @@ url = "{hook}"
                 health = server.url("/health"),
                 hook = platform.url("/rollback"),
                 fleet = fleet_config(backend, stores, &name),
+                service = stores.schema,
             ),
         )
         .unwrap();
@@ -578,10 +581,10 @@ async fn three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(backen
     let rows = client
         .query(
             &format!(
-                "SELECT deployment, summary::text FROM \"{}\".backstop_baselines WHERE service = 'shop'",
+                "SELECT deployment, summary::text FROM \"{}\".backstop_baselines WHERE service = $1",
                 st.schema
             ),
-            &[],
+            &[&st.schema],
         )
         .await
         .unwrap();
@@ -603,10 +606,10 @@ async fn three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(backen
         let replicas: Vec<String> = client
             .query(
                 &format!(
-                    "SELECT replica FROM \"{}\".backstop_fleet_reports WHERE service = 'shop' ORDER BY replica",
+                    "SELECT replica FROM \"{}\".backstop_fleet_reports WHERE service = $1 ORDER BY replica",
                     st.schema
                 ),
-                &[],
+                &[&st.schema],
             )
             .await
             .unwrap()
