@@ -217,8 +217,10 @@ impl Coordinator {
     }
 
     /// Writes the fleet's rollback record of `rec.deployment`, fenced: only
-    /// while `lease` is the newest lease of the service. `false` when the
-    /// write was refused because the lease was lost.
+    /// while `lease` (its exact token) is still the deployment's lease, and
+    /// never over a record written with a newer token. `false` when the
+    /// write was refused because the lease was lost; a record of another
+    /// deployment than the lease's is an error.
     pub async fn record(
         &self,
         service: &str,
