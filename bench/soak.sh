@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # Soak: the release binary with many probes at short intervals against a
-# local nginx, long enough to equal a day of checks at a 1-minute interval
-# (200 probes x 1440 = 288,000 checks by default: 200 probes every 100ms for
-# 144 s). Samples the agent's RSS, open file descriptors, threads, checks
-# done and samples held in its windows every few seconds, then reports RSS
-# growth after the warm-up and the fd count.
+# local nginx. It first warms up until every probe's window is at its cap
+# (`MAX_SAMPLES` in agent/src/observe.rs, read from `/status`), so the
+# memory the windows are allowed to hold is all held; then it measures for
+# SECONDS (default 300 s: 200 probes every 100 ms make 600,000 checks, two
+# days of checks at a 1-minute interval). It samples the agent's RSS, open
+# file descriptors, threads, checks done and samples held every few
+# seconds, and reports the growth of each over the measured period only.
 #
 #   bash bench/soak.sh [SECONDS] [PROBES] [INTERVAL_MS] [SAMPLE_EVERY_S]
+#
+# MAX_WARMUP (seconds, default: twice the time the windows need to fill,
+# plus a minute) bounds the warm-up; the script fails if the windows are not
+# full by then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=${1:-150}
+seconds=${1:-300}
 probes=${2:-200}
 interval_ms=${3:-100}
 every=${4:-5}
-warmup=30
+cap=$(sed -nE 's/^pub const MAX_SAMPLES: usize = ([0-9_]+);.*/\1/p' agent/src/observe.rs | tr -d _)
+[ -n "$cap" ] || { echo "cannot read MAX_SAMPLES from agent/src/observe.rs" >&2; exit 1; }
+fill_s=$(( cap * interval_ms / 1000 ))
+max_warmup=${MAX_WARMUP:-$(( 2 * fill_s + 60 ))}
 
 log() { printf '==> %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -56,6 +65,9 @@ NGINX
 "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 nginx_pid=$!
 
+# The watch outlasts the whole run, so the deployment stays `watching` and
+# the windows are never cleared; a window spans at least the watch, so the
+# cap, not the age, is what bounds it.
 {
   cat <<TOML
 [agent]
@@ -68,7 +80,7 @@ name = "soak"
 [deployment]
 id = "v1"
 warmup = "10s"
-watch = "1h"
+watch = "6h"
 TOML
   for i in $(seq 1 "$probes"); do
     cat <<TOML
@@ -86,7 +98,6 @@ TOML
 chmod 600 "$work/backstop.toml"
 "$bin" validate --config "$work/backstop.toml" >&2
 
-log "running $probes probes every ${interval_ms}ms for ${seconds}s"
 "$bin" run --config "$work/backstop.toml" 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do
@@ -97,41 +108,56 @@ done
 # Sum of backstop_probe_checks_total, and of the samples held in windows.
 checks() { curl -fsS "http://127.0.0.1:$agent_port/metrics" | awk '/^backstop_probe_checks_total/ {s += $NF} END {printf "%d", s}'; }
 outcomes() { curl -fsS "http://127.0.0.1:$agent_port/metrics" | sed -nE 's/^backstop_probe_checks_total\{.*outcome="([a-z]+)".*\} ([0-9.e+]+)$/\1 \2/p' | awk '{s[$1] += $2} END {for (k in s) printf "%s=%d ", k, s[k]}'; }
-held() { curl -fsS "http://127.0.0.1:$agent_port/status" | python3 -c 'import json,sys; print(sum(p["samples"] for p in json.load(sys.stdin)["probes"]))'; }
+# "fewest-held total-held" over every probe's window.
+held() { curl -fsS "http://127.0.0.1:$agent_port/status" | python3 -c 'import json,sys; n=[p["samples"] for p in json.load(sys.stdin)["probes"]]; print(min(n), sum(n))'; }
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status"; }
 threads() { awk '/^Threads/ {print $2}' "/proc/$agent_pid/status"; }
 fds() { ls "/proc/$agent_pid/fd" | wc -l; }
+cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$agent_pid/stat"; }
+
+log "warm-up: $probes probes every ${interval_ms}ms until every window holds $cap samples (about ${fill_s}s, at most ${max_warmup}s)"
+start=$(date +%s)
+while :; do
+  read -r fewest total < <(held)
+  waited=$(( $(date +%s) - start ))
+  [ "$fewest" -ge "$cap" ] && break
+  if [ "$waited" -ge "$max_warmup" ]; then
+    echo "the windows are not full after ${waited}s (fewest samples in a window: $fewest of $cap)" >&2
+    exit 1
+  fi
+  sleep 5
+done
+log "windows full after ${waited}s (RSS $(rss) KiB, $(checks) checks); measuring for ${seconds}s"
+cpu0=$(cpu)
 
 start=$(date +%s)
 printf '%6s %10s %9s %5s %7s %10s\n' t_s rss_kib checks fds threads held > "$work/samples"
 while :; do
   now=$(( $(date +%s) - start ))
-  printf '%6d %10d %9d %5d %7d %10d\n' "$now" "$(rss)" "$(checks)" "$(fds)" "$(threads)" "$(held)" >> "$work/samples"
+  read -r _ total < <(held)
+  printf '%6d %10d %9d %5d %7d %10d\n' "$now" "$(rss)" "$(checks)" "$(fds)" "$(threads)" "$total" >> "$work/samples"
   [ "$now" -ge "$seconds" ] && break
   sleep "$every"
 done
 cat "$work/samples"
-echo "outcomes: $(outcomes)"
+echo "outcomes (whole run): $(outcomes)"
 curl -fsS -o /dev/null -w 'healthz: %{http_code}\n' "http://127.0.0.1:$agent_port/healthz"
-cpu=$(awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$agent_pid/stat")
-echo "agent CPU time: ${cpu}s"
+echo "warm-up: ${waited}s; agent CPU time while measured: $(awk -v a="$(cpu)" -v b="$cpu0" 'BEGIN {printf "%.1f", a - b}')s"
 grep -cE '"level":"(WARN|ERROR)"|WARN|ERROR' "$work/agent.log" | sed 's/^/warnings and errors logged: /' || true
 
-python3 - "$work/samples" "$warmup" <<'PY'
+python3 - "$work/samples" "$probes" "$interval_ms" <<'PY'
 import sys
-rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
-rows = [[int(x) for x in r] for r in rows]
-warm = int(sys.argv[2])
-after = [r for r in rows if r[0] >= warm]
-first, last = after[0], after[-1]
+rows = [[int(x) for x in l.split()] for l in open(sys.argv[1]).read().splitlines()[1:]]
+probes, interval_ms = int(sys.argv[2]), int(sys.argv[3])
+first, last = rows[0], rows[-1]
+checks = last[2] - first[2]
+days = checks / (probes * 1440)
 growth = last[1] - first[1]
-held = last[5] - first[5]
-per = growth * 1024 / held if held > 0 else float("nan")
-print(f"checks: {last[2]} in {last[0]} s ({last[2] / max(last[0], 1):.0f}/s)")
-print(f"RSS after warm-up ({first[0]} s): {first[1]} KiB; at the end: {last[1]} KiB; "
-      f"growth {growth} KiB; peak {max(r[1] for r in rows)} KiB")
-print(f"window samples held: {first[5]} -> {last[5]} (+{held}); "
-      f"RSS growth per sample held: {per:.0f} bytes")
-print(f"open fds: min {min(r[3] for r in rows)}, max {max(r[3] for r in rows)}; "
-      f"threads: max {max(r[4] for r in rows)}")
+print(f"measured: {last[0] - first[0]} s with every window full; {checks} checks "
+      f"({checks / max(last[0] - first[0], 1):.0f}/s), {days:.2f} days of {probes} probes at a 1-minute interval")
+print(f"RSS: {first[1]} KiB at the start, {last[1]} KiB at the end, growth {growth} KiB "
+      f"({growth / 1024:.2f} MiB); min {min(r[1] for r in rows)}, max {max(r[1] for r in rows)} KiB")
+print(f"window samples held: {first[5]} -> {last[5]}")
+print(f"open fds: {first[3]} at the start, {last[3]} at the end, min {min(r[3] for r in rows)}, max {max(r[3] for r in rows)}")
+print(f"threads: {first[4]} at the start, {last[4]} at the end, min {min(r[4] for r in rows)}, max {max(r[4] for r in rows)}")
 PY

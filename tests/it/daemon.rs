@@ -113,6 +113,12 @@ impl Daemon {
         assert!(ok, "kill -{name} {}", self.pid());
     }
 
+    /// Whether the process has exited: `Some(code)` (`None` inside when a
+    /// signal ended it), or `None` while it runs.
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().unwrap().map(|s| s.code())
+    }
+
     /// Waits up to `within` for the process to exit; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let start = std::time::Instant::now();

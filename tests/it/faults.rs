@@ -18,9 +18,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::daemon::{probe, Daemon};
 
-/// A generous bound on the agent's resident memory: it holds bounded
-/// windows and reads at most `max_body_bytes` of any body.
-const MAX_RSS_KIB: u64 = 100 * 1024;
+/// A bound on the agent's resident memory: it holds bounded windows and
+/// reads at most `max_body_bytes` (1 MiB by default) of any body. The bound
+/// is below the 50 MB body, so an agent that read it whole could not stay
+/// under it (the debug build peaked at 31.5 MiB here).
+const MAX_RSS_KIB: u64 = 48 * 1024;
 
 fn kill(pid: u32) {
     let _ = std::process::Command::new("kill")
@@ -644,4 +646,169 @@ fn a_second_agent_on_the_same_state_dir_stops_with_exit_code_2() {
         out.to_lowercase().contains("another") || out.contains("lock") || out.contains("in use"),
         "says the store is held:\n{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_and_redis_down_during_a_watch_are_failed_probes_and_roll_nothing_back()
+{
+    let pg = backstop_tests::PostgresServer::start();
+    let mut redis = backstop_tests::RedisServer::start();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = healthy.clone();
+    let service = HttpServer::start(move |_| {
+        if h.load(Ordering::SeqCst) {
+            Reply::text(200, "ok")
+        } else {
+            Reply::text(503, "down")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let id_file = dir.path().join("release");
+    std::fs::write(&id_file, "v1").unwrap();
+    // The platform puts v1 back, as a real one would.
+    let back = id_file.clone();
+    let platform = HttpServer::start(move |_| {
+        std::fs::write(&back, "v1").unwrap();
+        Reply::json(200, json!({ "ok": true }))
+    })
+    .await;
+    let port = closed_port();
+    // The database's default rule rolls back when it is unreachable; here
+    // the operator's rule of the same name only alerts. The health probe
+    // keeps its default rule (three failures running roll back).
+    let text = format!(
+        r#"[agent]
+listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+
+[service]
+name = "web"
+
+[deployment]
+id_file = "{id_file}"
+poll_interval = "200ms"
+warmup = "500ms"
+watch = "20s"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "{health}"
+interval = "300ms"
+timeout = "250ms"
+critical = true
+
+[[probe]]
+name = "db"
+level = 2
+type = "postgres"
+url = "{pg}"
+interval = "500ms"
+timeout = "400ms"
+
+[[probe]]
+name = "cache"
+level = 2
+type = "redis"
+url = "{redis}"
+interval = "500ms"
+timeout = "400ms"
+
+[[rule]]
+name = "db unreachable"
+probe = "db"
+when = "consecutive_failures >= 3"
+action = "alert"
+
+[rollback]
+target = "webhook"
+cooldown = "1s"
+  [rollback.webhook]
+  url = "{hook}"
+"#,
+        state = dir.path().join("state").display(),
+        id_file = id_file.display(),
+        health = service.url("/health"),
+        pg = pg.url(),
+        redis = redis.url(),
+        hook = platform.url("/rollback"),
+    );
+    let path = Daemon::write_config(dir.path(), &text);
+    let agent = Daemon::start(&path, port, "json", &[]);
+    agent
+        .until("v1 stable", |s| s["deployment"]["state"] == "stable")
+        .await;
+    std::fs::write(&id_file, "v2").unwrap();
+    agent
+        .until("v2 watched, its dependencies up", |s| {
+            s["deployment"]["id"] == "v2"
+                && s["deployment"]["state"] == "watching"
+                && probe(s, "db")["last"]["outcome"] == "ok"
+                && probe(s, "cache")["last"]["outcome"] == "ok"
+        })
+        .await;
+
+    pg.stop();
+    redis.stop();
+    let failing = |s: &serde_json::Value, name: &str| {
+        probe(s, name)["consecutive_failures"].as_u64().unwrap_or(0) >= 3
+    };
+    let s = agent
+        .until("both dependencies failed three times", |s| {
+            failing(s, "db") && failing(s, "cache")
+        })
+        .await;
+    for (name, port, password) in [
+        ("db", pg.port, "throwaway-pg-pw"),
+        ("cache", redis.port, redis.password.as_str()),
+    ] {
+        let last = &probe(&s, name)["last"];
+        assert_eq!(last["outcome"], "failed", "{name}: {last:#}");
+        let reason = last["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(&port.to_string())
+                || reason.contains("connect")
+                || reason.contains("closed"),
+            "{name}: the reason {reason:?} does not say what failed"
+        );
+        assert!(!reason.contains(password), "{name}: {reason}");
+    }
+    assert_eq!(
+        agent.get("/healthz").await.0,
+        200,
+        "/healthz with both down"
+    );
+
+    pg.start_again();
+    let _redis_again = backstop_tests::RedisServer::start_on(redis.port);
+    let s = agent
+        .until("both dependencies back", |s| {
+            probe(s, "db")["last"]["outcome"] == "ok"
+                && probe(s, "cache")["last"]["outcome"] == "ok"
+        })
+        .await;
+    assert_eq!(
+        s["deployment"]["state"], "watching",
+        "all of it during the watch: {s:#}"
+    );
+    assert!(s["last_rollback"].is_null(), "{s:#}");
+    assert!(
+        platform.requests().is_empty(),
+        "dependencies under alert rules rolled back: {:?}",
+        platform.requests()
+    );
+    assert_eq!(agent.get("/healthz").await.0, 200);
+
+    // The guard rails were open all along: the service's own rule does
+    // roll back, once.
+    healthy.store(false, Ordering::SeqCst);
+    let s = agent
+        .until("the service's rule rolled back", |s| {
+            s["last_rollback"]["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(s["last_rollback"]["deployment"], "v2", "{s:#}");
+    assert_eq!(platform.requests().len(), 1);
 }

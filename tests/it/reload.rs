@@ -1,8 +1,10 @@
 //! Signals and the configuration file: SIGHUP applies a valid new file and
-//! keeps the running configuration when the new one is bad; SIGTERM stops
-//! the agent with exit code 0 quickly; a file anyone may write is refused by
-//! every command.
+//! keeps the running configuration when the new one is bad; SIGTERM lets a
+//! rollback call in flight finish and be recorded, then stops the agent with
+//! exit code 0; a file anyone may write is refused by every command.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop_tests::{closed_port, HttpServer, Reply};
@@ -51,6 +53,8 @@ timeout = "150ms"
         target.url("/added")
     )
 }
+
+const ADMIN: &str = "reload-admin-token-0123";
 
 fn names(status: &serde_json::Value) -> Vec<String> {
     status["probes"]
@@ -145,29 +149,87 @@ async fn sighup_applies_a_valid_file_and_keeps_the_running_one_when_the_new_is_b
     assert_eq!(names(&agent.status().await), ["health", "added"]);
 }
 
+/// Waits (without blocking the runtime) up to `within` for the agent to
+/// exit; its exit code, `None` if it is still running or died of a signal.
+async fn exit_code(agent: &mut Daemon, within: Duration) -> Option<i32> {
+    let mut waited = Duration::ZERO;
+    while waited < within {
+        if let Some(code) = agent.try_exit() {
+            return code;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_checks_exits_0_within_5_seconds() {
-    // A target slower than the timeout keeps checks in flight.
+async fn sigterm_during_a_rollback_call_finishes_it_records_it_and_exits_0() {
+    // Checks are in flight all along: the target answers after their timeout.
     let target = HttpServer::start(|_| Reply::text(200, "ok").after(Duration::from_secs(2))).await;
+    // The platform gets SIGTERM sent to the agent the moment it is called,
+    // and answers a second later: the call is in flight when the agent is
+    // told to stop.
+    let pid = Arc::new(AtomicU32::new(0));
+    let p = pid.clone();
+    let platform = HttpServer::start(move |_| {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &p.load(Ordering::SeqCst).to_string()])
+            .status();
+        Reply::json(200, serde_json::json!({ "ok": true })).after(Duration::from_secs(1))
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
-    let path = Daemon::write_config(
-        dir.path(),
-        &config(port, &dir.path().join("state"), &target, ""),
+    let rollback = format!(
+        "\n[rollback]\ntarget = \"webhook\"\n  [rollback.webhook]\n  url = \"{}\"\n  timeout = \"3s\"\n",
+        platform.url("/rollback")
     );
+    let text = config(port, &dir.path().join("state"), &target, &rollback).replace(
+        "[service]",
+        &format!("admin_token = \"{ADMIN}\"\n\n[service]"),
+    );
+    let path = Daemon::write_config(dir.path(), &text);
     let mut agent = Daemon::start(&path, port, "human", &[]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let start = Instant::now();
-    agent.signal("TERM");
-    let code = agent.wait_exit(Duration::from_secs(5));
-    assert_eq!(
-        code,
-        Some(0),
-        "exit within 5s of SIGTERM:\n{}",
-        agent.output()
+    pid.store(agent.pid(), Ordering::SeqCst);
+    agent
+        .until("v1 known", |s| s["deployment"]["id"] == "v1")
+        .await;
+    let ask = reqwest::Client::new()
+        .post(agent.url("/v1/rollback"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({ "reason": "sigterm test" }))
+        .timeout(Duration::from_secs(30))
+        .send();
+    let asked = tokio::spawn(ask);
+
+    // A generous wait: the bound itself is the agent's own grace period.
+    let code = exit_code(&mut agent, Duration::from_secs(30)).await;
+    let out = agent.output();
+    assert_eq!(code, Some(0), "exit code after SIGTERM:\n{out}");
+    assert!(out.contains("SIGTERM"), "{out}");
+    assert!(
+        !out.contains("still in flight"),
+        "the call was cut short instead of finished:\n{out}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
-    assert!(agent.output().contains("SIGTERM"));
+    assert_eq!(platform.requests().len(), 1);
+    let answer = asked.await.unwrap();
+    assert!(
+        answer.is_ok_and(|r| r.status().is_success()),
+        "the admin request was answered before the exit"
+    );
+
+    // What the store holds: the finished call, not a leftover intent.
+    let again = Daemon::start(&path, port, "human", &[]);
+    let s = again
+        .until("the rollback record after the restart", |s| {
+            !s["last_rollback"].is_null()
+        })
+        .await;
+    let rec = &s["last_rollback"];
+    assert_eq!(rec["deployment"], "v1", "{rec:#}");
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    assert_eq!(platform.requests().len(), 1, "no call after the restart");
 }
 
 #[test]

@@ -405,7 +405,27 @@ async fn while_the_store_is_down_probing_goes_on_and_nothing_is_rolled_back_unti
         Reply::json(200, json!({ "ok": true }))
     })
     .await;
-    let store = format!("[store]\nurl = \"{}\"\ntimeout = \"1s\"\n", pg.url());
+    let people = HttpServer::start(|_| Reply::json(200, json!({ "ok": true }))).await;
+    let store = format!(
+        "[store]\nurl = \"{}\"\ntimeout = \"1s\"\n\n[[notify]]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        pg.url(),
+        people.url("/events")
+    );
+    // What people were told about the store: (event, summary).
+    let told = |people: &HttpServer| -> Vec<(String, String)> {
+        people
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["rule"] == "store")
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or_default().to_string(),
+                    e["summary"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
     let port = closed_port();
     let dir = tempfile::tempdir().unwrap();
     // A long watch, so v2 is still watched when the store returns.
@@ -442,6 +462,15 @@ async fn while_the_store_is_down_probing_goes_on_and_nothing_is_rolled_back_unti
         metrics.lines().any(|l| l == "backstop_store_up 0"),
         "the store is reported down:\n{metrics}"
     );
+    let alerts = told(&people);
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert while the store is down: {alerts:?}"
+    );
+    assert_eq!(alerts[0].0, "alert", "{alerts:?}");
+    assert!(alerts[0].1.contains("no rollback"), "{alerts:?}");
+    assert!(!alerts[0].1.contains("throwaway-pg-pw"), "{alerts:?}");
 
     pg.start_again();
     let s = until(port, "the rollback of v2 once the store is back", |s| {
@@ -460,5 +489,11 @@ async fn while_the_store_is_down_probing_goes_on_and_nothing_is_rolled_back_unti
     assert!(
         metrics.lines().any(|l| l == "backstop_store_up 1"),
         "the store is reported up again:\n{metrics}"
+    );
+    let told = told(&people);
+    assert_eq!(
+        told.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        ["alert", "resolved"],
+        "{told:?}"
     );
 }
