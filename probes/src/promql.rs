@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::request::{describe, read_whole, ReadError};
 use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
 /// The names a query's value may be reported under. Signals are
@@ -65,6 +65,9 @@ pub struct PromqlProbe {
     /// `{url}/api/v1/query` with the query in its parameters.
     endpoint: reqwest::Url,
     shown_url: String,
+    /// Prometheus' `host:port` and the time limit, for error messages.
+    addr: String,
+    within: String,
     headers: reqwest::header::HeaderMap,
     signal: &'static str,
 }
@@ -155,6 +158,8 @@ impl PromqlProbe {
                     .append_pair("query", &cfg.query)
                     .append_pair("timeout", &format!("{}ms", ctx.timeout.as_millis()));
                 Ok(Self {
+                    addr: crate::request::authority(&endpoint),
+                    within: crate::duration::format(ctx.timeout),
                     client,
                     endpoint,
                     shown_url,
@@ -178,13 +183,20 @@ impl PromqlProbe {
                 ProbeError::cannot_run(format!(
                     "prometheus at {} unreachable: {}",
                     self.shown_url,
-                    describe(&e.without_url())
+                    describe(&e, &self.addr, &self.within)
                 ))
             })?;
         let status = resp.status();
-        let body = read_capped(resp, MAX_ANSWER_BYTES)
+        let body = read_whole(resp, MAX_ANSWER_BYTES, &self.within)
             .await
-            .map_err(ProbeError::cannot_run)?;
+            .map_err(|e| {
+                ProbeError::cannot_run(match e {
+                    ReadError::TooLarge => format!(
+                        "prometheus' answer is larger than {MAX_ANSWER_BYTES} bytes; aggregate the query to one series"
+                    ),
+                    ReadError::Failed(why) => format!("reading prometheus' answer: {why}"),
+                })
+            })?;
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         let answer: Option<Answer> = serde_json::from_slice(&body).ok();
         let data = match answer {
@@ -294,44 +306,6 @@ fn single_value(data: &Data) -> Result<f64, String> {
         return Err(format!("query returned {text}: no data to judge"));
     }
     Ok(value)
-}
-
-/// Reads a body up to `cap` bytes.
-async fn read_capped(resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, String> {
-    let mut stream = resp.bytes_stream();
-    let mut kept = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| format!("reading prometheus' answer: {}", describe(&e.without_url())))?;
-        if (kept.len() + chunk.len()) as u64 > cap {
-            return Err(format!(
-                "prometheus' answer is larger than {cap} bytes; aggregate the query to one series"
-            ));
-        }
-        kept.extend_from_slice(&chunk);
-    }
-    Ok(kept)
-}
-
-/// A reqwest error with its sources, as one line.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -450,6 +450,36 @@ pub(crate) async fn read_capped(
     Ok(keep.then(|| Bytes::from(kept)))
 }
 
+/// Why [`read_whole`] stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The body is larger than the cap.
+    TooLarge,
+    /// Reading it failed: one line, as [`describe_body`] says it.
+    Failed(String),
+}
+
+/// Reads a whole body of at most `cap` bytes, for a probe that must parse
+/// all of it (a truncated exposition or answer would mislead).
+pub(crate) async fn read_whole(
+    mut resp: reqwest::Response,
+    cap: u64,
+    within: &str,
+) -> Result<Bytes, ReadError> {
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut kept = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) if (kept.len() + c.len()) as u64 > cap => return Err(ReadError::TooLarge),
+            Ok(Some(c)) => kept.extend_from_slice(&c),
+            Ok(None) => return Ok(Bytes::from(kept)),
+            Err(e) => return Err(ReadError::Failed(describe_body(&e, within))),
+        }
+    }
+}
+
 /// An error of sending a request and waiting for its response head, as one
 /// line: `connect to 127.0.0.1:8080: connection refused`,
 /// `tls handshake with 127.0.0.1:8443: certificate problem: ...`,

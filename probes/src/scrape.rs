@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::request::{describe, read_whole, ReadError};
 use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
 
 /// Default cap on the bytes read from the exposition: 4 MiB.
@@ -187,6 +187,9 @@ pub struct ScrapeProbe {
     client: reqwest::Client,
     url: reqwest::Url,
     shown_url: String,
+    /// The target's `host:port` and the time limit, for error messages.
+    addr: String,
+    within: String,
     headers: reqwest::header::HeaderMap,
     max_body_bytes: u64,
     requests: Option<Family>,
@@ -319,6 +322,8 @@ impl ScrapeProbe {
         match (problems.is_empty(), url, client) {
             (true, Some(url), Some(client)) => Ok(Self {
                 shown_url: redact_url(url.as_str()),
+                addr: crate::request::authority(&url),
+                within: crate::duration::format(ctx.timeout),
                 client,
                 url,
                 headers,
@@ -351,7 +356,7 @@ impl ScrapeProbe {
                 ProbeError::unhealthy(format!(
                     "scrape of {} failed: {}",
                     self.shown_url,
-                    describe(&e.without_url())
+                    describe(&e, &self.addr, &self.within)
                 ))
             })?;
         let status = resp.status();
@@ -361,7 +366,15 @@ impl ScrapeProbe {
             }
             _ => Format::Prometheus,
         };
-        let body = read_capped(resp, self.max_body_bytes).await;
+        let cap = self.max_body_bytes;
+        let body = read_whole(resp, cap, &self.within)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => {
+                    format!("exposition larger than max_body_bytes ({cap} bytes)")
+                }
+                ReadError::Failed(why) => format!("reading exposition: {why}"),
+            });
         let at = Instant::now();
         let report = Report::new().with("latency_ms", (at - start).as_secs_f64() * 1e3);
         if !status.is_success() {
@@ -822,45 +835,6 @@ fn valid_label_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Reads a body up to `cap` bytes; past the cap is an error, since a
-/// truncated exposition would read as reset counters.
-async fn read_capped(resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, String> {
-    let mut stream = resp.bytes_stream();
-    let mut kept = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| format!("reading exposition: {}", describe(&e.without_url())))?;
-        if (kept.len() + chunk.len()) as u64 > cap {
-            return Err(format!(
-                "exposition larger than max_body_bytes ({cap} bytes)"
-            ));
-        }
-        kept.extend_from_slice(&chunk);
-    }
-    Ok(kept)
-}
-
-/// A reqwest error with its sources, as one line.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
