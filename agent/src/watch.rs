@@ -556,8 +556,8 @@ impl Watcher {
         let message = format!("{e:#}");
         let policy = f.cfg.on_coordination_loss;
         let shown = f.coord.describe();
-        tracing::error!(coordinator = %shown, error = %message, "the fleet's coordination store is failing");
         if was != Some(false) {
+            tracing::error!(coordinator = %shown, error = %message, "the fleet's coordination store is failing");
             let then = match policy {
                 LossPolicy::Hold => "no fleet rollback until it works again",
                 LossPolicy::Local => {
@@ -570,6 +570,9 @@ impl Watcher {
                 format!("the fleet's coordination store {shown} is failing; {then}: {message}"),
                 vec![],
             );
+        } else {
+            // Said once at error level; `backstop_fleet_up` says the rest.
+            tracing::debug!(coordinator = %shown, error = %message, "the fleet's coordination store is still failing");
         }
     }
 

@@ -444,6 +444,37 @@ async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(
     );
 }
 
+/// Redis down when the agents start: they start all the same, probe, hold
+/// and say so, and join the fleet once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_the_agents_start_hold_and_join_when_it_answers() {
+    let platform = platform().await;
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let mut st = stores(Backend::Redis, postgres_url());
+    st.redis_url = Some(redis.url());
+    redis.stop();
+    let rs = replicas(Backend::Redis, &st, &platform, 3).await;
+    let all: Vec<&Replica> = rs.iter().collect();
+    all_until(
+        &all,
+        "every agent up, seeing its coordination store down",
+        |s| s["fleet"]["up"] == false && s["deployment"]["id"] == "v2",
+    )
+    .await;
+    for r in &rs {
+        let m = r.metrics().await;
+        assert!(m.lines().any(|l| l == "backstop_fleet_up 0"), "{m}");
+    }
+    let _redis = RedisServer::start_on(port);
+    all_watching(&rs).await;
+    all_until(&all, "every agent seeing the store up", |s| {
+        s["fleet"]["up"] == true
+    })
+    .await;
+    assert!(platform.requests().is_empty(), "no rollback");
+}
+
 async fn the_coordination_store_restarted_during_a_watch_holds_then_rolls_back_once(
     backend: Backend,
 ) {

@@ -127,9 +127,15 @@ impl Coordinator {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         match (&config.redis, store) {
-            (Some(url), _) => redis::RedisFleet::connect(url, timeout)
-                .await
-                .map(Self::Redis),
+            (Some(url), _) => match redis::RedisFleet::connect(url, timeout).await {
+                Ok(c) => Ok(Self::Redis(c)),
+                // Down at start is no reason to stop probing: the agent
+                // starts, holds and alerts, and every step tries again.
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the fleet's coordination store does not answer at start: no fleet rollback until it does");
+                    redis::RedisFleet::unconnected(url, timeout).map(Self::Redis)
+                }
+            },
             (None, crate::store::Store::Postgres(pg)) => {
                 Ok(Self::Postgres(postgres::PgFleet::new(pg)))
             }

@@ -212,6 +212,15 @@ impl RedisFleet {
         Ok(fleet)
     }
 
+    /// The client without a connection yet: the first call connects. A URL
+    /// it cannot use is still an error.
+    pub fn unconnected(
+        url: &crate::secret::Secret,
+        timeout: Duration,
+    ) -> anyhow::Result<RedisFleet> {
+        Self::new(url, timeout)
+    }
+
     fn new(url: &crate::secret::Secret, timeout: Duration) -> anyhow::Result<RedisFleet> {
         let raw = url.expose();
         let shown = redact_url(raw);
