@@ -53,6 +53,34 @@ def status_kib(pid, key):
     return None
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+# ------------------------------------------------------- scheduling priority
+
+
+def set_priority(prio, tid=0):
+    """Raises the scheduling priority of thread `tid` (0: the calling one;
+    on Linux both the nice value and the policy are per thread, and threads
+    and children started afterwards inherit them). `prio` is None (leave
+    as is), {"nice": -20} or {"fifo": 10} (SCHED_FIFO, like `chrt -f 10`)."""
+    if not prio:
+        return
+    if prio.get("nice") is not None:
+        os.setpriority(os.PRIO_PROCESS, tid, prio["nice"])
+    if prio.get("fifo"):
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(prio["fifo"]))
+
+
+def priority_preexec(prio):
+    """preexec_fn for Popen: the child and everything it starts run at `prio`."""
+    if not prio:
+        return None
+    return lambda: set_priority(prio)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,7 +137,7 @@ class Procs:
         self.procs = []
 
 
-def start_nginx(procs, work):
+def start_nginx(procs, work, prio=None):
     """nginx on a free loopback port, with its own prefix and config.
     /bs/... and /bb/... answer 200 and are logged with millisecond times;
     /bs/... answers 503 while the file `flag503` exists."""
@@ -151,6 +179,7 @@ http {{
         ["nginx", "-p", prefix, "-e", f"{prefix}/logs/error.log", "-c", conf],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=priority_preexec(prio),
     )
     wait_http(f"http://127.0.0.1:{port}/bb/ready")
     return {"proc": p, "port": port, "prefix": prefix}
@@ -206,7 +235,7 @@ def backstop_config(work, name, port, target, n, interval_ms, rules=False, extra
     return path
 
 
-def start_backstop(procs, binary, config, work, name, env=None):
+def start_backstop(procs, binary, config, work, name, env=None, prio=None):
     log = open(os.path.join(work, f"{name}.log"), "w")
     e = dict(os.environ)
     e.update(env or {})
@@ -217,6 +246,7 @@ def start_backstop(procs, binary, config, work, name, env=None):
         stdout=log,
         stderr=log,
         env=e,
+        preexec_fn=priority_preexec(prio),
     )
 
 
@@ -439,21 +469,37 @@ def idle_rss(binary, procs, work, seconds=10):
     return r
 
 
-def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20):
+def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20, prio=None):
     """backstop alone with `n` probes every second. Start jitter from the
     target's side: for each probe, its arrivals against a fixed 1 s grid
     whose phase is the median of its own offsets. Then `/metrics` render
-    time, from the client and as CPU of backstop."""
+    time, from the client and as CPU of backstop. With `prio`, backstop,
+    nginx and the bare-sleep thread all run at that scheduling priority."""
     name = f"jitter{n}"
     port = free_port()
+    load_before = loadavg()
     cfg = backstop_config(work, name, port, nginx["port"], n, 1000)
-    bs = start_backstop(procs, binary, cfg, work, "backstop-" + name)
+    bs = start_backstop(procs, binary, cfg, work, "backstop-" + name, prio=prio)
     wait_http(f"http://127.0.0.1:{port}/healthz")
     t_start = time.time()
+    # backstop's CPU use, sampled every 0.25 s through the whole run.
+    cpu_samples = [(time.time(), cpu_seconds(bs.pid))]
+    sampling = threading.Event()
+
+    def cpu_sampler():
+        while not sampling.wait(0.25):
+            try:
+                cpu_samples.append((time.time(), cpu_seconds(bs.pid)))
+            except OSError:
+                return
+
+    sampler = threading.Thread(target=cpu_sampler, daemon=True)
+    sampler.start()
     # The machine's own noise floor meanwhile: how late a bare 10 ms sleep wakes.
     overshoot = []
 
     def sleeper():
+        set_priority(prio, threading.get_native_id())
         end = time.monotonic() + seconds - 1
         while time.monotonic() < end:
             s = time.monotonic()
@@ -466,7 +512,7 @@ def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20
     floor.join()
     # /metrics while the probes run.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    walls, size = [], 0
+    walls, size, body = [], 0, b""
     render_from = time.time()
     cpu0 = cpu_seconds(bs.pid)
     for _ in range(renders):
@@ -478,6 +524,10 @@ def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20
     cpu1 = cpu_seconds(bs.pid)
     render_to = time.time()
     conn.close()
+    if renders:
+        time.sleep(1.0)  # arrivals just after the renders count as "during"
+    sampling.set()
+    sampler.join()
     hwm = status_kib(bs.pid, "VmHWM")
     procs.stop(bs)
     time.sleep(1.3)
@@ -502,8 +552,28 @@ def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20
             elif t <= render_to + 0.2:
                 during.append(d)
     lines = body.count(b"\n")
+    # CPU share of one core, steady window and per second.
+    steady_cpu = [(t, c) for t, c in cpu_samples if t_start + 3 <= t <= render_from]
+    cpu_share = (
+        (steady_cpu[-1][1] - steady_cpu[0][1]) / (steady_cpu[-1][0] - steady_cpu[0][0])
+        if len(steady_cpu) > 1 else None
+    )
+    per_s = []
+    for (t0_, c0_), (t1_, c1_) in zip(cpu_samples, cpu_samples[4:]):
+        if t1_ <= render_from:
+            per_s.append((c1_ - c0_) / (t1_ - t0_))
+    late5 = sum(d > 5 for d in devs)
+    late5_during = sum(d > 5 for d in during)
     r = {
         "probes": n,
+        "priority": prio or "default",
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "cpu_share_steady": round(cpu_share, 4) if cpu_share is not None else None,
+        "cpu_share_max_1s": round(max(per_s), 4) if per_s else None,
+        "late_over_5ms_share": round(late5 / len(devs), 4) if devs else None,
+        "during_renders_late_over_5ms_share": round(late5_during / len(during), 4) if during else None,
+        "renders": renders,
         "arrivals": len(devs),
         "jitter_ms_p50": round(pct(devs, 0.5), 2),
         "jitter_ms_p99": round(pct(devs, 0.99), 2),
@@ -513,17 +583,22 @@ def jitter_and_render(binary, procs, nginx, work, n=1000, seconds=25, renders=20
         "during_renders_jitter_ms_p99": round(pct(during, 0.99), 2) if during else None,
         "metrics_bytes": size,
         "metrics_lines": lines,
-        "render_wall_ms_median": round(1e3 * statistics.median(walls), 2),
-        "render_wall_ms_min": round(1e3 * min(walls), 2),
-        "render_cpu_ms_each": round(1e3 * (cpu1 - cpu0) / renders, 2),
+        "render_wall_ms_median": round(1e3 * statistics.median(walls), 2) if walls else None,
+        "render_wall_ms_min": round(1e3 * min(walls), 2) if walls else None,
+        "render_cpu_ms_each": round(1e3 * (cpu1 - cpu0) / renders, 2) if renders else None,
         "backstop_vmhwm_kib": hwm,
     }
     log(f"  jitter, {n} probes every 1s: p50 {r['jitter_ms_p50']} ms, p99 {r['jitter_ms_p99']} ms, "
         f"max {r['jitter_ms_max']} ms over {len(devs)} arrivals (nginx $msec: 1 ms resolution); "
         f"while /metrics was rendered: p99 {r['during_renders_jitter_ms_p99']} ms; "
         f"a bare 10 ms sleep on this machine meanwhile overshot by p99 {r['sleep_overshoot_ms_p99']} ms")
-    log(f"  /metrics with {n} probes: {size} bytes, {lines} lines; median {r['render_wall_ms_median']} ms "
-        f"wall, {r['render_cpu_ms_each']} CPU-ms per render")
+    log(f"  priority {r['priority']}; load average {load_before} before, {r['loadavg_after']} after; "
+        f"backstop CPU {r['cpu_share_steady']} of a core (max 1 s: {r['cpu_share_max_1s']}); "
+        f"arrivals over 5 ms late: {r['late_over_5ms_share']} steady, "
+        f"{r['during_renders_late_over_5ms_share']} during renders")
+    if renders:
+        log(f"  /metrics with {n} probes: {size} bytes, {lines} lines; median {r['render_wall_ms_median']} ms "
+            f"wall, {r['render_cpu_ms_each']} CPU-ms per render")
     return r
 
 
@@ -699,7 +774,10 @@ def run(args):
     signal.signal(signal.SIGTERM, on_signal)
     results = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "work": work}
     try:
-        nginx = start_nginx(procs, work)
+        prio = {"nice": args.nice, "fifo": args.fifo} if (args.nice is not None or args.fifo) else None
+        if prio and args.only != {"jitter"}:
+            sys.exit("--nice/--fifo are for `--only jitter`")
+        nginx = start_nginx(procs, work, prio=prio)
         log(f"nginx on 127.0.0.1:{nginx['port']}; work dir {work}")
         with open("/proc/loadavg") as f:
             results["loadavg_before"] = f.read().split()[:3]
@@ -724,7 +802,9 @@ def run(args):
         if "idle" in args.only:
             results["idle"] = idle_rss(args.backstop, procs, work)
         if "jitter" in args.only:
-            results["jitter"] = jitter_and_render(args.backstop, procs, nginx, work)
+            results["jitter"] = jitter_and_render(
+                args.backstop, procs, nginx, work, n=args.jitter_probes, renders=args.renders, prio=prio
+            )
         if "detect" in args.only:
             results["detection"] = detection(args.backstop, procs, nginx, work, trials=args.trials)
         with open("/proc/loadavg") as f:
@@ -796,6 +876,12 @@ def main():
     r.add_argument("--plot", default=os.path.join(BENCH_DIR, "cpu_rss.png"))
     r.add_argument("--json", default=None)
     r.add_argument("--keep", action="store_true")
+    r.add_argument("--jitter-probes", type=int, default=1000, help="probes every 1 s in the jitter run")
+    r.add_argument("--renders", type=int, default=20, help="/metrics renders after the jitter window")
+    r.add_argument("--nice", type=int, default=None,
+                   help="jitter only: nice value (e.g. -20) for backstop, nginx and the bare-sleep thread")
+    r.add_argument("--fifo", type=int, default=None,
+                   help="jitter only: SCHED_FIFO priority (like chrt -f) for the same three")
     d = sub.add_parser("drive")
     d.add_argument("--port", type=int, required=True)
     d.add_argument("--target-port", type=int, required=True)

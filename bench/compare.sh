@@ -10,7 +10,8 @@
 #   bash bench/compare.sh --only compare,idle             # some parts only
 #
 # Extra arguments go to `bench/compare.py run` (--probes, --interval-ms,
-# --seconds, --sweep, --trials, --only, --json, --keep).
+# --seconds, --sweep, --trials, --only, --json, --keep; with --only jitter
+# also --jitter-probes, --renders, --nice and --fifo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
