@@ -707,32 +707,12 @@ impl Watcher {
         let Some(target) = self.target.clone() else {
             return Ok(());
         };
-        let return_to = self.last_stable.clone().filter(|s| s != dep);
-        let reason = summarize(rule, &evidence);
-        let now = self.clock.now_ms();
-        let mut rec = RollbackRecord {
-            deployment: dep.to_string(),
-            return_to: return_to.clone(),
-            rule: rule.to_string(),
-            reason: reason.clone(),
-            evidence: evidence.clone(),
-            target: target.name().to_string(),
-            status: if self.guard.dry_run {
-                RollbackStatus::DryRun
-            } else {
-                RollbackStatus::Intent
-            },
-            intent_at_ms: now,
-            finished_at_ms: None,
-            detail: if self.guard.dry_run {
-                "dry run: no call made".into()
-            } else {
-                String::new()
-            },
-            returned_to: None,
-            not_effective: false,
-            by: self.replica.clone(),
-        };
+        let mut rec = self.new_record(dep, rule, &evidence, target.name());
+        if self.guard.dry_run {
+            rec.detail = "dry run: no call made".into();
+        }
+        let (return_to, reason, now) =
+            (rec.return_to.clone(), rec.reason.clone(), rec.intent_at_ms);
         if self.guard.dry_run {
             rec.finished_at_ms = Some(now);
         }
@@ -1078,6 +1058,36 @@ impl Watcher {
     }
 
     /// Rolls the current deployment back unless a guard rail says no.
+    /// The record of a rollback about to be made now: an intent, or a dry
+    /// run, by this replica, back to the last stable deployment.
+    fn new_record(
+        &self,
+        dep: &str,
+        rule: &str,
+        evidence: &[Evidence],
+        target: &str,
+    ) -> RollbackRecord {
+        RollbackRecord {
+            deployment: dep.to_string(),
+            return_to: self.last_stable.clone().filter(|s| s != dep),
+            rule: rule.to_string(),
+            reason: summarize(rule, evidence),
+            evidence: evidence.to_vec(),
+            target: target.to_string(),
+            status: if self.guard.dry_run {
+                RollbackStatus::DryRun
+            } else {
+                RollbackStatus::Intent
+            },
+            intent_at_ms: self.clock.now_ms(),
+            finished_at_ms: None,
+            detail: String::new(),
+            returned_to: None,
+            not_effective: false,
+            by: self.replica.clone(),
+        }
+    }
+
     /// Returns why it held back, if it did.
     async fn try_rollback(
         &mut self,
@@ -1091,32 +1101,14 @@ impl Watcher {
         if self.store.rollback(&dep).await?.is_some() {
             return Ok(None);
         }
-        let return_to = self.last_stable.clone().filter(|s| *s != dep);
         let now = self.clock.now_ms();
         if let Some(reason) = self.hold_reason(rule, &dep, &evidence, manual).await? {
             return Ok(Some(reason));
         }
         let target = self.target.clone().expect("checked above");
-        let reason = summarize(rule, &evidence);
-        let mut rec = RollbackRecord {
-            deployment: dep.clone(),
-            return_to: return_to.clone(),
-            rule: rule.to_string(),
-            reason: reason.clone(),
-            evidence: evidence.clone(),
-            target: target.name().to_string(),
-            status: if self.guard.dry_run {
-                RollbackStatus::DryRun
-            } else {
-                RollbackStatus::Intent
-            },
-            intent_at_ms: now,
-            finished_at_ms: None,
-            detail: String::new(),
-            returned_to: None,
-            not_effective: false,
-            by: self.replica.clone(),
-        };
+        let mut rec = self.new_record(&dep, rule, &evidence, target.name());
+        rec.intent_at_ms = now;
+        let (return_to, reason) = (rec.return_to.clone(), rec.reason.clone());
         if let Claim::AlreadyRecorded(_) = self.store.claim_rollback(&rec).await? {
             return Ok(None);
         }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::{Lease, Report};
-use crate::store::postgres::{ms, rollback_from, unms, Postgres, ROLLBACK_COLUMNS};
+use crate::store::postgres::{rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS};
 use crate::store::RollbackRecord;
 
 pub struct PgFleet {
@@ -269,31 +269,14 @@ impl PgFleet {
                  fence = EXCLUDED.fence, updated_at = now()
              WHERE r.fence IS NULL OR r.fence <= EXCLUDED.fence"
         );
-        let evidence = serde_json::to_string(&rec.evidence)?;
+        let row = RollbackRow::new(service, rec)?;
+        let mut params = row.params();
+        params.push(&lease.token);
         let n = self
             .pg
             .timed(
                 "writing the fleet's rollback record",
-                c.execute(
-                    &sql,
-                    &[
-                        &service,
-                        &rec.deployment,
-                        &rec.return_to,
-                        &rec.rule,
-                        &rec.reason,
-                        &evidence,
-                        &rec.target,
-                        &rec.status.as_str(),
-                        &ms(rec.intent_at_ms),
-                        &rec.finished_at_ms.map(ms),
-                        &rec.detail,
-                        &rec.returned_to,
-                        &rec.not_effective,
-                        &rec.by,
-                        &lease.token,
-                    ],
-                ),
+                c.execute(&sql, &params),
             )
             .await?;
         Ok(n == 1)

@@ -488,30 +488,9 @@ impl Postgres {
              ON CONFLICT (service, deployment) DO NOTHING",
             self.schema
         );
-        let evidence = serde_json::to_string(&rec.evidence)?;
+        let row = RollbackRow::new(&self.service, rec)?;
         let inserted = self
-            .timed(
-                "claiming the rollback",
-                c.execute(
-                    &sql,
-                    &[
-                        &self.service,
-                        &rec.deployment,
-                        &rec.return_to,
-                        &rec.rule,
-                        &rec.reason,
-                        &evidence,
-                        &rec.target,
-                        &rec.status.as_str(),
-                        &ms(rec.intent_at_ms),
-                        &rec.finished_at_ms.map(ms),
-                        &rec.detail,
-                        &rec.returned_to,
-                        &rec.not_effective,
-                        &rec.by,
-                    ],
-                ),
-            )
+            .timed("claiming the rollback", c.execute(&sql, &row.params()))
             .await?;
         if inserted == 1 {
             return Ok(Claim::Claimed);
@@ -543,28 +522,10 @@ impl Postgres {
                  updated_at = now()",
             self.schema
         );
-        let evidence = serde_json::to_string(&rec.evidence)?;
+        let row = RollbackRow::new(&self.service, rec)?;
         self.timed(
             "updating the rollback record",
-            c.execute(
-                &sql,
-                &[
-                    &self.service,
-                    &rec.deployment,
-                    &rec.return_to,
-                    &rec.rule,
-                    &rec.reason,
-                    &evidence,
-                    &rec.target,
-                    &rec.status.as_str(),
-                    &ms(rec.intent_at_ms),
-                    &rec.finished_at_ms.map(ms),
-                    &rec.detail,
-                    &rec.returned_to,
-                    &rec.not_effective,
-                    &rec.by,
-                ],
-            ),
+            c.execute(&sql, &row.params()),
         )
         .await?;
         Ok(())
@@ -715,6 +676,51 @@ pub(crate) fn rollback_from(r: &Row) -> anyhow::Result<RollbackRecord> {
         not_effective: r.try_get(11)?,
         by: r.try_get(12)?,
     })
+}
+
+/// A rollback record as the parameters `$1`..`$14` of every statement that
+/// writes `backstop_rollbacks`: the service, then the columns in the order
+/// those statements name them.
+pub(crate) struct RollbackRow<'a> {
+    service: &'a str,
+    rec: &'a RollbackRecord,
+    evidence: String,
+    status: &'static str,
+    intent_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+impl<'a> RollbackRow<'a> {
+    pub(crate) fn new(service: &'a str, rec: &'a RollbackRecord) -> anyhow::Result<Self> {
+        Ok(Self {
+            service,
+            rec,
+            evidence: serde_json::to_string(&rec.evidence)?,
+            status: rec.status.as_str(),
+            intent_at_ms: ms(rec.intent_at_ms),
+            finished_at_ms: rec.finished_at_ms.map(ms),
+        })
+    }
+
+    pub(crate) fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let r = self.rec;
+        vec![
+            &self.service,
+            &r.deployment,
+            &r.return_to,
+            &r.rule,
+            &r.reason,
+            &self.evidence,
+            &r.target,
+            &self.status,
+            &self.intent_at_ms,
+            &self.finished_at_ms,
+            &r.detail,
+            &r.returned_to,
+            &r.not_effective,
+            &r.by,
+        ]
+    }
 }
 
 pub(crate) fn ms(v: u64) -> i64 {
