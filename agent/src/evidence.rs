@@ -53,6 +53,43 @@ pub struct RollbackRequest {
     pub fencing_token: Option<i64>,
 }
 
+impl RollbackRequest {
+    /// The same for every call about this deployment of this service, by
+    /// any replica's agent, before or after a restart: `<service>:<deployment>`,
+    /// percent-encoded outside `A-Z a-z 0-9 . _ ~ -`, so that it fits an
+    /// HTTP header and a Kubernetes annotation. A receiver that treats
+    /// calls with the same key as one makes a repeated call harmless.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", encode(&self.service), encode(&self.deployment))
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a target finds when asked, after a restart, whether a rollback
+/// call that was interrupted by the agent's stop took effect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconciled {
+    /// The platform shows the rollback, or something newer than the bad
+    /// deployment: calling again would roll back twice.
+    Done(RollbackDone),
+    /// The platform shows the bad deployment untouched: the call never took
+    /// effect, so it is made now. The reason, one line.
+    NotDone(String),
+    /// The target cannot tell; the reason, one line.
+    Unknown(String),
+}
+
 /// What a rollback target reports after a successful call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackDone {
@@ -105,5 +142,33 @@ impl EventKind {
             Self::RollbackNotEffective => "rollback_not_effective",
             Self::Resolved => "resolved",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idempotency_key_names_service_and_deployment_in_header_safe_characters() {
+        let req = |service: &str, deployment: &str| RollbackRequest {
+            service: service.into(),
+            deployment: deployment.into(),
+            return_to: None,
+            rule: "r".into(),
+            reason: "x".into(),
+            evidence: vec![],
+            fencing_token: None,
+        };
+        assert_eq!(req("web", "v2.1_a-b~c").idempotency_key(), "web:v2.1_a-b~c");
+        assert_eq!(
+            req("api gw", "sha/ü:1").idempotency_key(),
+            "api%20gw:sha%2F%C3%BC%3A1"
+        );
+        // Different pairs that would read alike unencoded stay apart.
+        assert_ne!(
+            req("a:b", "c").idempotency_key(),
+            req("a", "b:c").idempotency_key()
+        );
     }
 }

@@ -256,6 +256,14 @@ impl Rollbacker for crate::rollback::Target {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn reconcile<'a>(
+        &'a self,
+        req: &'a crate::evidence::RollbackRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::evidence::Reconciled> + Send + 'a>>
+    {
+        Box::pin(crate::rollback::Target::reconcile(self, req))
+    }
 }
 
 impl Notifier for crate::notify::Notifiers {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::Action;
-use crate::evidence::{Event, EventKind, Evidence, RollbackDone, RollbackRequest};
+use crate::evidence::{Event, EventKind, Evidence, Reconciled, RollbackDone, RollbackRequest};
 use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, Vote};
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
 
@@ -31,6 +31,12 @@ pub trait Rollbacker: Send + Sync {
         &'a self,
         req: &'a RollbackRequest,
     ) -> Pin<Box<dyn Future<Output = Result<RollbackDone, String>> + Send + 'a>>;
+    /// After a restart, for a call the agent's stop interrupted: whether
+    /// the platform shows that it took effect. Reads only.
+    fn reconcile<'a>(
+        &'a self,
+        req: &'a RollbackRequest,
+    ) -> Pin<Box<dyn Future<Output = Reconciled> + Send + 'a>>;
 }
 
 /// Tells people; never blocks the caller (see `notify`).
@@ -308,34 +314,121 @@ impl Watcher {
         self.store.set_current(id).await?;
         self.firing.clear();
         self.held_told.clear();
+        self.current = Some(rec);
         // A rollback of this deployment recorded before a restart.
-        if let Some(mut r) = self.store.rollback(id).await? {
+        if let Some(r) = self.store.rollback(id).await? {
             if r.status == RollbackStatus::Intent && self.fleet.is_some() {
                 // In a fleet the intent belongs to the holder of a lease:
                 // once the lease expires another agent completes the call.
                 tracing::warn!(deployment = %id, by = ?r.by, "a fleet rollback of this deployment is in progress or was interrupted");
             } else if r.status == RollbackStatus::Intent {
-                r.status = RollbackStatus::Failed;
-                r.detail = "the agent stopped during the rollback call; it will not call again: check the platform".into();
-                r.finished_at_ms = Some(self.clock.now_ms());
-                self.store.update_rollback(&r).await?;
-                // Without a notifier this line is the only place besides
-                // /status where a person learns of it.
-                tracing::error!(deployment = %id, rule = %r.rule, target = %r.target, detail = %r.detail, "a rollback call was interrupted");
-                self.tell(
-                    EventKind::RollbackFailed,
-                    Some(r.rule.clone()),
-                    r.detail.clone(),
-                    r.evidence.clone(),
-                );
+                self.resume_interrupted(r).await?;
             } else if r.status == RollbackStatus::Succeeded && !r.not_effective {
                 if let (Some(verify), Some(done)) = (self.guard.verify, r.finished_at_ms) {
                     self.verify_pending = Some((id.to_string(), done + verify.as_millis() as u64));
                 }
             }
         }
-        self.current = Some(rec);
         Ok(())
+    }
+
+    /// An intent this agent recorded before it stopped, without an outcome:
+    /// the call may not have left, may have been answered, or anything in
+    /// between. The platform is asked whether it took effect; the call is
+    /// made only when the platform shows it did not, so there is one
+    /// effective call whichever moment the stop came. When the target
+    /// cannot tell, it is reported and never called again.
+    async fn resume_interrupted(&mut self, mut r: RollbackRecord) -> anyhow::Result<()> {
+        let dep = r.deployment.clone();
+        let target = self.target.clone();
+        let found = match &target {
+            _ if self.guard.dry_run => Reconciled::Unknown("dry_run is on now".into()),
+            Some(t) => {
+                tracing::warn!(deployment = %dep, rule = %r.rule, target = t.name(), "a rollback call was interrupted by the agent's stop; asking the platform whether it took effect");
+                t.reconcile(&self.request_for(&r, None)).await
+            }
+            None => Reconciled::Unknown("no rollback target is configured now".into()),
+        };
+        match (found, target) {
+            (Reconciled::NotDone(why), Some(target)) => {
+                tracing::warn!(deployment = %dep, target = target.name(), found = %why, "the interrupted rollback did not take effect: calling now");
+                self.call_and_record(target, r).await
+            }
+            (Reconciled::Done(done), Some(target)) => {
+                let now = self.clock.now_ms();
+                r.status = RollbackStatus::Succeeded;
+                r.detail = format!(
+                    "the call made before the agent's restart took effect: {}",
+                    done.detail
+                );
+                r.returned_to = done.returned_to.or(r.return_to.clone());
+                r.finished_at_ms = Some(now);
+                self.store.update_rollback(&r).await?;
+                self.mark_rolled_back().await?;
+                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
+                tracing::warn!(deployment = %dep, target = target.name(), detail = %r.detail, "the interrupted rollback had taken effect: not calling again");
+                if let Some(verify) = self.guard.verify {
+                    self.verify_pending = Some((dep.clone(), now + verify.as_millis() as u64));
+                }
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(r.rule.clone()),
+                    format!(
+                        "rolled back {dep}{}: {} (found done after the agent's restart)",
+                        to_text(&r.returned_to),
+                        r.reason
+                    ),
+                    r.evidence.clone(),
+                );
+                self.view.lock().expect("view lock").last_rollback = Some(r);
+                Ok(())
+            }
+            (Reconciled::Unknown(why), _)
+            | (
+                Reconciled::NotDone(why) | Reconciled::Done(RollbackDone { detail: why, .. }),
+                None,
+            ) => {
+                r.status = RollbackStatus::Failed;
+                r.detail = format!(
+                    "the agent stopped during the rollback call; it will not call again: check the platform ({why})"
+                );
+                r.finished_at_ms = Some(self.clock.now_ms());
+                self.store.update_rollback(&r).await?;
+                // Without a notifier this line is the only place besides
+                // /status where a person learns of it.
+                tracing::error!(deployment = %dep, rule = %r.rule, target = %r.target, detail = %r.detail, "a rollback call was interrupted");
+                self.tell(
+                    EventKind::RollbackFailed,
+                    Some(r.rule.clone()),
+                    r.detail.clone(),
+                    r.evidence.clone(),
+                );
+                self.view.lock().expect("view lock").last_rollback = Some(r);
+                Ok(())
+            }
+        }
+    }
+
+    /// The current deployment was rolled back: so recorded.
+    async fn mark_rolled_back(&mut self) -> anyhow::Result<()> {
+        if let Some(cur) = self.current.as_mut() {
+            cur.state = WatchState::RolledBack;
+            self.store.save_deployment(cur).await?;
+        }
+        Ok(())
+    }
+
+    /// The request that carries `rec`'s rollback to the platform.
+    fn request_for(&self, rec: &RollbackRecord, fencing_token: Option<i64>) -> RollbackRequest {
+        RollbackRequest {
+            service: self.service.clone(),
+            deployment: rec.deployment.clone(),
+            return_to: rec.return_to.clone(),
+            rule: rec.rule.clone(),
+            reason: rec.reason.clone(),
+            evidence: rec.evidence.clone(),
+            fencing_token,
+        }
     }
 
     /// Moves the watch along with time: warming → watching → stable.
@@ -695,8 +788,22 @@ impl Watcher {
                 self.show_fleet_record(rec);
                 return Ok(());
             }
-            Ok(Some(rec)) => {
-                tracing::warn!(deployment = %dep, by = ?rec.by, "the earlier holder of the fleet lease stopped during the call; completing it");
+            Ok(Some(prev)) => {
+                tracing::warn!(deployment = %dep, by = ?prev.by, "the earlier holder of the fleet lease stopped during the call; asking the platform whether it took effect");
+                if let (Some(target), false) = (self.target.clone(), self.guard.dry_run) {
+                    let req = self.request_for(&prev, Some(lease.token));
+                    match target.reconcile(&req).await {
+                        Reconciled::Done(done) => {
+                            return self.fleet_found_done(prev, done, lease, target).await;
+                        }
+                        // The call is completed. A target that cannot be
+                        // asked gets it again (ARCHITECTURE.md, "Fleet"),
+                        // with the same idempotency key and a newer token.
+                        Reconciled::NotDone(why) | Reconciled::Unknown(why) => {
+                            tracing::warn!(deployment = %dep, found = %why, "completing the interrupted fleet rollback");
+                        }
+                    }
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -850,6 +957,57 @@ impl Watcher {
                 );
             }
         }
+        self.show_fleet_record(rec);
+        Ok(())
+    }
+
+    /// The platform shows that the call of a holder that stopped took
+    /// effect: that is recorded (fenced) as the fleet's outcome, and no call
+    /// is made.
+    async fn fleet_found_done(
+        &mut self,
+        mut rec: RollbackRecord,
+        done: RollbackDone,
+        lease: &Lease,
+        target: Arc<dyn Rollbacker>,
+    ) -> anyhow::Result<()> {
+        let f = self.fleet.as_ref().expect("fleet");
+        let coord = f.coord.clone();
+        let dep = rec.deployment.clone();
+        rec.status = RollbackStatus::Succeeded;
+        rec.detail = format!(
+            "the call made by {} before it stopped took effect: {}",
+            rec.by.as_deref().unwrap_or("the earlier lease holder"),
+            done.detail
+        );
+        rec.returned_to = done.returned_to.or(rec.return_to.clone());
+        rec.finished_at_ms = Some(self.clock.now_ms());
+        match coord.record(&self.service, lease, &rec).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(deployment = %dep, "the fleet lease was taken over meanwhile; not recording");
+                return Ok(());
+            }
+            Err(e) => {
+                self.fleet_failed(&e);
+                return Ok(());
+            }
+        }
+        if matches!(*coord, Coordinator::Redis(_)) {
+            self.store.update_rollback(&rec).await?;
+        }
+        metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
+        tracing::warn!(deployment = %dep, target = target.name(), detail = %rec.detail, "the interrupted fleet rollback had taken effect: not calling again");
+        self.tell(
+            EventKind::RollbackPerformed,
+            Some(rec.rule.clone()),
+            format!(
+                "rolled back {dep}{} for the fleet: {} (found done after its holder stopped)",
+                to_text(&rec.returned_to),
+                rec.reason
+            ),
+            rec.evidence.clone(),
+        );
         self.show_fleet_record(rec);
         Ok(())
     }
@@ -1131,15 +1289,24 @@ impl Watcher {
             return Ok(None);
         }
         tracing::warn!(deployment = %dep, rule, target = target.name(), return_to = ?return_to, reason = %reason, "rolling back");
-        let req = RollbackRequest {
-            service: self.service.clone(),
-            deployment: dep.clone(),
-            return_to: return_to.clone(),
-            rule: rule.to_string(),
-            reason: reason.clone(),
-            evidence: evidence.clone(),
-            fencing_token: None,
-        };
+        self.call_and_record(target, rec).await?;
+        Ok(None)
+    }
+
+    /// Calls the platform for the recorded intent `rec` and records the
+    /// outcome, whatever it is: the call is never made again.
+    async fn call_and_record(
+        &mut self,
+        target: Arc<dyn Rollbacker>,
+        mut rec: RollbackRecord,
+    ) -> anyhow::Result<()> {
+        let req = self.request_for(&rec, None);
+        let (dep, rule, reason, return_to) = (
+            rec.deployment.clone(),
+            rec.rule.clone(),
+            rec.reason.clone(),
+            rec.return_to.clone(),
+        );
         self.view.lock().expect("view lock").last_rollback = Some(rec.clone());
         let result = target.rollback(&req).await;
         rec.finished_at_ms = Some(self.clock.now_ms());
@@ -1149,10 +1316,7 @@ impl Watcher {
                 rec.detail = done.detail.clone();
                 rec.returned_to = done.returned_to.clone().or(return_to.clone());
                 self.store.update_rollback(&rec).await?;
-                if let Some(cur) = self.current.as_mut() {
-                    cur.state = WatchState::RolledBack;
-                    self.store.save_deployment(cur).await?;
-                }
+                self.mark_rolled_back().await?;
                 metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
                 tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
                 if let Some(verify) = self.guard.verify {
@@ -1161,9 +1325,9 @@ impl Watcher {
                 }
                 self.tell(
                     EventKind::RollbackPerformed,
-                    Some(rule.to_string()),
+                    Some(rule),
                     format!("rolled back {dep}{}: {reason}", to_text(&rec.returned_to)),
-                    evidence,
+                    req.evidence,
                 );
             }
             Err(err) => {
@@ -1174,14 +1338,14 @@ impl Watcher {
                 tracing::error!(deployment = %dep, target = target.name(), error = %err, "rollback failed; it will not be called again for this deployment");
                 self.tell(
                     EventKind::RollbackFailed,
-                    Some(rule.to_string()),
+                    Some(rule),
                     format!("rollback of {dep} failed: {err}"),
-                    evidence,
+                    req.evidence,
                 );
             }
         }
         self.view.lock().expect("view lock").last_rollback = Some(rec);
-        Ok(None)
+        Ok(())
     }
 
     async fn check_verification(&mut self) -> anyhow::Result<()> {
@@ -1330,6 +1494,9 @@ mod tests {
     struct Platform {
         calls: AtomicU32,
         fail: bool,
+        /// What `reconcile` finds: done, not done, or (`None`) cannot tell.
+        found: Option<bool>,
+        asked: AtomicU32,
     }
 
     impl Rollbacker for Platform {
@@ -1352,6 +1519,21 @@ mod tests {
                     })
                 }
             })
+        }
+        fn reconcile<'a>(
+            &'a self,
+            _req: &'a RollbackRequest,
+        ) -> Pin<Box<dyn Future<Output = Reconciled> + Send + 'a>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let found = match self.found {
+                Some(true) => Reconciled::Done(RollbackDone {
+                    returned_to: Some("v1".into()),
+                    detail: "the platform lists a newer deployment".into(),
+                }),
+                Some(false) => Reconciled::NotDone("v2 is still the newest".into()),
+                None => Reconciled::Unknown("a webhook cannot be asked".into()),
+            };
+            Box::pin(async move { found })
         }
     }
 
@@ -1415,6 +1597,10 @@ mod tests {
 
     impl Rig {
         fn new(fail: bool) -> Self {
+            Self::finding(fail, None)
+        }
+
+        fn finding(fail: bool, found: Option<bool>) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(Store::open(dir.path()).unwrap());
             Self {
@@ -1423,6 +1609,8 @@ mod tests {
                 platform: Arc::new(Platform {
                     calls: AtomicU32::new(0),
                     fail,
+                    found,
+                    asked: AtomicU32::new(0),
                 }),
                 told: Arc::new(Told::default()),
             }
@@ -1522,6 +1710,77 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_intent_left_by_a_crash_is_reported_and_never_called() {
         let rig = Rig::new(false);
+        leave_intent(&rig).await;
+        let mut w = rig.watcher(guard()).await;
+        tokio::time::advance(Duration::from_secs(100)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.platform.asked.load(Ordering::SeqCst), 1);
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(rig.told.kinds(), vec![EventKind::RollbackFailed]);
+        let rec = rig.store.rollback("v2").await.unwrap().unwrap();
+        assert_eq!(rec.status, RollbackStatus::Failed);
+        assert!(
+            rec.detail.contains("a webhook cannot be asked"),
+            "{}",
+            rec.detail
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intent_the_platform_shows_untouched_is_called_once_after_the_restart() {
+        let rig = Rig::finding(false, Some(false));
+        leave_intent(&rig).await;
+        let mut w = rig.watcher(guard()).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+        let rec = rig.store.rollback("v2").await.unwrap().unwrap();
+        assert_eq!(rec.status, RollbackStatus::Succeeded);
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
+        assert_eq!(rig.told.kinds(), vec![EventKind::RollbackPerformed]);
+        // Another restart finds the outcome and neither asks nor calls.
+        let mut again = rig.watcher(guard()).await;
+        step(&mut again, "v2", Verdict::Holds).await;
+        assert_eq!(
+            (rig.calls(), rig.platform.asked.load(Ordering::SeqCst)),
+            (1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intent_the_platform_shows_done_is_recorded_as_done_without_a_call() {
+        let rig = Rig::finding(false, Some(true));
+        leave_intent(&rig).await;
+        let mut w = rig.watcher(guard()).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        let rec = rig.store.rollback("v2").await.unwrap().unwrap();
+        assert_eq!(rec.status, RollbackStatus::Succeeded);
+        assert!(rec.detail.contains("took effect"), "{}", rec.detail);
+        assert_eq!(rec.returned_to.as_deref(), Some("v1"));
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
+        assert_eq!(rig.told.kinds(), vec![EventKind::RollbackPerformed]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_dry_run_an_intent_is_reported_and_never_called() {
+        let rig = Rig::finding(false, Some(false));
+        leave_intent(&rig).await;
+        let mut w = rig
+            .watcher(Guard {
+                dry_run: true,
+                ..guard()
+            })
+            .await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(
+            rig.store.rollback("v2").await.unwrap().unwrap().status,
+            RollbackStatus::Failed
+        );
+    }
+
+    /// An intent for v2, as an agent killed during the call leaves it.
+    async fn leave_intent(rig: &Rig) {
         rig.store
             .claim_rollback(&RollbackRecord {
                 deployment: "v2".into(),
@@ -1540,15 +1799,6 @@ mod tests {
             })
             .await
             .unwrap();
-        let mut w = rig.watcher(guard()).await;
-        tokio::time::advance(Duration::from_secs(100)).await;
-        step(&mut w, "v2", Verdict::Holds).await;
-        assert_eq!(rig.calls(), 0);
-        assert_eq!(rig.told.kinds(), vec![EventKind::RollbackFailed]);
-        assert_eq!(
-            rig.store.rollback("v2").await.unwrap().unwrap().status,
-            RollbackStatus::Failed
-        );
     }
 
     #[tokio::test(start_paused = true)]

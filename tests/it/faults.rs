@@ -4,7 +4,10 @@
 //! byte at a time) are each a `failed` probe with a clear reason while the
 //! agent stays healthy, small, and rolls nothing back for them; a rollback
 //! API that times out, fails, throttles or refuses, and an agent killed in
-//! the middle of the call, still make at most one effective call; a store
+//! the middle of the call, still make one effective call, never two: after
+//! the restart the agent asks the platform whether the call took effect and
+//! makes it only if not (a target that cannot be asked is never called
+//! again, unless its receiver is declared idempotent); a store
 //! that cannot be opened stops the agent at start with exit code 2.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -601,6 +604,193 @@ async fn an_agent_killed_after_recording_the_intent_reports_it_and_makes_no_call
         "the leftover intent is logged:\n{}",
         again.output()
     );
+}
+
+/// A Railway stand-in that keeps its state: the rollback mutation puts a
+/// new deployment on top of the list, as Railway does. The agent, on
+/// deployment `dep-new`, is killed once: at its first listing (the intent
+/// is recorded, the rollback call not yet sent) or once the mutation has
+/// reached the platform, before its answer. Started again on the same store, it must leave
+/// exactly one mutation made, and say so.
+async fn railway_killed(at_the_mutation: bool) {
+    let pid = Arc::new(AtomicU32::new(0));
+    let mutations = Arc::new(AtomicU32::new(0));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, m, k) = (pid.clone(), mutations.clone(), killed.clone());
+    let platform = HttpServer::start(move |r| {
+        let query = r.json()["query"].as_str().unwrap_or_default().to_string();
+        let mutation = query.contains("deploymentRollback");
+        if mutation {
+            m.fetch_add(1, Ordering::SeqCst);
+        }
+        let kill_now = mutation == at_the_mutation && !k.swap(true, Ordering::SeqCst);
+        if kill_now {
+            // The platform has the request (and, for the mutation, has
+            // acted on it); the agent dies before any answer.
+            kill(p.load(Ordering::SeqCst));
+        }
+        let node = |id: &str, status: &str, can: bool| json!({"node": {"id": id, "status": status, "createdAt": "2026-11-01T00:00:00Z", "canRollback": can}});
+        let reply = if mutation {
+            Reply::json(200, json!({"data": {"deploymentRollback": true}}))
+        } else {
+            let mut edges = vec![
+                node("dep-new", "SUCCESS", true),
+                node("dep-good", "REMOVED", true),
+            ];
+            if m.load(Ordering::SeqCst) > 0 {
+                edges.insert(0, node("dep-rolled-back", "DEPLOYING", false));
+            }
+            Reply::json(200, json!({"data": {"deployments": {"edges": edges}}}))
+        };
+        if kill_now {
+            reply.after(Duration::from_millis(500))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let config = format!(
+        r#"[agent]
+listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+admin_token = "{ADMIN}"
+
+[service]
+name = "web"
+
+[deployment]
+id = "dep-new"
+warmup = "100ms"
+watch = "1h"
+
+[rollback]
+target = "railway"
+deadline = "4s"
+  [rollback.railway]
+  token = "railway-fault-token-0123"
+  project_id = "prj-1"
+  service_id = "svc-1"
+  environment_id = "env-1"
+  api_url = "{api}"
+  timeout = "2s"
+"#,
+        state = dir.path().join("state").display(),
+        api = platform.url("/graphql/v2"),
+    );
+    let path = Daemon::write_config(dir.path(), &config);
+    let mut agent = Daemon::start(&path, port, "json", &[]);
+    pid.store(agent.pid(), Ordering::SeqCst);
+    agent
+        .until("dep-new known", |s| s["deployment"]["id"] == "dep-new")
+        .await;
+    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        None,
+        "killed by a signal"
+    );
+    assert_eq!(
+        mutations.load(Ordering::SeqCst),
+        u32::from(at_the_mutation),
+        "mutations before the restart"
+    );
+
+    let again = Daemon::start(&path, port, "json", &[]);
+    let s = again
+        .until("the rollback settled after the restart", |s| {
+            s["deployment"]["id"] == "dep-new"
+                && matches!(
+                    s["last_rollback"]["status"].as_str(),
+                    Some("succeeded" | "failed")
+                )
+        })
+        .await;
+    let rec = &s["last_rollback"];
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    let detail = rec["detail"].as_str().unwrap_or_default();
+    if at_the_mutation {
+        assert!(
+            detail.contains("took effect") && detail.contains("dep-rolled-back"),
+            "{rec:#}"
+        );
+    } else {
+        assert!(
+            detail.contains("rolling back to deployment dep-good"),
+            "{rec:#}"
+        );
+    }
+    let answer = ask_rollback(again.url("/v1/rollback")).await;
+    assert!(
+        answer
+            .as_ref()
+            .is_some_and(|a| a.to_string().contains("already")),
+        "{answer:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mutations.load(Ordering::SeqCst),
+        1,
+        "exactly one rollback call in all"
+    );
+    assert!(
+        !again.output().contains("railway-fault-token-0123"),
+        "the token shows in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_before_its_call_left_makes_the_one_call_after_the_restart() {
+    railway_killed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_its_call_reached_the_platform_finds_it_done_after_the_restart() {
+    railway_killed(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_webhook_gets_the_interrupted_call_again_with_the_same_key() {
+    let pid = Arc::new(AtomicU32::new(0));
+    let keys = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (p, seen) = (pid.clone(), keys.clone());
+    let platform = HttpServer::start(move |r| {
+        let mut keys = seen.lock().unwrap();
+        keys.push(r.header("idempotency-key").unwrap_or_default().to_string());
+        if keys.len() == 1 {
+            // The receiver got the call; the agent dies before any answer.
+            kill(p.load(Ordering::SeqCst));
+            return Reply::json(200, json!({ "ok": true })).after(Duration::from_millis(200));
+        }
+        Reply::json(200, json!({ "ok": true }))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let config = rollback_config(dir.path(), port, &platform.url("/rollback"), "2s")
+        + "  idempotent = true\n";
+    let path = Daemon::write_config(dir.path(), &config);
+    let mut agent = Daemon::start(&path, port, "json", &[]);
+    pid.store(agent.pid(), Ordering::SeqCst);
+    agent
+        .until("v2 known", |s| s["deployment"]["id"] == "v2")
+        .await;
+    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), None);
+
+    let again = Daemon::start(&path, port, "json", &[]);
+    let s = again
+        .until("the call sent again", |s| {
+            s["last_rollback"]["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(s["last_rollback"]["deployment"], "v2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let keys = keys.lock().unwrap().clone();
+    // Two deliveries of one rollback: the receiver, idempotent by
+    // configuration, counts one.
+    assert_eq!(keys, ["web:v2", "web:v2"]);
 }
 
 #[test]

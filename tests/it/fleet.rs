@@ -164,6 +164,22 @@ async fn replicas_watching(
     n: usize,
     watch: &str,
 ) -> Vec<Replica> {
+    let rollback = format!(
+        "[rollback]\ntarget = \"webhook\"\ncooldown = \"1s\"\ndeadline = \"5s\"\n\n[rollback.webhook]\nurl = \"{}\"\n",
+        platform.url("/rollback")
+    );
+    replicas_with(backend, stores, &rollback, n, watch).await
+}
+
+/// `n` replicas watching deployment `v2` for `watch`, rolling back through
+/// the `[rollback]` section `rollback`.
+async fn replicas_with(
+    backend: Backend,
+    stores: &Stores,
+    rollback: &str,
+    n: usize,
+    watch: &str,
+) -> Vec<Replica> {
     seed(&stores.store_url, &stores.schema).await;
     let mut out = Vec::new();
     for i in 0..n {
@@ -204,19 +220,11 @@ interval = "200ms"
 timeout = "150ms"
 critical = true
 
-[rollback]
-target = "webhook"
-cooldown = "1s"
-deadline = "5s"
-
-[rollback.webhook]
-url = "{hook}"
-
+{rollback}
 {fleet}
 "#,
                 state = dir.path().join("state").display(),
                 health = server.url("/health"),
-                hook = platform.url("/rollback"),
                 fleet = fleet_config(backend, stores, &name),
                 service = stores.schema,
             ),
@@ -457,6 +465,100 @@ async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(
         t2 > t1,
         "the second holder's token is newer: {t1} then {t2}"
     );
+}
+
+/// As above, against a platform that can be asked (a Railway stand-in
+/// that keeps state): the holder's call reaches it and takes effect, the
+/// holder dies before the answer, and the agent that takes over finds the
+/// rollback done and makes no second call.
+async fn a_holder_killed_after_its_call_took_effect_is_found_done_without_a_second_call(
+    backend: Backend,
+) {
+    let mutations = Arc::new(AtomicUsize::new(0));
+    let m = mutations.clone();
+    let platform = HttpServer::start(move |r| {
+        let query = r.json()["query"].as_str().unwrap_or_default().to_string();
+        if query.contains("deploymentRollback") {
+            m.fetch_add(1, Ordering::SeqCst);
+            // Acted on; the answer never reaches the holder in time.
+            return Reply::json(200, json!({"data": {"deploymentRollback": true}}))
+                .after(Duration::from_secs(600));
+        }
+        let node = |id: &str, status: &str, can: bool| json!({"node": {"id": id, "status": status, "createdAt": "2026-11-01T00:00:00Z", "canRollback": can}});
+        let mut edges = vec![node("v2", "SUCCESS", true), node("v1", "REMOVED", true)];
+        if m.load(Ordering::SeqCst) > 0 {
+            edges.insert(0, node("v1-again", "DEPLOYING", false));
+        }
+        Reply::json(200, json!({"data": {"deployments": {"edges": edges}}}))
+    })
+    .await;
+    let rollback = format!(
+        "[rollback]\ntarget = \"railway\"\ncooldown = \"1s\"\ndeadline = \"5s\"\n\n[rollback.railway]\ntoken = \"fleet-railway-token\"\nproject_id = \"p\"\nservice_id = \"s\"\nenvironment_id = \"e\"\napi_url = \"{}\"\ntimeout = \"1s\"\n",
+        platform.url("/graphql/v2")
+    );
+    let st = stores(backend, postgres_url());
+    let mut rs = replicas_with(backend, &st, &rollback, 3, "10m").await;
+    all_watching(&rs).await;
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&all, "every agent showing the first holder's intent", |s| {
+        s["fleet"]["rollback"]["status"] == "intent"
+    })
+    .await;
+    let first = seen[0]["fleet"]["rollback"]["by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..100 {
+        if mutations.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mutations.load(Ordering::SeqCst),
+        1,
+        "the holder's call arrived"
+    );
+    let i = rs.iter().position(|r| r.name == first).unwrap();
+    rs[i].kill();
+    let dead = rs.remove(i);
+    let rest: Vec<&Replica> = rs.iter().collect();
+    let seen = all_until(&rest, "another agent recording the rollback as done", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    let rec = &seen[0]["fleet"]["rollback"];
+    let detail = rec["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!(
+            "made by {} before it stopped took effect",
+            dead.name
+        )) && detail.contains("v1-again"),
+        "{rec:#}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        mutations.load(Ordering::SeqCst),
+        1,
+        "no second rollback call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_holder_killed_after_its_call_took_effect_is_found_done_without_a_second_call() {
+    a_holder_killed_after_its_call_took_effect_is_found_done_without_a_second_call(
+        Backend::Postgres,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_holder_killed_after_its_call_took_effect_is_found_done_without_a_second_call() {
+    a_holder_killed_after_its_call_took_effect_is_found_done_without_a_second_call(Backend::Redis)
+        .await;
 }
 
 /// Redis down when the agents start: they start all the same, probe, hold

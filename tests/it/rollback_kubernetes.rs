@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use backstop::evidence::{RollbackDone, RollbackRequest};
+use backstop::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use backstop::retry::RetryPolicy;
 use backstop::rollback::argo_rollouts::{ArgoRollouts, ArgoRolloutsConfig};
 use backstop::rollback::kubernetes::{Kubernetes, KubernetesConfig};
@@ -385,7 +385,8 @@ async fn undo_patches_the_deployment_back_to_its_previous_revision() {
             {"op": "replace", "path": "/metadata/annotations", "value": {
                 "deployment.kubernetes.io/revision": "4",
                 "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\"}\n",
-                "kubernetes.io/change-cause": "kubectl set image deployment/web web=registry.example/web:2"
+                "kubernetes.io/change-cause": "kubectl set image deployment/web web=registry.example/web:2",
+                "backstop/rollback-key": "web:web%3A4"
             }}
         ])
     );
@@ -960,7 +961,8 @@ async fn argo_undo_patches_the_rollout_template_back() {
         json!([
             {"op": "replace", "path": "/metadata/resourceVersion", "value": "9931"},
             {"op": "replace", "path": "/spec/template",
-             "value": pod_template("registry.example/web:2", None)}
+             "value": pod_template("registry.example/web:2", None)},
+            {"op": "add", "path": "/metadata/annotations/backstop~1rollback-key", "value": "web:web%3A4"}
         ])
     );
 }
@@ -1048,4 +1050,65 @@ async fn argo_undo_failing_after_an_abort_says_the_abort_was_done() {
             .contains("abort done, then undo: LIST replicasets"),
         "{err}"
     );
+}
+
+/// The Deployment as the undo's patch leaves it: its annotations carry the
+/// rollback's mark.
+fn marked(mut d: Value, key: &str) -> Value {
+    d["metadata"]["annotations"]["backstop/rollback-key"] = json!(key);
+    d
+}
+
+#[tokio::test]
+async fn after_a_restart_the_mark_of_the_undo_tells_whether_it_landed() {
+    let token = token();
+    for (answer, landed) in [
+        (deployment(4, "registry.example/web:4", "48213"), false),
+        (
+            marked(
+                deployment(4, "registry.example/web:4", "48213"),
+                "web:web%3A3",
+            ),
+            false,
+        ),
+        (
+            marked(
+                deployment(5, "registry.example/web:2", "48290"),
+                "web:web%3A4",
+            ),
+            true,
+        ),
+    ] {
+        let server = stand_in(vec![("GET", DEPLOYMENT, vec![ok(answer)])]).await;
+        let found = kubernetes(&server.url(""), &token.path, quick())
+            .reconcile(&request(None))
+            .await
+            .unwrap();
+        match (&found, landed) {
+            (Reconciled::Done(d), true) => assert!(d.detail.contains("revision 5"), "{d:?}"),
+            (Reconciled::NotDone(_), false) => {}
+            _ => panic!("landed {landed}: {found:?}"),
+        }
+        assert!(
+            calls(&server, "PATCH", DEPLOYMENT).is_empty(),
+            "asking is not patching"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_a_restart_argo_abort_alone_is_done_once_the_rollout_is_aborted() {
+    let token = token();
+    for (answer, done) in [
+        (rollout(5, "registry.example/web:3"), false),
+        (aborted(rollout(5, "registry.example/web:3")), true),
+    ] {
+        let server = stand_in(vec![("GET", ROLLOUT, vec![ok(answer)])]).await;
+        let found = argo(&server, &token.path, json!("abort"))
+            .reconcile(&request(None))
+            .await
+            .unwrap();
+        assert_eq!(matches!(found, Reconciled::Done(_)), done, "{found:?}");
+        assert!(calls(&server, "PATCH", ROLLOUT_STATUS).is_empty());
+    }
 }

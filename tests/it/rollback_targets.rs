@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::config::Config;
-use backstop::evidence::{Evidence, RollbackRequest};
+use backstop::evidence::{Evidence, Reconciled, RollbackRequest};
 use backstop::rollback::{RollbackError, Target};
 use backstop_tests::{HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
@@ -267,10 +267,7 @@ async fn webhook_posts_specs_json_document_with_its_headers() {
         Some(&*format!("Bearer {}", p.token))
     );
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(
-        r.header("idempotency-key"),
-        Some("backstop-rollback-web-dep-new")
-    );
+    assert_eq!(r.header("idempotency-key"), Some("web:dep-new"));
     let body = r.json();
     assert_eq!(body["event"], "rollback");
     assert_eq!(body["service"], "web");
@@ -280,6 +277,7 @@ async fn webhook_posts_specs_json_document_with_its_headers() {
     assert_eq!(body["rule"], "health failing");
     assert_eq!(body["evidence"][0]["probe"], "health");
     assert_eq!(body["evidence"][0]["observed"], 3.0);
+    assert_eq!(body["idempotency_key"], "web:dep-new");
 }
 
 #[tokio::test]
@@ -699,7 +697,7 @@ async fn exec_passes_the_rollback_in_the_environment_and_succeeds_on_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env");
     let script = format!(
-        "printf '%s|%s|%s|%s|%s' \"$BACKSTOP_SERVICE\" \"$BACKSTOP_DEPLOYMENT\" \"$BACKSTOP_RETURN_TO\" \"$BACKSTOP_REASON\" \"$BACKSTOP_RULE\" > {}; printf '%s' \"$BACKSTOP_EVIDENCE\" > {}.json; echo noise; echo rolled back to \"$BACKSTOP_RETURN_TO\"",
+        "printf '%s|%s|%s|%s|%s|%s' \"$BACKSTOP_SERVICE\" \"$BACKSTOP_DEPLOYMENT\" \"$BACKSTOP_RETURN_TO\" \"$BACKSTOP_REASON\" \"$BACKSTOP_RULE\" \"$BACKSTOP_IDEMPOTENCY_KEY\" > {}; printf '%s' \"$BACKSTOP_EVIDENCE\" > {}.json; echo noise; echo rolled back to \"$BACKSTOP_RETURN_TO\"",
         out.display(),
         out.display()
     );
@@ -716,7 +714,7 @@ async fn exec_passes_the_rollback_in_the_environment_and_succeeds_on_exit_0() {
     );
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
-        "web|dep-new|dep-good|health: 3 consecutive failures|health failing"
+        "web|dep-new|dep-good|health: 3 consecutive failures|health failing|web:dep-new"
     );
     let evidence: Value =
         serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
@@ -810,4 +808,152 @@ async fn exec_reports_a_program_that_cannot_start() {
             .starts_with("exec rollback failed: cannot start \"/nonexistent/rollback-tool\""),
         "{err}"
     );
+}
+
+impl Platform {
+    /// What the platform lists once a rollback call has been accepted:
+    /// Railway and Render a new deployment, Heroku a new release, all on
+    /// top; Vercel lists the same and points its production elsewhere.
+    fn listing_now(&self, r: &Recorded, rolled: bool) -> Reply {
+        if !rolled {
+            return match (self.name, r.path.as_str()) {
+                ("vercel", "/v9/projects/prj_1") => vercel_project("dpl_new"),
+                _ => self.listing(r),
+            };
+        }
+        match (self.name, r.path.as_str()) {
+            ("railway", _) => {
+                let node = |id: &str, status: &str, can: bool| json!({"node": {"id": id, "status": status, "createdAt": "2026-01-01T00:00:00Z", "canRollback": can}});
+                Reply::json(
+                    200,
+                    json!({"data": {"deployments": {"edges": [
+                        node("dep-rolled-back", "DEPLOYING", false),
+                        node("dep-new", "SUCCESS", true),
+                        node("dep-good", "REMOVED", true)
+                    ]}}}),
+                )
+            }
+            ("render", "/v1/services/srv-1/deploys") => Reply::json(
+                200,
+                json!([
+                    {"deploy": {"id": "dep-rb", "status": "update_in_progress", "trigger": "rollback"}, "cursor": "c4"},
+                    {"deploy": {"id": "dep-new", "status": "live"}, "cursor": "c3"},
+                    {"deploy": {"id": "dep-good", "status": "deactivated"}, "cursor": "c1"}
+                ]),
+            ),
+            ("heroku", "/apps/web-app/releases") => Reply::json(
+                206,
+                json!([
+                    {"id": "r-42", "version": 42, "status": "succeeded", "current": false},
+                    {"id": "r-43", "version": 43, "status": "succeeded", "current": true, "description": "Rollback to v40"},
+                    {"id": "r-40", "version": 40, "status": "succeeded", "current": false}
+                ]),
+            ),
+            ("vercel", "/v9/projects/prj_1") => vercel_project("dpl_good"),
+            _ => self.listing(r),
+        }
+    }
+}
+
+/// `GET /v9/projects/{id}`, with the deployment production points at.
+fn vercel_project(production: &str) -> Reply {
+    Reply::json(
+        200,
+        json!({"id": "prj_1", "name": "web", "targets": {"production": {"id": production, "readyState": "READY", "target": "production"}}}),
+    )
+}
+
+#[tokio::test]
+async fn every_platform_tells_whether_an_interrupted_rollback_took_effect_and_only_reads() {
+    for p in &PLATFORMS[1..] {
+        let p = *p;
+        let rolled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = rolled.clone();
+        let server = HttpServer::start(move |r| {
+            if p.is_rollback_call(r) {
+                flag.store(true, Ordering::SeqCst);
+                return p.accepted();
+            }
+            p.listing_now(r, flag.load(Ordering::SeqCst))
+        })
+        .await;
+        let t = target(&p.config(&server, "10s"));
+        let req = request(p.deployment, None);
+
+        let before = t.reconcile(&req).await;
+        assert!(
+            matches!(before, Reconciled::NotDone(_)),
+            "{}: {before:?}",
+            p.name
+        );
+        assert!(
+            rollback_calls(p, &server).is_empty(),
+            "{}: asking is not calling",
+            p.name
+        );
+
+        t.rollback(&req).await.unwrap();
+        let after = t.reconcile(&req).await;
+        match &after {
+            Reconciled::Done(d) => assert!(!d.detail.is_empty(), "{}", p.name),
+            other => panic!("{}: after the call: {other:?}", p.name),
+        }
+        assert_eq!(rollback_calls(p, &server).len(), 1, "{}", p.name);
+
+        // An id the platform does not list (the agent's own version
+        // string, say) cannot be placed: the platform cannot tell.
+        let unknown = t.reconcile(&request("release-2026.11", None)).await;
+        assert!(
+            matches!(&unknown, Reconciled::Unknown(m) if m.contains("release-2026.11")),
+            "{}: {unknown:?}",
+            p.name
+        );
+        assert_hidden(p, &format!("{before:?}{after:?}{unknown:?}"));
+    }
+}
+
+#[tokio::test]
+async fn a_platform_that_cannot_be_asked_is_unknown_not_done() {
+    let p = PLATFORMS[1];
+    let server =
+        HttpServer::start(|_| Reply::json(401, json!({"errors": [{"message": "Not Authorized"}]})))
+            .await;
+    let t = target(&p.config(&server, "2s"));
+    match t.reconcile(&request(p.deployment, None)).await {
+        Reconciled::Unknown(m) => {
+            assert!(m.contains("401"), "{m}");
+            assert_hidden(p, &m);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn webhook_and_exec_are_sent_again_only_when_configured_idempotent() {
+    let hook = |extra: &str| {
+        target(&format!(
+            "[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"http://127.0.0.1:9/hook\"\n{extra}"
+        ))
+    };
+    let req = request("dep-new", None);
+    assert!(
+        matches!(hook("").reconcile(&req).await, Reconciled::Unknown(m) if m.contains("idempotent"))
+    );
+    assert!(matches!(
+        hook("idempotent = true\n").reconcile(&req).await,
+        Reconciled::NotDone(_)
+    ));
+    let exec = |extra: &str| {
+        target(&format!(
+            "[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = [\"/bin/true\"]\n{extra}"
+        ))
+    };
+    assert!(matches!(
+        exec("").reconcile(&req).await,
+        Reconciled::Unknown(_)
+    ));
+    assert!(matches!(
+        exec("idempotent = true\n").reconcile(&req).await,
+        Reconciled::NotDone(_)
+    ));
 }

@@ -25,10 +25,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::kube::{Cluster, ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE};
-use super::kubernetes::{check_cluster, undo, Workload};
+use super::kubernetes::{check_cluster, marked, read, undo, Workload};
 use super::{with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 
 /// The target's name in `[rollback] target` and in metrics.
@@ -229,20 +229,14 @@ impl ArgoRollouts {
                     }
                     (stable, detail)
                 }),
-                Action::Undo => undo(
-                    &self.client,
-                    &ROLLOUT,
-                    &self.rollout,
-                    req.return_to.as_deref(),
-                    policy,
-                )
-                .await
-                .map(|undone| {
-                    (
-                        Some(undone.returned_to()),
-                        undone.describe(&ROLLOUT, ns, &self.rollout),
-                    )
-                }),
+                Action::Undo => undo(&self.client, &ROLLOUT, &self.rollout, req, policy)
+                    .await
+                    .map(|undone| {
+                        (
+                            Some(undone.returned_to()),
+                            undone.describe(&ROLLOUT, ns, &self.rollout),
+                        )
+                    }),
             };
             match result {
                 Ok((to, detail)) => {
@@ -272,6 +266,28 @@ impl ArgoRollouts {
             returned_to,
             detail: details.join("; "),
         })
+    }
+
+    /// After an interrupted call. With `undo` among the actions: whether the
+    /// Rollout carries this rollback's mark, which only the undo's patch puts
+    /// there (an abort done before it is harmless to do again). With `abort`
+    /// alone: whether the Rollout is aborted.
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
+        let obj = read(&self.client, &ROLLOUT, &self.rollout, self.policy).await?;
+        let ns = self.client.namespace();
+        if self.actions.contains(&Action::Undo) {
+            return Ok(marked(&ROLLOUT, ns, &self.rollout, &obj, req));
+        }
+        Ok(
+            if obj.pointer("/status/abort").and_then(Value::as_bool) == Some(true) {
+                Reconciled::Done(RollbackDone {
+                    returned_to: None,
+                    detail: format!("rollout {ns}/{} is aborted", self.rollout),
+                })
+            } else {
+                Reconciled::NotDone(format!("rollout {ns}/{} is not aborted", self.rollout))
+            },
+        )
     }
 
     /// What `kubectl argo rollouts abort` does: a merge patch through the

@@ -6,7 +6,9 @@
 //! `BACKSTOP_REASON`, `BACKSTOP_RULE`, `BACKSTOP_EVIDENCE` (a JSON array)
 //! and `BACKSTOP_FENCING_TOKEN` (with `[fleet]`, the lease's fencing token,
 //! which grows with every lease: a command may refuse one lower than the
-//! highest it has seen; empty without `[fleet]`). It runs in a process group of its own, so a timeout kills everything it
+//! highest it has seen; empty without `[fleet]`) and
+//! `BACKSTOP_IDEMPOTENCY_KEY` (the same for every call about one deployment
+//! of the service, see `idempotent`). It runs in a process group of its own, so a timeout kills everything it
 //! started. A failure reports the exit code and the last line of stderr,
 //! never the environment or the arguments.
 
@@ -19,7 +21,7 @@ use tokio::process::Command;
 
 use super::{truncate, with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 
 const NAME: &str = "exec";
@@ -39,6 +41,12 @@ pub struct ExecConfig {
     /// Exit codes that mean "try again later"; any other failure is final. Default none.
     #[serde(default)]
     pub retry_exit_codes: Vec<i32>,
+    /// The command treats runs with the same `BACKSTOP_IDEMPOTENCY_KEY` as
+    /// one. Then a run interrupted by the agent's stop is run again, with
+    /// the same key, when the agent starts again; otherwise it is reported
+    /// and not run again. Default `false`.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 impl std::fmt::Debug for ExecConfig {
@@ -49,6 +57,7 @@ impl std::fmt::Debug for ExecConfig {
             .field("args", &self.command.len().saturating_sub(1))
             .field("timeout", &self.timeout)
             .field("retry_exit_codes", &self.retry_exit_codes)
+            .field("idempotent", &self.idempotent)
             .finish()
     }
 }
@@ -95,6 +104,7 @@ impl ExecConfig {
             timeout: self.timeout.0,
             retry_exit_codes: self.retry_exit_codes.clone(),
             policy: cx.policy,
+            idempotent: self.idempotent,
         })
     }
 }
@@ -105,6 +115,7 @@ pub struct Exec {
     timeout: Duration,
     retry_exit_codes: Vec<i32>,
     policy: RetryPolicy,
+    idempotent: bool,
     /// What the command's output must never show once reported: its
     /// arguments and the secret-looking variables of its environment.
     secrets: Vec<String>,
@@ -171,6 +182,22 @@ impl std::fmt::Debug for Exec {
 }
 
 impl Exec {
+    /// After an interrupted run: a command cannot be asked whether it ran,
+    /// so it is run again only when configured `idempotent`.
+    pub fn reconcile(&self) -> Reconciled {
+        if self.idempotent {
+            Reconciled::NotDone(
+                "the command is idempotent: it runs again with the same BACKSTOP_IDEMPOTENCY_KEY"
+                    .into(),
+            )
+        } else {
+            Reconciled::Unknown(
+                "a command cannot be asked whether it ran (set rollback.exec.idempotent = true when it treats a repeated BACKSTOP_IDEMPOTENCY_KEY as one)"
+                    .into(),
+            )
+        }
+    }
+
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
         with_retries(NAME, self.policy, |_| async {
             match self.run_once(req).await {
@@ -210,6 +237,7 @@ impl Exec {
                 "BACKSTOP_FENCING_TOKEN",
                 req.fencing_token.map(|t| t.to_string()).unwrap_or_default(),
             )
+            .env("BACKSTOP_IDEMPOTENCY_KEY", req.idempotency_key())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -386,6 +414,7 @@ mod tests {
             command: vec![],
             timeout: default_timeout(),
             retry_exit_codes: vec![0],
+            idempotent: false,
         };
         let keys: Vec<_> = c.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["command", "retry_exit_codes"]);

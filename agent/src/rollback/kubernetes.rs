@@ -23,11 +23,16 @@ use super::kube::{
 };
 use super::{with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 
 /// The target's name in `[rollback] target` and in metrics.
 pub const NAME: &str = "kubernetes";
+
+/// The annotation an undo's patch puts on the workload, holding the
+/// request's idempotency key: after a restart, the mark tells whether the
+/// interrupted call's patch landed.
+pub const ROLLBACK_KEY: &str = "backstop/rollback-key";
 
 /// `[rollback.kubernetes]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -140,7 +145,7 @@ impl Kubernetes {
             &self.client,
             &DEPLOYMENT,
             &self.deployment,
-            req.return_to.as_deref(),
+            req,
             self.policy,
         )
         .await?;
@@ -157,6 +162,67 @@ impl Kubernetes {
             returned_to: Some(undone.returned_to()),
             detail,
         })
+    }
+}
+
+impl Kubernetes {
+    /// After an interrupted call: whether the Deployment carries this
+    /// rollback's mark ([`ROLLBACK_KEY`]), which only the undo's patch puts
+    /// there.
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
+        let obj = read(&self.client, &DEPLOYMENT, &self.deployment, self.policy).await?;
+        Ok(marked(
+            &DEPLOYMENT,
+            self.client.namespace(),
+            &self.deployment,
+            &obj,
+            req,
+        ))
+    }
+}
+
+/// Reads the workload, with the call's retries.
+pub(super) async fn read(
+    client: &KubeClient,
+    w: &Workload,
+    name: &str,
+    policy: RetryPolicy,
+) -> Result<Value, RollbackError> {
+    let ns = client.namespace();
+    let path = w.object_path(ns, name);
+    let what = format!("GET {} {ns}/{name}", w.noun);
+    let (path, what) = (&path, &what);
+    with_retries(w.target, policy, move |_| async move {
+        match client.get(path, what).await {
+            Ok(obj) => Attempt::Done(obj),
+            Err(e) => Attempt::<Value>::from(e),
+        }
+    })
+    .await
+}
+
+/// Whether `obj` carries the mark of `req`'s rollback.
+pub(super) fn marked(
+    w: &Workload,
+    ns: &str,
+    name: &str,
+    obj: &Value,
+    req: &RollbackRequest,
+) -> Reconciled {
+    let revision = annotation(obj, w.revision_annotation).unwrap_or("?");
+    if annotation(obj, ROLLBACK_KEY) == Some(req.idempotency_key().as_str()) {
+        Reconciled::Done(RollbackDone {
+            returned_to: Some(format!("revision {revision}")),
+            detail: format!(
+                "{} {ns}/{name} carries this rollback's mark ({ROLLBACK_KEY}), at revision {revision}",
+                w.noun
+            ),
+        })
+    } else {
+        Reconciled::NotDone(format!(
+            "{} {ns}/{name} has no mark of this rollback ({ROLLBACK_KEY}), at revision {revision}",
+            w.noun
+        ))
     }
 }
 
@@ -314,13 +380,15 @@ pub(super) async fn undo(
     client: &KubeClient,
     w: &Workload,
     name: &str,
-    return_to: Option<&str>,
+    req: &RollbackRequest,
     policy: RetryPolicy,
 ) -> Result<Undone, RollbackError> {
     let progress = Mutex::new(Progress::default());
     let progress = &progress;
+    let key = req.idempotency_key();
+    let (return_to, key) = (req.return_to.as_deref(), key.as_str());
     with_retries(w.target, policy, move |_| async move {
-        match attempt(client, w, name, return_to, progress).await {
+        match attempt(client, w, name, return_to, key, progress).await {
             Ok(undone) => Attempt::Done(undone),
             Err(e) => e.into(),
         }
@@ -333,6 +401,7 @@ async fn attempt(
     w: &Workload,
     name: &str,
     return_to: Option<&str>,
+    key: &str,
     progress: &Mutex<Progress>,
 ) -> Result<Undone, CallError> {
     let ns = client.namespace();
@@ -393,7 +462,7 @@ async fn attempt(
             plan
         }
     };
-    let patch = patch_ops(w, &obj, &plan);
+    let patch = patch_ops(w, &obj, &plan, key);
     let what = format!("PATCH {} {ns}/{name}", w.noun);
     match client.patch(&path, PatchType::Json, &patch, &what).await {
         Ok(_) => Ok(plan.undone(false)),
@@ -502,10 +571,11 @@ fn choose(
 }
 
 /// The JSON patch: the `resourceVersion` read (a precondition: a stale one
-/// makes the API server answer 409), the template, and for a Deployment the
+/// makes the API server answer 409), the template, for a Deployment the
 /// annotations as kubectl computes them (the Deployment's own for the keys
-/// in `ANNOTATIONS_TO_SKIP`, the ReplicaSet's for the others).
-fn patch_ops(w: &Workload, obj: &Value, plan: &Plan) -> Value {
+/// in `ANNOTATIONS_TO_SKIP`, the ReplicaSet's for the others), and in the
+/// same patch the rollback's mark, [`ROLLBACK_KEY`] set to `key`.
+fn patch_ops(w: &Workload, obj: &Value, plan: &Plan, key: &str) -> Value {
     let mut ops = Vec::new();
     if let Some(rv) = meta(obj, "resourceVersion") {
         ops.push(json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv}));
@@ -526,9 +596,21 @@ fn patch_ops(w: &Workload, obj: &Value, plan: &Plan) -> Value {
                 annotations.insert(k.clone(), v.clone());
             }
         }
+        annotations.insert(ROLLBACK_KEY.to_string(), Value::String(key.to_string()));
         // JSON patch cannot replace what is absent; `add` sets it either way.
         let op = if current.is_some() { "replace" } else { "add" };
         ops.push(json!({"op": op, "path": "/metadata/annotations", "value": annotations}));
+    } else if obj
+        .pointer("/metadata/annotations")
+        .is_some_and(Value::is_object)
+    {
+        // `add` of a member replaces it when present. `/` in a key is `~1`.
+        let path = format!("/metadata/annotations/{}", ROLLBACK_KEY.replace('/', "~1"));
+        ops.push(json!({"op": "add", "path": path, "value": key}));
+    } else {
+        ops.push(
+            json!({"op": "add", "path": "/metadata/annotations", "value": {ROLLBACK_KEY: key}}),
+        );
     }
     Value::Array(ops)
 }
@@ -737,7 +819,7 @@ mod tests {
             .clone(),
             note: None,
         };
-        let ops = patch_ops(&DEPLOYMENT, &deployment, &plan);
+        let ops = patch_ops(&DEPLOYMENT, &deployment, &plan, "web:v3");
         assert_eq!(
             ops,
             json!([
@@ -746,9 +828,62 @@ mod tests {
                 {"op": "replace", "path": "/metadata/annotations", "value": {
                     "deployment.kubernetes.io/revision": "3",
                     "kubectl.kubernetes.io/last-applied-configuration": "{}",
-                    "kubernetes.io/change-cause": "set image web:2"
+                    "kubernetes.io/change-cause": "set image web:2",
+                    "backstop/rollback-key": "web:v3"
                 }}
             ])
         );
+        // A Rollout keeps its annotations and gets the mark added.
+        let ops = patch_ops(
+            &super::super::argo_rollouts::ROLLOUT,
+            &deployment,
+            &plan,
+            "web:v3",
+        );
+        assert_eq!(
+            ops[2],
+            json!({"op": "add", "path": "/metadata/annotations/backstop~1rollback-key", "value": "web:v3"})
+        );
+        let bare = json!({"metadata": {"resourceVersion": "812"}});
+        let ops = patch_ops(
+            &super::super::argo_rollouts::ROLLOUT,
+            &bare,
+            &plan,
+            "web:v3",
+        );
+        assert_eq!(
+            ops[2],
+            json!({"op": "add", "path": "/metadata/annotations", "value": {"backstop/rollback-key": "web:v3"}})
+        );
+    }
+
+    #[test]
+    fn the_mark_of_the_rollback_tells_whether_its_patch_landed() {
+        let req = RollbackRequest {
+            service: "web".into(),
+            deployment: "v3".into(),
+            return_to: None,
+            rule: "r".into(),
+            reason: "x".into(),
+            evidence: vec![],
+            fencing_token: None,
+        };
+        let with = |key: &str| {
+            json!({"metadata": {"annotations": {
+                "deployment.kubernetes.io/revision": "4", ROLLBACK_KEY: key
+            }}})
+        };
+        assert!(matches!(
+            marked(&DEPLOYMENT, "ns", "web", &with("web:v3"), &req),
+            Reconciled::Done(d) if d.detail.contains("revision 4")
+        ));
+        assert!(matches!(
+            marked(&DEPLOYMENT, "ns", "web", &with("web:v2"), &req),
+            Reconciled::NotDone(_)
+        ));
+        assert!(matches!(
+            marked(&DEPLOYMENT, "ns", "web", &json!({"metadata": {}}), &req),
+            Reconciled::NotDone(_)
+        ));
     }
 }

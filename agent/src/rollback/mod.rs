@@ -50,7 +50,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{classify_error, classify_status, retry, Attempt, RetryError, RetryPolicy};
 
 /// Every value `target` accepts, in SPEC's order.
@@ -216,6 +216,51 @@ impl Target {
             Self::Kubernetes(t) => t.rollback(req).await,
             Self::ArgoRollouts(t) => t.rollback(req).await,
         }
+    }
+
+    /// After a restart, for a rollback whose call the agent's stop
+    /// interrupted: asks the platform whether it took effect, with the
+    /// same retries as a call. Reads only; never rolls anything back.
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Reconciled {
+        let found = match self {
+            Self::Webhook(t) => Ok(t.reconcile()),
+            Self::Exec(t) => Ok(t.reconcile()),
+            Self::Railway(t) => t.reconcile(req).await,
+            Self::Render(t) => t.reconcile(req).await,
+            Self::Vercel(t) => t.reconcile(req).await,
+            Self::Heroku(t) => t.reconcile(req).await,
+            Self::Kubernetes(t) => t.reconcile(req).await,
+            Self::ArgoRollouts(t) => t.reconcile(req).await,
+        };
+        found.unwrap_or_else(|e| Reconciled::Unknown(format!("asking failed: {e}")))
+    }
+}
+
+/// Where `deployment` stands in a platform's newest-first list after an
+/// interrupted call. Each of these platforms makes a rollback a new entry
+/// (Railway and Render a new deployment, Heroku a new release), so anything
+/// listed after the bad deployment means the call took effect, or someone
+/// deployed since; either way a call now would be one too many. The bad
+/// deployment still the newest means the call never took effect.
+pub fn settled(platform: &str, list: &[Listed], deployment: &str) -> Reconciled {
+    match list.iter().position(|d| d.is(deployment)) {
+        Some(0) => Reconciled::NotDone(format!(
+            "{platform} lists {deployment} as its newest deployment, nothing after it"
+        )),
+        Some(after) => {
+            let newest = &list[0];
+            Reconciled::Done(RollbackDone {
+                returned_to: None,
+                detail: format!(
+                    "{platform} lists {after} deployment(s) after {deployment}, the newest {} ({})",
+                    newest.id, newest.status
+                ),
+            })
+        }
+        None => Reconciled::Unknown(format!(
+            "{deployment} is not among the {} deployments {platform} lists",
+            list.len()
+        )),
     }
 }
 
@@ -807,6 +852,33 @@ mod tests {
             eligible,
             status: if eligible { "ok" } else { "failed" }.into(),
         }
+    }
+
+    #[test]
+    fn an_interrupted_call_is_settled_by_what_the_platform_lists_after_the_bad_deployment() {
+        let untouched = [listed("d3", true, true), listed("d2", false, true)];
+        assert!(matches!(
+            settled("railway", &untouched, "d3"),
+            Reconciled::NotDone(_)
+        ));
+        let rolled = [
+            listed("d4", false, false),
+            listed("d3", true, true),
+            listed("d2", false, true),
+        ];
+        match settled("railway", &rolled, "d3") {
+            Reconciled::Done(d) => {
+                assert!(d.detail.contains("1 deployment(s) after d3, the newest d4"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(settled("railway", &rolled, "v3"), Reconciled::Unknown(m) if m.contains("not among the 3"))
+        );
+        assert!(matches!(
+            settled("railway", &[], "d3"),
+            Reconciled::Unknown(_)
+        ));
     }
 
     #[test]

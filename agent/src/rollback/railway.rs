@@ -13,10 +13,11 @@ use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, choose, default_attempt_timeout, find_then_act,
-    http_client, json_body, send, BuildContext, Listed, Problem, RollbackError,
+    http_client, json_body, send, settled, with_retries, BuildContext, Listed, Problem,
+    RollbackError,
 };
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 use crate::secret::Secret;
 
@@ -108,7 +109,27 @@ impl Railway {
         .await
     }
 
+    /// After an interrupted call: lists the deployments and says where the
+    /// bad one stands (see [`super::settled`]).
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
+        let list = with_retries(NAME, self.policy, |_| self.list()).await?;
+        Ok(settled(NAME, &list, &req.deployment))
+    }
+
     async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let list = match self.list().await {
+            Attempt::Done(l) => l,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    /// The service's recent deployments, newest first.
+    async fn list(&self) -> Attempt<Vec<Listed>> {
         let c = &self.config;
         let vars = json!({
             "projectId": c.project_id,
@@ -127,15 +148,13 @@ impl Railway {
                 after: None,
             };
         };
-        let list: Vec<Listed> = edges
-            .iter()
-            .filter_map(|e| e.get("node"))
-            .filter_map(listed)
-            .collect();
-        match choose(&list, &req.deployment, req.return_to.as_deref()) {
-            Ok(d) => Attempt::Done(d.id.clone()),
-            Err(e) => Attempt::Fail(e),
-        }
+        Attempt::Done(
+            edges
+                .iter()
+                .filter_map(|e| e.get("node"))
+                .filter_map(listed)
+                .collect(),
+        )
     }
 
     async fn roll_back_to(&self, id: String) -> Attempt<RollbackDone> {

@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
-    find_then_act, http_client, json_body, segment, send, BuildContext, Listed, Problem,
-    RollbackError,
+    find_then_act, http_client, json_body, segment, send, settled, with_retries, BuildContext,
+    Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 use crate::secret::Secret;
 
@@ -90,7 +90,27 @@ impl Render {
         )
     }
 
+    /// After an interrupted call: lists the deploys and says where the bad
+    /// one stands (see [`super::settled`]; a rollback is a new deploy).
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
+        let list = with_retries(NAME, self.policy, |_| self.list()).await?;
+        Ok(settled(NAME, &list, &req.deployment))
+    }
+
     async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let list = match self.list().await {
+            Attempt::Done(l) => l,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    /// The service's recent deploys, newest first.
+    async fn list(&self) -> Attempt<Vec<Listed>> {
         let key = self.config.api_key.expose();
         let r = self
             .client
@@ -109,16 +129,14 @@ impl Render {
             Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
             Attempt::Fail(r) => return Attempt::Fail(r),
         };
-        let list: Vec<Listed> = items
-            .iter()
-            // Items are `{"deploy": {...}, "cursor": ...}`; a bare deploy is accepted too.
-            .map(|i| i.get("deploy").unwrap_or(i))
-            .filter_map(listed)
-            .collect();
-        match choose(&list, &req.deployment, req.return_to.as_deref()) {
-            Ok(d) => Attempt::Done(d.id.clone()),
-            Err(e) => Attempt::Fail(e),
-        }
+        Attempt::Done(
+            items
+                .iter()
+                // Items are `{"deploy": {...}, "cursor": ...}`; a bare deploy is accepted too.
+                .map(|i| i.get("deploy").unwrap_or(i))
+                .filter_map(listed)
+                .collect(),
+        )
     }
 
     async fn roll_back_to(&self, id: String) -> Attempt<RollbackDone> {

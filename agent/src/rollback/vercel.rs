@@ -13,11 +13,11 @@ use serde_json::Value;
 
 use super::{
     check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
-    find_then_act, http_client, json_body, segment, send, truncate, BuildContext, Listed, Problem,
-    RollbackError,
+    find_then_act, http_client, json_body, segment, send, truncate, with_retries, BuildContext,
+    Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 use crate::secret::Secret;
 
@@ -98,7 +98,48 @@ impl Vercel {
             .collect()
     }
 
+    /// After an interrupted call: whether the project's production is still
+    /// the bad deployment (`GET /v9/projects/{id}`, `targets.production.id`).
+    /// An Instant Rollback makes no new deployment, so the list alone cannot
+    /// tell; it only shows that the bad deployment is one of Vercel's.
+    pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
+        let list = with_retries(NAME, self.policy, |_| self.list()).await?;
+        let dep = &req.deployment;
+        if !list.iter().any(|d| &d.id == dep) {
+            return Ok(Reconciled::Unknown(format!(
+                "{dep} is not among the {} production deployments vercel lists",
+                list.len()
+            )));
+        }
+        let serving = with_retries(NAME, self.policy, |_| self.production()).await?;
+        Ok(match serving {
+            Some(id) if &id == dep => {
+                Reconciled::NotDone(format!("vercel's production is still deployment {id}"))
+            }
+            Some(id) => Reconciled::Done(RollbackDone {
+                detail: format!("vercel's production is now deployment {id}, not {dep}"),
+                returned_to: Some(id),
+            }),
+            None => Reconciled::Unknown(
+                "vercel's project shows no production deployment (targets.production.id)".into(),
+            ),
+        })
+    }
+
     async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
+        let list = match self.list().await {
+            Attempt::Done(l) => l,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    /// The project's recent production deployments, newest first.
+    async fn list(&self) -> Attempt<Vec<Listed>> {
         let token = self.config.token.expose();
         let r = self
             .client
@@ -130,11 +171,34 @@ impl Vercel {
         let mut items: Vec<&Value> = items.iter().collect();
         // Newest first, by creation time in milliseconds.
         items.sort_by_key(|d| std::cmp::Reverse(d.get("created").and_then(Value::as_u64)));
-        let list: Vec<Listed> = items.into_iter().filter_map(listed).collect();
-        match choose(&list, &req.deployment, req.return_to.as_deref()) {
-            Ok(d) => Attempt::Done(d.id.clone()),
-            Err(e) => Attempt::Fail(e),
-        }
+        Attempt::Done(items.into_iter().filter_map(listed).collect())
+    }
+
+    /// The deployment the project's production domains point at.
+    async fn production(&self) -> Attempt<Option<String>> {
+        let token = self.config.token.expose();
+        let path = format!("/v9/projects/{}", segment(&self.config.project_id));
+        let r = self
+            .client
+            .get(endpoint(&self.config.api_url, &path))
+            .query(&self.team())
+            .bearer_auth(token);
+        let what = "reading the project";
+        let body = match send(r, what, &[token]).await {
+            Attempt::Done(b) => b,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        let doc: Value = match json_body(&body, what) {
+            Attempt::Done(v) => v,
+            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+            Attempt::Fail(r) => return Attempt::Fail(r),
+        };
+        Attempt::Done(
+            doc.pointer("/targets/production/id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        )
     }
 
     async fn roll_back_to(&self, id: String, req: &RollbackRequest) -> Attempt<RollbackDone> {

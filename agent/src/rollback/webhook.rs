@@ -23,7 +23,7 @@ use super::{
     BuildContext, Problem, RollbackError,
 };
 use crate::duration::Dur;
-use crate::evidence::{RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
 use crate::secret::Secret;
 
@@ -48,6 +48,14 @@ pub struct WebhookConfig {
     /// How long one attempt may take. Default `30s`.
     #[serde(default = "default_attempt_timeout")]
     pub timeout: Dur,
+    /// The receiver treats requests with the same `Idempotency-Key` header
+    /// (also `idempotency_key` in the default body) as one. Then a call
+    /// interrupted by the agent's stop is sent again, with the same key,
+    /// when the agent starts again; otherwise it is reported and not sent
+    /// again, since backstop cannot ask a webhook whether it arrived.
+    /// Default `false`.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 fn default_method() -> String {
@@ -137,6 +145,7 @@ impl WebhookConfig {
             json: self.json_body(),
             has_content_type: self.content_type().is_some(),
             secrets,
+            idempotent: self.idempotent,
         })
     }
 }
@@ -182,6 +191,7 @@ pub struct Webhook {
     json: bool,
     has_content_type: bool,
     secrets: Vec<Secret>,
+    idempotent: bool,
 }
 
 impl fmt::Debug for Webhook {
@@ -199,6 +209,22 @@ impl fmt::Debug for Webhook {
 }
 
 impl Webhook {
+    /// After an interrupted call: a webhook cannot be asked whether it got
+    /// it, so it is sent again only to a receiver configured `idempotent`.
+    pub fn reconcile(&self) -> Reconciled {
+        if self.idempotent {
+            Reconciled::NotDone(
+                "the webhook is idempotent: the call is sent again with the same Idempotency-Key"
+                    .into(),
+            )
+        } else {
+            Reconciled::Unknown(
+                "a webhook cannot be asked whether the call arrived (set rollback.webhook.idempotent = true when its receiver treats a repeated Idempotency-Key as one)"
+                    .into(),
+            )
+        }
+    }
+
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
         let body = match &self.body {
             Some(t) => t.render(
@@ -225,9 +251,9 @@ impl Webhook {
                 .iter()
                 .any(|(k, _)| k.as_str() == "idempotency-key")
             {
-                // Lets a receiver recognise a retry of the same rollback.
-                let key = format!("backstop-rollback-{}-{}", req.service, req.deployment);
-                if let Ok(v) = HeaderValue::from_str(&header_safe(&key)) {
+                // Lets a receiver recognise a retry of the same rollback,
+                // from this agent, after its restart or from another replica.
+                if let Ok(v) = HeaderValue::from_str(&req.idempotency_key()) {
                     r = r.header("idempotency-key", v);
                 }
             }
@@ -260,6 +286,7 @@ fn default_body(req: &RollbackRequest) -> String {
         "reason": req.reason,
         "rule": req.rule,
         "evidence": req.evidence,
+        "idempotency_key": req.idempotency_key(),
     });
     // Only when a fleet decided: the lease's fencing token.
     if let Some(token) = req.fencing_token {
@@ -419,6 +446,7 @@ mod tests {
                 .collect(),
             body: Some(Secret::new("rollback {{service}}")),
             timeout: default_attempt_timeout(),
+            idempotent: false,
         };
         let problems = config(&[]).validate();
         assert_eq!(problems.len(), 1);
