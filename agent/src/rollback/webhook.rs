@@ -1,7 +1,10 @@
 //! The `webhook` target: one HTTP request to a URL of the user's, with SPEC's
-//! JSON document or a body of their own. With `[fleet]`, the document also
-//! has `fencing_token`: the lease's token, which grows with every lease, so
-//! a receiver may refuse one lower than the highest it has seen.
+//! JSON document or a body of their own. The document also has
+//! `idempotency_key`, the same for every call about one deployment of the
+//! service, and sent as the `Idempotency-Key` header with any body. With
+//! `[fleet]`, the document also has `fencing_token`: the lease's token,
+//! which grows with every lease, so a receiver may refuse one lower than
+//! the highest it has seen.
 //!
 //! Templates (`body` and header values) may use `{{service}}`,
 //! `{{deployment}}`, `{{return_to}}` (empty when unknown), `{{reason}}` and
@@ -42,7 +45,8 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// The body template. Default: SPEC's JSON document
-    /// `{"event":"rollback","service","deployment","return_to","reason","rule","evidence"}`.
+    /// `{"event":"rollback","service","deployment","return_to","reason","rule","evidence"}`,
+    /// with `idempotency_key` (and `fencing_token` with `[fleet]`).
     #[serde(default)]
     pub body: Option<Secret>,
     /// How long one attempt may take. Default `30s`.
