@@ -489,6 +489,14 @@ impl Watcher {
         if self.fleet.is_some() {
             self.fleet_step(rules, state).await;
         }
+        // `held` says why a rollback that a rule asks for is not made; with
+        // no such rule holding any more, there is nothing held back.
+        if !rules
+            .iter()
+            .any(|r| r.verdict == Verdict::Holds && self.rolls_back(r, state))
+        {
+            self.view.lock().expect("view lock").held = None;
+        }
         for r in rules {
             let holds = r.verdict == Verdict::Holds;
             metrics::gauge!("backstop_rule_firing", "rule" => r.name.clone(), "action" => r.action.as_str())
@@ -1816,6 +1824,11 @@ mod tests {
             vec![EventKind::RollbackHeld],
             "told once, not on every evaluation"
         );
+        let view = w.view.clone();
+        let held = || view.lock().unwrap().held.clone();
+        assert!(held().is_some_and(|h| h.contains("stable")), "{:?}", held());
+        step(&mut w, "v1", Verdict::Clear).await;
+        assert_eq!(held(), None, "nothing is held back once the rule clears");
     }
 
     #[tokio::test(start_paused = true)]
