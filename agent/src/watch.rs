@@ -140,6 +140,10 @@ struct Fleet {
     last_publish: Option<Instant>,
     /// The deployment and (rule, verdict) pairs published last.
     published: Option<(String, Vec<(String, String)>)>,
+    /// The report published last, published again during this replica's
+    /// own rollback call so that a call longer than `expiry` does not drop
+    /// the holder from the live count.
+    report: Option<Report>,
     beats: u64,
     /// The live reports of `live_for`, as read last.
     live: Vec<Report>,
@@ -234,6 +238,7 @@ impl Watcher {
             up: None,
             last_publish: None,
             published: None,
+            report: None,
             beats: 0,
             live: vec![],
             live_for: None,
@@ -609,6 +614,7 @@ impl Watcher {
             return;
         }
         f.published = Some(key);
+        f.report = Some(report);
         f.beats += 1;
         let read = holding
             || f.live_for.as_deref() != Some(dep.as_str())
@@ -887,9 +893,22 @@ impl Watcher {
             let coord = coord.clone();
             let service = service.clone();
             let mut held = lease.clone();
+            let f = self.fleet.as_ref().expect("fleet");
+            let (report, heartbeat, expiry) = (f.report.clone(), f.cfg.heartbeat, f.cfg.expiry);
             async move {
+                let mut renewed = tokio::time::Instant::now();
                 loop {
-                    tokio::time::sleep(ttl / 3).await;
+                    tokio::time::sleep(heartbeat.min(ttl / 3)).await;
+                    // Still live while calling: the heartbeat goes on.
+                    if let Some(report) = &report {
+                        if let Err(e) = coord.publish(&service, report, expiry).await {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot publish this replica's report during the call");
+                        }
+                    }
+                    if renewed.elapsed() < ttl / 3 {
+                        continue;
+                    }
+                    renewed = tokio::time::Instant::now();
                     match coord.renew(&service, &mut held, ttl).await {
                         Ok(true) => {}
                         Ok(false) => {

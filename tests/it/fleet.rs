@@ -561,6 +561,61 @@ async fn redis_a_holder_killed_after_its_call_took_effect_is_found_done_without_
         .await;
 }
 
+/// A call that takes longer than `expiry` (the platform answers after 6 s,
+/// the expiry is 3 s): the holder goes on publishing while it calls, so
+/// every replica keeps counting it live, and the call completes once.
+async fn a_holder_in_a_long_call_stays_live(backend: Backend) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let platform = HttpServer::start(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        Reply::json(200, json!({ "ok": true })).after(Duration::from_secs(6))
+    })
+    .await;
+    let st = stores(backend, postgres_url());
+    let rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    all_until(&all, "the holder's intent", |s| {
+        s["fleet"]["rollback"]["status"] == "intent"
+    })
+    .await;
+    // Past the expiry, well into the call: still three live everywhere.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for r in &rs {
+        let s = status(r.port).await;
+        if s["fleet"]["rollback"]["status"] != "intent" {
+            continue; // the call finished early on a slow machine
+        }
+        assert_eq!(
+            s["fleet"]["live"].as_array().map(Vec::len),
+            Some(3),
+            "{}: {:#}",
+            r.name,
+            s["fleet"]
+        );
+    }
+    all_until(&all, "the call completed", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_holder_in_a_long_call_stays_live() {
+    a_holder_in_a_long_call_stays_live(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_holder_in_a_long_call_stays_live() {
+    a_holder_in_a_long_call_stays_live(Backend::Redis).await;
+}
+
 /// Redis down when the agents start: they start all the same, probe, hold
 /// and say so, and join the fleet once Redis answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
