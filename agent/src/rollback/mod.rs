@@ -385,6 +385,22 @@ where
     .await
 }
 
+/// Picks the deployment to return to (see [`choose`]) among those `list`
+/// gives: the `find` of [`find_then_act`] for targets that list deployments.
+pub async fn find_in(
+    list: impl Future<Output = Attempt<Vec<Listed>>>,
+    req: &RollbackRequest,
+) -> Attempt<String> {
+    match list.await {
+        Attempt::Done(list) => match choose(&list, &req.deployment, req.return_to.as_deref()) {
+            Ok(d) => Attempt::Done(d.id.clone()),
+            Err(e) => Attempt::Fail(e),
+        },
+        Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+        Attempt::Fail(r) => Attempt::Fail(r),
+    }
+}
+
 /// The one HTTP client of a target: a per-attempt timeout, no redirects (a
 /// rollback call is never replayed to another address), no cookies.
 pub fn http_client(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
+    check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
     find_then_act, http_client, json_body, segment, send, settled, with_retries, BuildContext,
     Listed, Problem, RollbackError,
 };
@@ -77,7 +77,7 @@ impl Render {
         find_then_act(
             NAME,
             self.policy,
-            || self.find(req),
+            || find_in(self.list(), req),
             |id| self.roll_back_to(id),
         )
         .await
@@ -95,18 +95,6 @@ impl Render {
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))
-    }
-
-    async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
-        let list = match self.list().await {
-            Attempt::Done(l) => l,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        match choose(&list, &req.deployment, req.return_to.as_deref()) {
-            Ok(d) => Attempt::Done(d.id.clone()),
-            Err(e) => Attempt::Fail(e),
-        }
     }
 
     /// The service's recent deploys, newest first.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    check_present, check_timeout, check_url, choose, default_attempt_timeout, endpoint,
+    check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
     find_then_act, http_client, json_body, segment, send, truncate, with_retries, BuildContext,
     Listed, Problem, RollbackError,
 };
@@ -84,7 +84,7 @@ impl Vercel {
         find_then_act(
             NAME,
             self.policy,
-            || self.find(req),
+            || find_in(self.list(), req),
             |id| self.roll_back_to(id, req),
         )
         .await
@@ -124,18 +124,6 @@ impl Vercel {
                 "vercel's project shows no production deployment (targets.production.id)".into(),
             ),
         })
-    }
-
-    async fn find(&self, req: &RollbackRequest) -> Attempt<String> {
-        let list = match self.list().await {
-            Attempt::Done(l) => l,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        match choose(&list, &req.deployment, req.return_to.as_deref()) {
-            Ok(d) => Attempt::Done(d.id.clone()),
-            Err(e) => Attempt::Fail(e),
-        }
     }
 
     /// The project's recent production deployments, newest first.
