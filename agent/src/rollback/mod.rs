@@ -457,6 +457,19 @@ pub async fn send(
     }
 }
 
+/// [`send`], then [`json_body`]: the parsed answer of a 2xx.
+pub async fn send_json<T: DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    secrets: &[&str],
+) -> Attempt<T> {
+    match send(req, what, secrets).await {
+        Attempt::Done(body) => json_body(&body, what),
+        Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+        Attempt::Fail(r) => Attempt::Fail(r),
+    }
+}
+
 /// Parses a 2xx body as JSON; an unreadable answer is worth another try.
 pub fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Attempt<T> {
     match serde_json::from_slice(body) {

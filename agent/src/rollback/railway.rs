@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, find_in, find_then_act,
-    http_client, json_body, send, settled, with_retries, BuildContext, Listed, Problem,
-    RollbackError,
+    http_client, send_json, settled, with_retries, BuildContext, Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -180,12 +179,7 @@ impl Railway {
             TokenKind::Account | TokenKind::Team => r.bearer_auth(token),
             TokenKind::Project => r.header("Project-Access-Token", token),
         };
-        let body = match send(r, what, &[token]).await {
-            Attempt::Done(b) => b,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        let doc: Value = match json_body(&body, what) {
+        let doc: Value = match send_json(r, what, &[token]).await {
             Attempt::Done(v) => v,
             Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
             Attempt::Fail(r) => return Attempt::Fail(r),

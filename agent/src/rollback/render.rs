@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, json_body, segment, send, settled, with_retries, BuildContext,
+    find_then_act, http_client, segment, send, send_json, settled, with_retries, BuildContext,
     Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
@@ -107,12 +107,7 @@ impl Render {
             .bearer_auth(key)
             .header("accept", "application/json");
         let what = "listing deploys";
-        let body = match send(r, what, &[key]).await {
-            Attempt::Done(b) => b,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        let items: Vec<Value> = match json_body(&body, what) {
+        let items: Vec<Value> = match send_json(r, what, &[key]).await {
             Attempt::Done(v) => v,
             Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
             Attempt::Fail(r) => return Attempt::Fail(r),

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, json_body, segment, send, truncate, with_retries, BuildContext,
+    find_then_act, http_client, segment, send, send_json, truncate, with_retries, BuildContext,
     Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
@@ -140,12 +140,7 @@ impl Vercel {
             .query(&self.team())
             .bearer_auth(token);
         let what = "listing deployments";
-        let body = match send(r, what, &[token]).await {
-            Attempt::Done(b) => b,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        let doc: Value = match json_body(&body, what) {
+        let doc: Value = match send_json(r, what, &[token]).await {
             Attempt::Done(v) => v,
             Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
             Attempt::Fail(r) => return Attempt::Fail(r),
@@ -172,12 +167,7 @@ impl Vercel {
             .query(&self.team())
             .bearer_auth(token);
         let what = "reading the project";
-        let body = match send(r, what, &[token]).await {
-            Attempt::Done(b) => b,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        let doc: Value = match json_body(&body, what) {
+        let doc: Value = match send_json(r, what, &[token]).await {
             Attempt::Done(v) => v,
             Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
             Attempt::Fail(r) => return Attempt::Fail(r),
