@@ -473,6 +473,43 @@ async fn a_platform_refusing_connections_ends_in_a_failed_record() {
     assert_eq!(code, 200);
 }
 
+/// Starts the agent of `path`, waits until it knows `deployment`, asks it
+/// for a rollback, and waits until the platform's stand-in has killed it
+/// (with SIGKILL, reading the agent's pid from `pid`).
+async fn ask_and_be_killed(path: &std::path::Path, port: u16, deployment: &str, pid: &AtomicU32) {
+    let mut agent = Daemon::start(path, port, "json", &[]);
+    pid.store(agent.pid(), Ordering::SeqCst);
+    agent
+        .until("the deployment known", |s| {
+            s["deployment"]["id"] == deployment
+        })
+        .await;
+    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        None,
+        "killed by a signal"
+    );
+}
+
+/// After the restart: another request is refused as already recorded, and
+/// the platform has had `expected` rollback calls in all, two seconds on.
+async fn no_second_call(again: &Daemon, calls: impl Fn() -> u32, expected: u32) {
+    let answer = ask_rollback(again.url("/v1/rollback")).await;
+    assert!(
+        answer
+            .as_ref()
+            .is_some_and(|a| a.to_string().contains("already")),
+        "{answer:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls(),
+        expected,
+        "rollback calls in all, after the restart"
+    );
+}
+
 /// Kills the agent with SIGKILL at the moment `platform` decides, starts it
 /// again on the same store, and checks the leftover intent is reported and
 /// never called again.
@@ -503,17 +540,7 @@ async fn killed_during_the_call(kill_when_answered: bool) {
         dir.path(),
         &rollback_config(dir.path(), port, &platform.url("/rollback"), "2s"),
     );
-    let mut agent = Daemon::start(&path, port, "json", &[]);
-    pid.store(agent.pid(), Ordering::SeqCst);
-    agent
-        .until("v2 known", |s| s["deployment"]["id"] == "v2")
-        .await;
-    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        None,
-        "killed by a signal"
-    );
+    ask_and_be_killed(&path, port, "v2", &pid).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let again = Daemon::start(&path, port, "json", &[]);
@@ -536,19 +563,7 @@ async fn killed_during_the_call(kill_when_answered: bool) {
             "{rec:#}"
         );
     }
-    let answer = ask_rollback(again.url("/v1/rollback")).await;
-    assert!(
-        answer
-            .as_ref()
-            .is_some_and(|a| a.to_string().contains("already")),
-        "{answer:?}"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "a second call after the restart"
-    );
+    no_second_call(&again, || calls.load(Ordering::SeqCst), 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,13 +596,7 @@ async fn an_agent_killed_after_recording_the_intent_reports_it_and_makes_no_call
         dir.path(),
         &rollback_config(dir.path(), port, &platform.url("/rollback"), "2s"),
     );
-    let mut agent = Daemon::start(&path, port, "json", &[]);
-    pid.store(agent.pid(), Ordering::SeqCst);
-    agent
-        .until("v2 known", |s| s["deployment"]["id"] == "v2")
-        .await;
-    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), None);
+    ask_and_be_killed(&path, port, "v2", &pid).await;
     assert_eq!(platform.connections(), 1);
 
     let again = Daemon::start(&path, port, "json", &[]);
@@ -680,17 +689,7 @@ deadline = "4s"
         api = platform.url("/graphql/v2"),
     );
     let path = Daemon::write_config(dir.path(), &config);
-    let mut agent = Daemon::start(&path, port, "json", &[]);
-    pid.store(agent.pid(), Ordering::SeqCst);
-    agent
-        .until("dep-new known", |s| s["deployment"]["id"] == "dep-new")
-        .await;
-    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        None,
-        "killed by a signal"
-    );
+    ask_and_be_killed(&path, port, "dep-new", &pid).await;
     assert_eq!(
         mutations.load(Ordering::SeqCst),
         u32::from(at_the_mutation),
@@ -721,19 +720,7 @@ deadline = "4s"
             "{rec:#}"
         );
     }
-    let answer = ask_rollback(again.url("/v1/rollback")).await;
-    assert!(
-        answer
-            .as_ref()
-            .is_some_and(|a| a.to_string().contains("already")),
-        "{answer:?}"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        mutations.load(Ordering::SeqCst),
-        1,
-        "exactly one rollback call in all"
-    );
+    no_second_call(&again, || mutations.load(Ordering::SeqCst), 1).await;
     assert!(
         !again.output().contains("railway-fault-token-0123"),
         "the token shows in the log"
@@ -771,13 +758,7 @@ async fn an_idempotent_webhook_gets_the_interrupted_call_again_with_the_same_key
     let config = rollback_config(dir.path(), port, &platform.url("/rollback"), "2s")
         + "  idempotent = true\n";
     let path = Daemon::write_config(dir.path(), &config);
-    let mut agent = Daemon::start(&path, port, "json", &[]);
-    pid.store(agent.pid(), Ordering::SeqCst);
-    agent
-        .until("v2 known", |s| s["deployment"]["id"] == "v2")
-        .await;
-    tokio::spawn(ask_rollback(agent.url("/v1/rollback")));
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), None);
+    ask_and_be_killed(&path, port, "v2", &pid).await;
 
     let again = Daemon::start(&path, port, "json", &[]);
     let s = again

@@ -399,25 +399,11 @@ async fn one_sick_replica_of_three_alerts_and_rolls_nothing_back(backend: Backen
     }
 }
 
-async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(backend: Backend) {
-    // The first call hangs (the platform never answers it in time); every
-    // later one is answered at once.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let (c, a) = (calls.clone(), answered.clone());
-    let platform = HttpServer::start(move |_| {
-        if c.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::json(200, json!({ "ok": true })).after(Duration::from_secs(600))
-        } else {
-            a.fetch_add(1, Ordering::SeqCst);
-            Reply::json(200, json!({ "ok": true }))
-        }
-    })
-    .await;
-    let st = stores(backend, postgres_url());
-    let mut rs = replicas(backend, &st, &platform, 3).await;
-    all_watching(&rs).await;
-    for r in &rs {
+/// Makes every replica sick, waits until every agent shows the lease
+/// holder's intent and its call has reached the platform (`calls` counts
+/// them), then kills the holder with SIGKILL; returns it.
+async fn kill_the_holder_mid_call(rs: &mut Vec<Replica>, calls: &AtomicUsize) -> Replica {
+    for r in rs.iter() {
         r.set_healthy(false);
     }
     let all: Vec<&Replica> = rs.iter().collect();
@@ -438,10 +424,31 @@ async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the first call is hanging");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the holder's call arrived");
     let i = rs.iter().position(|r| r.name == first).unwrap();
     rs[i].kill();
-    let dead = rs.remove(i);
+    rs.remove(i)
+}
+
+async fn the_lease_holder_killed_mid_call_is_taken_over_after_its_lease_expires(backend: Backend) {
+    // The first call hangs (the platform never answers it in time); every
+    // later one is answered at once.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (calls.clone(), answered.clone());
+    let platform = HttpServer::start(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::json(200, json!({ "ok": true })).after(Duration::from_secs(600))
+        } else {
+            a.fetch_add(1, Ordering::SeqCst);
+            Reply::json(200, json!({ "ok": true }))
+        }
+    })
+    .await;
+    let st = stores(backend, postgres_url());
+    let mut rs = replicas(backend, &st, &platform, 3).await;
+    all_watching(&rs).await;
+    let dead = kill_the_holder_mid_call(&mut rs, &calls).await;
     let rest: Vec<&Replica> = rs.iter().collect();
     let seen = all_until(&rest, "another agent completing the rollback", |s| {
         s["fleet"]["rollback"]["status"] == "succeeded"
@@ -499,32 +506,7 @@ async fn a_holder_killed_after_its_call_took_effect_is_found_done_without_a_seco
     let st = stores(backend, postgres_url());
     let mut rs = replicas_with(backend, &st, &rollback, 3, "10m").await;
     all_watching(&rs).await;
-    for r in &rs {
-        r.set_healthy(false);
-    }
-    let all: Vec<&Replica> = rs.iter().collect();
-    let seen = all_until(&all, "every agent showing the first holder's intent", |s| {
-        s["fleet"]["rollback"]["status"] == "intent"
-    })
-    .await;
-    let first = seen[0]["fleet"]["rollback"]["by"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for _ in 0..100 {
-        if mutations.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        mutations.load(Ordering::SeqCst),
-        1,
-        "the holder's call arrived"
-    );
-    let i = rs.iter().position(|r| r.name == first).unwrap();
-    rs[i].kill();
-    let dead = rs.remove(i);
+    let dead = kill_the_holder_mid_call(&mut rs, &mutations).await;
     let rest: Vec<&Replica> = rs.iter().collect();
     let seen = all_until(&rest, "another agent recording the rollback as done", |s| {
         s["fleet"]["rollback"]["status"] == "succeeded"
