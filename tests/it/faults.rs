@@ -577,7 +577,7 @@ async fn an_agent_killed_right_after_the_call_was_answered_never_calls_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_after_recording_the_intent_reports_it_and_makes_no_call() {
+async fn an_agent_killed_after_recording_the_intent_for_a_webhook_reports_it_and_makes_no_call() {
     // The platform's connection is accepted — the intent is in the store by
     // then — and the agent dies before a byte of the request is read.
     let pid = Arc::new(AtomicU32::new(0));
