@@ -370,11 +370,11 @@ impl Judge {
                 action: rule.action,
                 after_stable: rule.after_stable,
                 evidence: crate::rules::evidence(rule, &judgement),
-                detail: serde_json::json!({
-                    "when": rule.when,
-                    "default": rule.default,
-                    "findings": judgement.findings,
-                }),
+                detail: crate::rules::Detail {
+                    when: rule.when.clone(),
+                    default: rule.default,
+                    findings: judgement.findings,
+                },
                 verdict,
             };
             match self.statuses.get_mut(k) {
