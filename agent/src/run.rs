@@ -38,7 +38,7 @@ pub enum Command {
 /// Starts the agent and runs it until `stop` turns true. Sends the bound
 /// address through `bound` as soon as the listener is up.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     stop: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
@@ -56,7 +56,9 @@ pub async fn run(
     let settings = crate::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
-    for cfg in &config.probes {
+    // Each probe's configuration moves into its slot: the agent keeps one
+    // copy of it, not one in the configuration and one in the slot.
+    for cfg in std::mem::take(&mut config.probes) {
         // The window reaches back far enough for every rule on the probe,
         // and over a whole watch, which becomes the baseline.
         let span = config
@@ -79,8 +81,8 @@ pub async fn run(
                     .join("; ")
             )
         })?;
-        let slot = Arc::new(ProbeSlot::new(cfg.clone(), span));
         let m = ProbeMetrics::new(&cfg.name, cfg.level, cfg.type_name());
+        let slot = Arc::new(ProbeSlot::new(cfg, span));
         tasks.spawn(run_probe(
             slot.clone(),
             probe,
@@ -543,7 +545,8 @@ pub async fn run_with_signals(
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut running = tokio::spawn(run(config.clone(), metrics.clone(), stop_rx, None));
+        // Moved, not copied: a reload brings a new one.
+        let mut running = tokio::spawn(run(config, metrics.clone(), stop_rx, None));
         let next = loop {
             tokio::select! {
                 r = &mut running => return r.context("the agent task failed")?,
