@@ -98,6 +98,37 @@ pub fn render(handle: &PrometheusHandle) -> String {
     out
 }
 
+/// The per-probe families, as (name, type, help): written by
+/// [`render_probes`], not by the recorder, so not `describe_*!`d.
+pub const PROBE_FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "backstop_probe_checks_total",
+        "counter",
+        "Checks run, by outcome: ok, degraded, failed or error (the probe could not run).",
+    ),
+    (
+        "backstop_probe_up",
+        "gauge",
+        "Whether the probe's last check found its target up (1) or not (0).",
+    ),
+    (
+        "backstop_probe_consecutive_failures",
+        "gauge",
+        "Failed checks in a row; the probe's own errors do not count.",
+    ),
+    (
+        "backstop_probe_duration_seconds",
+        "histogram",
+        "How long each check took.",
+    ),
+];
+
+/// A family's `# HELP` and `# TYPE` lines.
+fn family_header(out: &mut String, i: usize) {
+    let (name, kind, help) = PROBE_FAMILIES[i];
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
 /// Every probe whose metrics were made in this process, in the order they
 /// were made; a probe of an earlier configuration (before a reload) keeps
 /// its series, as a recorder would.
@@ -195,7 +226,7 @@ pub fn render_probes(out: &mut String) {
         return;
     }
     out.reserve(all.len() * 2048);
-    out.push_str("# HELP backstop_probe_checks_total Checks run, by outcome: ok, degraded, failed or error (the probe could not run).\n# TYPE backstop_probe_checks_total counter\n");
+    family_header(out, 0);
     for s in &all {
         for (o, n) in Outcome::ALL.iter().zip(&s.checks) {
             let _ = writeln!(
@@ -207,7 +238,8 @@ pub fn render_probes(out: &mut String) {
             );
         }
     }
-    out.push_str("\n# HELP backstop_probe_up Whether the probe's last check found its target up (1) or not (0).\n# TYPE backstop_probe_up gauge\n");
+    out.push('\n');
+    family_header(out, 1);
     for s in &all {
         let _ = writeln!(
             out,
@@ -216,7 +248,8 @@ pub fn render_probes(out: &mut String) {
             s.up.load(Ordering::Relaxed)
         );
     }
-    out.push_str("\n# HELP backstop_probe_consecutive_failures Failed checks in a row; the probe's own errors do not count.\n# TYPE backstop_probe_consecutive_failures gauge\n");
+    out.push('\n');
+    family_header(out, 2);
     for s in &all {
         let _ = writeln!(
             out,
@@ -225,7 +258,8 @@ pub fn render_probes(out: &mut String) {
             s.failures.load(Ordering::Relaxed)
         );
     }
-    out.push_str("\n# HELP backstop_probe_duration_seconds How long each check took.\n# TYPE backstop_probe_duration_seconds histogram\n");
+    out.push('\n');
+    family_header(out, 3);
     for s in &all {
         let mut cumulative = 0u64;
         for (i, n) in s.buckets.iter().enumerate() {
