@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -834,6 +835,13 @@ def ab(args):
                 port = free_port()
                 cfg = backstop_config(work, name, port, nginx["port"], args.probes, args.interval_ms,
                                       rules=args.rules)
+                if args.warmup or args.watch:
+                    # A deployment that turns stable within the run (windows fitted to it).
+                    with open(cfg) as f:
+                        text = f.read()
+                    extra = "".join(f'{k} = "{v}"\n' for k, v in (("warmup", args.warmup), ("watch", args.watch)) if v)
+                    with open(cfg, "w") as f:
+                        f.write(text.replace('[deployment]\nid = "bench"\n', '[deployment]\nid = "bench"\n' + extra, 1))
                 env = dict(kv.split("=", 1) for kv in (args.a_env if label == "a" else args.b_env))
                 bs = start_backstop(procs, binary, cfg, work, "backstop-" + name, env=env)
                 wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -841,6 +849,9 @@ def ab(args):
                 c0, t0 = cpu_seconds(bs.pid), time.time()
                 time.sleep(args.seconds)
                 c1, t1 = cpu_seconds(bs.pid), time.time()
+                st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).read())
+                held = sum(p["samples"] for p in st["probes"])
+                state = (st.get("deployment") or {}).get("state")
                 hwm = status_kib(bs.pid, "VmHWM")
                 anon, file_ = status_kib(bs.pid, "RssAnon"), status_kib(bs.pid, "RssFile")
                 threads = status_kib(bs.pid, "Threads")
@@ -849,10 +860,12 @@ def ab(args):
                 n = sum(1 for t, p, st in read_log(nginx, "bs")
                         if t0 <= t < t1 and p.startswith(f"/bs/{name}/"))
                 rows.append({"build": label, "binary": binary, "env": env, "vmhwm_kib": hwm,
+                             "samples_held": held, "state": state,
                              "rss_anon_kib": anon, "rss_file_kib": file_, "threads": threads,
                              "cpu_s_per_1000": round(1000 * (c1 - c0) / max(n, 1), 4), "checks": n})
                 log(f"  {label} ({binary} {env or ''}): VmHWM {hwm} KiB (at the end: anon {anon}, "
-                    f"file {file_}; {threads} threads), {rows[-1]['cpu_s_per_1000']} CPU-s/1000 ({n} checks); "
+                    f"file {file_}; {threads} threads; {held} samples held, {state}), "
+                    f"{rows[-1]['cpu_s_per_1000']} CPU-s/1000 ({n} checks); "
                     f"load average {open('/proc/loadavg').read().split()[0]}")
     finally:
         procs.stop_all()
@@ -899,6 +912,8 @@ def main():
     a.add_argument("--rounds", type=int, default=2)
     a.add_argument("--json", default=None)
     a.add_argument("--rules", action="store_true", help="one default rule per probe")
+    a.add_argument("--warmup", default=None, help='[deployment] warmup, e.g. "1s"')
+    a.add_argument("--watch", default=None, help='[deployment] watch, e.g. "5s": stable within the run')
     a.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for build a's process")
     a.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for build b's process")
     args = ap.parse_args()

@@ -178,15 +178,14 @@ fn metrics_rendering(c: &mut Criterion) {
             m.record(&obs, 0);
         }
     }
-    let text = handle.render();
+    let text = telemetry::render(&handle);
     let lines = text.lines().count();
     c.bench_function(
         &format!("/metrics render, 1000 probes ({lines} lines)"),
         |b| {
             b.iter(|| {
                 // What `App::render_metrics` does for each scrape.
-                handle.run_upkeep();
-                handle.render()
+                telemetry::render(&handle)
             })
         },
     );

@@ -37,10 +37,7 @@ impl App {
 
     pub fn render_metrics(&self) -> String {
         match &self.metrics {
-            Some(h) => {
-                h.run_upkeep();
-                h.render()
-            }
+            Some(h) => crate::telemetry::render(h),
             None => String::new(),
         }
     }

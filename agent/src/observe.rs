@@ -142,6 +142,23 @@ impl ProbeState {
         }
     }
 
+    /// Sets how far back the window reaches, and forgets what is older at
+    /// once; a window made shorter gives its spare room back.
+    pub fn set_span(&mut self, span: Duration, now: Instant) {
+        let shorter = span < self.span;
+        self.span = span;
+        while self
+            .window
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.at) > self.span)
+        {
+            self.window.pop_front();
+        }
+        if shorter {
+            self.window.shrink_to_fit();
+        }
+    }
+
     /// Records an observation; returns whether the probe's up/down state
     /// flipped, which is when it is worth a log line.
     pub fn record(&mut self, obs: Observation, now: Instant) -> bool {
@@ -252,6 +269,26 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(s.window.len(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_span_forgets_older_samples_and_gives_room_back() {
+        let mut s = ProbeState::new(Duration::from_secs(3600));
+        for _ in 0..600 {
+            s.record(obs(Outcome::Ok), Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(s.window.len(), 600);
+        let before = s.window.capacity();
+        s.set_span(Duration::from_secs(60), Instant::now());
+        // The samples of the last 60 s (the newest is 1 s old).
+        assert_eq!(s.window.len(), 60);
+        assert!(s.window.capacity() < before / 4, "{}", s.window.capacity());
+        // A longer span again keeps what there is and lets it grow.
+        s.set_span(Duration::from_secs(3600), Instant::now());
+        assert_eq!(s.window.len(), 60);
+        s.record(obs(Outcome::Ok), Instant::now());
+        assert_eq!(s.window.len(), 61);
     }
 
     #[test]

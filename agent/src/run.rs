@@ -18,8 +18,14 @@ use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
 use crate::watch::{Clock, ManualOutcome, Notifier, Rollbacker, RuleStatus, Watcher};
 
-/// How far back each probe's window reaches at least.
+/// How far back each probe's window reaches at least while a deployment is
+/// warming up or watched (the window then also covers the whole watch,
+/// which becomes the baseline).
 pub const WINDOW_SPAN: Duration = Duration::from_secs(30 * 60);
+
+/// How far back a window reaches at least once the deployment is stable or
+/// rolled back, when only the probe's rules (and `/status`) read it.
+pub const SETTLED_SPAN: Duration = Duration::from_secs(60);
 
 /// The store could not be opened at start: exit code 2, like a bad config.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +44,7 @@ pub enum Command {
 /// Starts the agent and runs it until `stop` turns true. Sends the bound
 /// address through `bound` as soon as the listener is up.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     stop: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
@@ -53,21 +59,32 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
+    let mut spans = Vec::new();
     let settings = crate::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
-    for cfg in &config.probes {
-        // The window reaches back far enough for every rule on the probe,
-        // and over a whole watch, which becomes the baseline.
-        let span = config
+    // Each probe's configuration moves into its slot: the agent keeps one
+    // copy of it, not one in the configuration and one in the slot.
+    for cfg in std::mem::take(&mut config.probes) {
+        // The window reaches back far enough for every rule on the probe;
+        // while a deployment is watched, also over the whole watch, which
+        // becomes the baseline (`Judge::fit_windows`).
+        let settled = config
             .rules
             .iter()
             .filter(|r| r.probe == cfg.name)
             .filter_map(|r| r.expr.as_ref())
             .map(|e| e.span_needed(&settings) + cfg.interval)
-            .chain([WINDOW_SPAN, config.deployment.watch + cfg.interval])
+            .chain([SETTLED_SPAN])
             .max()
-            .unwrap_or(WINDOW_SPAN);
+            .unwrap_or(SETTLED_SPAN);
+        let span = settled
+            .max(WINDOW_SPAN)
+            .max(config.deployment.watch + cfg.interval);
+        spans.push(Spans {
+            settled,
+            watched: span,
+        });
         let probe = cfg.build_shared(&clients).map_err(|problems| {
             anyhow::anyhow!(
                 "probe {}: {}",
@@ -79,8 +96,8 @@ pub async fn run(
                     .join("; ")
             )
         })?;
-        let slot = Arc::new(ProbeSlot::new(cfg.clone(), span));
         let m = ProbeMetrics::new(&cfg.name, cfg.level, cfg.type_name());
+        let slot = Arc::new(ProbeSlot::new(cfg, span));
         tasks.spawn(run_probe(
             slot.clone(),
             probe,
@@ -173,6 +190,8 @@ pub async fn run(
             store: store.clone(),
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
+            spans,
+            settled: None,
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
@@ -295,6 +314,18 @@ struct Judge {
     seen: Vec<u64>,
     /// Every rule must be judged again (new windows, a new baseline).
     rejudge: bool,
+    /// How far back each slot's window reaches, in the order of `slots`.
+    spans: Vec<Spans>,
+    /// Whether the windows were last fitted to a settled deployment.
+    settled: Option<bool>,
+}
+
+/// How far back one probe's window reaches.
+struct Spans {
+    /// Once the deployment is stable or rolled back: what its rules need.
+    settled: Duration,
+    /// While it warms up or is watched: also the whole watch.
+    watched: Duration,
 }
 
 impl Judge {
@@ -378,17 +409,45 @@ impl Judge {
                 action: rule.action,
                 after_stable: rule.after_stable,
                 evidence: crate::rules::evidence(rule, &judgement),
-                detail: serde_json::json!({
-                    "when": rule.when,
-                    "default": rule.default,
-                    "findings": judgement.findings,
-                }),
+                detail: crate::rules::Detail {
+                    when: rule.when.clone(),
+                    default: rule.default,
+                    findings: judgement.findings,
+                },
                 verdict,
             };
             match self.statuses.get_mut(k) {
                 Some(kept) => *kept = status,
                 None => self.statuses.push(status),
             }
+        }
+    }
+
+    /// Fits the windows to the deployment's state: while it warms up or is
+    /// watched they cover the whole watch (the baseline is built from it when
+    /// it turns stable); once it is stable or rolled back, only what the
+    /// rules need, and the rest is given back.
+    fn fit_windows(&mut self) {
+        use crate::store::WatchState;
+        let settled = matches!(
+            self.watcher.state(),
+            Some(WatchState::Stable | WatchState::RolledBack)
+        );
+        if self.settled == Some(settled) {
+            return;
+        }
+        self.settled = Some(settled);
+        let now = Instant::now();
+        for (slot, spans) in self.slots.iter().zip(&self.spans) {
+            let span = if settled {
+                spans.settled
+            } else {
+                spans.watched
+            };
+            slot.state
+                .lock()
+                .expect("probe state lock")
+                .set_span(span, now);
         }
     }
 
@@ -528,6 +587,7 @@ async fn watch_loop(
                 continue;
             }
         }
+        judge.fit_windows();
         last_judged = Instant::now();
         judge.evaluate(all);
         match judge.watcher.judge(&judge.statuses).await {
@@ -551,7 +611,8 @@ pub async fn run_with_signals(
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut running = tokio::spawn(run(config.clone(), metrics.clone(), stop_rx, None));
+        // Moved, not copied: a reload brings a new one.
+        let mut running = tokio::spawn(run(config, metrics.clone(), stop_rx, None));
         let next = loop {
             tokio::select! {
                 r = &mut running => return r.context("the agent task failed")?,

@@ -1,9 +1,15 @@
 //! The agent's Prometheus exposition and logs. The binary installs the
-//! recorder; everything else updates metrics through handles made once per
-//! probe, so a check costs a few atomic operations.
+//! recorder for the agent-wide series; each probe's series are a few atomics
+//! of its own ([`ProbeMetrics`]), made once, so a check costs a few atomic
+//! operations and a probe's series take about 200 bytes, and `/metrics`
+//! writes them straight into the one buffer it renders.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics::{describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::observe::{Observation, Outcome};
 
@@ -15,12 +21,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Builds the recorder and its render handle, and installs it as the
 /// process's global recorder.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("backstop_probe_duration_seconds".into()),
-            DURATION_BUCKETS,
-        )?
-        .build_recorder();
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
@@ -28,25 +29,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// HELP text for every metric SPEC names.
+/// HELP text for every metric SPEC names that the recorder keeps (the
+/// per-probe families are written by [`render_probes`]).
 pub fn describe() {
-    describe_gauge!(
-        "backstop_probe_up",
-        "Whether the probe's last check found its target up (1) or not (0)."
-    );
-    describe_histogram!(
-        "backstop_probe_duration_seconds",
-        metrics::Unit::Seconds,
-        "How long each check took."
-    );
-    describe_counter!(
-        "backstop_probe_checks_total",
-        "Checks run, by outcome: ok, degraded, failed or error (the probe could not run)."
-    );
-    describe_gauge!(
-        "backstop_probe_consecutive_failures",
-        "Failed checks in a row; the probe's own errors do not count."
-    );
     describe_gauge!(
         "backstop_rule_firing",
         "Whether the rule's condition holds now (1) or not (0)."
@@ -103,48 +88,207 @@ pub fn build_info() {
     metrics::gauge!("backstop_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// A probe's metric handles, made once.
-pub struct ProbeMetrics {
-    up: Gauge,
-    duration: Histogram,
-    checks: [Counter; 4],
-    failures: Gauge,
+/// Renders everything `/metrics` shows: the recorder's agent-wide series
+/// (after folding its histogram samples), then every probe's series, into
+/// one buffer.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    let mut out = handle.render();
+    render_probes(&mut out);
+    out
+}
+
+/// The per-probe families, as (name, type, help): written by
+/// [`render_probes`], not by the recorder, so not `describe_*!`d.
+pub const PROBE_FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "backstop_probe_checks_total",
+        "counter",
+        "Checks run, by outcome: ok, degraded, failed or error (the probe could not run).",
+    ),
+    (
+        "backstop_probe_up",
+        "gauge",
+        "Whether the probe's last check found its target up (1) or not (0).",
+    ),
+    (
+        "backstop_probe_consecutive_failures",
+        "gauge",
+        "Failed checks in a row; the probe's own errors do not count.",
+    ),
+    (
+        "backstop_probe_duration_seconds",
+        "histogram",
+        "How long each check took.",
+    ),
+];
+
+/// A family's `# HELP` and `# TYPE` lines.
+fn family_header(out: &mut String, i: usize) {
+    let (name, kind, help) = PROBE_FAMILIES[i];
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
+/// Every probe whose metrics were made in this process, in the order they
+/// were made; a probe of an earlier configuration (before a reload) keeps
+/// its series, as a recorder would.
+static PROBES: Mutex<Vec<Arc<ProbeSeries>>> = Mutex::new(Vec::new());
+
+/// One probe's series: its label set, rendered once, and atomics.
+struct ProbeSeries {
+    /// `probe="…",level="…",type="…"`.
+    labels: Box<str>,
+    /// The length of the `probe="…"` part of `labels`.
+    probe_len: usize,
+    up: AtomicU64,
+    failures: AtomicU64,
+    /// Checks by outcome, in the order of [`Outcome::ALL`].
+    checks: [AtomicU64; 4],
+    /// Checks per duration bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// The sum of the durations, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+/// A probe's metric handle, made once: `backstop_probe_up`,
+/// `backstop_probe_duration_seconds`, `backstop_probe_checks_total` and
+/// `backstop_probe_consecutive_failures` of one probe.
+pub struct ProbeMetrics(Arc<ProbeSeries>);
+
+/// A label value as the text format writes it.
+fn escape_label(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 impl ProbeMetrics {
+    /// The probe's series; the same probe (name, level and type) made again,
+    /// as after a reload, gets the series it had.
     pub fn new(probe: &str, level: u8, kind: &'static str) -> Self {
-        let labels = [
-            ("probe", probe.to_string()),
-            ("level", level.to_string()),
-            ("type", kind.to_string()),
-        ];
-        let checks = Outcome::ALL.map(|o| {
-            let mut l = labels.to_vec();
-            l.push(("outcome", o.as_str().to_string()));
-            let c = metrics::counter!("backstop_probe_checks_total", &l);
-            c.increment(0);
-            c
-        });
-        Self {
-            up: metrics::gauge!("backstop_probe_up", &labels),
-            duration: metrics::histogram!("backstop_probe_duration_seconds", &labels),
-            checks,
-            failures: metrics::gauge!("backstop_probe_consecutive_failures", "probe" => probe.to_string()),
+        let mut labels = String::from("probe=\"");
+        escape_label(probe, &mut labels);
+        labels.push('"');
+        let probe_len = labels.len();
+        let _ = write!(labels, ",level=\"{level}\",type=\"");
+        escape_label(kind, &mut labels);
+        labels.push('"');
+        let mut all = PROBES.lock().expect("probe metrics lock");
+        if let Some(kept) = all.iter().find(|s| *s.labels == *labels) {
+            return Self(kept.clone());
         }
+        let series = Arc::new(ProbeSeries {
+            labels: labels.into_boxed_str(),
+            probe_len,
+            up: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            checks: Default::default(),
+            buckets: Default::default(),
+            sum_ns: AtomicU64::new(0),
+        });
+        all.push(series.clone());
+        Self(series)
     }
 
     pub fn record(&self, obs: &Observation, consecutive_failures: u32) {
-        self.up.set(if obs.outcome.is_up() { 1.0 } else { 0.0 });
+        let s = &self.0;
+        s.up.store(u64::from(obs.outcome.is_up()), Ordering::Relaxed);
         if obs.outcome != Outcome::Error {
-            self.duration.record(obs.latency.as_secs_f64());
+            let secs = obs.latency.as_secs_f64();
+            let i = DURATION_BUCKETS
+                .iter()
+                .position(|le| secs <= *le)
+                .unwrap_or(DURATION_BUCKETS.len());
+            s.buckets[i].fetch_add(1, Ordering::Relaxed);
+            let ns = u64::try_from(obs.latency.as_nanos()).unwrap_or(u64::MAX);
+            s.sum_ns.fetch_add(ns, Ordering::Relaxed);
         }
         let i = Outcome::ALL
             .iter()
             .position(|o| *o == obs.outcome)
             .expect("ALL has every outcome");
-        self.checks[i].increment(1);
-        self.failures.set(consecutive_failures as f64);
+        s.checks[i].fetch_add(1, Ordering::Relaxed);
+        s.failures
+            .store(u64::from(consecutive_failures), Ordering::Relaxed);
     }
+}
+
+/// Appends every probe's series to `out`, family by family, in the text
+/// format (each family's `# HELP` and `# TYPE` once, before its series).
+pub fn render_probes(out: &mut String) {
+    let all = PROBES.lock().expect("probe metrics lock").clone();
+    if all.is_empty() {
+        return;
+    }
+    out.reserve(all.len() * 2048);
+    family_header(out, 0);
+    for s in &all {
+        for (o, n) in Outcome::ALL.iter().zip(&s.checks) {
+            let _ = writeln!(
+                out,
+                "backstop_probe_checks_total{{{},outcome=\"{}\"}} {}",
+                s.labels,
+                o.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    out.push('\n');
+    family_header(out, 1);
+    for s in &all {
+        let _ = writeln!(
+            out,
+            "backstop_probe_up{{{}}} {}",
+            s.labels,
+            s.up.load(Ordering::Relaxed)
+        );
+    }
+    out.push('\n');
+    family_header(out, 2);
+    for s in &all {
+        let _ = writeln!(
+            out,
+            "backstop_probe_consecutive_failures{{{}}} {}",
+            &s.labels[..s.probe_len],
+            s.failures.load(Ordering::Relaxed)
+        );
+    }
+    out.push('\n');
+    family_header(out, 3);
+    for s in &all {
+        let mut cumulative = 0u64;
+        for (i, n) in s.buckets.iter().enumerate() {
+            cumulative += n.load(Ordering::Relaxed);
+            match DURATION_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        out,
+                        "backstop_probe_duration_seconds_bucket{{{},le=\"{le}\"}} {cumulative}",
+                        s.labels
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "backstop_probe_duration_seconds_bucket{{{},le=\"+Inf\"}} {cumulative}",
+                        s.labels
+                    );
+                }
+            }
+        }
+        let sum = s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "backstop_probe_duration_seconds_sum{{{}}} {sum}\nbackstop_probe_duration_seconds_count{{{}}} {cumulative}",
+            s.labels, s.labels
+        );
+    }
+    out.push('\n');
 }
 
 /// Log output format.
@@ -164,5 +308,119 @@ pub fn init_logs(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.with_target(false).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn obs(outcome: Outcome, ms: u64) -> Observation {
+        Observation {
+            at: std::time::SystemTime::now(),
+            outcome,
+            latency: Duration::from_millis(ms),
+            signals: vec![],
+            error: None,
+        }
+    }
+
+    fn probe_lines(text: &str, probe: &str) -> Vec<String> {
+        let label = format!("probe=\"{probe}\"");
+        text.lines()
+            .filter(|l| l.contains(&label))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_probes_series_are_rendered_from_its_checks() {
+        let m = ProbeMetrics::new("render-test", 2, "http");
+        m.record(&obs(Outcome::Ok, 3), 0);
+        m.record(&obs(Outcome::Failed, 30), 1);
+        m.record(&obs(Outcome::Failed, 20_000), 2);
+        // The probe's own error counts as a check but has no duration.
+        m.record(&obs(Outcome::Error, 7), 2);
+        let mut text = String::new();
+        render_probes(&mut text);
+        let lines = probe_lines(&text, "render-test");
+        let l = r#"probe="render-test",level="2",type="http""#;
+        for want in [
+            format!("backstop_probe_checks_total{{{l},outcome=\"ok\"}} 1"),
+            format!("backstop_probe_checks_total{{{l},outcome=\"degraded\"}} 0"),
+            format!("backstop_probe_checks_total{{{l},outcome=\"failed\"}} 2"),
+            format!("backstop_probe_checks_total{{{l},outcome=\"error\"}} 1"),
+            format!("backstop_probe_up{{{l}}} 0"),
+            r#"backstop_probe_consecutive_failures{probe="render-test"} 2"#.to_string(),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"0.0025\"}} 0"),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"0.005\"}} 1"),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"0.025\"}} 1"),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"0.05\"}} 2"),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"10\"}} 2"),
+            format!("backstop_probe_duration_seconds_bucket{{{l},le=\"+Inf\"}} 3"),
+            format!("backstop_probe_duration_seconds_sum{{{l}}} 20.033"),
+            format!("backstop_probe_duration_seconds_count{{{l}}} 3"),
+        ] {
+            assert!(
+                lines.contains(&want),
+                "{want} not in:\n{}",
+                lines.join("\n")
+            );
+        }
+        assert_eq!(lines.len(), 4 + 1 + 1 + 14 + 2, "{}", lines.join("\n"));
+        // Each family is announced once, before its series.
+        for family in [
+            "backstop_probe_checks_total",
+            "backstop_probe_up",
+            "backstop_probe_consecutive_failures",
+            "backstop_probe_duration_seconds",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {family} ")).count(),
+                1,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_probe_made_again_keeps_its_series() {
+        let a = ProbeMetrics::new("reload-test", 1, "tcp");
+        a.record(&obs(Outcome::Ok, 1), 0);
+        let b = ProbeMetrics::new("reload-test", 1, "tcp");
+        b.record(&obs(Outcome::Ok, 1), 0);
+        let mut text = String::new();
+        render_probes(&mut text);
+        let lines = probe_lines(&text, "reload-test");
+        assert!(
+            lines.contains(
+                &r#"backstop_probe_checks_total{probe="reload-test",level="1",type="tcp",outcome="ok"} 2"#
+                    .to_string()
+            ),
+            "{}",
+            lines.join("\n")
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("backstop_probe_up{"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = ProbeMetrics::new("quote\"back\\slash", 1, "tcp");
+        m.record(&obs(Outcome::Ok, 1), 0);
+        let mut text = String::new();
+        render_probes(&mut text);
+        assert!(
+            text.contains(
+                r#"backstop_probe_up{probe="quote\"back\\slash",level="1",type="tcp"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

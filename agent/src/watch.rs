@@ -74,7 +74,7 @@ pub struct RuleStatus {
     /// One entry per condition that holds; empty unless the rule holds.
     pub evidence: Vec<Evidence>,
     /// The numbers behind the verdict, for `/status`.
-    pub detail: Value,
+    pub detail: crate::rules::Detail,
 }
 
 /// The guard rails of `[rollback]`.
@@ -121,12 +121,27 @@ pub struct WatchView {
     pub deployment: Option<DeploymentRecord>,
     pub last_stable: Option<String>,
     pub paused: bool,
-    pub rules: Vec<Value>,
+    pub rules: Vec<RuleView>,
     pub last_rollback: Option<RollbackRecord>,
     pub held: Option<String>,
     pub notes: Vec<String>,
     /// The fleet as this replica sees it; `None` without `[fleet]`.
     pub fleet: Option<Value>,
+}
+
+/// One rule as `/status` shows it: kept as it is and written as JSON only
+/// when `/status` is asked for (a JSON value per rule, rebuilt on every
+/// judgement, cost kilobytes per rule).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleView {
+    pub name: String,
+    pub probe: String,
+    pub action: &'static str,
+    pub armed: bool,
+    pub verdict: &'static str,
+    pub reason: Option<String>,
+    pub summary: Option<String>,
+    pub detail: crate::rules::Detail,
 }
 
 /// The fleet side of the watch (`[fleet]`): what this replica published and
@@ -1467,17 +1482,18 @@ impl Watcher {
         if !rules.is_empty() || view.rules.is_empty() {
             view.rules = rules
                 .iter()
-                .map(|r| {
-                    json!({
-                        "name": r.name,
-                        "probe": r.probe,
-                        "action": r.action.as_str(),
-                        "armed": armed || (state == Some(WatchState::Stable) && r.after_stable),
-                        "verdict": r.verdict.as_str(),
-                        "reason": match &r.verdict { Verdict::Inconclusive(why) => Some(why.clone()), _ => None },
-                        "summary": (!r.evidence.is_empty()).then(|| summarize(&r.name, &r.evidence)),
-                        "detail": r.detail,
-                    })
+                .map(|r| RuleView {
+                    name: r.name.clone(),
+                    probe: r.probe.clone(),
+                    action: r.action.as_str(),
+                    armed: armed || (state == Some(WatchState::Stable) && r.after_stable),
+                    verdict: r.verdict.as_str(),
+                    reason: match &r.verdict {
+                        Verdict::Inconclusive(why) => Some(why.clone()),
+                        _ => None,
+                    },
+                    summary: (!r.evidence.is_empty()).then(|| summarize(&r.name, &r.evidence)),
+                    detail: r.detail.clone(),
                 })
                 .collect();
         }
@@ -1611,7 +1627,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             verdict,
-            detail: Value::Null,
+            detail: Default::default(),
         }
     }
 

@@ -233,9 +233,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The metric names the agent describes (every `describe_*!` in `agent/src`),
-/// with a histogram's `_bucket`, `_sum` and `_count` series, and `up`, which
-/// Prometheus adds to every target.
+/// The metric names the agent describes (every `describe_*!` in `agent/src`,
+/// and the per-probe families of `telemetry::PROBE_FAMILIES`, which the agent
+/// writes itself), with a histogram's `_bucket`, `_sum` and `_count` series,
+/// and `up`, which Prometheus adds to every target.
 fn exported_metrics() -> BTreeSet<String> {
     let mut sources = String::new();
     let mut stack = vec![repo().join("agent/src")];
@@ -260,6 +261,21 @@ fn exported_metrics() -> BTreeSet<String> {
     )
     .unwrap();
     let mut out = BTreeSet::from(["up".to_string()]);
+    let families =
+        regex::Regex::new(r#"\(\s*"([a-z_:]+)",\s*"(counter|gauge|histogram)","#).unwrap();
+    let table = sources
+        .split("PROBE_FAMILIES: [")
+        .nth(1)
+        .and_then(|t| t.split("];").next())
+        .expect("telemetry::PROBE_FAMILIES");
+    for c in families.captures_iter(table) {
+        if &c[2] == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                out.insert(format!("{}{suffix}", &c[1]));
+            }
+        }
+        out.insert(c[1].to_string());
+    }
     for c in described.captures_iter(&sources) {
         let name = match (c.get(2), c.get(3)) {
             (Some(n), _) => n.as_str().to_string(),

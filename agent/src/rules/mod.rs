@@ -75,6 +75,15 @@ use std::time::Duration;
 pub use eval::{evaluate, evidence, Finding, Input, Judgement, Settings, Verdict};
 pub use parse::parse;
 
+/// The numbers behind a rule's verdict, as `/status` shows them under
+/// `detail`: kept as numbers, and written as JSON only when asked for.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Detail {
+    pub when: String,
+    pub default: bool,
+    pub findings: Vec<Finding>,
+}
+
 /// The signal read from a probe's state rather than from its samples.
 pub const CONSECUTIVE_FAILURES: &str = "consecutive_failures";
 
