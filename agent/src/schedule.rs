@@ -118,8 +118,12 @@ pub async fn run_probe(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            // The stop first: a probe slower than its interval always has a
+            // tick due, and an unbiased select would go on checking after
+            // the stop with even odds each round.
+            biased;
             _ = stop.changed() => return,
+            _ = ticks.tick() => {}
         }
         beat(&slot);
         let obs = check_once(&probe, cfg).await;
@@ -272,6 +276,37 @@ mod tests {
             Some("timed out after 1s")
         );
         assert!(slow.window.len() <= 61, "{}", slow.window.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_slower_than_its_interval_starts_no_check_after_the_stop() {
+        // Such a probe always has a tick due when a check ends; the stop must
+        // win over it every time, not by chance. Twenty rounds: were it a
+        // coin toss, two checks after the stop would show in one of them
+        // with a likelihood above 99%.
+        for _ in 0..20 {
+            let (stop_tx, stop) = watch::channel(false);
+            let slot = Arc::new(ProbeSlot::new(
+                cfg("slow", 1000, 1000),
+                Duration::from_secs(3600),
+            ));
+            let (probe, _) = slow(2500, false);
+            let task = tokio::spawn(run_probe(
+                slot.clone(),
+                probe,
+                ProbeMetrics::new("slow", 1, "tcp"),
+                Instant::now(),
+                None,
+                stop,
+            ));
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let before = slot.snapshot().window.len();
+            stop_tx.send(true).unwrap();
+            task.await.unwrap();
+            let after = slot.snapshot().window.len();
+            // At most the check in flight when the stop came.
+            assert!(after <= before + 1, "{before} checks, then {after}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
