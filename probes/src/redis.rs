@@ -70,6 +70,23 @@ impl Conn {
     }
 }
 
+/// A client builder whose every command is bounded by `timeout` and sent
+/// once, with no reconnection policy: a failed command says so instead of
+/// being quietly tried again on a new connection, and the caller reconnects
+/// on its next use. Shared with the agent's Redis fleet coordinator.
+pub fn one_shot_builder(config: Config, timeout: Duration) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout);
+    builder
+}
+
 pub struct RedisProbe {
     /// Makes a fresh client for each connection, so no state of a broken
     /// one carries over.
@@ -165,17 +182,7 @@ impl RedisProbe {
         let (Some(config), true) = (config, problems.is_empty()) else {
             return Err(problems);
         };
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                // A command is sent once: a check that failed says so
-                // instead of quietly trying again on a new connection.
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout);
+        let builder = one_shot_builder(config, timeout);
         // No reconnection policy: the probe reconnects on its next check
         // (see `connect`), which keeps every check bounded and its error
         // about this attempt, not an earlier one. Building a client touches

@@ -278,6 +278,25 @@ cooldown = "1s"
 /// An agent with a fixed deployment, a webhook rollback target at `hook`
 /// and an admin token, so a rollback can be asked for.
 fn rollback_config(dir: &std::path::Path, port: u16, hook: &str, timeout: &str) -> String {
+    agent_config(
+        dir,
+        port,
+        "v2",
+        &format!(
+            r#"[rollback]
+target = "webhook"
+deadline = "4s"
+  [rollback.webhook]
+  url = "{hook}"
+  timeout = "{timeout}"
+"#
+        ),
+    )
+}
+
+/// An agent on the fixed deployment `deployment`, with an admin token and
+/// the `[rollback]` section `rollback`.
+fn agent_config(dir: &std::path::Path, port: u16, deployment: &str, rollback: &str) -> String {
     format!(
         r#"[agent]
 listen = "127.0.0.1:{port}"
@@ -288,17 +307,11 @@ admin_token = "{ADMIN}"
 name = "web"
 
 [deployment]
-id = "v2"
+id = "{deployment}"
 warmup = "100ms"
 watch = "1h"
 
-[rollback]
-target = "webhook"
-deadline = "4s"
-  [rollback.webhook]
-  url = "{hook}"
-  timeout = "{timeout}"
-"#,
+{rollback}"#,
         state = dir.join("state").display(),
     )
 }
@@ -660,21 +673,12 @@ async fn railway_killed(at_the_mutation: bool) {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
-    let config = format!(
-        r#"[agent]
-listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-admin_token = "{ADMIN}"
-
-[service]
-name = "web"
-
-[deployment]
-id = "dep-new"
-warmup = "100ms"
-watch = "1h"
-
-[rollback]
+    let config = agent_config(
+        dir.path(),
+        port,
+        "dep-new",
+        &format!(
+            r#"[rollback]
 target = "railway"
 deadline = "4s"
   [rollback.railway]
@@ -682,11 +686,11 @@ deadline = "4s"
   project_id = "prj-1"
   service_id = "svc-1"
   environment_id = "env-1"
-  api_url = "{api}"
+  api_url = "{}"
   timeout = "2s"
 "#,
-        state = dir.path().join("state").display(),
-        api = platform.url("/graphql/v2"),
+            platform.url("/graphql/v2")
+        ),
     );
     let path = Daemon::write_config(dir.path(), &config);
     ask_and_be_killed(&path, port, "dep-new", &pid).await;

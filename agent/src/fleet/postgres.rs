@@ -22,7 +22,10 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::{Lease, Report};
-use crate::store::postgres::{rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS};
+use crate::store::postgres::{
+    rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS, ROLLBACK_INSERT_COLUMNS,
+    ROLLBACK_INSERT_VALUES, ROLLBACK_UPDATE_SET,
+};
 use crate::store::RollbackRecord;
 
 pub struct PgFleet {
@@ -252,21 +255,11 @@ impl PgFleet {
                  WHERE service = $1 AND deployment = $2 AND token = $15
                  FOR UPDATE
              )
-             INSERT INTO {s}.backstop_rollbacks AS r
-                 (service, deployment, return_to, rule, reason, evidence, target, status,
-                  intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica,
-                  fence)
-             SELECT $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14,
-                    l.token
+             INSERT INTO {s}.backstop_rollbacks AS r ({ROLLBACK_INSERT_COLUMNS}, fence)
+             SELECT {ROLLBACK_INSERT_VALUES}, l.token
              FROM l
              ON CONFLICT (service, deployment) DO UPDATE SET
-                 return_to = EXCLUDED.return_to, rule = EXCLUDED.rule,
-                 reason = EXCLUDED.reason, evidence = EXCLUDED.evidence,
-                 target = EXCLUDED.target, status = EXCLUDED.status,
-                 intent_at_ms = EXCLUDED.intent_at_ms, finished_at_ms = EXCLUDED.finished_at_ms,
-                 detail = EXCLUDED.detail, returned_to = EXCLUDED.returned_to,
-                 not_effective = EXCLUDED.not_effective, by_replica = EXCLUDED.by_replica,
-                 fence = EXCLUDED.fence, updated_at = now()
+                 {ROLLBACK_UPDATE_SET}, fence = EXCLUDED.fence, updated_at = now()
              WHERE r.fence IS NULL OR r.fence <= EXCLUDED.fence"
         );
         let row = RollbackRow::new(service, rec)?;

@@ -242,18 +242,9 @@ impl RedisFleet {
             ),
         };
         let timeout = timeout.max(Duration::from_millis(10));
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                // A command is sent once: a write that may or may not have
-                // happened is reported, not quietly repeated.
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout);
-        // No reconnection policy: the next call reconnects (see `client`).
+        // A write that may or may not have happened is reported, not
+        // quietly repeated; the next call reconnects (see `client`).
+        let builder = backstop_probes::redis::one_shot_builder(config, timeout);
         builder.build().map_err(|e| {
             anyhow!(scrub_password(
                 &format!("[fleet] redis {shown}: cannot build client: {e}"),

@@ -11,7 +11,7 @@ use crate::baseline::{self, Baseline, ERROR_RATE};
 use crate::config::RuleConfig;
 use crate::evidence::Evidence;
 use crate::judge::{self, Counts, Worse};
-use crate::observe::{Outcome, ProbeState};
+use crate::observe::{Outcome, ProbeState, Sample};
 
 /// The knobs of judgement; the defaults are what SPEC promises.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,20 +173,7 @@ struct Point {
 fn points(state: &ProbeState, signal: &str) -> Vec<Point> {
     let judged = state.window.iter().filter(|s| s.outcome != Outcome::Error);
     if signal != CONSECUTIVE_FAILURES {
-        return judged
-            .filter_map(|s| {
-                let value = s
-                    .signals
-                    .iter()
-                    .find(|(n, v)| *n == signal && !v.is_nan())
-                    .map(|(_, v)| *v)?;
-                Some(Point {
-                    at: s.at,
-                    value,
-                    counts: baseline::sample_counts(s),
-                })
-            })
-            .collect();
+        return judged.filter_map(|s| point_of(s, signal)).collect();
     }
     // The count after each sample, replayed from the outcomes. Before the
     // window's first success the count is only known when there is no
@@ -224,18 +211,21 @@ fn latest_point(state: &ProbeState, signal: &str) -> Option<Point> {
         .iter()
         .rev()
         .filter(|s| s.outcome != Outcome::Error)
-        .find_map(|s| {
-            let value = s
-                .signals
-                .iter()
-                .find(|(n, v)| *n == signal && !v.is_nan())
-                .map(|(_, v)| *v)?;
-            Some(Point {
-                at: s.at,
-                value,
-                counts: baseline::sample_counts(s),
-            })
-        })
+        .find_map(|s| point_of(s, signal))
+}
+
+/// One sample's value of `signal` (not `consecutive_failures`), if it has one.
+fn point_of(s: &Sample, signal: &str) -> Option<Point> {
+    let value = s
+        .signals
+        .iter()
+        .find(|(n, v)| *n == signal && !v.is_nan())
+        .map(|(_, v)| *v)?;
+    Some(Point {
+        at: s.at,
+        value,
+        counts: baseline::sample_counts(s),
+    })
 }
 
 fn since(now: Instant, d: Duration) -> Option<Instant> {

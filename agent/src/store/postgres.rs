@@ -134,6 +134,24 @@ pub(crate) const ROLLBACK_COLUMNS: &str =
     "deployment, return_to, rule, reason, evidence::text, target, \
      status, intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica";
 
+/// The columns [`RollbackRow::params`] fills, `$1` to `$14` in this order.
+pub(crate) const ROLLBACK_INSERT_COLUMNS: &str =
+    "service, deployment, return_to, rule, reason, evidence, target, status, \
+     intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica";
+
+/// Those parameters as values (evidence is JSON).
+pub(crate) const ROLLBACK_INSERT_VALUES: &str =
+    "$1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14";
+
+/// An upsert's update of every column the row carries.
+pub(crate) const ROLLBACK_UPDATE_SET: &str =
+    "return_to = EXCLUDED.return_to, rule = EXCLUDED.rule, \
+     reason = EXCLUDED.reason, evidence = EXCLUDED.evidence, \
+     target = EXCLUDED.target, status = EXCLUDED.status, \
+     intent_at_ms = EXCLUDED.intent_at_ms, finished_at_ms = EXCLUDED.finished_at_ms, \
+     detail = EXCLUDED.detail, returned_to = EXCLUDED.returned_to, \
+     not_effective = EXCLUDED.not_effective, by_replica = EXCLUDED.by_replica";
+
 /// A pool of connections to one schema, reading and writing one service's rows.
 /// A clone shares the pool.
 #[derive(Clone)]
@@ -481,10 +499,8 @@ impl Postgres {
     pub async fn claim_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<Claim> {
         let c = self.client().await?;
         let sql = format!(
-            "INSERT INTO {}.backstop_rollbacks
-                 (service, deployment, return_to, rule, reason, evidence, target, status,
-                  intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica)
-             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO {}.backstop_rollbacks ({ROLLBACK_INSERT_COLUMNS})
+             VALUES ({ROLLBACK_INSERT_VALUES})
              ON CONFLICT (service, deployment) DO NOTHING",
             self.schema
         );
@@ -508,18 +524,10 @@ impl Postgres {
     pub async fn update_rollback(&self, rec: &RollbackRecord) -> anyhow::Result<()> {
         let c = self.client().await?;
         let sql = format!(
-            "INSERT INTO {}.backstop_rollbacks
-                 (service, deployment, return_to, rule, reason, evidence, target, status,
-                  intent_at_ms, finished_at_ms, detail, returned_to, not_effective, by_replica)
-             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO {}.backstop_rollbacks ({ROLLBACK_INSERT_COLUMNS})
+             VALUES ({ROLLBACK_INSERT_VALUES})
              ON CONFLICT (service, deployment) DO UPDATE SET
-                 return_to = EXCLUDED.return_to, rule = EXCLUDED.rule,
-                 reason = EXCLUDED.reason, evidence = EXCLUDED.evidence,
-                 target = EXCLUDED.target, status = EXCLUDED.status,
-                 intent_at_ms = EXCLUDED.intent_at_ms, finished_at_ms = EXCLUDED.finished_at_ms,
-                 detail = EXCLUDED.detail, returned_to = EXCLUDED.returned_to,
-                 not_effective = EXCLUDED.not_effective, by_replica = EXCLUDED.by_replica,
-                 updated_at = now()",
+                 {ROLLBACK_UPDATE_SET}, updated_at = now()",
             self.schema
         );
         let row = RollbackRow::new(&self.service, rec)?;
