@@ -849,12 +849,14 @@ def ab(args):
                 c0, t0 = cpu_seconds(bs.pid), time.time()
                 time.sleep(args.seconds)
                 c1, t1 = cpu_seconds(bs.pid), time.time()
-                st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).read())
-                held = sum(p["samples"] for p in st["probes"])
-                state = (st.get("deployment") or {}).get("state")
+                # Memory first: rendering /status for many probes is itself a
+                # peak the probing did not cause.
                 hwm = status_kib(bs.pid, "VmHWM")
                 anon, file_ = status_kib(bs.pid, "RssAnon"), status_kib(bs.pid, "RssFile")
                 threads = status_kib(bs.pid, "Threads")
+                st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).read())
+                held = sum(p["samples"] for p in st["probes"])
+                state = (st.get("deployment") or {}).get("state")
                 procs.stop(bs)
                 time.sleep(1.3)
                 n = sum(1 for t, p, st in read_log(nginx, "bs")

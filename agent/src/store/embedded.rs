@@ -16,6 +16,9 @@ const ROLLBACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollbacks"
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
 
+/// redb's cache: 90% for pages read, 10% for pages written before a commit.
+const CACHE_BYTES: usize = 256 * 1024;
+
 /// The redb file `state_dir/backstop.redb`; a second agent on the same
 /// `state_dir` is refused.
 pub struct Embedded {
@@ -30,12 +33,20 @@ impl Embedded {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
         let path = state_dir.join("backstop.redb");
-        let db = Database::create(&path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the store {}: {e} (is another backstop using this state_dir?)",
-                path.display()
-            )
-        })?;
+        // redb keeps every page it writes in a read cache of up to 90% of
+        // its cache size (1 GiB by default): the region allocator's pages
+        // written when the file is created alone stayed as 0.5 MB of heap
+        // for the agent's whole life. The store is small and read seldom;
+        // the kernel's page cache serves it as well.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the store {}: {e} (is another backstop using this state_dir?)",
+                    path.display()
+                )
+            })?;
         let store = Self { db, path };
         // Create the tables up front so readers never see them missing.
         let tx = store.db.begin_write()?;

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Writes agent/link-order.txt: the functions a running agent executes, so
+that the release link can place them together (agent/build.rs passes the
+file to the gold linker as its section ordering).
+
+Why: the kernel maps 64 KiB of an executable around every page a process
+touches (fault-around), and the code an agent runs is spread over the
+whole text, so nearly all of it ends up resident (bench/README.md,
+"Cost"). With the executed functions in one stretch, the rest is never
+touched and never resident.
+
+    cargo build --release -p backstop
+    python3 bench/layout.py --backstop target/release/backstop
+    cargo build --release -p backstop      # links again with the new order
+    python3 bench/layout.py --check target/release/backstop
+
+The release profile keeps the symbol table (`strip = "debuginfo"`), so the
+names are those of the very build that is linked with them; another rustc
+or other dependency versions name the functions differently, and `--check`
+then finds few of them in the binary. It
+runs under valgrind's callgrind (Debian package `valgrind`) through a
+workload like the benchmarks' (http probes with and without rules against
+a local nginx, a target that fails and recovers, /metrics, /status,
+SIGTERM; then config.example.toml with targets that refuse) and keeps every
+function with at least one instruction executed. Symbol hashes are
+replaced by `*` so that the file outlives small changes elsewhere.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
+
+OUT = os.path.join(compare.REPO, "agent", "link-order.txt")
+HASH = re.compile(r"17h[0-9a-f]{16}E$")
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            r.read()
+    except OSError as e:
+        compare.log(f"  {url}: {e}")
+
+
+def under_callgrind(binary, config, work, name, env, port, during):
+    out = os.path.join(work, f"callgrind.{name}")
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    e = dict(os.environ)
+    e.update(env)
+    e.setdefault("RUST_LOG", "info")
+    p = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--demangle=no",
+            "--dump-instr=no",
+            "--compress-strings=no",
+            "--compress-pos=no",
+            f"--callgrind-out-file={out}",
+            binary,
+            "run",
+            "--config",
+            config,
+        ],
+        stdout=log,
+        stderr=log,
+        env=e,
+    )
+    try:
+        compare.wait_http(f"http://127.0.0.1:{port}/healthz", deadline_s=120)
+        during(port)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return out
+
+
+def executed(path):
+    """Mangled names of the functions with instructions executed in one
+    callgrind output (fn= lines followed by cost lines)."""
+    names = set()
+    current = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("fn="):
+                current = line[3:].strip()
+            elif current and line[:1].isdigit():
+                parts = line.split()
+                if len(parts) >= 2 and int(parts[1]) > 0:
+                    names.add(current)
+            elif line.startswith(("cfn=", "calls=")):
+                pass
+    return names
+
+
+def check(binary, order):
+    """How many of the ordered functions the binary has, and the stretch of
+    its code they span against the whole text."""
+    with open(order) as f:
+        wanted = {line.strip() for line in f if line.strip()}
+    out = subprocess.run(["nm", "-S", binary], capture_output=True, text=True, check=True).stdout
+    found, size, lo, hi, text = 0, 0, None, 0, 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) != 4 or parts[2] not in "tT":
+            continue
+        addr, n = int(parts[0], 16), int(parts[1], 16)
+        text += n
+        if parts[3] in wanted:
+            found += 1
+            size += n
+            lo = addr if lo is None else min(lo, addr)
+            hi = max(hi, addr + n)
+    if not found:
+        sys.exit(f"{binary}: none of the {len(wanted)} functions of {order} (stripped, or another build)")
+    print(f"{binary}: {found} of the {len(wanted)} functions of {order}, {size / 1e6:.2f} MB of code "
+          f"in a stretch of {(hi - lo) / 1e6:.2f} MB (all functions: {text / 1e6:.2f} MB)")
+
+
+def main():
+    a = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    a.add_argument("--backstop", help="a release build (with its symbol table)")
+    a.add_argument("--check", metavar="BINARY",
+                   help="only say how many of the file's functions BINARY has, and how close together")
+    a.add_argument("--seconds", type=float, default=20)
+    a.add_argument("--out", default=OUT)
+    args = a.parse_args()
+    if args.check:
+        check(args.check, args.out)
+        return
+    if not args.backstop:
+        a.error("--backstop or --check is needed")
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is needed: apt-get install valgrind")
+    binary = os.path.abspath(args.backstop)
+    work = tempfile.mkdtemp(prefix="backstop-layout-")
+    procs = compare.Procs()
+    names = set()
+    try:
+        nginx = compare.start_nginx(procs, work)
+        flag = os.path.join(nginx["prefix"], "flag503")
+
+        # 1. http probes, half with the default rules, a target that fails
+        # for a while and recovers, and every endpoint read.
+        port = compare.free_port()
+        config = compare.backstop_config(work, "rules", port, nginx["port"], 10, 200, rules=True)
+
+        def workload(port):
+            base = f"http://127.0.0.1:{port}"
+            for i in range(int(args.seconds)):
+                if i == int(args.seconds) // 3:
+                    open(flag, "w").close()
+                if i == int(args.seconds) * 2 // 3:
+                    os.unlink(flag)
+                for path in ("/metrics", "/status", "/healthz"):
+                    get(base + path)
+                time.sleep(1)
+
+        out = under_callgrind(binary, config, work, "rules", {}, port, workload)
+        names |= executed(out)
+        compare.log(f"  http probes with rules: {len(names)} functions")
+
+        # 2. config.example.toml, its targets refusing (postgres, redis,
+        # tcp, resources: their error paths and the shared parts).
+        with open(os.path.join(compare.REPO, "config.example.toml")) as f:
+            text = f.read()
+        port = compare.free_port()
+        refused = compare.refused_port()
+        text = text.replace('listen = "0.0.0.0:9469"', f'listen = "127.0.0.1:{port}"')
+        text = text.replace("127.0.0.1:8080", f"127.0.0.1:{refused}")
+        path = os.path.join(work, "example.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o644)
+        state = os.path.join(work, "state-example")
+        os.makedirs(state, exist_ok=True)
+        env = {
+            "STATE_DIRECTORY": state,
+            "DEPLOYMENT_ID": "layout",
+            "DATABASE_URL": f"postgres://app:secret@127.0.0.1:{compare.refused_port()}/app",
+            "REDIS_URL": f"redis://127.0.0.1:{compare.refused_port()}/0",
+            "BACKSTOP_ADMIN_TOKEN": "",
+        }
+
+        def example(port):
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(int(args.seconds) // 2):
+                for p in ("/metrics", "/status"):
+                    get(base + p)
+                time.sleep(1)
+
+        before = len(names)
+        out = under_callgrind(binary, path, work, "example", env, port, example)
+        names |= executed(out)
+        compare.log(f"  config.example.toml: {len(names) - before} more functions")
+    finally:
+        procs.stop_all()
+
+    # Functions of the shared libraries (libc's) are not the linker's to
+    # place; it ignores names it does not find.
+    patterns = sorted(n for n in names if not n.startswith("0x") and not set(n) & set("' ()"))
+    with open(args.out, "w") as f:
+        f.write("\n".join(patterns) + "\n")
+    compare.log(f"wrote {len(patterns)} function names to {args.out}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
