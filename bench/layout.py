@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes agent/link-order.txt: the functions a running agent executes, so
 that the release link can place them together (agent/build.rs passes the
-file to the gold linker as its section ordering).
+file to the linker, rustc's own LLD, as its symbol ordering).
 
 Why: the kernel maps 64 KiB of an executable around every page a process
 touches (fault-around), and the code an agent runs is spread over the
@@ -17,18 +17,20 @@ touched and never resident.
 The release profile keeps the symbol table (`strip = "debuginfo"`), so the
 names are those of the very build that is linked with them; another rustc
 or other dependency versions name the functions differently, and `--check`
-then finds few of them in the binary. It
-runs under valgrind's callgrind (Debian package `valgrind`) through a
-workload like the benchmarks' (http probes with and without rules against
+then finds few of them in the binary.
+
+The binary runs under valgrind's callgrind (Debian package `valgrind`) through a
+workload like the benchmarks' (http probes with the default rules against
 a local nginx, a target that fails and recovers, /metrics, /status,
-SIGTERM; then config.example.toml with targets that refuse) and keeps every
-function with at least one instruction executed. Symbol hashes are
-replaced by `*` so that the file outlives small changes elsewhere.
+SIGTERM; then config.example.toml with targets that refuse, and again with
+them answering: nginx, and PostgreSQL and Redis when installed) and keeps
+every function with at least one instruction executed. Code outside that
+workload still runs, from wherever it lies.
 """
 
 import argparse
+import glob
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -41,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
 
 OUT = os.path.join(compare.REPO, "agent", "link-order.txt")
-HASH = re.compile(r"17h[0-9a-f]{16}E$")
 
 
 def get(url):
@@ -131,6 +132,33 @@ def check(binary, order):
           f"in a stretch of {(hi - lo) / 1e6:.2f} MB (all functions: {text / 1e6:.2f} MB)")
 
 
+def start_postgres(work):
+    """A throwaway PostgreSQL (trust authentication, loopback) when Debian's
+    postgresql is installed; run as the `postgres` user when root."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        return None
+    bindir = os.path.dirname(bins[-1])
+    data = os.path.join(work, "pg")
+    os.makedirs(data)
+    as_pg = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+        os.chmod(work, 0o755)
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    port = compare.free_port()
+    subprocess.run(as_pg + [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_pg + [f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(data, "log.txt"), "-w",
+                            "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return {"port": port, "stop": as_pg + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]}
+
+
+def stop_postgres(pg):
+    subprocess.run(pg["stop"], stdout=subprocess.DEVNULL)
+
+
 def main():
     a = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a.add_argument("--backstop", help="a release build (with its symbol table)")
@@ -207,6 +235,36 @@ def main():
         out = under_callgrind(binary, path, work, "example", env, port, example)
         names |= executed(out)
         compare.log(f"  config.example.toml: {len(names) - before} more functions")
+
+        # 3. The same with its targets answering: nginx for http and tcp, and
+        # PostgreSQL and Redis when installed (Debian: postgresql,
+        # redis-server), so that their checks' paths are in too.
+        pg = start_postgres(work)
+        if pg:
+            env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{pg['port']}/postgres"
+        redis = shutil.which("redis-server")
+        if redis:
+            rport = compare.free_port()
+            procs.start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+            env["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+        text = text.replace(f"127.0.0.1:{refused}/api/health", f"127.0.0.1:{nginx['port']}/bs/layout/health")
+        text = text.replace(f"127.0.0.1:{refused}", f"127.0.0.1:{nginx['port']}")
+        listen, port = port, compare.free_port()
+        text = text.replace(f'listen = "127.0.0.1:{listen}"', f'listen = "127.0.0.1:{port}"')
+        with open(path, "w") as f:
+            f.write(text)
+        env["DEPLOYMENT_ID"] = "layout-2"
+        before = len(names)
+        try:
+            out = under_callgrind(binary, path, work, "answering", env, port, example)
+        finally:
+            if pg:
+                stop_postgres(pg)
+        names |= executed(out)
+        compare.log(f"  config.example.toml, answering (postgres {'yes' if pg else 'not installed'}, "
+                    f"redis {'yes' if redis else 'not installed'}): "
+                    f"{len(names) - before} more functions")
     finally:
         procs.stop_all()
 
