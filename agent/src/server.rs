@@ -83,7 +83,7 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 )
             }
         }
-        (&Method::GET, "/status") => json(StatusCode::OK, &app.status()),
+        (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", app.status_json()),
         (&Method::GET, "/metrics") => {
             // Rendering many probes' series takes tens of milliseconds of
             // CPU: on a blocking thread, so the probe loops keep their time.
