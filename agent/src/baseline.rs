@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::judge::{self, Counts};
-use crate::observe::{Outcome, Sample};
+use crate::observe::{Outcome, Sample, SignalId};
 
 /// The most raw samples kept per probe and signal.
 pub const RESERVOIR: usize = 1000;
@@ -121,21 +121,34 @@ impl BaselineBuilder {
     /// own fault) say nothing about the deployment and are skipped, as are
     /// values that are not finite.
     pub fn add(&mut self, probe: &str, sample: &Sample) {
-        if sample.outcome == Outcome::Error {
+        if sample.outcome() == Outcome::Error {
             return;
         }
-        let p = self.probes.entry(probe.to_string()).or_default();
-        for &(name, value) in &sample.signals {
+        if !self.probes.contains_key(probe) {
+            self.probes.insert(probe.to_string(), ProbeBuild::default());
+        }
+        let Some(p) = self.probes.get_mut(probe) else {
+            return;
+        };
+        for (name, value) in sample.signals() {
             if !value.is_finite() {
                 continue;
             }
-            let s = p.signals.entry(name.to_string()).or_insert(SignalBuild {
-                count: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                reservoir: Vec::new(),
-            });
+            if !p.signals.contains_key(name) {
+                p.signals.insert(
+                    name.to_string(),
+                    SignalBuild {
+                        count: 0,
+                        sum: 0.0,
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                        reservoir: Vec::new(),
+                    },
+                );
+            }
+            let Some(s) = p.signals.get_mut(name) else {
+                continue;
+            };
             s.count += 1;
             s.sum += value;
             s.min = s.min.min(value);
@@ -206,16 +219,15 @@ impl BaselineBuilder {
 /// A sample's requests and errors: `errors`, or else `error_rate ×
 /// requests`. `None` when it does not count requests.
 pub fn sample_counts(sample: &Sample) -> Option<Counts> {
-    let get = |n: &str| {
+    let get = |id: SignalId| {
         sample
-            .signals
-            .iter()
-            .find(|(k, v)| *k == n && v.is_finite())
-            .map(|(_, v)| *v)
+            .values()
+            .find(|(k, v)| *k == id && v.is_finite())
+            .map(|(_, v)| v)
     };
-    let requests = get(REQUESTS)?.max(0.0);
-    let errors = get(ERRORS)
-        .or_else(|| get(ERROR_RATE).map(|r| r * requests))
+    let requests = get(SignalId::REQUESTS)?.max(0.0);
+    let errors = get(SignalId::ERRORS)
+        .or_else(|| get(SignalId::ERROR_RATE).map(|r| r * requests))
         .unwrap_or(0.0)
         .clamp(0.0, requests);
     Some(Counts { requests, errors })
@@ -227,11 +239,7 @@ mod tests {
     use tokio::time::Instant;
 
     fn sample(outcome: Outcome, signals: Vec<(&'static str, f64)>) -> Sample {
-        Sample {
-            at: Instant::now(),
-            outcome,
-            signals,
-        }
+        Sample::new(outcome, Instant::now(), signals)
     }
 
     #[test]

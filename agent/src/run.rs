@@ -473,7 +473,7 @@ impl Judge {
             for sample in state
                 .window
                 .iter()
-                .filter(|s| since.is_none_or(|t| s.at >= t))
+                .filter(|s| since.is_none_or(|t| s.at() >= t))
             {
                 builder.add(&slot.cfg.name, sample);
             }
