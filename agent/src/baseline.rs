@@ -9,6 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use tokio::time::Instant;
+
 use crate::judge::{self, Counts};
 use crate::observe::{Outcome, Sample, SignalId};
 
@@ -78,7 +80,7 @@ impl ProbeBaseline {
 }
 
 /// Builds a [`Baseline`] from the samples of a watch, one at a time.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BaselineBuilder {
     deployment: String,
     capacity: usize,
@@ -86,13 +88,13 @@ pub struct BaselineBuilder {
     probes: BTreeMap<String, ProbeBuild>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct ProbeBuild {
     signals: BTreeMap<String, SignalBuild>,
     traffic: Option<Counts>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SignalBuild {
     count: u64,
     sum: f64,
@@ -213,6 +215,43 @@ impl BaselineBuilder {
             deployment: self.deployment,
             probes,
         }
+    }
+}
+
+/// One probe's part of the baseline of the deployment being watched, fed
+/// each sample as the probe records it (`ProbeState::record`), so the
+/// baseline covers the whole watch while the window holds only what the
+/// rules need.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    probe: String,
+    /// Samples before this instant (the end of the warm-up) are left out.
+    since: Option<Instant>,
+    builder: BaselineBuilder,
+}
+
+impl Feed {
+    pub fn new(deployment: &str, probe: &str, since: Option<Instant>) -> Self {
+        Self {
+            probe: probe.to_string(),
+            since,
+            builder: BaselineBuilder::new(deployment),
+        }
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.builder.deployment
+    }
+
+    /// Adds `sample` unless it is older than the warm-up's end.
+    pub fn add(&mut self, sample: &Sample) {
+        if self.since.is_none_or(|t| sample.at() >= t) {
+            self.builder.add(&self.probe, sample);
+        }
+    }
+
+    pub fn finish(self) -> Baseline {
+        self.builder.finish()
     }
 }
 

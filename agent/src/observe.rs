@@ -349,6 +349,10 @@ pub struct ProbeState {
     /// Observations recorded so far: a reader that saw this number has
     /// seen every observation up to it.
     pub recorded: u64,
+    /// While a deployment is warming up or watched, this probe's part of
+    /// its baseline, fed every sample as it is recorded: nothing waits in
+    /// the window to be read, whatever its span.
+    pub feed: Option<Box<crate::baseline::Feed>>,
 }
 
 impl ProbeState {
@@ -359,7 +363,17 @@ impl ProbeState {
             window: VecDeque::new(),
             span,
             recorded: 0,
+            feed: None,
         }
+    }
+
+    /// Starts feeding `feed` with every sample recorded from now on, and
+    /// at once with those already in the window; replaces any earlier one.
+    pub fn start_feed(&mut self, mut feed: crate::baseline::Feed) {
+        for sample in &self.window {
+            feed.add(sample);
+        }
+        self.feed = Some(Box::new(feed));
     }
 
     /// Sets how far back the window reaches, and forgets what is older at
@@ -394,8 +408,11 @@ impl ProbeState {
         if self.window.len() >= MAX_SAMPLES {
             self.window.pop_front();
         }
-        self.window
-            .push_back(Sample::new(obs.outcome, now, obs.signals.iter().copied()));
+        let sample = Sample::new(obs.outcome, now, obs.signals.iter().copied());
+        if let Some(feed) = &mut self.feed {
+            feed.add(&sample);
+        }
+        self.window.push_back(sample);
         while self.window.len() > MAX_SAMPLES
             || self
                 .window
@@ -417,6 +434,8 @@ impl ProbeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::baseline::Baseline;
+    use backstop_probes::ProbeError;
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
 
@@ -522,6 +541,91 @@ mod tests {
         assert!(allocations() - before >= 1);
         assert!(s.signal("a3").unwrap().is_nan());
         assert_eq!(s.signals().count(), 3);
+    }
+
+    /// An observation of the `i`-th check: latency, status, and on some
+    /// checks the counts of a scrape; some checks are the probe's own
+    /// errors, some failed.
+    fn check(i: u64) -> Observation {
+        let mut report = Report::new()
+            .with("latency_ms", ((i * 37) % 101) as f64 + 0.25)
+            .with("status", 200.0);
+        if i % 3 == 0 {
+            report = report
+                .with("requests", (i % 17) as f64)
+                .with("errors", (i % 5) as f64);
+        }
+        let result = match i % 11 {
+            0 => Err(ProbeError::CannotRun("no credentials".into())),
+            7 => Err(ProbeError::Unhealthy {
+                message: "503".into(),
+                report,
+            }),
+            _ => Ok(report),
+        };
+        Observation::from_result(result, Duration::from_millis(3), None)
+    }
+
+    /// The same checks recorded by a window long enough for the whole watch
+    /// (built into a baseline at its end, as before) and by a short one
+    /// feeding the baseline as it goes; samples before `since` are left out.
+    fn watch_both_ways(checks: u64, since: Duration) -> (Baseline, Baseline, ProbeState) {
+        let start = Instant::now();
+        let since = start + since;
+        let mut long = ProbeState::new(Duration::from_secs(86_400));
+        let mut short = ProbeState::new(Duration::from_secs(60));
+        // The first checks land before the feed starts (before the
+        // deployment id is read): it takes them from the window.
+        for i in 0..5 {
+            let at = start + Duration::from_secs(2 * i);
+            long.record(check(i), at);
+            short.record(check(i), at);
+        }
+        short.start_feed(crate::baseline::Feed::new("v1", "api", Some(since)));
+        for i in 5..checks {
+            let at = start + Duration::from_secs(2 * i);
+            long.record(check(i), at);
+            short.record(check(i), at);
+        }
+        let mut whole = crate::baseline::BaselineBuilder::new("v1");
+        for sample in long.window.iter().filter(|s| s.at() >= since) {
+            whole.add("api", sample);
+        }
+        let fed = short.feed.take().unwrap().finish();
+        (whole.finish(), fed, short)
+    }
+
+    #[test]
+    fn a_baseline_fed_sample_by_sample_equals_one_built_from_the_whole_window() {
+        // 30 minutes, one check every 2 s: fewer values than a reservoir
+        // holds, so even the reservoirs are the same.
+        let (whole, fed, short) = watch_both_ways(900, Duration::from_secs(4));
+        assert_eq!(fed, whole);
+        let latency = fed.signal("api", "latency_ms").unwrap();
+        assert!(latency.summary.count > 700, "{:?}", latency.summary);
+        assert!(fed.probe("api").unwrap().traffic.unwrap().requests > 0.0);
+        // The short window held a minute of it all along.
+        assert_eq!(short.window.len(), 31);
+    }
+
+    #[test]
+    fn past_the_reservoir_a_fed_baseline_keeps_the_exact_summary() {
+        // Four hours: more values than a reservoir keeps.
+        let (whole, fed, _) = watch_both_ways(7200, Duration::from_secs(60));
+        assert_eq!(fed.probes.keys().collect::<Vec<_>>(), ["api"]);
+        for (name, w) in &whole.probe("api").unwrap().signals {
+            let f = fed.signal("api", name).unwrap();
+            assert_eq!(f.summary.count, w.summary.count, "{name}");
+            assert_eq!(f.summary.mean, w.summary.mean, "{name}");
+            assert_eq!(f.summary.min, w.summary.min, "{name}");
+            assert_eq!(f.summary.max, w.summary.max, "{name}");
+            assert_eq!(f.samples.len(), w.samples.len(), "{name}");
+        }
+        assert_eq!(
+            fed.probe("api").unwrap().traffic,
+            whole.probe("api").unwrap().traffic
+        );
+        assert!(fed.signal("api", "latency_ms").unwrap().summary.count > 1000);
     }
 
     #[test]

@@ -18,13 +18,10 @@ use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
 use crate::watch::{Clock, ManualOutcome, Notifier, Rollbacker, RuleStatus, Watcher};
 
-/// How far back each probe's window reaches at least while a deployment is
-/// warming up or watched (the window then also covers the whole watch,
-/// which becomes the baseline).
-pub const WINDOW_SPAN: Duration = Duration::from_secs(30 * 60);
-
-/// How far back a window reaches at least once the deployment is stable or
-/// rolled back, when only the probe's rules (and `/status`) read it.
+/// How far back a window reaches at least, whatever the deployment's state:
+/// only the probe's rules (and `/status`) read it. The baseline of a watch
+/// is fed each sample as it is recorded (`ProbeState::feed`), so no window
+/// needs to cover the watch.
 pub const SETTLED_SPAN: Duration = Duration::from_secs(60);
 
 /// The store could not be opened at start: exit code 2, like a bad config.
@@ -59,32 +56,13 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let mut spans = Vec::new();
     let settings = crate::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one
     // copy of it, not one in the configuration and one in the slot.
     for cfg in std::mem::take(&mut config.probes) {
-        // The window reaches back far enough for every rule on the probe;
-        // while a deployment is watched, also over the whole watch, which
-        // becomes the baseline (`Judge::fit_windows`).
-        let settled = config
-            .rules
-            .iter()
-            .filter(|r| r.probe == cfg.name)
-            .filter_map(|r| r.expr.as_ref())
-            .map(|e| e.span_needed(&settings) + cfg.interval)
-            .chain([SETTLED_SPAN])
-            .max()
-            .unwrap_or(SETTLED_SPAN);
-        let span = settled
-            .max(WINDOW_SPAN)
-            .max(config.deployment.watch + cfg.interval);
-        spans.push(Spans {
-            settled,
-            watched: span,
-        });
+        let span = window_span(&config.rules, &cfg, &settings);
         let probe = cfg.build_shared(&clients).map_err(|problems| {
             anyhow::anyhow!(
                 "probe {}: {}",
@@ -190,8 +168,7 @@ pub async fn run(
             store: store.clone(),
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
-            spans,
-            settled: None,
+            feeding: None,
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
@@ -314,18 +291,26 @@ struct Judge {
     seen: Vec<u64>,
     /// Every rule must be judged again (new windows, a new baseline).
     rejudge: bool,
-    /// How far back each slot's window reaches, in the order of `slots`.
-    spans: Vec<Spans>,
-    /// Whether the windows were last fitted to a settled deployment.
-    settled: Option<bool>,
+    /// The deployment whose baseline the probes feed (`ProbeState::feed`)
+    /// while it warms up or is watched.
+    feeding: Option<String>,
 }
 
-/// How far back one probe's window reaches.
-struct Spans {
-    /// Once the deployment is stable or rolled back: what its rules need.
-    settled: Duration,
-    /// While it warms up or is watched: also the whole watch.
-    watched: Duration,
+/// How far back a probe's window reaches: far enough for every rule on it,
+/// and at least [`SETTLED_SPAN`].
+fn window_span(
+    rules: &[crate::config::RuleConfig],
+    cfg: &crate::config::ProbeConfig,
+    settings: &crate::rules::Settings,
+) -> Duration {
+    rules
+        .iter()
+        .filter(|r| r.probe == cfg.name)
+        .filter_map(|r| r.expr.as_ref())
+        .map(|e| e.span_needed(settings) + cfg.interval)
+        .chain([SETTLED_SPAN])
+        .max()
+        .unwrap_or(SETTLED_SPAN)
 }
 
 impl Judge {
@@ -423,31 +408,41 @@ impl Judge {
         }
     }
 
-    /// Fits the windows to the deployment's state: while it warms up or is
-    /// watched they cover the whole watch (the baseline is built from it when
-    /// it turns stable); once it is stable or rolled back, only what the
-    /// rules need, and the rest is given back.
-    fn fit_windows(&mut self) {
+    /// Keeps the probes feeding the baseline of the deployment while it
+    /// warms up or is watched: a deployment that starts being watched gets
+    /// a feed on every probe (given the samples its windows hold already);
+    /// one that is stable or rolled back, or gone, has its feeds dropped.
+    fn feed_baseline(&mut self) {
         use crate::store::WatchState;
-        let settled = matches!(
-            self.watcher.state(),
-            Some(WatchState::Stable | WatchState::RolledBack)
-        );
-        if self.settled == Some(settled) {
+        let watched = match (self.watcher.deployment(), self.watcher.state()) {
+            (Some(id), Some(WatchState::Warming | WatchState::Watching)) => Some(id.to_string()),
+            _ => None,
+        };
+        if watched == self.feeding {
             return;
         }
-        self.settled = Some(settled);
+        let since = watched.as_ref().and_then(|_| self.warmup_end());
+        for slot in &self.slots {
+            let mut state = slot.state.lock().expect("probe state lock");
+            match &watched {
+                Some(id) => {
+                    state.start_feed(crate::baseline::Feed::new(id, &slot.cfg.name, since));
+                }
+                None => state.feed = None,
+            }
+        }
+        self.feeding = watched;
+    }
+
+    /// When the warm-up of the current deployment ends (or ended): samples
+    /// before it are not part of the baseline. `None` when it ended before
+    /// any instant this process can name.
+    fn warmup_end(&self) -> Option<Instant> {
+        let age = Duration::from_millis(self.watcher.age_ms());
         let now = Instant::now();
-        for (slot, spans) in self.slots.iter().zip(&self.spans) {
-            let span = if settled {
-                spans.settled
-            } else {
-                spans.watched
-            };
-            slot.state
-                .lock()
-                .expect("probe state lock")
-                .set_span(span, now);
+        match age.checked_sub(self.warmup) {
+            Some(watched) => now.checked_sub(watched),
+            None => Some(now + (self.warmup - age)),
         }
     }
 
@@ -457,28 +452,39 @@ impl Judge {
     /// before its id is read), and rules are not armed during the warm-up.
     fn forget_windows(&mut self) {
         for slot in &self.slots {
-            slot.state.lock().expect("probe state lock").window.clear();
+            let mut state = slot.state.lock().expect("probe state lock");
+            state.window.clear();
+            state.feed = None;
         }
+        self.feeding = None;
         self.rejudge = true;
     }
 
-    /// Builds the baseline of the deployment that just became stable from
-    /// what its watch saw, and keeps it.
+    /// Finishes the baseline of the deployment that just became stable
+    /// from what its probes fed during its watch, and keeps it. A probe
+    /// that fed nothing for it (the agent started when the watch was over)
+    /// gives what its window holds.
     async fn record_baseline(&mut self, deployment: &str) {
-        let watched = Duration::from_millis(self.watcher.age_ms()).saturating_sub(self.warmup);
-        let since = Instant::now().checked_sub(watched);
-        let mut builder = crate::baseline::BaselineBuilder::new(deployment);
+        let since = self.warmup_end();
+        let mut baseline = crate::baseline::Baseline {
+            deployment: deployment.to_string(),
+            ..Default::default()
+        };
         for slot in &self.slots {
-            let state = slot.state.lock().expect("probe state lock");
-            for sample in state
-                .window
-                .iter()
-                .filter(|s| since.is_none_or(|t| s.at() >= t))
-            {
-                builder.add(&slot.cfg.name, sample);
-            }
+            let mut state = slot.state.lock().expect("probe state lock");
+            let feed = match state.feed.take() {
+                Some(feed) if feed.deployment() == deployment => *feed,
+                _ => {
+                    let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
+                    for sample in &state.window {
+                        feed.add(sample);
+                    }
+                    feed
+                }
+            };
+            baseline.probes.extend(feed.finish().probes);
         }
-        let mut baseline = builder.finish();
+        self.feeding = None;
         match self.store.save_baseline(&baseline).await {
             Ok(true) => tracing::info!(deployment, "baseline recorded"),
             // Another agent of the service kept its baseline first: judge
@@ -587,7 +593,7 @@ async fn watch_loop(
                 continue;
             }
         }
-        judge.fit_windows();
+        judge.feed_baseline();
         last_judged = Instant::now();
         judge.evaluate(all);
         match judge.watcher.judge(&judge.statuses).await {
@@ -645,4 +651,50 @@ pub async fn run_with_signals(
 /// A lock helper for views shared with the HTTP server.
 pub fn read<T: Clone>(m: &Mutex<T>) -> T {
     m.lock().expect("view lock").clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_reaches_as_far_as_its_rules_need_however_long_the_watch() {
+        let config = Config::parse(
+            r#"[service]
+name = "web"
+
+[deployment]
+warmup = "1m"
+watch = "2h"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+interval = "10s"
+
+[[probe]]
+name = "quiet"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/quiet"
+
+[[rule]]
+name = "slow health"
+probe = "health"
+when = "latency_ms > 500 for 5m"
+action = "alert"
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let settings = crate::rules::Settings::default();
+        let span = |i: usize| window_span(&config.rules, &config.probes[i], &settings);
+        // Before, a window reached over the whole watch (here 2 h) until the
+        // deployment turned stable; now only what the rules need.
+        assert_eq!(span(0), Duration::from_secs(5 * 60 + 10));
+        assert_eq!(span(1), SETTLED_SPAN);
+        assert!(span(0) < config.deployment.watch / 10);
+    }
 }
