@@ -408,6 +408,27 @@ impl Judge {
         }
     }
 
+    /// Takes note of the deployment running now; a new one starts with
+    /// empty windows.
+    async fn observe(&mut self, id: &str) -> anyhow::Result<()> {
+        let before = self.watcher.deployment().map(str::to_string);
+        self.watcher.observe_deployment(id).await?;
+        if before.is_some_and(|b| b != id) {
+            self.forget_windows();
+        }
+        Ok(())
+    }
+
+    /// Moves the watch along: a deployment that turns stable gets its
+    /// baseline, and the probes feed the one being watched.
+    async fn advance(&mut self) -> anyhow::Result<()> {
+        if let Some(stable) = self.watcher.advance().await? {
+            self.record_baseline(&stable).await;
+        }
+        self.feed_baseline();
+        Ok(())
+    }
+
     /// Keeps the probes feeding the baseline of the deployment while it
     /// warms up or is watched: a deployment that starts being watched gets
     /// a feed on every probe (given the samples its windows hold already);
@@ -568,13 +589,9 @@ async fn watch_loop(
                     if id_error.take().is_some() {
                         tracing::info!("deployment id readable again");
                     }
-                    let before = judge.watcher.deployment().map(str::to_string);
-                    if let Err(e) = judge.watcher.observe_deployment(&id).await {
+                    if let Err(e) = judge.observe(&id).await {
                         judge.store_failed(&e);
                         continue;
-                    }
-                    if before.is_some_and(|b| b != id) {
-                        judge.forget_windows();
                     }
                 }
                 Err(e) => {
@@ -585,15 +602,10 @@ async fn watch_loop(
                 }
             }
         }
-        match judge.watcher.advance().await {
-            Ok(Some(stable)) => judge.record_baseline(&stable).await,
-            Ok(None) => {}
-            Err(e) => {
-                judge.store_failed(&e);
-                continue;
-            }
+        if let Err(e) = judge.advance().await {
+            judge.store_failed(&e);
+            continue;
         }
-        judge.feed_baseline();
         last_judged = Instant::now();
         judge.evaluate(all);
         match judge.watcher.judge(&judge.statuses).await {
@@ -696,5 +708,166 @@ action = "alert"
         assert_eq!(span(0), Duration::from_secs(5 * 60 + 10));
         assert_eq!(span(1), SETTLED_SPAN);
         assert!(span(0) < config.deployment.watch / 10);
+    }
+
+    struct Quiet;
+
+    impl Notifier for Quiet {
+        fn notify(&self, _: crate::evidence::Event) {}
+    }
+
+    /// A judge of one `http` probe checked every second (its samples are
+    /// recorded by the test), warm-up 30 s, watch 15 min, no rules.
+    async fn judge(store: Arc<Store>) -> Judge {
+        let config = Config::parse(
+            r#"[service]
+name = "web"
+
+[deployment]
+warmup = "30s"
+watch = "15m"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+interval = "1s"
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let settings = crate::rules::Settings::default();
+        let span = window_span(&config.rules, &config.probes[0], &settings);
+        let slots = vec![Arc::new(ProbeSlot::new(config.probes[0].clone(), span))];
+        let watcher = Watcher::new(
+            "web".into(),
+            None,
+            store.clone(),
+            None,
+            Arc::new(Quiet),
+            crate::watch::Guard {
+                dry_run: false,
+                cooldown: Duration::from_secs(600),
+                max_per_hour: 3,
+                verify: None,
+            },
+            config.deployment.warmup,
+            config.deployment.watch,
+            Clock::new(),
+        )
+        .await
+        .unwrap();
+        Judge {
+            watcher,
+            ids: IdSource::new(config.deployment.source.clone()),
+            poll_interval: config.deployment.poll_interval,
+            warmup: config.deployment.warmup,
+            plan: Judge::plan(&config.rules, &slots),
+            slots,
+            rules: config.rules.clone(),
+            settings,
+            baseline: None,
+            store,
+            store_failing: false,
+            feeding: None,
+            statuses: Vec::new(),
+            seen: Vec::new(),
+            rejudge: true,
+        }
+    }
+
+    /// One check, one second later: recorded, then the watch moves on.
+    async fn tick(judge: &mut Judge, latency_ms: f64) -> Instant {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let obs = crate::observe::Observation::from_result(
+            Ok(backstop_probes::Report::new().with("latency_ms", latency_ms)),
+            Duration::from_millis(1),
+            None,
+        );
+        judge.slots[0].state.lock().unwrap().record(obs, now);
+        judge.advance().await.unwrap();
+        now
+    }
+
+    fn window_len(judge: &Judge) -> usize {
+        judge.slots[0].state.lock().unwrap().window.len()
+    }
+
+    fn feeding(judge: &Judge) -> Option<String> {
+        let state = judge.slots[0].state.lock().unwrap();
+        state.feed.as_ref().map(|f| f.deployment().to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_baseline_covers_the_whole_watch_while_windows_stay_short() {
+        use crate::store::WatchState;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut judge = judge(store.clone()).await;
+        // Checks before the deployment id is read are in the window, and
+        // before the warm-up's end, so not in the baseline.
+        for _ in 0..3 {
+            tick(&mut judge, 1000.0).await;
+        }
+        judge.observe("v1").await.unwrap();
+        judge.advance().await.unwrap();
+        let start = Instant::now();
+        assert_eq!(feeding(&judge).as_deref(), Some("v1"));
+
+        let mut longest = 0;
+        let mut counted = 0u64;
+        let mut values = Vec::new();
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let latency = (values.len() % 50) as f64;
+            let at = tick(&mut judge, latency).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+                values.push(latency);
+            }
+            longest = longest.max(window_len(&judge));
+        }
+        let b = judge.baseline.clone().expect("a baseline for v1");
+        assert_eq!(b.deployment, "v1");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        // Every check from the warm-up's end to the last, none before.
+        assert!(counted > 850, "{counted}");
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 49.0);
+        assert_eq!(latency.summary.min, 0.0);
+        assert_eq!(
+            latency.summary.mean,
+            values.iter().sum::<f64>() / counted as f64
+        );
+        assert_eq!(store.baseline("v1").await.unwrap(), Some(b));
+        // A minute and a check, never the 15-minute watch.
+        assert!(longest <= 62, "{longest}");
+        assert_eq!(feeding(&judge), None);
+
+        // A new deployment feeds its own baseline from nothing; v2 is
+        // replaced by v3 mid-watch, and v3's baseline holds nothing of v2's.
+        judge.observe("v2").await.unwrap();
+        judge.advance().await.unwrap();
+        assert_eq!(feeding(&judge).as_deref(), Some("v2"));
+        for _ in 0..100 {
+            tick(&mut judge, 5000.0).await;
+        }
+        judge.observe("v3").await.unwrap();
+        judge.advance().await.unwrap();
+        assert_eq!(feeding(&judge).as_deref(), Some("v3"));
+        let start = Instant::now();
+        let mut counted = 0u64;
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(&mut judge, 7.0).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+            }
+        }
+        let b = judge.baseline.clone().expect("a baseline for v3");
+        assert_eq!(b.deployment, "v3");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 7.0);
     }
 }
