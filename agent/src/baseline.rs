@@ -221,37 +221,48 @@ impl BaselineBuilder {
 /// One probe's part of the baseline of the deployment being watched, fed
 /// each sample as the probe records it (`ProbeState::record`), so the
 /// baseline covers the whole watch while the window holds only what the
-/// rules need.
+/// rules need. Its builder (and random generator) is made with the first
+/// sample after the warm-up, so a feed costs little during the warm-up.
 #[derive(Debug, Clone)]
 pub struct Feed {
+    deployment: String,
     probe: String,
     /// Samples before this instant (the end of the warm-up) are left out.
     since: Option<Instant>,
-    builder: BaselineBuilder,
+    builder: Option<Box<BaselineBuilder>>,
 }
 
 impl Feed {
     pub fn new(deployment: &str, probe: &str, since: Option<Instant>) -> Self {
         Self {
+            deployment: deployment.to_string(),
             probe: probe.to_string(),
             since,
-            builder: BaselineBuilder::new(deployment),
+            builder: None,
         }
     }
 
     pub fn deployment(&self) -> &str {
-        &self.builder.deployment
+        &self.deployment
     }
 
     /// Adds `sample` unless it is older than the warm-up's end.
     pub fn add(&mut self, sample: &Sample) {
         if self.since.is_none_or(|t| sample.at() >= t) {
-            self.builder.add(&self.probe, sample);
+            self.builder
+                .get_or_insert_with(|| Box::new(BaselineBuilder::new(self.deployment.as_str())))
+                .add(&self.probe, sample);
         }
     }
 
     pub fn finish(self) -> Baseline {
-        self.builder.finish()
+        match self.builder {
+            Some(b) => b.finish(),
+            None => Baseline {
+                deployment: self.deployment,
+                probes: BTreeMap::new(),
+            },
+        }
     }
 }
 
