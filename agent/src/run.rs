@@ -436,12 +436,13 @@ impl Judge {
     fn feed_baseline(&mut self) {
         use crate::store::WatchState;
         let watched = match (self.watcher.deployment(), self.watcher.state()) {
-            (Some(id), Some(WatchState::Warming | WatchState::Watching)) => Some(id.to_string()),
+            (Some(id), Some(WatchState::Warming | WatchState::Watching)) => Some(id),
             _ => None,
         };
-        if watched == self.feeding {
+        if watched == self.feeding.as_deref() {
             return;
         }
+        let watched = watched.map(str::to_string);
         let since = watched.as_ref().and_then(|_| self.warmup_end());
         for slot in &self.slots {
             let mut state = slot.state.lock().expect("probe state lock");
