@@ -717,6 +717,40 @@ action = "alert"
         fn notify(&self, _: crate::evidence::Event) {}
     }
 
+    /// A platform whose rollbacks succeed.
+    struct Platform;
+
+    impl Rollbacker for Platform {
+        fn name(&self) -> &'static str {
+            "webhook"
+        }
+        fn rollback<'a>(
+            &'a self,
+            req: &'a crate::evidence::RollbackRequest,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<crate::evidence::RollbackDone, String>>
+                    + Send
+                    + 'a,
+            >,
+        > {
+            Box::pin(async move {
+                Ok(crate::evidence::RollbackDone {
+                    returned_to: req.return_to.clone(),
+                    detail: "accepted".into(),
+                })
+            })
+        }
+        fn reconcile<'a>(
+            &'a self,
+            _: &'a crate::evidence::RollbackRequest,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = crate::evidence::Reconciled> + Send + 'a>,
+        > {
+            Box::pin(async { crate::evidence::Reconciled::Unknown("not asked".into()) })
+        }
+    }
+
     /// A judge of one `http` probe checked every second (its samples are
     /// recorded by the test), warm-up 30 s, watch 15 min, no rules.
     async fn judge(store: Arc<Store>) -> Judge {
@@ -745,7 +779,7 @@ interval = "1s"
             "web".into(),
             None,
             store.clone(),
-            None,
+            Some(Arc::new(Platform)),
             Arc::new(Quiet),
             crate::watch::Guard {
                 dry_run: false,
@@ -870,5 +904,35 @@ interval = "1s"
         let latency = b.signal("health", "latency_ms").unwrap();
         assert_eq!(latency.summary.count, counted);
         assert_eq!(latency.summary.max, 7.0);
+
+        // A deployment rolled back mid-watch drops its feed: no baseline of
+        // it is kept, and the next one starts from nothing.
+        judge.observe("v4").await.unwrap();
+        judge.advance().await.unwrap();
+        for _ in 0..100 {
+            tick(&mut judge, 9000.0).await;
+        }
+        assert_eq!(feeding(&judge).as_deref(), Some("v4"));
+        let outcome = judge.watcher.manual_rollback("test").await.unwrap();
+        assert!(matches!(outcome, ManualOutcome::Started), "{outcome:?}");
+        assert_eq!(judge.watcher.state(), Some(WatchState::RolledBack));
+        tick(&mut judge, 9000.0).await;
+        assert_eq!(feeding(&judge), None);
+        assert_eq!(store.baseline("v4").await.unwrap(), None);
+        judge.observe("v5").await.unwrap();
+        judge.advance().await.unwrap();
+        let start = Instant::now();
+        let mut counted = 0u64;
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(&mut judge, 8.0).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+            }
+        }
+        let b = judge.baseline.clone().expect("a baseline for v5");
+        assert_eq!(b.deployment, "v5");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 8.0);
     }
 }
