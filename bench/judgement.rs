@@ -90,11 +90,11 @@ fn state(samples: Vec<Vec<(&'static str, f64)>>, every: Duration, now: Instant) 
     let mut s = ProbeState::new(Duration::from_secs(3600));
     let n = samples.len() as u32;
     for (i, signals) in samples.into_iter().enumerate() {
-        s.window.push_back(Sample {
-            at: now - every * (n - i as u32),
-            outcome: Outcome::Ok,
+        s.window.push_back(Sample::new(
+            Outcome::Ok,
+            now - every * (n - i as u32),
             signals,
-        });
+        ));
     }
     s
 }
@@ -102,14 +102,7 @@ fn state(samples: Vec<Vec<(&'static str, f64)>>, every: Duration, now: Instant) 
 fn baseline(samples: Vec<Vec<(&'static str, f64)>>, seed: u64) -> Baseline {
     let mut b = BaselineBuilder::with_capacity("stable", 1000, seed);
     for signals in samples {
-        b.add(
-            "app",
-            &Sample {
-                at: now(),
-                outcome: Outcome::Ok,
-                signals,
-            },
-        );
+        b.add("app", &Sample::new(Outcome::Ok, now(), signals));
     }
     b.finish()
 }

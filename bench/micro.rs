@@ -47,16 +47,16 @@ fn state(values: &[f64], every: Duration, now: Instant) -> ProbeState {
     let mut s = ProbeState::new(Duration::from_secs(30 * 60));
     let n = values.len() as u32;
     for (i, v) in values.iter().enumerate() {
-        s.window.push_back(Sample {
-            at: now - every * (n - 1 - i as u32),
-            outcome: Outcome::Ok,
-            signals: vec![
+        s.window.push_back(Sample::new(
+            Outcome::Ok,
+            now - every * (n - 1 - i as u32),
+            vec![
                 ("latency_ms", *v),
                 ("requests", 100.0),
                 ("errors", 10.0),
                 ("error_rate", 0.1),
             ],
-        });
+        ));
     }
     s
 }

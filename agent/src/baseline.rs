@@ -9,8 +9,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use tokio::time::Instant;
+
 use crate::judge::{self, Counts};
-use crate::observe::{Outcome, Sample};
+use crate::observe::{Outcome, Sample, SignalId};
 
 /// The most raw samples kept per probe and signal.
 pub const RESERVOIR: usize = 1000;
@@ -78,7 +80,7 @@ impl ProbeBaseline {
 }
 
 /// Builds a [`Baseline`] from the samples of a watch, one at a time.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BaselineBuilder {
     deployment: String,
     capacity: usize,
@@ -86,13 +88,13 @@ pub struct BaselineBuilder {
     probes: BTreeMap<String, ProbeBuild>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct ProbeBuild {
     signals: BTreeMap<String, SignalBuild>,
     traffic: Option<Counts>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SignalBuild {
     count: u64,
     sum: f64,
@@ -121,21 +123,34 @@ impl BaselineBuilder {
     /// own fault) say nothing about the deployment and are skipped, as are
     /// values that are not finite.
     pub fn add(&mut self, probe: &str, sample: &Sample) {
-        if sample.outcome == Outcome::Error {
+        if sample.outcome() == Outcome::Error {
             return;
         }
-        let p = self.probes.entry(probe.to_string()).or_default();
-        for &(name, value) in &sample.signals {
+        if !self.probes.contains_key(probe) {
+            self.probes.insert(probe.to_string(), ProbeBuild::default());
+        }
+        let Some(p) = self.probes.get_mut(probe) else {
+            return;
+        };
+        for (name, value) in sample.signals() {
             if !value.is_finite() {
                 continue;
             }
-            let s = p.signals.entry(name.to_string()).or_insert(SignalBuild {
-                count: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                reservoir: Vec::new(),
-            });
+            if !p.signals.contains_key(name) {
+                p.signals.insert(
+                    name.to_string(),
+                    SignalBuild {
+                        count: 0,
+                        sum: 0.0,
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                        reservoir: Vec::new(),
+                    },
+                );
+            }
+            let Some(s) = p.signals.get_mut(name) else {
+                continue;
+            };
             s.count += 1;
             s.sum += value;
             s.min = s.min.min(value);
@@ -203,19 +218,66 @@ impl BaselineBuilder {
     }
 }
 
+/// One probe's part of the baseline of the deployment being watched, fed
+/// each sample as the probe records it (`ProbeState::record`), so the
+/// baseline covers the whole watch while the window holds only what the
+/// rules need. Its builder (and random generator) is made with the first
+/// sample after the warm-up, so a feed costs little during the warm-up.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    deployment: String,
+    probe: String,
+    /// Samples before this instant (the end of the warm-up) are left out.
+    since: Option<Instant>,
+    builder: Option<Box<BaselineBuilder>>,
+}
+
+impl Feed {
+    pub fn new(deployment: &str, probe: &str, since: Option<Instant>) -> Self {
+        Self {
+            deployment: deployment.to_string(),
+            probe: probe.to_string(),
+            since,
+            builder: None,
+        }
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// Adds `sample` unless it is older than the warm-up's end.
+    pub fn add(&mut self, sample: &Sample) {
+        if self.since.is_none_or(|t| sample.at() >= t) {
+            self.builder
+                .get_or_insert_with(|| Box::new(BaselineBuilder::new(self.deployment.as_str())))
+                .add(&self.probe, sample);
+        }
+    }
+
+    pub fn finish(self) -> Baseline {
+        match self.builder {
+            Some(b) => b.finish(),
+            None => Baseline {
+                deployment: self.deployment,
+                probes: BTreeMap::new(),
+            },
+        }
+    }
+}
+
 /// A sample's requests and errors: `errors`, or else `error_rate ×
 /// requests`. `None` when it does not count requests.
 pub fn sample_counts(sample: &Sample) -> Option<Counts> {
-    let get = |n: &str| {
+    let get = |id: SignalId| {
         sample
-            .signals
-            .iter()
-            .find(|(k, v)| *k == n && v.is_finite())
-            .map(|(_, v)| *v)
+            .values()
+            .find(|(k, v)| *k == id && v.is_finite())
+            .map(|(_, v)| v)
     };
-    let requests = get(REQUESTS)?.max(0.0);
-    let errors = get(ERRORS)
-        .or_else(|| get(ERROR_RATE).map(|r| r * requests))
+    let requests = get(SignalId::REQUESTS)?.max(0.0);
+    let errors = get(SignalId::ERRORS)
+        .or_else(|| get(SignalId::ERROR_RATE).map(|r| r * requests))
         .unwrap_or(0.0)
         .clamp(0.0, requests);
     Some(Counts { requests, errors })
@@ -227,11 +289,7 @@ mod tests {
     use tokio::time::Instant;
 
     fn sample(outcome: Outcome, signals: Vec<(&'static str, f64)>) -> Sample {
-        Sample {
-            at: Instant::now(),
-            outcome,
-            signals,
-        }
+        Sample::new(outcome, Instant::now(), signals)
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! are judged over. A probe's `error` outcome (its own fault) neither counts
 //! as a failure nor resets the count.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use backstop_probes::{ProbeError, Report};
@@ -107,12 +108,231 @@ impl Observation {
     }
 }
 
-/// One entry of a probe's window.
-#[derive(Debug, Clone, PartialEq)]
+/// A signal's name as a small number. Names are interned once for the
+/// whole process in an append-only table, so a sample keeps two bytes a
+/// signal where a `&'static str` takes sixteen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SignalId(u16);
+
+/// The interned names: `names[id]` is the name of `id`.
+struct Names {
+    names: Vec<&'static str>,
+    ids: HashMap<&'static str, SignalId>,
+}
+
+/// The names every sample counting requests is read for, at fixed ids.
+const WELL_KNOWN: [&str; 4] = [
+    "latency_ms",
+    crate::baseline::REQUESTS,
+    crate::baseline::ERRORS,
+    crate::baseline::ERROR_RATE,
+];
+
+fn names() -> &'static RwLock<Names> {
+    static NAMES: OnceLock<RwLock<Names>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut t = Names {
+            names: Vec::new(),
+            ids: HashMap::new(),
+        };
+        for name in WELL_KNOWN {
+            t.ids.insert(name, SignalId(t.names.len() as u16));
+            t.names.push(name);
+        }
+        RwLock::new(t)
+    })
+}
+
+impl SignalId {
+    pub const LATENCY_MS: Self = Self(0);
+    pub const REQUESTS: Self = Self(1);
+    pub const ERRORS: Self = Self(2);
+    pub const ERROR_RATE: Self = Self(3);
+    /// An empty slot of a sample; never the id of a name.
+    const NONE: Self = Self(u16::MAX);
+
+    /// The id of `name`, given it one the first time it is seen. `None`
+    /// only when 65,535 different names were seen already (signal names
+    /// are the probes' literals, a few dozen).
+    pub fn intern(name: &'static str) -> Option<Self> {
+        if let Some(id) = Self::find(name) {
+            return Some(id);
+        }
+        let mut t = names().write().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = t.ids.get(name) {
+            return Some(*id);
+        }
+        let id = Self(
+            u16::try_from(t.names.len())
+                .ok()
+                .filter(|n| *n != u16::MAX)?,
+        );
+        t.ids.insert(name, id);
+        t.names.push(name);
+        Some(id)
+    }
+
+    /// The id of `name` if it was interned; a name that never was is in no
+    /// sample.
+    pub fn find(name: &str) -> Option<Self> {
+        let t = names().read().unwrap_or_else(|e| e.into_inner());
+        t.ids.get(name).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        let t = names().read().unwrap_or_else(|e| e.into_inner());
+        t.names.get(usize::from(self.0)).copied().unwrap_or("")
+    }
+}
+
+/// The signals a sample keeps in itself; more go to one boxed slice.
+const INLINE: usize = 2;
+
+/// One entry of a probe's window: when, the outcome, and the signals the
+/// probe reported. Up to two signals (an `http` probe's `status` and
+/// `latency_ms`) are kept inline and need no allocation of their own; a
+/// sample with more keeps them all in one boxed slice. 32 bytes.
+#[derive(Clone, PartialEq)]
 pub struct Sample {
-    pub at: Instant,
-    pub outcome: Outcome,
-    pub signals: Vec<(&'static str, f64)>,
+    /// Nanoseconds from [`origin`], signed.
+    at: i64,
+    packed: Packed,
+}
+
+#[derive(Clone, PartialEq)]
+enum Packed {
+    /// Unused slots hold [`SignalId::NONE`] and 0.0.
+    Inline {
+        outcome: Outcome,
+        ids: [SignalId; INLINE],
+        values: [f64; INLINE],
+    },
+    Spilled {
+        outcome: Outcome,
+        signals: Box<[(SignalId, f64)]>,
+    },
+}
+
+/// The instant sample times are counted from: the first time asked for,
+/// on tokio's clock. Instants before it are negative offsets.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `at` as signed nanoseconds from [`origin`] (exact within ±292 years).
+fn offset_of(at: Instant) -> i64 {
+    let o = origin();
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    if at >= o {
+        nanos(at - o)
+    } else {
+        -nanos(o - at)
+    }
+}
+
+impl Sample {
+    /// A sample of `outcome` at `at` with `signals`, in their order.
+    pub fn new(
+        outcome: Outcome,
+        at: Instant,
+        signals: impl IntoIterator<Item = (&'static str, f64)>,
+    ) -> Self {
+        let mut signals = signals
+            .into_iter()
+            .filter_map(|(name, value)| Some((SignalId::intern(name)?, value)));
+        let mut ids = [SignalId::NONE; INLINE];
+        let mut values = [0.0; INLINE];
+        for i in 0..INLINE {
+            match signals.next() {
+                Some((id, v)) => (ids[i], values[i]) = (id, v),
+                None => {
+                    return Self {
+                        at: offset_of(at),
+                        packed: Packed::Inline {
+                            outcome,
+                            ids,
+                            values,
+                        },
+                    };
+                }
+            }
+        }
+        let packed = match signals.next() {
+            None => Packed::Inline {
+                outcome,
+                ids,
+                values,
+            },
+            Some(more) => {
+                let mut all: Vec<_> = ids.into_iter().zip(values).collect();
+                all.push(more);
+                all.extend(signals);
+                Packed::Spilled {
+                    outcome,
+                    signals: all.into_boxed_slice(),
+                }
+            }
+        };
+        Self {
+            at: offset_of(at),
+            packed,
+        }
+    }
+
+    pub fn at(&self) -> Instant {
+        let o = origin();
+        let d = Duration::from_nanos(self.at.unsigned_abs());
+        if self.at >= 0 {
+            o + d
+        } else {
+            o - d
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self.packed {
+            Packed::Inline { outcome, .. } | Packed::Spilled { outcome, .. } => outcome,
+        }
+    }
+
+    /// The signals by id, in the order the probe reported them.
+    pub fn values(&self) -> impl Iterator<Item = (SignalId, f64)> + '_ {
+        let (ids, values, spilled): (&[SignalId], &[f64], &[(SignalId, f64)]) = match &self.packed {
+            Packed::Inline { ids, values, .. } => (ids, values, &[]),
+            Packed::Spilled { signals, .. } => (&[], &[], signals),
+        };
+        ids.iter()
+            .copied()
+            .zip(values.iter().copied())
+            .take_while(|(id, _)| *id != SignalId::NONE)
+            .chain(spilled.iter().copied())
+    }
+
+    /// The signals by name, in the order the probe reported them.
+    pub fn signals(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.values().map(|(id, v)| (id.name(), v))
+    }
+
+    /// The first value of signal `id`.
+    pub fn value(&self, id: SignalId) -> Option<f64> {
+        self.values().find(|(i, _)| *i == id).map(|(_, v)| v)
+    }
+
+    /// The first value of the signal called `name`.
+    pub fn signal(&self, name: &str) -> Option<f64> {
+        self.value(SignalId::find(name)?)
+    }
+}
+
+impl std::fmt::Debug for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("at", &self.at())
+            .field("outcome", &self.outcome())
+            .field("signals", &self.signals().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// The most samples one probe keeps, whatever its window span.
@@ -129,6 +349,10 @@ pub struct ProbeState {
     /// Observations recorded so far: a reader that saw this number has
     /// seen every observation up to it.
     pub recorded: u64,
+    /// While a deployment is warming up or watched, this probe's part of
+    /// its baseline, fed every sample as it is recorded: nothing waits in
+    /// the window to be read, whatever its span.
+    pub feed: Option<Box<crate::baseline::Feed>>,
 }
 
 impl ProbeState {
@@ -139,7 +363,17 @@ impl ProbeState {
             window: VecDeque::new(),
             span,
             recorded: 0,
+            feed: None,
         }
+    }
+
+    /// Starts feeding `feed` with every sample recorded from now on, and
+    /// at once with those already in the window; replaces any earlier one.
+    pub fn start_feed(&mut self, mut feed: crate::baseline::Feed) {
+        for sample in &self.window {
+            feed.add(sample);
+        }
+        self.feed = Some(Box::new(feed));
     }
 
     /// Sets how far back the window reaches, and forgets what is older at
@@ -150,7 +384,7 @@ impl ProbeState {
         while self
             .window
             .front()
-            .is_some_and(|s| now.saturating_duration_since(s.at) > self.span)
+            .is_some_and(|s| now.saturating_duration_since(s.at()) > self.span)
         {
             self.window.pop_front();
         }
@@ -174,16 +408,16 @@ impl ProbeState {
         if self.window.len() >= MAX_SAMPLES {
             self.window.pop_front();
         }
-        self.window.push_back(Sample {
-            at: now,
-            outcome: obs.outcome,
-            signals: obs.signals.clone(),
-        });
+        let sample = Sample::new(obs.outcome, now, obs.signals.iter().copied());
+        if let Some(feed) = &mut self.feed {
+            feed.add(&sample);
+        }
+        self.window.push_back(sample);
         while self.window.len() > MAX_SAMPLES
             || self
                 .window
                 .front()
-                .is_some_and(|s| now.saturating_duration_since(s.at) > self.span)
+                .is_some_and(|s| now.saturating_duration_since(s.at()) > self.span)
         {
             self.window.pop_front();
         }
@@ -200,6 +434,213 @@ impl ProbeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::baseline::Baseline;
+    use backstop_probes::ProbeError;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// The lib's test binary counts the allocations of each thread, so a
+    /// test can tell what one piece of code allocated.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    #[test]
+    fn a_sample_is_small() {
+        assert!(size_of::<Sample>() <= 32, "{}", size_of::<Sample>());
+    }
+
+    #[test]
+    fn recording_two_signals_allocates_nothing_per_sample() {
+        let mut s = ProbeState::new(Duration::from_secs(86_400));
+        s.window.reserve(MAX_SAMPLES);
+        let start = Instant::now();
+        let reports: Vec<_> = (0..1000)
+            .map(|i| {
+                Observation::from_result(
+                    Ok(Report::new()
+                        .with("status", 200.0)
+                        .with("latency_ms", f64::from(i))),
+                    Duration::from_millis(1),
+                    None,
+                )
+            })
+            .collect();
+        // The first record interns the names.
+        let mut reports = reports.into_iter();
+        s.record(reports.next().unwrap(), start);
+        let before = allocations();
+        for (i, obs) in reports.enumerate() {
+            s.record(obs, start + Duration::from_millis(i as u64 + 1));
+        }
+        assert_eq!(allocations() - before, 0);
+        assert_eq!(s.window.len(), 1000);
+        let last = s.window.back().unwrap();
+        assert_eq!(last.signal("status"), Some(200.0));
+        assert_eq!(last.signal("latency_ms"), Some(999.0));
+        assert_eq!(last.at(), start + Duration::from_millis(999));
+    }
+
+    #[test]
+    fn a_sample_keeps_its_signals_in_order_and_its_instant_exactly() {
+        let now = Instant::now();
+        for at in [
+            now,
+            now + Duration::from_nanos(1),
+            now - Duration::from_secs(3600) - Duration::from_nanos(7),
+            now + Duration::from_secs(86_400 * 365),
+        ] {
+            for n in 0..6 {
+                let names = ["latency_ms", "status", "p95_ms", "requests", "errors", "x"];
+                let signals: Vec<_> = (0..n).map(|i| (names[i], i as f64 + 0.5)).collect();
+                let sample = Sample::new(Outcome::Degraded, at, signals.clone());
+                assert_eq!(sample.at(), at);
+                assert_eq!(sample.outcome(), Outcome::Degraded);
+                assert_eq!(sample.signals().collect::<Vec<_>>(), signals);
+                for (name, v) in &signals {
+                    assert_eq!(sample.signal(name), Some(*v));
+                }
+                assert_eq!(sample.signal("never_reported_by_anything"), None);
+                assert_eq!(sample.signal("p99_ms"), None);
+            }
+        }
+        // More than fit inline go to one allocation.
+        let before = allocations();
+        let s = Sample::new(
+            Outcome::Ok,
+            now,
+            [("a1", 1.0), ("a2", 2.0), ("a3", f64::NAN)],
+        );
+        assert!(allocations() - before >= 1);
+        assert!(s.signal("a3").unwrap().is_nan());
+        assert_eq!(s.signals().count(), 3);
+    }
+
+    /// An observation of the `i`-th check: latency, status, and on some
+    /// checks the counts of a scrape; some checks are the probe's own
+    /// errors, some failed.
+    fn check(i: u64) -> Observation {
+        let mut report = Report::new()
+            .with("latency_ms", ((i * 37) % 101) as f64 + 0.25)
+            .with("status", 200.0);
+        if i % 3 == 0 {
+            report = report
+                .with("requests", (i % 17) as f64)
+                .with("errors", (i % 5) as f64);
+        }
+        let result = match i % 11 {
+            0 => Err(ProbeError::CannotRun("no credentials".into())),
+            7 => Err(ProbeError::Unhealthy {
+                message: "503".into(),
+                report,
+            }),
+            _ => Ok(report),
+        };
+        Observation::from_result(result, Duration::from_millis(3), None)
+    }
+
+    /// The same checks recorded by a window long enough for the whole watch
+    /// (built into a baseline at its end, as before) and by a short one
+    /// feeding the baseline as it goes; samples before `since` are left out.
+    fn watch_both_ways(checks: u64, since: Duration) -> (Baseline, Baseline, ProbeState) {
+        let start = Instant::now();
+        let since = start + since;
+        let mut long = ProbeState::new(Duration::from_secs(86_400));
+        let mut short = ProbeState::new(Duration::from_secs(60));
+        // The first checks land before the feed starts (before the
+        // deployment id is read): it takes them from the window.
+        for i in 0..5 {
+            let at = start + Duration::from_secs(2 * i);
+            long.record(check(i), at);
+            short.record(check(i), at);
+        }
+        short.start_feed(crate::baseline::Feed::new("v1", "api", Some(since)));
+        for i in 5..checks {
+            let at = start + Duration::from_secs(2 * i);
+            long.record(check(i), at);
+            short.record(check(i), at);
+        }
+        let mut whole = crate::baseline::BaselineBuilder::new("v1");
+        for sample in long.window.iter().filter(|s| s.at() >= since) {
+            whole.add("api", sample);
+        }
+        let fed = short.feed.take().unwrap().finish();
+        (whole.finish(), fed, short)
+    }
+
+    #[test]
+    fn a_baseline_fed_sample_by_sample_equals_one_built_from_the_whole_window() {
+        // 30 minutes, one check every 2 s: fewer values than a reservoir
+        // holds, so even the reservoirs are the same.
+        let (whole, fed, short) = watch_both_ways(900, Duration::from_secs(4));
+        assert_eq!(fed, whole);
+        let latency = fed.signal("api", "latency_ms").unwrap();
+        assert!(latency.summary.count > 700, "{:?}", latency.summary);
+        assert!(fed.probe("api").unwrap().traffic.unwrap().requests > 0.0);
+        // The short window held a minute of it all along.
+        assert_eq!(short.window.len(), 31);
+    }
+
+    #[test]
+    fn past_the_reservoir_a_fed_baseline_keeps_the_exact_summary() {
+        // Four hours: more values than a reservoir keeps.
+        let (whole, fed, _) = watch_both_ways(7200, Duration::from_secs(60));
+        assert_eq!(fed.probes.keys().collect::<Vec<_>>(), ["api"]);
+        for (name, w) in &whole.probe("api").unwrap().signals {
+            let f = fed.signal("api", name).unwrap();
+            assert_eq!(f.summary.count, w.summary.count, "{name}");
+            assert_eq!(f.summary.mean, w.summary.mean, "{name}");
+            assert_eq!(f.summary.min, w.summary.min, "{name}");
+            assert_eq!(f.summary.max, w.summary.max, "{name}");
+            assert_eq!(f.samples.len(), w.samples.len(), "{name}");
+        }
+        assert_eq!(
+            fed.probe("api").unwrap().traffic,
+            whole.probe("api").unwrap().traffic
+        );
+        assert!(fed.signal("api", "latency_ms").unwrap().summary.count > 1000);
+    }
+
+    #[test]
+    fn well_known_names_have_their_fixed_ids() {
+        assert_eq!(SignalId::intern("latency_ms"), Some(SignalId::LATENCY_MS));
+        assert_eq!(
+            SignalId::find(crate::baseline::REQUESTS),
+            Some(SignalId::REQUESTS)
+        );
+        assert_eq!(SignalId::ERRORS.name(), crate::baseline::ERRORS);
+        assert_eq!(SignalId::ERROR_RATE.name(), crate::baseline::ERROR_RATE);
+        let id = SignalId::intern("a_name_only_this_test_uses").unwrap();
+        assert_eq!(SignalId::intern("a_name_only_this_test_uses"), Some(id));
+        assert_eq!(id.name(), "a_name_only_this_test_uses");
+    }
 
     #[test]
     fn a_full_window_keeps_its_allocation() {

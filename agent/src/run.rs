@@ -18,13 +18,10 @@ use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
 use crate::watch::{Clock, ManualOutcome, Notifier, Rollbacker, RuleStatus, Watcher};
 
-/// How far back each probe's window reaches at least while a deployment is
-/// warming up or watched (the window then also covers the whole watch,
-/// which becomes the baseline).
-pub const WINDOW_SPAN: Duration = Duration::from_secs(30 * 60);
-
-/// How far back a window reaches at least once the deployment is stable or
-/// rolled back, when only the probe's rules (and `/status`) read it.
+/// How far back a window reaches at least, whatever the deployment's state:
+/// only the probe's rules (and `/status`) read it. The baseline of a watch
+/// is fed each sample as it is recorded (`ProbeState::feed`), so no window
+/// needs to cover the watch.
 pub const SETTLED_SPAN: Duration = Duration::from_secs(60);
 
 /// The store could not be opened at start: exit code 2, like a bad config.
@@ -59,32 +56,13 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let mut spans = Vec::new();
     let settings = crate::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one
     // copy of it, not one in the configuration and one in the slot.
     for cfg in std::mem::take(&mut config.probes) {
-        // The window reaches back far enough for every rule on the probe;
-        // while a deployment is watched, also over the whole watch, which
-        // becomes the baseline (`Judge::fit_windows`).
-        let settled = config
-            .rules
-            .iter()
-            .filter(|r| r.probe == cfg.name)
-            .filter_map(|r| r.expr.as_ref())
-            .map(|e| e.span_needed(&settings) + cfg.interval)
-            .chain([SETTLED_SPAN])
-            .max()
-            .unwrap_or(SETTLED_SPAN);
-        let span = settled
-            .max(WINDOW_SPAN)
-            .max(config.deployment.watch + cfg.interval);
-        spans.push(Spans {
-            settled,
-            watched: span,
-        });
+        let span = window_span(&config.rules, &cfg, &settings);
         let probe = cfg.build_shared(&clients).map_err(|problems| {
             anyhow::anyhow!(
                 "probe {}: {}",
@@ -190,8 +168,7 @@ pub async fn run(
             store: store.clone(),
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
-            spans,
-            settled: None,
+            feeding: None,
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
@@ -314,18 +291,26 @@ struct Judge {
     seen: Vec<u64>,
     /// Every rule must be judged again (new windows, a new baseline).
     rejudge: bool,
-    /// How far back each slot's window reaches, in the order of `slots`.
-    spans: Vec<Spans>,
-    /// Whether the windows were last fitted to a settled deployment.
-    settled: Option<bool>,
+    /// The deployment whose baseline the probes feed (`ProbeState::feed`)
+    /// while it warms up or is watched.
+    feeding: Option<String>,
 }
 
-/// How far back one probe's window reaches.
-struct Spans {
-    /// Once the deployment is stable or rolled back: what its rules need.
-    settled: Duration,
-    /// While it warms up or is watched: also the whole watch.
-    watched: Duration,
+/// How far back a probe's window reaches: far enough for every rule on it,
+/// and at least [`SETTLED_SPAN`].
+fn window_span(
+    rules: &[crate::config::RuleConfig],
+    cfg: &crate::config::ProbeConfig,
+    settings: &crate::rules::Settings,
+) -> Duration {
+    rules
+        .iter()
+        .filter(|r| r.probe == cfg.name)
+        .filter_map(|r| r.expr.as_ref())
+        .map(|e| e.span_needed(settings) + cfg.interval)
+        .chain([SETTLED_SPAN])
+        .max()
+        .unwrap_or(SETTLED_SPAN)
 }
 
 impl Judge {
@@ -423,31 +408,63 @@ impl Judge {
         }
     }
 
-    /// Fits the windows to the deployment's state: while it warms up or is
-    /// watched they cover the whole watch (the baseline is built from it when
-    /// it turns stable); once it is stable or rolled back, only what the
-    /// rules need, and the rest is given back.
-    fn fit_windows(&mut self) {
+    /// Takes note of the deployment running now; a new one starts with
+    /// empty windows.
+    async fn observe(&mut self, id: &str) -> anyhow::Result<()> {
+        let before = self.watcher.deployment().map(str::to_string);
+        self.watcher.observe_deployment(id).await?;
+        if before.is_some_and(|b| b != id) {
+            self.forget_windows();
+        }
+        Ok(())
+    }
+
+    /// Moves the watch along: a deployment that turns stable gets its
+    /// baseline, and the probes feed the one being watched.
+    async fn advance(&mut self) -> anyhow::Result<()> {
+        if let Some(stable) = self.watcher.advance().await? {
+            self.record_baseline(&stable).await;
+        }
+        self.feed_baseline();
+        Ok(())
+    }
+
+    /// Keeps the probes feeding the baseline of the deployment while it
+    /// warms up or is watched: a deployment that starts being watched gets
+    /// a feed on every probe (given the samples its windows hold already);
+    /// one that is stable or rolled back, or gone, has its feeds dropped.
+    fn feed_baseline(&mut self) {
         use crate::store::WatchState;
-        let settled = matches!(
-            self.watcher.state(),
-            Some(WatchState::Stable | WatchState::RolledBack)
-        );
-        if self.settled == Some(settled) {
+        let watched = match (self.watcher.deployment(), self.watcher.state()) {
+            (Some(id), Some(WatchState::Warming | WatchState::Watching)) => Some(id),
+            _ => None,
+        };
+        if watched == self.feeding.as_deref() {
             return;
         }
-        self.settled = Some(settled);
+        let watched = watched.map(str::to_string);
+        let since = watched.as_ref().and_then(|_| self.warmup_end());
+        for slot in &self.slots {
+            let mut state = slot.state.lock().expect("probe state lock");
+            match &watched {
+                Some(id) => {
+                    state.start_feed(crate::baseline::Feed::new(id, &slot.cfg.name, since));
+                }
+                None => state.feed = None,
+            }
+        }
+        self.feeding = watched;
+    }
+
+    /// When the warm-up of the current deployment ends (or ended): samples
+    /// before it are not part of the baseline. `None` when it ended before
+    /// any instant this process can name.
+    fn warmup_end(&self) -> Option<Instant> {
+        let age = Duration::from_millis(self.watcher.age_ms());
         let now = Instant::now();
-        for (slot, spans) in self.slots.iter().zip(&self.spans) {
-            let span = if settled {
-                spans.settled
-            } else {
-                spans.watched
-            };
-            slot.state
-                .lock()
-                .expect("probe state lock")
-                .set_span(span, now);
+        match age.checked_sub(self.warmup) {
+            Some(watched) => now.checked_sub(watched),
+            None => Some(now + (self.warmup - age)),
         }
     }
 
@@ -457,28 +474,39 @@ impl Judge {
     /// before its id is read), and rules are not armed during the warm-up.
     fn forget_windows(&mut self) {
         for slot in &self.slots {
-            slot.state.lock().expect("probe state lock").window.clear();
+            let mut state = slot.state.lock().expect("probe state lock");
+            state.window.clear();
+            state.feed = None;
         }
+        self.feeding = None;
         self.rejudge = true;
     }
 
-    /// Builds the baseline of the deployment that just became stable from
-    /// what its watch saw, and keeps it.
+    /// Finishes the baseline of the deployment that just became stable
+    /// from what its probes fed during its watch, and keeps it. A probe
+    /// that fed nothing for it (the agent started when the watch was over)
+    /// gives what its window holds.
     async fn record_baseline(&mut self, deployment: &str) {
-        let watched = Duration::from_millis(self.watcher.age_ms()).saturating_sub(self.warmup);
-        let since = Instant::now().checked_sub(watched);
-        let mut builder = crate::baseline::BaselineBuilder::new(deployment);
+        let since = self.warmup_end();
+        let mut baseline = crate::baseline::Baseline {
+            deployment: deployment.to_string(),
+            ..Default::default()
+        };
         for slot in &self.slots {
-            let state = slot.state.lock().expect("probe state lock");
-            for sample in state
-                .window
-                .iter()
-                .filter(|s| since.is_none_or(|t| s.at >= t))
-            {
-                builder.add(&slot.cfg.name, sample);
-            }
+            let mut state = slot.state.lock().expect("probe state lock");
+            let feed = match state.feed.take() {
+                Some(feed) if feed.deployment() == deployment => *feed,
+                _ => {
+                    let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
+                    for sample in &state.window {
+                        feed.add(sample);
+                    }
+                    feed
+                }
+            };
+            baseline.probes.extend(feed.finish().probes);
         }
-        let mut baseline = builder.finish();
+        self.feeding = None;
         match self.store.save_baseline(&baseline).await {
             Ok(true) => tracing::info!(deployment, "baseline recorded"),
             // Another agent of the service kept its baseline first: judge
@@ -562,13 +590,9 @@ async fn watch_loop(
                     if id_error.take().is_some() {
                         tracing::info!("deployment id readable again");
                     }
-                    let before = judge.watcher.deployment().map(str::to_string);
-                    if let Err(e) = judge.watcher.observe_deployment(&id).await {
+                    if let Err(e) = judge.observe(&id).await {
                         judge.store_failed(&e);
                         continue;
-                    }
-                    if before.is_some_and(|b| b != id) {
-                        judge.forget_windows();
                     }
                 }
                 Err(e) => {
@@ -579,15 +603,10 @@ async fn watch_loop(
                 }
             }
         }
-        match judge.watcher.advance().await {
-            Ok(Some(stable)) => judge.record_baseline(&stable).await,
-            Ok(None) => {}
-            Err(e) => {
-                judge.store_failed(&e);
-                continue;
-            }
+        if let Err(e) = judge.advance().await {
+            judge.store_failed(&e);
+            continue;
         }
-        judge.fit_windows();
         last_judged = Instant::now();
         judge.evaluate(all);
         match judge.watcher.judge(&judge.statuses).await {
@@ -645,4 +664,275 @@ pub async fn run_with_signals(
 /// A lock helper for views shared with the HTTP server.
 pub fn read<T: Clone>(m: &Mutex<T>) -> T {
     m.lock().expect("view lock").clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_reaches_as_far_as_its_rules_need_however_long_the_watch() {
+        let config = Config::parse(
+            r#"[service]
+name = "web"
+
+[deployment]
+warmup = "1m"
+watch = "2h"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+interval = "10s"
+
+[[probe]]
+name = "quiet"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/quiet"
+
+[[rule]]
+name = "slow health"
+probe = "health"
+when = "latency_ms > 500 for 5m"
+action = "alert"
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let settings = crate::rules::Settings::default();
+        let span = |i: usize| window_span(&config.rules, &config.probes[i], &settings);
+        // Before, a window reached over the whole watch (here 2 h) until the
+        // deployment turned stable; now only what the rules need.
+        assert_eq!(span(0), Duration::from_secs(5 * 60 + 10));
+        assert_eq!(span(1), SETTLED_SPAN);
+        assert!(span(0) < config.deployment.watch / 10);
+    }
+
+    struct Quiet;
+
+    impl Notifier for Quiet {
+        fn notify(&self, _: crate::evidence::Event) {}
+    }
+
+    /// A platform whose rollbacks succeed.
+    struct Platform;
+
+    impl Rollbacker for Platform {
+        fn name(&self) -> &'static str {
+            "webhook"
+        }
+        fn rollback<'a>(
+            &'a self,
+            req: &'a crate::evidence::RollbackRequest,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<crate::evidence::RollbackDone, String>>
+                    + Send
+                    + 'a,
+            >,
+        > {
+            Box::pin(async move {
+                Ok(crate::evidence::RollbackDone {
+                    returned_to: req.return_to.clone(),
+                    detail: "accepted".into(),
+                })
+            })
+        }
+        fn reconcile<'a>(
+            &'a self,
+            _: &'a crate::evidence::RollbackRequest,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = crate::evidence::Reconciled> + Send + 'a>,
+        > {
+            Box::pin(async { crate::evidence::Reconciled::Unknown("not asked".into()) })
+        }
+    }
+
+    /// A judge of one `http` probe checked every second (its samples are
+    /// recorded by the test), warm-up 30 s, watch 15 min, no rules.
+    async fn judge(store: Arc<Store>) -> Judge {
+        let config = Config::parse(
+            r#"[service]
+name = "web"
+
+[deployment]
+warmup = "30s"
+watch = "15m"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+interval = "1s"
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let settings = crate::rules::Settings::default();
+        let span = window_span(&config.rules, &config.probes[0], &settings);
+        let slots = vec![Arc::new(ProbeSlot::new(config.probes[0].clone(), span))];
+        let watcher = Watcher::new(
+            "web".into(),
+            None,
+            store.clone(),
+            Some(Arc::new(Platform)),
+            Arc::new(Quiet),
+            crate::watch::Guard {
+                dry_run: false,
+                cooldown: Duration::from_secs(600),
+                max_per_hour: 3,
+                verify: None,
+            },
+            config.deployment.warmup,
+            config.deployment.watch,
+            Clock::new(),
+        )
+        .await
+        .unwrap();
+        Judge {
+            watcher,
+            ids: IdSource::new(config.deployment.source.clone()),
+            poll_interval: config.deployment.poll_interval,
+            warmup: config.deployment.warmup,
+            plan: Judge::plan(&config.rules, &slots),
+            slots,
+            rules: config.rules.clone(),
+            settings,
+            baseline: None,
+            store,
+            store_failing: false,
+            feeding: None,
+            statuses: Vec::new(),
+            seen: Vec::new(),
+            rejudge: true,
+        }
+    }
+
+    /// One check, one second later: recorded, then the watch moves on.
+    async fn tick(judge: &mut Judge, latency_ms: f64) -> Instant {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let obs = crate::observe::Observation::from_result(
+            Ok(backstop_probes::Report::new().with("latency_ms", latency_ms)),
+            Duration::from_millis(1),
+            None,
+        );
+        judge.slots[0].state.lock().unwrap().record(obs, now);
+        judge.advance().await.unwrap();
+        now
+    }
+
+    fn window_len(judge: &Judge) -> usize {
+        judge.slots[0].state.lock().unwrap().window.len()
+    }
+
+    fn feeding(judge: &Judge) -> Option<String> {
+        let state = judge.slots[0].state.lock().unwrap();
+        state.feed.as_ref().map(|f| f.deployment().to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_baseline_covers_the_whole_watch_while_windows_stay_short() {
+        use crate::store::WatchState;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut judge = judge(store.clone()).await;
+        // Checks before the deployment id is read are in the window, and
+        // before the warm-up's end, so not in the baseline.
+        for _ in 0..3 {
+            tick(&mut judge, 1000.0).await;
+        }
+        judge.observe("v1").await.unwrap();
+        judge.advance().await.unwrap();
+        let start = Instant::now();
+        assert_eq!(feeding(&judge).as_deref(), Some("v1"));
+
+        let mut longest = 0;
+        let mut counted = 0u64;
+        let mut values = Vec::new();
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let latency = (values.len() % 50) as f64;
+            let at = tick(&mut judge, latency).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+                values.push(latency);
+            }
+            longest = longest.max(window_len(&judge));
+        }
+        let b = judge.baseline.clone().expect("a baseline for v1");
+        assert_eq!(b.deployment, "v1");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        // Every check from the warm-up's end to the last, none before.
+        assert!(counted > 850, "{counted}");
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 49.0);
+        assert_eq!(latency.summary.min, 0.0);
+        assert_eq!(
+            latency.summary.mean,
+            values.iter().sum::<f64>() / counted as f64
+        );
+        assert_eq!(store.baseline("v1").await.unwrap(), Some(b));
+        // A minute and a check, never the 15-minute watch.
+        assert!(longest <= 62, "{longest}");
+        assert_eq!(feeding(&judge), None);
+
+        // A new deployment feeds its own baseline from nothing; v2 is
+        // replaced by v3 mid-watch, and v3's baseline holds nothing of v2's.
+        judge.observe("v2").await.unwrap();
+        judge.advance().await.unwrap();
+        assert_eq!(feeding(&judge).as_deref(), Some("v2"));
+        for _ in 0..100 {
+            tick(&mut judge, 5000.0).await;
+        }
+        judge.observe("v3").await.unwrap();
+        judge.advance().await.unwrap();
+        assert_eq!(feeding(&judge).as_deref(), Some("v3"));
+        let start = Instant::now();
+        let mut counted = 0u64;
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(&mut judge, 7.0).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+            }
+        }
+        let b = judge.baseline.clone().expect("a baseline for v3");
+        assert_eq!(b.deployment, "v3");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 7.0);
+
+        // A deployment rolled back mid-watch drops its feed: no baseline of
+        // it is kept, and the next one starts from nothing.
+        judge.observe("v4").await.unwrap();
+        judge.advance().await.unwrap();
+        for _ in 0..100 {
+            tick(&mut judge, 9000.0).await;
+        }
+        assert_eq!(feeding(&judge).as_deref(), Some("v4"));
+        let outcome = judge.watcher.manual_rollback("test").await.unwrap();
+        assert!(matches!(outcome, ManualOutcome::Started), "{outcome:?}");
+        assert_eq!(judge.watcher.state(), Some(WatchState::RolledBack));
+        tick(&mut judge, 9000.0).await;
+        assert_eq!(feeding(&judge), None);
+        assert_eq!(store.baseline("v4").await.unwrap(), None);
+        judge.observe("v5").await.unwrap();
+        judge.advance().await.unwrap();
+        let start = Instant::now();
+        let mut counted = 0u64;
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(&mut judge, 8.0).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+            }
+        }
+        let b = judge.baseline.clone().expect("a baseline for v5");
+        assert_eq!(b.deployment, "v5");
+        let latency = b.signal("health", "latency_ms").unwrap();
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, 8.0);
+    }
 }

@@ -35,9 +35,18 @@ impl ProbeSlot {
         }
     }
 
-    /// A copy of the state, taken under the lock.
+    /// A copy of the state, taken under the lock, without the baseline
+    /// feed (its reservoirs are no reader's business).
     pub fn snapshot(&self) -> ProbeState {
-        self.state.lock().expect("probe state lock").clone()
+        let state = self.state.lock().expect("probe state lock");
+        ProbeState {
+            last: state.last.clone(),
+            consecutive_failures: state.consecutive_failures,
+            window: state.window.clone(),
+            span: state.span,
+            recorded: state.recorded,
+            feed: None,
+        }
     }
 
     /// Whether the loop showed life recently enough for its schedule.

@@ -86,15 +86,15 @@ fn baseline(dep: &str, seed: u64) -> Baseline {
     for i in 0..200u32 {
         b.add(
             "app",
-            &Sample {
-                at: now,
-                outcome: Outcome::Ok,
-                signals: vec![
+            &Sample::new(
+                Outcome::Ok,
+                now,
+                vec![
                     ("p95_ms", 40.0 + (i % 17) as f64 + seed as f64),
                     ("requests", 10.0),
                     ("errors", (i % 3) as f64),
                 ],
-            },
+            ),
         );
     }
     b.finish()

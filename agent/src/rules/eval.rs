@@ -11,7 +11,7 @@ use crate::baseline::{self, Baseline, ERROR_RATE};
 use crate::config::RuleConfig;
 use crate::evidence::Evidence;
 use crate::judge::{self, Counts, Worse};
-use crate::observe::{Outcome, ProbeState, Sample};
+use crate::observe::{Outcome, ProbeState, Sample, SignalId};
 
 /// The knobs of judgement; the defaults are what SPEC promises.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,30 +171,37 @@ struct Point {
 
 /// The signal's values in the window, oldest first, without `error` samples.
 fn points(state: &ProbeState, signal: &str) -> Vec<Point> {
-    let judged = state.window.iter().filter(|s| s.outcome != Outcome::Error);
+    let judged = state
+        .window
+        .iter()
+        .filter(|s| s.outcome() != Outcome::Error);
     if signal != CONSECUTIVE_FAILURES {
-        return judged.filter_map(|s| point_of(s, signal)).collect();
+        // A name never interned is in no sample.
+        let Some(id) = SignalId::find(signal) else {
+            return Vec::new();
+        };
+        return judged.filter_map(|s| point_of(s, id)).collect();
     }
     // The count after each sample, replayed from the outcomes. Before the
     // window's first success the count is only known when there is no
     // success at all: then it is the current count less the failures since.
     let samples: Vec<_> = judged.collect();
-    let any_up = samples.iter().any(|s| s.outcome.is_up());
+    let any_up = samples.iter().any(|s| s.outcome().is_up());
     let failures = samples
         .iter()
-        .filter(|s| s.outcome == Outcome::Failed)
+        .filter(|s| s.outcome() == Outcome::Failed)
         .count() as u32;
     let mut count = (!any_up).then(|| state.consecutive_failures.saturating_sub(failures));
     let mut out = Vec::new();
     for s in samples {
-        count = if s.outcome.is_up() {
+        count = if s.outcome().is_up() {
             Some(0)
         } else {
             count.map(|c| c + 1)
         };
         if let Some(c) = count {
             out.push(Point {
-                at: s.at,
+                at: s.at(),
                 value: c as f64,
                 counts: None,
             });
@@ -206,23 +213,23 @@ fn points(state: &ProbeState, signal: &str) -> Vec<Point> {
 /// The signal's latest value in the window: the last of [`points`], for a
 /// signal other than `consecutive_failures`, found from the end.
 fn latest_point(state: &ProbeState, signal: &str) -> Option<Point> {
+    let id = SignalId::find(signal)?;
     state
         .window
         .iter()
         .rev()
-        .filter(|s| s.outcome != Outcome::Error)
-        .find_map(|s| point_of(s, signal))
+        .filter(|s| s.outcome() != Outcome::Error)
+        .find_map(|s| point_of(s, id))
 }
 
 /// One sample's value of `signal` (not `consecutive_failures`), if it has one.
-fn point_of(s: &Sample, signal: &str) -> Option<Point> {
+fn point_of(s: &Sample, signal: SignalId) -> Option<Point> {
     let value = s
-        .signals
-        .iter()
+        .values()
         .find(|(n, v)| *n == signal && !v.is_nan())
-        .map(|(_, v)| *v)?;
+        .map(|(_, v)| v)?;
     Some(Point {
-        at: s.at,
+        at: s.at(),
         value,
         counts: baseline::sample_counts(s),
     })
@@ -260,8 +267,8 @@ fn uncovered(
     let watched: Vec<Instant> = state
         .window
         .iter()
-        .filter(|s| s.outcome != Outcome::Error)
-        .map(|s| s.at)
+        .filter(|s| s.outcome() != Outcome::Error)
+        .map(|s| s.at())
         .filter(|at| from.is_none_or(|f| *at >= f) && *at <= now)
         .collect();
     let reach = watched

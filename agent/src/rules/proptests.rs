@@ -81,11 +81,11 @@ fn window_of(signal: &'static str, values: &[f64], now: Instant) -> ProbeState {
     let mut s = ProbeState::new(Duration::from_secs(3600));
     let n = values.len() as u32;
     for (i, &v) in values.iter().enumerate() {
-        s.window.push_back(Sample {
-            at: now - Duration::from_secs(5) * (n - i as u32),
-            outcome: Outcome::Ok,
-            signals: vec![(signal, v)],
-        });
+        s.window.push_back(Sample::new(
+            Outcome::Ok,
+            now - Duration::from_secs(5) * (n - i as u32),
+            vec![(signal, v)],
+        ));
     }
     s
 }
@@ -97,11 +97,7 @@ fn judge_values(when: &Expr, current: &[f64], baseline: &[f64]) -> Verdict {
     for &v in baseline {
         b.add(
             "app",
-            &Sample {
-                at: now,
-                outcome: Outcome::Ok,
-                signals: vec![("latency_ms", v)],
-            },
+            &Sample::new(Outcome::Ok, now, vec![("latency_ms", v)]),
         );
     }
     let base = b.finish();

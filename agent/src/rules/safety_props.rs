@@ -65,11 +65,11 @@ fn state_of(raw: &[Raw], now: Instant, consecutive: u32) -> ProbeState {
     let mut at = now - Duration::from_millis(total);
     for (gap, outcome, signals) in raw {
         at += Duration::from_millis(*gap);
-        s.window.push_back(Sample {
+        s.window.push_back(Sample::new(
+            *outcome,
             at,
-            outcome: *outcome,
-            signals: signals.iter().map(|(i, v)| (SIGNALS[*i], *v)).collect(),
-        });
+            signals.iter().map(|(i, v)| (SIGNALS[*i], *v)),
+        ));
     }
     s.consecutive_failures = consecutive;
     s
@@ -145,13 +145,9 @@ proptest! {
                 .window
                 .get(i)
                 .or(with_errors.window.back())
-                .map(|s| s.at)
+                .map(|s| s.at())
                 .unwrap_or(now);
-            with_errors.window.insert(i.min(with_errors.window.len()), Sample {
-                at: t,
-                outcome: Outcome::Error,
-                signals: signals.iter().map(|(k, v)| (SIGNALS[*k], *v)).collect(),
-            });
+            with_errors.window.insert(i.min(with_errors.window.len()), Sample::new(Outcome::Error, t, signals.iter().map(|(k, v)| (SIGNALS[*k], *v))));
         }
         let after = judge(&e, &with_errors, base.as_ref(), now).verdict;
         prop_assert_eq!(before, after);

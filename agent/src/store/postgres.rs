@@ -821,11 +821,11 @@ mod tests {
         let mut b = BaselineBuilder::with_capacity("v1", 10, 7);
         let now = tokio::time::Instant::now();
         for i in 0..25 {
-            let sample = crate::observe::Sample {
-                at: now,
-                outcome: crate::observe::Outcome::Ok,
-                signals: vec![("latency_ms", i as f64), ("p95_ms", 10.0 + i as f64 / 3.0)],
-            };
+            let sample = crate::observe::Sample::new(
+                crate::observe::Outcome::Ok,
+                now,
+                vec![("latency_ms", i as f64), ("p95_ms", 10.0 + i as f64 / 3.0)],
+            );
             b.add("app", &sample);
         }
         let baseline = b.finish();

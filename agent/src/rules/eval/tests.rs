@@ -148,16 +148,16 @@ async fn a_signal_only_some_samples_carry_is_judged_over_the_window_the_probe_wa
     let baseline = {
         let mut b = BaselineBuilder::with_capacity("v1", 1000, 5);
         for i in 0..100 {
-            let sample = crate::observe::Sample {
-                at: Instant::now(),
-                outcome: Outcome::Ok,
-                signals: vec![
+            let sample = crate::observe::Sample::new(
+                Outcome::Ok,
+                Instant::now(),
+                vec![
                     ("p95_ms", 100.0 + i as f64),
                     ("requests", 100.0),
                     ("errors", 1.0),
                     ("error_rate", 0.01),
                 ],
-            };
+            );
             b.add("app", &sample);
         }
         b.finish()
@@ -402,11 +402,11 @@ async fn and_or_combine_three_ways() {
 fn latency_baseline(dist: &LogNormal<f64>, n: usize, rng: &mut impl rand::Rng) -> Baseline {
     let mut b = BaselineBuilder::with_capacity("v1", 1000, 3);
     for _ in 0..n {
-        let sample = crate::observe::Sample {
-            at: Instant::now(),
-            outcome: Outcome::Ok,
-            signals: vec![("p95_ms", dist.sample(rng))],
-        };
+        let sample = crate::observe::Sample::new(
+            Outcome::Ok,
+            Instant::now(),
+            vec![("p95_ms", dist.sample(rng))],
+        );
         b.add("app", &sample);
     }
     b.finish()
@@ -518,11 +518,11 @@ async fn noisy_but_the_same_never_holds() {
 fn traffic_baseline(requests: f64, errors: f64) -> Baseline {
     let mut b = BaselineBuilder::with_capacity("v1", 1000, 3);
     for _ in 0..90 {
-        let sample = crate::observe::Sample {
-            at: Instant::now(),
-            outcome: Outcome::Ok,
-            signals: vec![("requests", requests / 90.0), ("errors", errors / 90.0)],
-        };
+        let sample = crate::observe::Sample::new(
+            Outcome::Ok,
+            Instant::now(),
+            vec![("requests", requests / 90.0), ("errors", errors / 90.0)],
+        );
         b.add("app", &sample);
     }
     b.finish()
