@@ -65,9 +65,11 @@ NGINX
 "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 nginx_pid=$!
 
-# The watch outlasts the whole run, so the deployment stays `watching` and
-# the windows are never cleared; a window spans at least the watch, so the
-# cap, not the age, is what bounds it.
+# The watch outlasts the whole run, so the deployment stays `watching`: the
+# windows are never cleared and every probe's baseline feed fills its
+# reservoirs. Each probe has a rule over 15 minutes (that never fires), so
+# its window reaches further back than the cap: the cap, not the age, is
+# what bounds it.
 {
   cat <<TOML
 [agent]
@@ -92,6 +94,12 @@ type = "http"
 url = "http://127.0.0.1:$nginx_port/health/$i"
 interval = "${interval_ms}ms"
 timeout = "${interval_ms}ms"
+
+[[rule]]
+name = "p$i slow for long"
+probe = "p$i"
+when = "latency_ms > 60000 for 15m"
+action = "alert"
 TOML
   done
 } > "$work/backstop.toml"
