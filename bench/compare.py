@@ -426,28 +426,36 @@ def compare_point(binary, procs, nginx, work, n, interval_ms, duration, warmup=3
     return point
 
 
-def idle_rss(binary, procs, work, seconds=10):
-    """backstop with config.example.toml, its targets on loopback ports that
-    refuse, after `seconds`; and blackbox_exporter idle, for reference."""
+def example_config(work, port, deployment, refused=None):
+    """config.example.toml listening on `port`, its http and tcp targets on
+    `refused` (a loopback port that refuses unless given), and the
+    environment it reads: PostgreSQL and Redis on ports that refuse, the
+    state in `work`. Returns the file's path and the environment."""
     with open(os.path.join(REPO, "config.example.toml")) as f:
         text = f.read()
-    port = free_port()
-    refused = refused_port()
     text = text.replace('listen = "0.0.0.0:9469"', f'listen = "127.0.0.1:{port}"')
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{refused}")
-    path = os.path.join(work, "example.toml")
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{refused or refused_port()}")
+    path = os.path.join(work, f"example-{deployment}.toml")
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, 0o644)
-    state = os.path.join(work, "state-example")
+    state = os.path.join(work, f"state-example-{deployment}")
     os.makedirs(state, exist_ok=True)
     env = {
         "STATE_DIRECTORY": state,
-        "DEPLOYMENT_ID": "bench",
+        "DEPLOYMENT_ID": deployment,
         "DATABASE_URL": f"postgres://app:secret@127.0.0.1:{refused_port()}/app",
         "REDIS_URL": f"redis://127.0.0.1:{refused_port()}/0",
         "BACKSTOP_ADMIN_TOKEN": "",
     }
+    return path, env
+
+
+def idle_rss(binary, procs, work, seconds=10):
+    """backstop with config.example.toml, its targets on loopback ports that
+    refuse, after `seconds`; and blackbox_exporter idle, for reference."""
+    port = free_port()
+    path, env = example_config(work, port, "bench")
     bs = start_backstop(procs, binary, path, work, "backstop-example", env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz")
     bb, _ = start_blackbox(procs, work)

@@ -204,25 +204,8 @@ def main():
 
         # 2. config.example.toml, its targets refusing (postgres, redis,
         # tcp, resources: their error paths and the shared parts).
-        with open(os.path.join(compare.REPO, "config.example.toml")) as f:
-            text = f.read()
         port = compare.free_port()
-        refused = compare.refused_port()
-        text = text.replace('listen = "0.0.0.0:9469"', f'listen = "127.0.0.1:{port}"')
-        text = text.replace("127.0.0.1:8080", f"127.0.0.1:{refused}")
-        path = os.path.join(work, "example.toml")
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o644)
-        state = os.path.join(work, "state-example")
-        os.makedirs(state, exist_ok=True)
-        env = {
-            "STATE_DIRECTORY": state,
-            "DEPLOYMENT_ID": "layout",
-            "DATABASE_URL": f"postgres://app:secret@127.0.0.1:{compare.refused_port()}/app",
-            "REDIS_URL": f"redis://127.0.0.1:{compare.refused_port()}/0",
-            "BACKSTOP_ADMIN_TOKEN": "",
-        }
+        path, env = compare.example_config(work, port, "layout")
 
         def example(port):
             base = f"http://127.0.0.1:{port}"
@@ -248,13 +231,14 @@ def main():
             procs.start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
             env["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
-        text = text.replace(f"127.0.0.1:{refused}/api/health", f"127.0.0.1:{nginx['port']}/bs/layout/health")
-        text = text.replace(f"127.0.0.1:{refused}", f"127.0.0.1:{nginx['port']}")
-        listen, port = port, compare.free_port()
-        text = text.replace(f'listen = "127.0.0.1:{listen}"', f'listen = "127.0.0.1:{port}"')
+        port = compare.free_port()
+        answering = {k: v for k, v in env.items() if k in ("DATABASE_URL", "REDIS_URL")}
+        path, env = compare.example_config(work, port, "layout-2", refused=nginx["port"])
+        env.update(answering)
+        with open(path) as f:
+            text = f.read()
         with open(path, "w") as f:
-            f.write(text)
-        env["DEPLOYMENT_ID"] = "layout-2"
+            f.write(text.replace("/api/health", "/bs/layout/health"))
         before = len(names)
         try:
             out = under_callgrind(binary, path, work, "answering", env, port, example)
