@@ -830,6 +830,25 @@ interval = "1s"
         judge.slots[0].state.lock().unwrap().window.len()
     }
 
+    /// Checks at `latency_ms` until the watched deployment turns stable;
+    /// its baseline counts every check from the warm-up's end (30 s).
+    async fn watch_to_stable(judge: &mut Judge, deployment: &str, latency_ms: f64) {
+        use crate::store::WatchState;
+        let start = Instant::now();
+        let mut counted = 0u64;
+        while judge.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(judge, latency_ms).await;
+            if at >= start + Duration::from_secs(30) {
+                counted += 1;
+            }
+        }
+        let b = judge.baseline.clone().expect("a baseline");
+        assert_eq!(b.deployment, deployment);
+        let latency = b.signal("health", "latency_ms").unwrap();
+        assert_eq!(latency.summary.count, counted);
+        assert_eq!(latency.summary.max, latency_ms);
+    }
+
     fn feeding(judge: &Judge) -> Option<String> {
         let state = judge.slots[0].state.lock().unwrap();
         state.feed.as_ref().map(|f| f.deployment().to_string())
@@ -891,19 +910,7 @@ interval = "1s"
         judge.observe("v3").await.unwrap();
         judge.advance().await.unwrap();
         assert_eq!(feeding(&judge).as_deref(), Some("v3"));
-        let start = Instant::now();
-        let mut counted = 0u64;
-        while judge.watcher.state() != Some(WatchState::Stable) {
-            let at = tick(&mut judge, 7.0).await;
-            if at >= start + Duration::from_secs(30) {
-                counted += 1;
-            }
-        }
-        let b = judge.baseline.clone().expect("a baseline for v3");
-        assert_eq!(b.deployment, "v3");
-        let latency = b.signal("health", "latency_ms").unwrap();
-        assert_eq!(latency.summary.count, counted);
-        assert_eq!(latency.summary.max, 7.0);
+        watch_to_stable(&mut judge, "v3", 7.0).await;
 
         // A deployment rolled back mid-watch drops its feed: no baseline of
         // it is kept, and the next one starts from nothing.
@@ -921,18 +928,6 @@ interval = "1s"
         assert_eq!(store.baseline("v4").await.unwrap(), None);
         judge.observe("v5").await.unwrap();
         judge.advance().await.unwrap();
-        let start = Instant::now();
-        let mut counted = 0u64;
-        while judge.watcher.state() != Some(WatchState::Stable) {
-            let at = tick(&mut judge, 8.0).await;
-            if at >= start + Duration::from_secs(30) {
-                counted += 1;
-            }
-        }
-        let b = judge.baseline.clone().expect("a baseline for v5");
-        assert_eq!(b.deployment, "v5");
-        let latency = b.signal("health", "latency_ms").unwrap();
-        assert_eq!(latency.summary.count, counted);
-        assert_eq!(latency.summary.max, 8.0);
+        watch_to_stable(&mut judge, "v5", 8.0).await;
     }
 }
