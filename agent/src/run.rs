@@ -239,13 +239,7 @@ impl Rollbacker for crate::rollback::Target {
     fn rollback<'a>(
         &'a self,
         req: &'a crate::evidence::RollbackRequest,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<crate::evidence::RollbackDone, String>>
-                + Send
-                + 'a,
-        >,
-    > {
+    ) -> crate::watch::Call<'a, Result<crate::evidence::RollbackDone, String>> {
         Box::pin(async move {
             crate::rollback::Target::rollback(self, req)
                 .await
@@ -256,8 +250,7 @@ impl Rollbacker for crate::rollback::Target {
     fn reconcile<'a>(
         &'a self,
         req: &'a crate::evidence::RollbackRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::evidence::Reconciled> + Send + 'a>>
-    {
+    ) -> crate::watch::Call<'a, crate::evidence::Reconciled> {
         Box::pin(crate::rollback::Target::reconcile(self, req))
     }
 }
@@ -727,13 +720,7 @@ action = "alert"
         fn rollback<'a>(
             &'a self,
             req: &'a crate::evidence::RollbackRequest,
-        ) -> std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<crate::evidence::RollbackDone, String>>
-                    + Send
-                    + 'a,
-            >,
-        > {
+        ) -> crate::watch::Call<'a, Result<crate::evidence::RollbackDone, String>> {
             Box::pin(async move {
                 Ok(crate::evidence::RollbackDone {
                     returned_to: req.return_to.clone(),
@@ -744,9 +731,7 @@ action = "alert"
         fn reconcile<'a>(
             &'a self,
             _: &'a crate::evidence::RollbackRequest,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = crate::evidence::Reconciled> + Send + 'a>,
-        > {
+        ) -> crate::watch::Call<'a, crate::evidence::Reconciled> {
             Box::pin(async { crate::evidence::Reconciled::Unknown("not asked".into()) })
         }
     }

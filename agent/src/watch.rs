@@ -23,20 +23,17 @@ use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, V
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
 
 /// A platform that can roll a deployment back (see `rollback`).
+/// What a [`Rollbacker`] returns: a future it may borrow from.
+pub type Call<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 pub trait Rollbacker: Send + Sync {
     /// The target's name, the `target` label of `backstop_rollbacks_total`.
     fn name(&self) -> &'static str;
     /// Calls the platform, with its retries; the error is one line, no secrets.
-    fn rollback<'a>(
-        &'a self,
-        req: &'a RollbackRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<RollbackDone, String>> + Send + 'a>>;
+    fn rollback<'a>(&'a self, req: &'a RollbackRequest) -> Call<'a, Result<RollbackDone, String>>;
     /// After a restart, for a call the agent's stop interrupted: whether
     /// the platform shows that it took effect. Reads only.
-    fn reconcile<'a>(
-        &'a self,
-        req: &'a RollbackRequest,
-    ) -> Pin<Box<dyn Future<Output = Reconciled> + Send + 'a>>;
+    fn reconcile<'a>(&'a self, req: &'a RollbackRequest) -> Call<'a, Reconciled>;
 }
 
 /// Tells people; never blocks the caller (see `notify`).
@@ -1549,7 +1546,7 @@ mod tests {
         fn rollback<'a>(
             &'a self,
             req: &'a RollbackRequest,
-        ) -> Pin<Box<dyn Future<Output = Result<RollbackDone, String>> + Send + 'a>> {
+        ) -> Call<'a, Result<RollbackDone, String>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let fail = self.fail;
             Box::pin(async move {
@@ -1563,10 +1560,7 @@ mod tests {
                 }
             })
         }
-        fn reconcile<'a>(
-            &'a self,
-            _req: &'a RollbackRequest,
-        ) -> Pin<Box<dyn Future<Output = Reconciled> + Send + 'a>> {
+        fn reconcile<'a>(&'a self, _req: &'a RollbackRequest) -> Call<'a, Reconciled> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             let found = match self.found {
                 Some(true) => Reconciled::Done(RollbackDone {
