@@ -40,6 +40,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in bench/ from the import below
 import compare  # noqa: E402
 
 OUT = os.path.join(compare.REPO, "agent", "link-order.txt")
