@@ -255,6 +255,13 @@ impl Feed {
         }
     }
 
+    /// Adds each of `samples` as [`Feed::add`] does.
+    pub fn add_all<'a>(&mut self, samples: impl IntoIterator<Item = &'a Sample>) {
+        for sample in samples {
+            self.add(sample);
+        }
+    }
+
     pub fn finish(self) -> Baseline {
         match self.builder {
             Some(b) => b.finish(),

@@ -243,20 +243,8 @@ impl Sample {
             .filter_map(|(name, value)| Some((SignalId::intern(name)?, value)));
         let mut ids = [SignalId::NONE; INLINE];
         let mut values = [0.0; INLINE];
-        for i in 0..INLINE {
-            match signals.next() {
-                Some((id, v)) => (ids[i], values[i]) = (id, v),
-                None => {
-                    return Self {
-                        at: offset_of(at),
-                        packed: Packed::Inline {
-                            outcome,
-                            ids,
-                            values,
-                        },
-                    };
-                }
-            }
+        for (i, (id, v)) in signals.by_ref().take(INLINE).enumerate() {
+            (ids[i], values[i]) = (id, v);
         }
         let packed = match signals.next() {
             None => Packed::Inline {
@@ -370,27 +358,8 @@ impl ProbeState {
     /// Starts feeding `feed` with every sample recorded from now on, and
     /// at once with those already in the window; replaces any earlier one.
     pub fn start_feed(&mut self, mut feed: crate::baseline::Feed) {
-        for sample in &self.window {
-            feed.add(sample);
-        }
+        feed.add_all(&self.window);
         self.feed = Some(Box::new(feed));
-    }
-
-    /// Sets how far back the window reaches, and forgets what is older at
-    /// once; a window made shorter gives its spare room back.
-    pub fn set_span(&mut self, span: Duration, now: Instant) {
-        let shorter = span < self.span;
-        self.span = span;
-        while self
-            .window
-            .front()
-            .is_some_and(|s| now.saturating_duration_since(s.at()) > self.span)
-        {
-            self.window.pop_front();
-        }
-        if shorter {
-            self.window.shrink_to_fit();
-        }
     }
 
     /// Records an observation; returns whether the probe's up/down state
@@ -710,26 +679,6 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(s.window.len(), 11);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_shorter_span_forgets_older_samples_and_gives_room_back() {
-        let mut s = ProbeState::new(Duration::from_secs(3600));
-        for _ in 0..600 {
-            s.record(obs(Outcome::Ok), Instant::now());
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-        assert_eq!(s.window.len(), 600);
-        let before = s.window.capacity();
-        s.set_span(Duration::from_secs(60), Instant::now());
-        // The samples of the last 60 s (the newest is 1 s old).
-        assert_eq!(s.window.len(), 60);
-        assert!(s.window.capacity() < before / 4, "{}", s.window.capacity());
-        // A longer span again keeps what there is and lets it grow.
-        s.set_span(Duration::from_secs(3600), Instant::now());
-        assert_eq!(s.window.len(), 60);
-        s.record(obs(Outcome::Ok), Instant::now());
-        assert_eq!(s.window.len(), 61);
     }
 
     #[test]

@@ -491,9 +491,7 @@ impl Judge {
                 Some(feed) if feed.deployment() == deployment => *feed,
                 _ => {
                     let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
-                    for sample in &state.window {
-                        feed.add(sample);
-                    }
+                    feed.add_all(&state.window);
                     feed
                 }
             };

@@ -36,7 +36,9 @@ impl ProbeSlot {
     }
 
     /// A copy of the state, taken under the lock, without the baseline
-    /// feed (its reservoirs are no reader's business).
+    /// feed (its reservoirs are no reader's business). The agent itself
+    /// reads the state under the lock (`/status`, the rules).
+    #[cfg(test)]
     pub fn snapshot(&self) -> ProbeState {
         let state = self.state.lock().expect("probe state lock");
         ProbeState {
