@@ -122,6 +122,7 @@ fn verdict(
             baseline: Some(base),
             interval,
             now,
+            latency_percentiles: false,
         },
         &Settings::default(),
     )

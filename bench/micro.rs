@@ -103,6 +103,7 @@ fn rule_evaluation(c: &mut Criterion) {
             baseline: None,
             interval: Duration::from_secs(1),
             now,
+            latency_percentiles: false,
         };
         assert_eq!(
             rules::evaluate(&expr, &input, &settings).verdict,
@@ -129,6 +130,7 @@ fn rule_evaluation(c: &mut Criterion) {
         baseline: Some(&base),
         interval: Duration::from_millis(150),
         now,
+        latency_percentiles: false,
     };
     assert_eq!(
         rules::evaluate(&expr, &input, &settings).verdict,

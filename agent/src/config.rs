@@ -271,6 +271,9 @@ struct ProbeCommon {
     /// A failure makes `backstop check` exit 1, and the default rules act on it. Default `false`.
     #[serde(default)]
     critical: bool,
+    /// Probes of what this one depends on (a database, a cache): while one of them fails, this probe's rollback rules are held, never acted on. Default none.
+    #[serde(default)]
+    depends_on: Vec<String>,
 }
 
 const PROBE_COMMON_KEYS: &[&str] = &[
@@ -281,6 +284,7 @@ const PROBE_COMMON_KEYS: &[&str] = &[
     "timeout",
     "max_latency",
     "critical",
+    "depends_on",
 ];
 
 fn default_interval() -> Dur {
@@ -396,11 +400,24 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     pub max_latency: Option<Duration>,
     pub critical: bool,
+    /// The probes this one depends on, by name: while one of them fails,
+    /// this probe's rollback rules are held.
+    pub depends_on: Vec<String>,
 }
 
 impl ProbeConfig {
     pub fn type_name(&self) -> &'static str {
         self.spec.type_name()
+    }
+
+    /// Whether `p50_ms` … `p99_ms` are percentiles of this probe's
+    /// `latency_ms` rather than signals it yields itself.
+    pub fn latency_percentiles(&self) -> bool {
+        match &self.spec {
+            ProbeSpec::Scrape(_) => false,
+            ProbeSpec::Promql(p) => crate::rules::percentile_of(&p.signal).is_none(),
+            _ => true,
+        }
     }
 
     /// Builds the runtime probe; the configuration was validated, so this
@@ -1005,6 +1022,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             timeout,
             max_latency: common.max_latency.map(|d| d.0),
             critical: common.critical,
+            depends_on: common.depends_on,
         })
     }
 
@@ -1094,6 +1112,31 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                     format!("probe[{i}].name"),
                     format!("duplicate probe name {:?}", p.name),
                 );
+            }
+        }
+        for (i, p) in probes.iter().enumerate() {
+            for (j, dep) in p.depends_on.iter().enumerate() {
+                let key = format!("probe[{i}].depends_on[{j}]");
+                if *dep == p.name {
+                    self.error(key, format!("probe {:?} cannot depend on itself", p.name));
+                } else if !written.contains(dep) {
+                    let others: Vec<&str> = probes
+                        .iter()
+                        .map(|q| q.name.as_str())
+                        .filter(|n| *n != p.name)
+                        .collect();
+                    self.error(
+                        key,
+                        format!(
+                            "no probe named {dep:?}; name one of the other probes: {}",
+                            if others.is_empty() {
+                                "(there is none)".to_string()
+                            } else {
+                                others.join(", ")
+                            }
+                        ),
+                    );
+                }
             }
         }
         let mut rule_names = HashSet::new();

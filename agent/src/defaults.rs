@@ -1,7 +1,8 @@
 //! The default rule set: the rollback triggers operators already write in
 //! deployment plans, made from the probes a configuration has. Immediate:
 //! a critical probe failing three times running (health 5xx, a critical smoke
-//! test), the database unreachable, memory above 95%. Sustained during the
+//! test), memory above 95%; the database or cache unreachable only alerts,
+//! since a rollback cannot bring it back. Sustained during the
 //! watch: error rate above 5%, p95 latency above 2x the baseline, the
 //! database's connections above 90%, CPU or memory above 90%, each for 5
 //! minutes. A rule written in the file with the same name replaces a default
@@ -29,7 +30,18 @@ pub fn rules_for(probes: &[ProbeConfig]) -> Vec<RuleConfig> {
     let mut out = Vec::new();
     for p in probes {
         let n = &p.name;
-        if p.critical {
+        // The agent's own view of an unreachable database or cache is an
+        // outage a rollback cannot fix: it alerts, critical or not. A pool
+        // that a new deployment saturates is the deployment's fault.
+        let dependency = matches!(p.spec, ProbeSpec::Postgres(_) | ProbeSpec::Redis(_));
+        if dependency {
+            out.push(rule(
+                format!("{n} unreachable"),
+                n,
+                "consecutive_failures >= 3",
+                Alert,
+            ));
+        } else if p.critical {
             out.push(rule(
                 format!("{n} failing"),
                 n,
@@ -39,27 +51,11 @@ pub fn rules_for(probes: &[ProbeConfig]) -> Vec<RuleConfig> {
         }
         match &p.spec {
             ProbeSpec::Postgres(_) => {
-                if !p.critical {
-                    out.push(rule(
-                        format!("{n} unreachable"),
-                        n,
-                        "consecutive_failures >= 3",
-                        Rollback,
-                    ));
-                }
                 out.push(rule(
                     format!("{n} connections saturated"),
                     n,
                     "pool_utilization > 90% for 5m",
                     Rollback,
-                ));
-            }
-            ProbeSpec::Redis(_) if !p.critical => {
-                out.push(rule(
-                    format!("{n} unreachable"),
-                    n,
-                    "consecutive_failures >= 3",
-                    Alert,
                 ));
             }
             ProbeSpec::Resources(_) => {
@@ -199,5 +195,40 @@ action = "alert"
 
         let off = format!("[agent]\ndefault_rules = false\n{text}");
         assert_eq!(Config::parse(&off, |_| None).unwrap().rules.len(), 1);
+    }
+
+    #[test]
+    fn an_unreachable_database_or_cache_alerts_even_when_critical() {
+        let text = r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "db"
+level = 2
+type = "postgres"
+url = "postgres://app@127.0.0.1/app"
+critical = true
+
+[[probe]]
+name = "cache"
+level = 2
+type = "redis"
+url = "redis://127.0.0.1:6379"
+"#;
+        let config = Config::parse(text, |_| None).unwrap();
+        let rules: Vec<(&str, &str)> = config
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.action.as_str()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("db unreachable", "alert"),
+                ("db connections saturated", "rollback"),
+                ("cache unreachable", "alert"),
+            ]
+        );
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! [`shift`] and [`rate_shift`] add the effect size: the regression must be
 //! larger than the factor on the median (or the pooled rate) *and*
-//! significant at `alpha`. A significance test alone would flag a 2%
+//! significant at `alpha`; [`quantile_shift`] does the same on another
+//! quantile (`p95_ms > 2x baseline`), with the quantile test beside the U
+//! test. A significance test alone would flag a 2%
 //! slowdown with enough samples; an effect size alone would flag noise.
 
 use serde::Serialize;
@@ -239,6 +241,66 @@ pub fn shift(
         test.p_value,
         alpha,
         (current.len() as f64, baseline.len() as f64),
+    ))
+}
+
+/// Compares one quantile (`q`, e.g. 0.95 for `p95_ms`) of raw samples:
+/// the effect is on that quantile of each side, and the evidence is the
+/// stronger of two one-sided tests, Bonferroni-corrected so that together
+/// they stay at `alpha`: the quantile test (more current samples beyond the
+/// baseline's `q` quantile than the baseline's own, by Fisher's exact test:
+/// a tail that grew while the middle did not) and the U test (the whole
+/// distribution moved, which moves every quantile). Too few samples on
+/// either side is an `Err` with the reason.
+#[allow(clippy::too_many_arguments)]
+pub fn quantile_shift(
+    current: &[f64],
+    baseline: &[f64],
+    q: f64,
+    factor: f64,
+    worse: Worse,
+    inclusive: bool,
+    alpha: f64,
+    min_samples: usize,
+) -> Result<Shift, String> {
+    let min = min_samples.max(1);
+    if current.len() < min || baseline.len() < min {
+        return Err(format!(
+            "too few samples: {} current and {} baseline, need {min} each",
+            current.len(),
+            baseline.len()
+        ));
+    }
+    if current.iter().chain(baseline).any(|x| x.is_nan()) {
+        return Err("a sample is not a number".into());
+    }
+    let cur = quantile(current, q).expect("not empty");
+    let base = quantile(baseline, q).expect("not empty");
+    let beyond = |xs: &[f64]| {
+        xs.iter()
+            .filter(|&&x| match worse {
+                Worse::Larger => x > base,
+                Worse::Smaller => x < base,
+            })
+            .count() as f64
+    };
+    let (n1, n0) = (current.len() as f64, baseline.len() as f64);
+    let p_tail = fisher(beyond(current), n1, beyond(baseline), n0);
+    let p_u = match worse {
+        Worse::Larger => mann_whitney(current, baseline),
+        Worse::Smaller => mann_whitney(baseline, current),
+    }
+    .map_or(1.0, |t| t.p_value);
+    let p_value = (2.0 * p_tail.min(p_u)).min(1.0);
+    Ok(finish(
+        cur,
+        base,
+        factor,
+        worse,
+        inclusive,
+        p_value,
+        alpha,
+        (n1, n0),
     ))
 }
 

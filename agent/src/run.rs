@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::app::App;
 use crate::config::Config;
 use crate::deployment::IdSource;
-use crate::schedule::{run_probe, ProbeSlot};
+use crate::schedule::{run_probe, ProbeSlot, Wake};
 use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
 use crate::watch::{Clock, ManualOutcome, Notifier, Rollbacker, RuleStatus, Watcher};
@@ -53,7 +53,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     telemetry::build_info();
     let epoch = Instant::now();
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Wake::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
     let settings = crate::rules::Settings::default();
@@ -168,6 +168,7 @@ pub async fn run(
             store: store.clone(),
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
+            depends: Judge::depends(&slots),
             feeding: None,
             statuses: Vec::new(),
             seen: Vec::new(),
@@ -278,6 +279,8 @@ struct Judge {
     store_failing: bool,
     /// The rules that can be judged, as (index in `rules`, index in `slots`).
     plan: Vec<(usize, usize)>,
+    /// For each slot, the slots of its `depends_on` probes.
+    depends: Vec<Vec<usize>>,
     /// The latest status of each rule of `plan`, in its order.
     statuses: Vec<RuleStatus>,
     /// `ProbeState::recorded` of each rule's probe when it was last judged.
@@ -340,6 +343,56 @@ impl Judge {
             .collect()
     }
 
+    /// For each slot, the slots its probe `depends_on`.
+    fn depends(slots: &[Arc<ProbeSlot>]) -> Vec<Vec<usize>> {
+        slots
+            .iter()
+            .map(|s| {
+                s.cfg
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| slots.iter().position(|o| o.cfg.name == *d))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The dependency of slot `si` that holds its rollback rules, if any:
+    /// one failing now, or one that failed since `si`'s last check (its
+    /// failures may still be the dependency's, until it is checked again).
+    fn held_by(&self, si: usize) -> Option<String> {
+        let dependent = &self.slots[si];
+        let checked = {
+            let state = dependent.state.lock().expect("probe state lock");
+            state
+                .window
+                .iter()
+                .rev()
+                .find(|s| s.outcome() != crate::observe::Outcome::Error)
+                .map(|s| s.at())
+        };
+        self.depends[si].iter().find_map(|&d| {
+            let slot = &self.slots[d];
+            let state = slot.state.lock().expect("probe state lock");
+            let failing = state
+                .last
+                .as_ref()
+                .is_some_and(|o| o.outcome == crate::observe::Outcome::Failed);
+            let failed_at = state
+                .window
+                .iter()
+                .rev()
+                .find(|s| s.outcome() == crate::observe::Outcome::Failed)
+                .map(|s| s.at());
+            let since = match (failed_at, checked) {
+                (Some(f), Some(c)) => c <= f + dependent.cfg.timeout,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            (failing || since).then(|| slot.cfg.name.clone())
+        })
+    }
+
     /// Every rule's verdict now, each judged under its probe's lock (no copy
     /// of the window is made). A rule is judged again only when its probe
     /// recorded something since, unless `all`: what a window's ageing alone
@@ -370,6 +423,7 @@ impl Judge {
                         baseline: self.baseline.as_ref(),
                         interval: slot.cfg.interval,
                         now,
+                        latency_percentiles: slot.cfg.latency_percentiles(),
                     },
                     &self.settings,
                 )
@@ -381,7 +435,12 @@ impl Judge {
                     crate::watch::Verdict::Inconclusive(why.clone())
                 }
             };
+            let held_by = (judgement.verdict.holds()
+                && rule.action == crate::config::Action::Rollback)
+                .then(|| self.held_by(si))
+                .flatten();
             let status = RuleStatus {
+                held_by,
                 name: rule.name.clone(),
                 probe: rule.probe.clone(),
                 action: rule.action,
@@ -461,14 +520,17 @@ impl Judge {
         }
     }
 
-    /// A new deployment starts with empty windows: what the last one did
-    /// must not be judged against this one. The count of consecutive
-    /// failures goes on (the first checks of a new deployment often land
-    /// before its id is read), and rules are not armed during the warm-up.
+    /// A new deployment (seen, rolled back to, rolled forward to) starts
+    /// with empty windows and no consecutive failures: what the last one
+    /// did must not be judged against this one, nor fire on it. Its id is
+    /// read again as soon as a probe's outcome changes, so few of its own
+    /// first checks are lost, and its rules are not armed during the
+    /// warm-up anyway.
     fn forget_windows(&mut self) {
         for slot in &self.slots {
             let mut state = slot.state.lock().expect("probe state lock");
             state.window.clear();
+            state.consecutive_failures = 0;
             state.feed = None;
         }
         self.feeding = None;
@@ -530,7 +592,7 @@ impl Judge {
 /// never acted on.
 async fn watch_loop(
     mut judge: Judge,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     mut commands: mpsc::Receiver<Command>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -542,6 +604,10 @@ async fn watch_loop(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_poll = Instant::now();
+    let mut last_read: Option<Instant> = None;
+    // A changed outcome reads the id at once, but a platform's API no more
+    // than ten times per poll interval.
+    let change_gap = judge.poll_interval / 10;
     let mut id_error: Option<String> = None;
     let mut last_judged = Instant::now();
     loop {
@@ -574,8 +640,12 @@ async fn watch_loop(
                 return;
             }
         };
-        if Instant::now() >= next_poll || judge.watcher.deployment().is_none() {
-            next_poll = Instant::now() + judge.poll_interval;
+        let changed = wake.take_changed();
+        let now = Instant::now();
+        let soon = changed && last_read.is_none_or(|t| now >= t + change_gap);
+        if now >= next_poll || soon || judge.watcher.deployment().is_none() {
+            next_poll = now + judge.poll_interval;
+            last_read = Some(now);
             match judge.ids.current().await {
                 Ok(id) => {
                     if id_error.take().is_some() {
@@ -782,6 +852,7 @@ interval = "1s"
             poll_interval: config.deployment.poll_interval,
             warmup: config.deployment.warmup,
             plan: Judge::plan(&config.rules, &slots),
+            depends: Judge::depends(&slots),
             slots,
             rules: config.rules.clone(),
             settings,

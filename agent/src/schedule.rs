@@ -109,13 +109,43 @@ pub fn first_delay(interval: Duration) -> Duration {
     rand::thread_rng().gen_range(Duration::ZERO..=cap)
 }
 
+/// How the probe loops wake the watch loop: after every check, and with
+/// `changed` set when a probe's outcome changed, since a new deployment
+/// may be behind it and its id is read again before anything is counted.
+#[derive(Debug, Default)]
+pub struct Wake {
+    notify: tokio::sync::Notify,
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    /// A check was recorded; `changed` when its outcome differs from the
+    /// probe's previous one.
+    pub fn checked(&self, changed: bool) {
+        if changed {
+            self.changed.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next check.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether an outcome changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// Checks one probe every interval until `stop` turns true.
 pub async fn run_probe(
     slot: Arc<ProbeSlot>,
     probe: impl Check,
     metrics: ProbeMetrics,
     epoch: Instant,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    wake: Option<Arc<Wake>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = &slot.cfg;
@@ -138,15 +168,17 @@ pub async fn run_probe(
         }
         beat(&slot);
         let obs = check_once(&probe, cfg).await;
-        let (flipped, failures) = {
+        let (flipped, changed, failures) = {
             let mut state = slot.state.lock().expect("probe state lock");
+            let before = state.last.as_ref().map(|o| o.outcome);
+            let changed = obs.outcome != Outcome::Error && before.is_some_and(|b| b != obs.outcome);
             let flipped = state.record(obs.clone(), Instant::now());
-            (flipped, state.consecutive_failures)
+            (flipped, changed, state.consecutive_failures)
         };
         metrics.record(&obs, failures);
         log_observation(cfg, &obs, flipped);
         if let Some(w) = &wake {
-            w.notify_one();
+            w.checked(changed);
         }
         beat(&slot);
     }
@@ -223,6 +255,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             max_latency: None,
             critical: false,
+            depends_on: Vec::new(),
         }
     }
 

@@ -72,6 +72,26 @@ pub struct RuleStatus {
     pub evidence: Vec<Evidence>,
     /// The numbers behind the verdict, for `/status`.
     pub detail: crate::rules::Detail,
+    /// A probe of the rule's probe's `depends_on` that is failing now: a
+    /// rollback rule that holds is then held, never acted on.
+    pub held_by: Option<String>,
+}
+
+impl RuleStatus {
+    /// Whether the rule holds and nothing it depends on is failing.
+    fn acts(&self) -> bool {
+        self.verdict == Verdict::Holds && self.held_by.is_none()
+    }
+
+    /// The verdict as `/status`, the fleet and the page name it: `held`
+    /// when it holds while a dependency fails.
+    fn verdict_str(&self) -> &'static str {
+        if self.verdict == Verdict::Holds && self.held_by.is_some() {
+            "held"
+        } else {
+            self.verdict.as_str()
+        }
+    }
 }
 
 /// The guard rails of `[rollback]`.
@@ -545,6 +565,10 @@ impl Watcher {
             }
             if holds && self.rolls_back(r, state) {
                 let ev = r.evidence.clone();
+                if let Some(dependency) = &r.held_by {
+                    self.hold_for_dependency(&r.name, dependency, ev);
+                    continue;
+                }
                 if self.fleet.is_some() {
                     self.fleet_rollback(&r.name, ev).await?;
                 } else {
@@ -577,8 +601,8 @@ impl Watcher {
             .filter(|r| self.rolls_back(r, state))
             .map(|r| Vote {
                 rule: r.name.clone(),
-                verdict: r.verdict.as_str().to_string(),
-                summary: if r.verdict == Verdict::Holds {
+                verdict: r.verdict_str().to_string(),
+                summary: if r.acts() {
                     summarize(&r.name, &r.evidence)
                 } else {
                     String::new()
@@ -1254,6 +1278,27 @@ impl Watcher {
         Ok(None)
     }
 
+    /// A rollback rule holds while a probe it depends on fails: an outage
+    /// of the dependency, which a rollback cannot fix. Told once per
+    /// deployment and dependency; `/status` shows it.
+    fn hold_for_dependency(&mut self, rule: &str, dependency: &str, evidence: Vec<Evidence>) {
+        let reason = dependency_reason(dependency);
+        let dep = self.deployment().unwrap_or("").to_string();
+        if self
+            .held_told
+            .insert((String::new(), format!("depends_on {dependency}")))
+        {
+            tracing::warn!(deployment = %dep, rule, dependency, "rollback held: a dependency is failing");
+            self.tell(
+                EventKind::RollbackHeld,
+                Some(rule.to_string()),
+                format!("rollback of {dep} held back: {reason}"),
+                evidence,
+            );
+        }
+        self.view.lock().expect("view lock").held = Some(reason);
+    }
+
     /// Rolls the current deployment back unless a guard rail says no.
     /// The record of a rollback about to be made now: an intent, or a dry
     /// run, by this replica, back to the last stable deployment.
@@ -1484,9 +1529,10 @@ impl Watcher {
                     probe: r.probe.clone(),
                     action: r.action.as_str(),
                     armed: armed || (state == Some(WatchState::Stable) && r.after_stable),
-                    verdict: r.verdict.as_str(),
-                    reason: match &r.verdict {
-                        Verdict::Inconclusive(why) => Some(why.clone()),
+                    verdict: r.verdict_str(),
+                    reason: match (&r.verdict, &r.held_by) {
+                        (Verdict::Inconclusive(why), _) => Some(why.clone()),
+                        (Verdict::Holds, Some(dependency)) => Some(dependency_reason(dependency)),
                         _ => None,
                     },
                     summary: (!r.evidence.is_empty()).then(|| summarize(&r.name, &r.evidence)),
@@ -1503,6 +1549,11 @@ impl Watcher {
             self.view.lock().expect("view lock").fleet = fleet;
         }
     }
+}
+
+/// Why a rule is held while `dependency` fails.
+fn dependency_reason(dependency: &str) -> String {
+    format!("{dependency} (depends_on) is failing: an outage of a dependency, which a rollback cannot fix")
 }
 
 /// One line for all the conditions of a rule that hold.
@@ -1600,6 +1651,7 @@ mod tests {
 
     fn rule(verdict: Verdict) -> RuleStatus {
         RuleStatus {
+            held_by: None,
             name: "health failing".into(),
             probe: "health".into(),
             action: Action::Rollback,
@@ -1723,6 +1775,49 @@ mod tests {
         assert_eq!(rec.status, RollbackStatus::Succeeded);
         assert_eq!(rec.returned_to.as_deref(), Some("v1"));
         assert!(rig.told.kinds().contains(&EventKind::RollbackPerformed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rule_held_by_a_failing_dependency_is_told_once_and_acts_once_it_recovers() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard()).await;
+        make_stable(&mut w, "v2").await;
+        step(&mut w, "v3", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let held = RuleStatus {
+            held_by: Some("db".into()),
+            ..rule(Verdict::Holds)
+        };
+        for _ in 0..5 {
+            w.observe_deployment("v3").await.unwrap();
+            w.advance().await.unwrap();
+            w.judge(std::slice::from_ref(&held)).await.unwrap();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(rig.calls(), 0, "a dependency's outage never rolls back");
+        let told = rig.told.0.lock().unwrap().clone();
+        let held_events: Vec<_> = told
+            .iter()
+            .filter(|e| e.kind == EventKind::RollbackHeld)
+            .collect();
+        assert_eq!(held_events.len(), 1, "{told:?}");
+        assert!(
+            held_events[0]
+                .summary
+                .contains("db (depends_on) is failing"),
+            "{}",
+            held_events[0].summary
+        );
+        {
+            let view = w.view.lock().unwrap();
+            assert_eq!(view.rules[0].verdict, "held");
+            assert!(view.held.as_deref().unwrap().contains("db"));
+        }
+        // The dependency recovers and the rule still holds: now it is the
+        // deployment's fault.
+        step(&mut w, "v3", Verdict::Holds).await;
+        assert_eq!(rig.calls(), 1);
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{is_rate_signal, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES};
+use super::{
+    is_rate_signal, percentile_of, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES, LATENCY,
+};
 use crate::baseline::{self, Baseline, ERROR_RATE};
 use crate::config::RuleConfig;
 use crate::evidence::Evidence;
@@ -51,6 +53,11 @@ pub struct Input<'a> {
     /// sample may be.
     pub interval: Duration,
     pub now: Instant,
+    /// Whether `p50_ms` … `p99_ms` are percentiles of the probe's
+    /// `latency_ms` samples: true for every probe that yields `latency_ms`
+    /// but not these signals itself (a `scrape` probe reads its own from
+    /// the service's histogram).
+    pub latency_percentiles: bool,
 }
 
 /// Three-valued: only `Holds` may act.
@@ -90,7 +97,8 @@ pub struct Finding {
     pub ratio: Option<f64>,
     /// The one-sided p-value of a baseline comparison.
     pub p_value: Option<f64>,
-    /// The test behind `p_value`: `mann_whitney` or `fisher`.
+    /// The test behind `p_value`: `mann_whitney`, `fisher`, or `quantile`
+    /// (a percentile: the quantile and U tests together).
     pub test: Option<&'static str>,
     /// Current samples judged.
     pub samples: usize,
@@ -320,14 +328,150 @@ fn comparison(c: &Comparison, input: &Input<'_>, settings: &Settings) -> Finding
         baseline_requests: None,
         comparison: c.clone(),
     };
-    f.verdict = match c.value.as_fraction() {
-        Some(threshold) => {
+    let percentile = percentile_of(&c.signal).filter(|_| input.latency_percentiles);
+    f.verdict = match (c.value.as_fraction(), percentile) {
+        (Some(threshold), None) => {
             f.threshold = Some(threshold);
             absolute(c, threshold, input, settings, &mut f)
         }
-        None => against_baseline(c, input, settings, &mut f),
+        (None, None) => against_baseline(c, input, settings, &mut f),
+        (Some(threshold), Some(q)) => {
+            f.threshold = Some(threshold);
+            absolute_percentile(c, q, threshold, input, settings, &mut f)
+        }
+        (None, Some(q)) => percentile_against_baseline(c, q, input, settings, &mut f),
     };
     f
+}
+
+/// `p95_ms > 500 for 5m`: the percentile of the latency samples of the
+/// window (or of the last `baseline_window` without `for`).
+fn absolute_percentile(
+    c: &Comparison,
+    q: f64,
+    threshold: f64,
+    input: &Input<'_>,
+    settings: &Settings,
+    f: &mut Finding,
+) -> Verdict {
+    let span = c.window.unwrap_or(settings.baseline_window);
+    let pts = in_window(points(input.state, LATENCY), input.now, span);
+    f.samples = pts.len();
+    let values: Vec<f64> = pts.iter().map(|p| p.value).collect();
+    let Some(observed) = crate::judge::quantile(&values, q) else {
+        return inconclusive(format!(
+            "no {LATENCY} in the last {}",
+            crate::duration::format(span)
+        ));
+    };
+    f.observed = Some(observed);
+    if !c.op.apply(observed, threshold) {
+        return Verdict::Clear;
+    }
+    let uncovered = match c.window {
+        Some(window) => uncovered(
+            input.state,
+            &pts,
+            LATENCY,
+            input.now,
+            window,
+            input.interval,
+        ),
+        None => (pts.len() < 2).then(|| {
+            format!(
+                "too few samples: 1 {LATENCY} in the last {}, need 2",
+                crate::duration::format(span)
+            )
+        }),
+    };
+    match uncovered {
+        Some(why) => inconclusive(why),
+        None => Verdict::Holds,
+    }
+}
+
+/// `p95_ms > 2x baseline for 5m`: the percentile of the window's latency
+/// samples against the same percentile of the baseline's.
+fn percentile_against_baseline(
+    c: &Comparison,
+    q: f64,
+    input: &Input<'_>,
+    settings: &Settings,
+    f: &mut Finding,
+) -> Verdict {
+    let factor = c.value.baseline_factor().expect("a baseline comparison");
+    let Some((worse, inclusive)) = direction(c.op) else {
+        return inconclusive("== and != cannot compare with the baseline");
+    };
+    let span = c.window.unwrap_or(settings.baseline_window);
+    let pts = in_window(points(input.state, LATENCY), input.now, span);
+    f.samples = pts.len();
+    let Some(base) = input.baseline else {
+        return inconclusive("no baseline yet");
+    };
+    if let Some(window) = c.window {
+        if let Some(why) = uncovered(
+            input.state,
+            &pts,
+            LATENCY,
+            input.now,
+            window,
+            input.interval,
+        ) {
+            return inconclusive(why);
+        }
+    }
+    let Some(before) = base.probe(input.probe).and_then(|p| p.signals.get(LATENCY)) else {
+        return inconclusive(format!(
+            "the baseline ({}) has no {LATENCY} for probe {}",
+            base.deployment, input.probe
+        ));
+    };
+    f.test = Some("quantile");
+    f.baseline_samples = Some(before.samples.len());
+    let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
+    let result = judge::quantile_shift(
+        &now,
+        &before.samples,
+        q,
+        factor,
+        worse,
+        inclusive,
+        settings.alpha,
+        settings.min_samples,
+    );
+    shifted(result, f)
+}
+
+/// Which way is worse for a baseline comparison, and whether the threshold
+/// itself counts; `None` for `==` and `!=`, which the parser refuses.
+fn direction(op: Op) -> Option<(Worse, bool)> {
+    match op {
+        Op::Gt => Some((Worse::Larger, false)),
+        Op::Ge => Some((Worse::Larger, true)),
+        Op::Lt => Some((Worse::Smaller, false)),
+        Op::Le => Some((Worse::Smaller, true)),
+        Op::Eq | Op::Ne => None,
+    }
+}
+
+/// The verdict of a baseline comparison, its numbers noted in `f`.
+fn shifted(result: Result<judge::Shift, String>, f: &mut Finding) -> Verdict {
+    match result {
+        Err(why) => inconclusive(why),
+        Ok(s) => {
+            f.observed = Some(s.current);
+            f.threshold = Some(s.threshold);
+            f.baseline = Some(s.baseline);
+            f.ratio = s.ratio;
+            f.p_value = Some(s.p_value);
+            if s.regressed() {
+                Verdict::Holds
+            } else {
+                Verdict::Clear
+            }
+        }
+    }
 }
 
 fn inconclusive(why: impl Into<String>) -> Verdict {
@@ -413,13 +557,8 @@ fn against_baseline(
     f: &mut Finding,
 ) -> Verdict {
     let factor = c.value.baseline_factor().expect("a baseline comparison");
-    let (worse, inclusive) = match c.op {
-        Op::Gt => (Worse::Larger, false),
-        Op::Ge => (Worse::Larger, true),
-        Op::Lt => (Worse::Smaller, false),
-        Op::Le => (Worse::Smaller, true),
-        // The parser refuses these.
-        Op::Eq | Op::Ne => return inconclusive("== and != cannot compare with the baseline"),
+    let Some((worse, inclusive)) = direction(c.op) else {
+        return inconclusive("== and != cannot compare with the baseline");
     };
     let span = c.window.unwrap_or(settings.baseline_window);
     let pts = in_window(points(input.state, &c.signal), input.now, span);
@@ -479,21 +618,7 @@ fn against_baseline(
             )
         }
     };
-    match result {
-        Err(why) => inconclusive(why),
-        Ok(s) => {
-            f.observed = Some(s.current);
-            f.threshold = Some(s.threshold);
-            f.baseline = Some(s.baseline);
-            f.ratio = s.ratio;
-            f.p_value = Some(s.p_value);
-            if s.regressed() {
-                Verdict::Holds
-            } else {
-                Verdict::Clear
-            }
-        }
-    }
+    shifted(result, f)
 }
 
 impl Finding {

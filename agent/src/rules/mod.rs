@@ -66,6 +66,14 @@
 //!   baseline's, with a one-sided Fisher exact test (a two-proportion test
 //!   that stays exact at small counts), and both sides need
 //!   [`Settings::min_requests`] requests.
+//! - **Percentiles of latency** (`p50_ms`, `p90_ms`, `p95_ms`, `p99_ms`) on
+//!   a probe that yields `latency_ms` but not these itself
+//!   ([`Input::latency_percentiles`]): the percentile of the `latency_ms`
+//!   samples of the `for` window, which must be covered (without `for`, of
+//!   the last [`Settings::baseline_window`], at least two samples). `Nx
+//!   baseline` compares it with the same percentile of the baseline's
+//!   latency samples through [`crate::judge::quantile_shift`]: larger than
+//!   N *and* significant, as every baseline rule.
 
 mod eval;
 mod parse;
@@ -141,6 +149,8 @@ impl Expr {
             .map(|c| match (c.window, c.value.is_baseline()) {
                 (Some(w), _) => w,
                 (None, true) => settings.baseline_window,
+                // A percentile without `for` is over the baseline window.
+                (None, false) if percentile_of(&c.signal).is_some() => settings.baseline_window,
                 (None, false) => Duration::ZERO,
             })
             .max()
@@ -250,6 +260,28 @@ impl std::fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+/// The percentiles of `latency_ms` that every probe yielding it also has,
+/// with their quantile: over a rule's `for` window (or the last
+/// [`Settings::baseline_window`] without one), and of the baseline's
+/// latency for `Nx baseline`.
+pub const PERCENTILES: [(&str, f64); 4] = [
+    ("p50_ms", 0.5),
+    ("p90_ms", 0.9),
+    ("p95_ms", 0.95),
+    ("p99_ms", 0.99),
+];
+
+/// The signal the percentiles are computed from.
+pub const LATENCY: &str = "latency_ms";
+
+/// The quantile of a percentile signal (`p95_ms` → 0.95).
+pub fn percentile_of(signal: &str) -> Option<f64> {
+    PERCENTILES
+        .iter()
+        .find(|(name, _)| *name == signal)
+        .map(|(_, q)| *q)
+}
 
 /// Whether a signal is a per-request ratio, which needs enough requests
 /// behind it before it can decide anything.

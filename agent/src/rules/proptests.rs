@@ -109,6 +109,7 @@ fn judge_values(when: &Expr, current: &[f64], baseline: &[f64]) -> Verdict {
             baseline: Some(&base),
             interval: Duration::from_secs(5),
             now,
+            latency_percentiles: false,
         },
         &Settings::default(),
     )

@@ -97,6 +97,7 @@ fn judge(
             baseline: base,
             interval: Duration::from_secs(5),
             now,
+            latency_percentiles: false,
         },
         &Settings::default(),
     )

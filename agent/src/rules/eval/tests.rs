@@ -53,6 +53,7 @@ fn judge(when: &str, s: &ProbeState, baseline: Option<&Baseline>) -> Judgement {
             baseline,
             interval: S30,
             now: Instant::now(),
+            latency_percentiles: false,
         },
         &Settings::default(),
     )
@@ -708,4 +709,141 @@ fn the_latest_value_read_from_the_end_is_the_last_point_of_the_window() {
         let latest = latest_point(&s, "latency_ms").map(|p| (p.at, p.value, p.counts));
         assert_eq!(latest, replayed);
     }
+}
+
+/// Judged on a probe whose `p95_ms` and kin are percentiles of its
+/// `latency_ms` (an `http` probe).
+fn judge_latency(when: &str, s: &ProbeState, baseline: Option<&Baseline>) -> Judgement {
+    let expr = parse(when).unwrap_or_else(|e| panic!("{when}: {e}"));
+    evaluate(
+        &expr,
+        &Input {
+            probe: "app",
+            state: s,
+            baseline,
+            interval: Duration::from_secs(5),
+            now: Instant::now(),
+            latency_percentiles: true,
+        },
+        &Settings::default(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentile_is_read_from_the_latency_samples_of_the_window() {
+    let mut s = state();
+    // 1..=100 ms, one every 3 s: 5 minutes.
+    let items: Vec<_> = (1..=100)
+        .map(|i| ok(vec![("latency_ms", i as f64)]))
+        .collect();
+    feed(&mut s, Duration::from_secs(3), items).await;
+    let cases = [
+        ("p50_ms > 50 for 5m", Verdict::Holds, 50.5),
+        ("p50_ms > 51 for 5m", Verdict::Clear, 50.5),
+        ("p90_ms > 90 for 5m", Verdict::Holds, 90.1),
+        ("p95_ms > 95 for 5m", Verdict::Holds, 95.05),
+        ("p99_ms > 99.5 for 5m", Verdict::Clear, 99.01),
+        ("p99_ms >= 99 for 5m", Verdict::Holds, 99.01),
+        ("p99_ms < 99 for 5m", Verdict::Clear, 99.01),
+    ];
+    for (when, verdict, observed) in cases {
+        let j = judge_latency(when, &s, None);
+        assert_eq!(j.verdict, verdict, "{when}");
+        let got = j.findings[0].observed.unwrap();
+        assert!((got - observed).abs() < 1e-9, "{when}: {got}");
+        assert_eq!(j.findings[0].samples, 100, "{when}");
+    }
+    // A window not yet covered cannot hold.
+    assert!(
+        reason(&judge_latency("p95_ms > 10 for 10m", &s, None)).contains("window not yet covered")
+    );
+    // Without percentiles of its own latency (a `scrape` probe), `p95_ms`
+    // is the probe's own signal, which these samples do not carry.
+    assert!(reason(&judge("p95_ms > 10 for 5m", &s, None)).contains("too few samples"));
+}
+
+/// A baseline of `n` latency samples drawn from `dist`, as `latency_ms`.
+fn latency_ms_baseline(dist: &LogNormal<f64>, n: usize, rng: &mut impl rand::Rng) -> Baseline {
+    let mut b = BaselineBuilder::with_capacity("v1", 1000, 3);
+    for _ in 0..n {
+        let sample = crate::observe::Sample::new(
+            Outcome::Ok,
+            Instant::now(),
+            vec![("latency_ms", dist.sample(rng))],
+        );
+        b.add("app", &sample);
+    }
+    b.finish()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentile_regression_against_the_baseline_holds_only_when_large_and_significant() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let dist = LogNormal::new(4.0, 0.4).unwrap();
+    let base = latency_ms_baseline(&dist, 300, &mut rng);
+    let window = |scale: f64, rng: &mut rand::rngs::StdRng| {
+        let items: Vec<_> = (0..60)
+            .map(|_| ok(vec![("latency_ms", scale * dist.sample(rng))]))
+            .collect();
+        items
+    };
+    let mut slow = state();
+    feed(&mut slow, Duration::from_secs(5), window(2.5, &mut rng)).await;
+    for when in [
+        "p50_ms > 1.5x baseline for 5m",
+        "p95_ms > 1.5x baseline for 5m",
+        "p99_ms > 1.5x baseline",
+    ] {
+        let j = judge_latency(when, &slow, Some(&base));
+        assert_eq!(j.verdict, Verdict::Holds, "{when}: {j:?}");
+        let f = &j.findings[0];
+        assert_eq!(f.test, Some("quantile"));
+        assert_eq!(f.baseline_samples, Some(300));
+        assert!(f.ratio.unwrap() > 1.5, "{f:?}");
+        assert!(f.p_value.unwrap() < 0.01, "{f:?}");
+    }
+    // No latency in the baseline for this probe.
+    let other = BaselineBuilder::with_capacity("v0", 10, 1).finish();
+    assert!(reason(&judge_latency(
+        "p95_ms > 2x baseline for 5m",
+        &slow,
+        Some(&other)
+    ))
+    .contains("the baseline (v0) has no latency_ms for probe app"));
+    // Larger, but not by the factor.
+    assert_eq!(
+        judge_latency("p95_ms > 4x baseline for 5m", &slow, Some(&base)).verdict,
+        Verdict::Clear
+    );
+    // Faster is never a regression.
+    let mut fast = state();
+    feed(&mut fast, Duration::from_secs(5), window(0.4, &mut rng)).await;
+    assert_eq!(
+        judge_latency("p95_ms > 1.5x baseline for 5m", &fast, Some(&base)).verdict,
+        Verdict::Clear
+    );
+    // The same distribution does not hold.
+    let mut same = state();
+    feed(&mut same, Duration::from_secs(5), window(1.0, &mut rng)).await;
+    assert_eq!(
+        judge_latency("p95_ms > 1.5x baseline for 5m", &same, Some(&base)).verdict,
+        Verdict::Clear
+    );
+    // A tail that grew while the middle stayed: p99 holds, p50 does not.
+    let mut tail = state();
+    let items: Vec<_> = (0..60)
+        .map(|i| {
+            let x = dist.sample(&mut rng);
+            ok(vec![("latency_ms", if i % 5 == 0 { 20.0 * x } else { x })])
+        })
+        .collect();
+    feed(&mut tail, Duration::from_secs(5), items).await;
+    assert_eq!(
+        judge_latency("p99_ms > 2x baseline for 5m", &tail, Some(&base)).verdict,
+        Verdict::Holds
+    );
+    assert_eq!(
+        judge_latency("p50_ms > 2x baseline for 5m", &tail, Some(&base)).verdict,
+        Verdict::Clear
+    );
 }
