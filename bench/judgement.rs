@@ -24,11 +24,18 @@ use tokio::time::Instant;
 
 const SEED: u64 = 20_260_101;
 const SIGMAS: [f64; 5] = [0.2, 0.4, 0.6, 0.8, 1.0];
-const LATENCY_RULES: [&str; 3] = [
+const LATENCY_RULES: [&str; 7] = [
     "latency_ms > 1.5x baseline",
     "latency_ms > 2x baseline",
     "latency_ms > baseline + 20%",
+    // Percentiles of the same latency samples (an `http` probe's).
+    "p50_ms > 1.5x baseline",
+    "p90_ms > 1.5x baseline",
+    "p95_ms > 1.5x baseline",
+    "p99_ms > 1.5x baseline",
 ];
+/// The first of [`LATENCY_RULES`] over a percentile.
+const FIRST_PERCENTILE_RULE: usize = 3;
 const RATE_RULES: [&str; 2] = [
     "error_rate > 1.5x baseline for 5m",
     "error_rate > 2x baseline for 5m",
@@ -70,6 +77,9 @@ struct Report {
     latency_same: Vec<Vec<Tally>>,
     /// [rule][sigma]: 2.5x slower, 50 samples a side.
     latency_shift: Vec<Vec<Tally>>,
+    /// [rule][sigma]: 2.5x slower, 200 samples a side (the percentile
+    /// rules only; the others' rows stay empty).
+    latency_shift_200: Vec<Vec<Tally>>,
     /// [rule]: same error rate (0-10%), traffic 1-500 rps.
     rate_same: Vec<Tally>,
     /// [rule]: same, but a source without request counts (U test).
@@ -122,7 +132,7 @@ fn verdict(
             baseline: Some(base),
             interval,
             now,
-            latency_percentiles: false,
+            latency_percentiles: true,
         },
         &Settings::default(),
     )
@@ -194,6 +204,7 @@ fn run(pairs: usize) -> Report {
 
     let mut latency_same = vec![vec![Tally::default(); SIGMAS.len()]; LATENCY_RULES.len()];
     let mut latency_shift = latency_same.clone();
+    let mut latency_shift_200 = latency_same.clone();
     for (k, &sigma) in SIGMAS.iter().enumerate() {
         for _ in 0..pairs {
             // Typical service latencies: a median between 5ms and 500ms.
@@ -207,6 +218,23 @@ fn run(pairs: usize) -> Report {
             for (r, e) in latency_rules.iter().enumerate() {
                 latency_same[r][k].add(&verdict(e, &same, &base, five_s, now));
                 latency_shift[r][k].add(&verdict(e, &slow, &base50, five_s, now));
+            }
+            // A percentile of 50 samples is noisy in the tail: the same
+            // shift with 200 samples a side (one a second, over 5 minutes).
+            let base200 = baseline(latencies(&mut rng, &dist, 1.0, 200), rng.gen());
+            let slow200 = state(
+                latencies(&mut rng, &dist, 2.5, 200),
+                Duration::from_secs(1),
+                now,
+            );
+            for (r, e) in latency_rules.iter().enumerate().skip(FIRST_PERCENTILE_RULE) {
+                latency_shift_200[r][k].add(&verdict(
+                    e,
+                    &slow200,
+                    &base200,
+                    Duration::from_secs(1),
+                    now,
+                ));
             }
         }
     }
@@ -244,6 +272,7 @@ fn run(pairs: usize) -> Report {
     Report {
         latency_same,
         latency_shift,
+        latency_shift_200,
         rate_same,
         rate_same_uncounted,
         rate_shift,
@@ -267,8 +296,8 @@ fn print(r: &Report) {
         }
         println!(" {:>22}", "all");
     };
-    let rows = |cells: &Vec<Vec<Tally>>| {
-        for (i, rule) in LATENCY_RULES.iter().enumerate() {
+    let rows = |cells: &Vec<Vec<Tally>>, from: usize| {
+        for (i, rule) in LATENCY_RULES.iter().enumerate().skip(from) {
             print!("{rule:30}");
             for c in &cells[i] {
                 print!(" {:>20}", c.cell());
@@ -280,11 +309,15 @@ fn print(r: &Report) {
         "Latency, same distribution (false rollbacks), 50 current vs 50/180/1000 baseline samples:"
     );
     header();
-    rows(&r.latency_same);
+    rows(&r.latency_same, 0);
     println!();
     println!("Latency, 2.5x slower (detections), 50 samples a side:");
     header();
-    rows(&r.latency_shift);
+    rows(&r.latency_shift, 0);
+    println!();
+    println!("Latency percentiles, 2.5x slower (detections), 200 samples a side:");
+    header();
+    rows(&r.latency_shift_200, FIRST_PERCENTILE_RULE);
     println!();
     println!("Error rate 0-10%, 1-500 rps, 5m (30 samples) vs 15m baseline:");
     for (i, rule) in RATE_RULES.iter().enumerate() {
@@ -326,6 +359,28 @@ fn judgement_rarely_rolls_back_noise_and_catches_real_regressions() {
     }
     let caught = total(&r.latency_shift[0]);
     assert!(caught.rate() > 0.97, "1.5x: detections {}", caught.cell());
+    // The percentile rules at 50 samples a side (the tail ones are limited
+    // by the noise of a tail percentile of 50 samples), and at 200.
+    for (i, least, least_200) in [
+        (3, 0.97, 0.97),
+        (4, 0.95, 0.97),
+        (5, 0.93, 0.97),
+        (6, 0.88, 0.94),
+    ] {
+        let caught = total(&r.latency_shift[i]);
+        let rule = LATENCY_RULES[i];
+        assert!(
+            caught.rate() > least,
+            "{rule}: detections {}",
+            caught.cell()
+        );
+        let caught = total(&r.latency_shift_200[i]);
+        assert!(
+            caught.rate() > least_200,
+            "{rule}, 200 a side: detections {}",
+            caught.cell()
+        );
+    }
     for i in 0..RATE_RULES.len() {
         assert!(r.rate_same[i].rate() < 0.01, "{}", r.rate_same[i].cell());
         assert!(
