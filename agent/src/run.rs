@@ -357,39 +357,74 @@ impl Judge {
             .collect()
     }
 
-    /// The dependency of slot `si` that holds its rollback rules, if any:
-    /// one failing now, or one that failed since `si`'s last check (its
-    /// failures may still be the dependency's, until it is checked again).
-    fn held_by(&self, si: usize) -> Option<String> {
+    /// Why the rollback rules of slot `si` are held by one of its
+    /// `depends_on` probes, if they are: the dependency fails now; or it
+    /// has not been checked since this probe's failures began, and is
+    /// asked for a check at once (its answer decides who is at fault); or
+    /// it failed since this probe's last check started, whose failure may
+    /// still be the dependency's.
+    fn held_by(&self, si: usize) -> Option<crate::watch::Held> {
+        use crate::observe::Outcome;
         let dependent = &self.slots[si];
-        let checked = {
+        let (checked, streak_since) = {
             let state = dependent.state.lock().expect("probe state lock");
-            state
-                .window
-                .iter()
-                .rev()
-                .find(|s| s.outcome() != crate::observe::Outcome::Error)
-                .map(|s| s.at())
+            let judged = || {
+                state
+                    .window
+                    .iter()
+                    .rev()
+                    .filter(|s| s.outcome() != Outcome::Error)
+            };
+            let checked = judged().next().map(|s| s.at());
+            let streak_since = judged()
+                .take_while(|s| s.outcome() == Outcome::Failed)
+                .last()
+                .map(|s| s.at());
+            (checked, streak_since)
         };
         self.depends[si].iter().find_map(|&d| {
             let slot = &self.slots[d];
-            let state = slot.state.lock().expect("probe state lock");
-            let failing = state
-                .last
-                .as_ref()
-                .is_some_and(|o| o.outcome == crate::observe::Outcome::Failed);
-            let failed_at = state
-                .window
-                .iter()
-                .rev()
-                .find(|s| s.outcome() == crate::observe::Outcome::Failed)
-                .map(|s| s.at());
-            let since = match (failed_at, checked) {
-                (Some(f), Some(c)) => c <= f + dependent.cfg.timeout,
-                (Some(_), None) => true,
-                (None, _) => false,
+            let (failing, last_checked, failed_at) = {
+                let state = slot.state.lock().expect("probe state lock");
+                let failing = state
+                    .last
+                    .as_ref()
+                    .is_some_and(|o| o.outcome == Outcome::Failed);
+                let judged = || {
+                    state
+                        .window
+                        .iter()
+                        .rev()
+                        .filter(|s| s.outcome() != Outcome::Error)
+                };
+                let last_checked = judged().next().map(|s| s.at());
+                let failed_at = judged()
+                    .find(|s| s.outcome() == Outcome::Failed)
+                    .map(|s| s.at());
+                (failing, last_checked, failed_at)
             };
-            (failing || since).then(|| slot.cfg.name.clone())
+            let name = slot.cfg.name.clone();
+            if failing {
+                return Some(crate::watch::Held::failing(name));
+            }
+            if let Some(since) = streak_since {
+                if last_checked.is_none_or(|c| c < since) {
+                    slot.check_soon();
+                    return Some(crate::watch::Held::unknown(
+                        name,
+                        "has not been checked since the failures began; checking it now",
+                    ));
+                }
+            }
+            match (failed_at, checked) {
+                (Some(f), Some(c)) if c <= f + dependent.cfg.timeout => {
+                    Some(crate::watch::Held::unknown(
+                        name,
+                        "failed during this probe's last check; waiting for its next one",
+                    ))
+                }
+                _ => None,
+            }
         })
     }
 
@@ -906,6 +941,100 @@ interval = "1s"
     fn feeding(judge: &Judge) -> Option<String> {
         let state = judge.slots[0].state.lock().unwrap();
         state.feed.as_ref().map(|f| f.deployment().to_string())
+    }
+
+    /// Two probes checked by the test: `health`, which `depends_on` `db`.
+    fn dependent_slots() -> (Vec<Arc<ProbeSlot>>, Vec<Vec<usize>>) {
+        let config = Config::parse(
+            r#"[service]
+name = "web"
+
+[[probe]]
+name = "db"
+level = 2
+type = "tcp"
+address = "127.0.0.1:5432"
+interval = "5s"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:8080/health"
+interval = "1s"
+timeout = "500ms"
+depends_on = ["db"]
+"#,
+            |_| None,
+        )
+        .unwrap();
+        let slots: Vec<_> = config
+            .probes
+            .iter()
+            .map(|p| Arc::new(ProbeSlot::new(p.clone(), SETTLED_SPAN)))
+            .collect();
+        let depends = Judge::depends(&slots);
+        (slots, depends)
+    }
+
+    fn check(slot: &ProbeSlot, up: bool) {
+        let result = if up {
+            Ok(backstop_probes::Report::new().with("latency_ms", 1.0))
+        } else {
+            Err(backstop_probes::ProbeError::unhealthy("down"))
+        };
+        let obs = crate::observe::Observation::from_result(result, Duration::from_millis(1), None);
+        slot.state.lock().unwrap().record(obs, Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dependency_holds_the_rules_while_it_fails_or_until_it_is_checked_again() {
+        let (slots, depends) = dependent_slots();
+        let dir = tempfile::tempdir().unwrap();
+        let judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
+        let judge = Judge {
+            slots: slots.clone(),
+            depends,
+            ..judge
+        };
+        let (db, health) = (&slots[0], &slots[1]);
+        check(db, true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        check(health, true);
+        assert_eq!(judge.held_by(1), None, "nothing fails");
+        assert_eq!(judge.held_by(0), None, "db depends on nothing");
+
+        // health fails after db's last check: db is asked at once, and the
+        // rules wait for its answer.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            check(health, false);
+        }
+        let held = judge.held_by(1).expect("held until db is checked");
+        assert!(!held.failing);
+        assert!(held.why.contains("checking it now"), "{}", held.why);
+        // db answers that it fails: an outage, not the deployment.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        check(db, false);
+        let held = judge.held_by(1).expect("db fails");
+        assert!(held.failing);
+        assert_eq!(held.dependency, "db");
+
+        // db recovers; health's failures still date from db's outage until
+        // health is checked again after it.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        check(db, true);
+        let held = judge.held_by(1).expect("health not checked since");
+        assert!(!held.failing);
+        assert!(
+            held.why.contains("waiting for its next one"),
+            "{}",
+            held.why
+        );
+        // health still fails with db fine: now it is the deployment.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        check(health, false);
+        assert_eq!(judge.held_by(1), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,6 +24,10 @@ pub struct ProbeSlot {
     pub state: Mutex<ProbeState>,
     /// Milliseconds since `epoch` of the loop's last sign of life.
     beat: AtomicU64,
+    /// Asks the loop for a check now, ahead of its schedule: `asked` says
+    /// a check is owed, `now` wakes the loop.
+    now: tokio::sync::Notify,
+    asked: std::sync::atomic::AtomicBool,
 }
 
 impl ProbeSlot {
@@ -32,7 +36,17 @@ impl ProbeSlot {
             cfg,
             state: Mutex::new(ProbeState::new(span)),
             beat: AtomicU64::new(0),
+            now: tokio::sync::Notify::new(),
+            asked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Asks for a check as soon as none is in flight (the watch wants to
+    /// know whether a dependency fails before it blames a deployment).
+    /// Several requests before the check are one.
+    pub fn check_soon(&self) {
+        self.asked.store(true, Ordering::Release);
+        self.now.notify_one();
     }
 
     /// A copy of the state, taken under the lock, without the baseline
@@ -165,6 +179,13 @@ pub async fn run_probe(
             biased;
             _ = stop.changed() => return,
             _ = ticks.tick() => {}
+            _ = slot.now.notified() => {
+                // A wake-up left over from requests a check already served.
+                if !slot.asked.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                ticks.reset();
+            }
         }
         beat(&slot);
         let obs = check_once(&probe, cfg).await;
@@ -320,6 +341,48 @@ mod tests {
             Some("timed out after 1s")
         );
         assert!(slow.window.len() <= 61, "{}", slow.window.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_asked_for_runs_at_once_and_the_schedule_goes_on_from_it() {
+        let (stop_tx, stop) = watch::channel(false);
+        let slot = Arc::new(ProbeSlot::new(
+            cfg("db", 60_000, 1000),
+            Duration::from_secs(3600),
+        ));
+        let (probe, _) = slow(10, false);
+        let wake = Arc::new(Wake::default());
+        let task = tokio::spawn(run_probe(
+            slot.clone(),
+            probe,
+            ProbeMetrics::new("db", 1, "tcp"),
+            Instant::now(),
+            Some(wake.clone()),
+            stop,
+        ));
+        // The first check comes within 5 s (the jittered start).
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(slot.snapshot().window.len(), 1);
+        slot.check_soon();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(slot.snapshot().window.len(), 2, "checked at once");
+        // Asked twice before it runs: one check.
+        slot.check_soon();
+        slot.check_soon();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(slot.snapshot().window.len(), 3);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(
+            slot.snapshot().window.len(),
+            3,
+            "the next one a whole interval later"
+        );
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(slot.snapshot().window.len(), 4);
+        // Every check woke the watch; none changed its outcome.
+        assert!(!wake.take_changed());
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

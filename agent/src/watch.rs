@@ -72,9 +72,44 @@ pub struct RuleStatus {
     pub evidence: Vec<Evidence>,
     /// The numbers behind the verdict, for `/status`.
     pub detail: crate::rules::Detail,
-    /// A probe of the rule's probe's `depends_on` that is failing now: a
-    /// rollback rule that holds is then held, never acted on.
-    pub held_by: Option<String>,
+    /// A probe of the rule's probe's `depends_on` that fails, or may have
+    /// caused what the rule saw: a rollback rule that holds is then held,
+    /// never acted on.
+    pub held_by: Option<Held>,
+}
+
+/// Why a dependency holds a rule's rollback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The `depends_on` probe.
+    pub dependency: String,
+    /// Whether it fails now: an outage, told once per deployment and
+    /// dependency. Otherwise it is not yet known whether it caused what
+    /// the rule saw (`why`), which is settled within a check or two.
+    pub failing: bool,
+    pub why: String,
+}
+
+impl Held {
+    pub fn failing(dependency: String) -> Self {
+        let why = format!(
+            "{dependency} (depends_on) is failing: an outage of a dependency, which a rollback cannot fix"
+        );
+        Self {
+            dependency,
+            failing: true,
+            why,
+        }
+    }
+
+    pub fn unknown(dependency: String, what: &str) -> Self {
+        let why = format!("{dependency} (depends_on) {what}");
+        Self {
+            dependency,
+            failing: false,
+            why,
+        }
+    }
 }
 
 impl RuleStatus {
@@ -565,8 +600,8 @@ impl Watcher {
             }
             if holds && self.rolls_back(r, state) {
                 let ev = r.evidence.clone();
-                if let Some(dependency) = &r.held_by {
-                    self.hold_for_dependency(&r.name, dependency, ev);
+                if let Some(held) = &r.held_by {
+                    self.hold_for_dependency(&r.name, held, ev);
                     continue;
                 }
                 if self.fleet.is_some() {
@@ -1281,12 +1316,14 @@ impl Watcher {
     /// A rollback rule holds while a probe it depends on fails: an outage
     /// of the dependency, which a rollback cannot fix. Told once per
     /// deployment and dependency; `/status` shows it.
-    fn hold_for_dependency(&mut self, rule: &str, dependency: &str, evidence: Vec<Evidence>) {
-        let reason = dependency_reason(dependency);
+    fn hold_for_dependency(&mut self, rule: &str, held: &Held, evidence: Vec<Evidence>) {
+        let reason = held.why.clone();
         let dep = self.deployment().unwrap_or("").to_string();
-        if self
-            .held_told
-            .insert((String::new(), format!("depends_on {dependency}")))
+        let dependency = held.dependency.as_str();
+        if held.failing
+            && self
+                .held_told
+                .insert((String::new(), format!("depends_on {dependency}")))
         {
             tracing::warn!(deployment = %dep, rule, dependency, "rollback held: a dependency is failing");
             self.tell(
@@ -1532,7 +1569,7 @@ impl Watcher {
                     verdict: r.verdict_str(),
                     reason: match (&r.verdict, &r.held_by) {
                         (Verdict::Inconclusive(why), _) => Some(why.clone()),
-                        (Verdict::Holds, Some(dependency)) => Some(dependency_reason(dependency)),
+                        (Verdict::Holds, Some(held)) => Some(held.why.clone()),
                         _ => None,
                     },
                     summary: (!r.evidence.is_empty()).then(|| summarize(&r.name, &r.evidence)),
@@ -1549,11 +1586,6 @@ impl Watcher {
             self.view.lock().expect("view lock").fleet = fleet;
         }
     }
-}
-
-/// Why a rule is held while `dependency` fails.
-fn dependency_reason(dependency: &str) -> String {
-    format!("{dependency} (depends_on) is failing: an outage of a dependency, which a rollback cannot fix")
 }
 
 /// One line for all the conditions of a rule that hold.
@@ -1785,7 +1817,7 @@ mod tests {
         step(&mut w, "v3", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         let held = RuleStatus {
-            held_by: Some("db".into()),
+            held_by: Some(Held::failing("db".into())),
             ..rule(Verdict::Holds)
         };
         for _ in 0..5 {
