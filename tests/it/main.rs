@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real servers on loopback.
 
 mod agent;
+mod attribution;
 mod cli;
 mod daemon;
 mod docs;
