@@ -3,6 +3,7 @@
 //! are judged over. A probe's `error` outcome (its own fault) neither counts
 //! as a failure nor resets the count.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
@@ -64,7 +65,18 @@ impl Observation {
             }
             Err(ProbeError::CannotRun(message)) => (Outcome::Error, Report::new(), Some(message)),
         };
-        let mut signals = report.signals;
+        // A probe's own names are literals already; a name the
+        // configuration gave (a body signal) is made one by the name table.
+        let mut signals = Vec::with_capacity(report.signals.len() + 1);
+        for (name, value) in report.signals {
+            let name = match name {
+                Cow::Borrowed(name) => Some(name),
+                Cow::Owned(name) => SignalId::intern_str(&name).map(SignalId::name),
+            };
+            if let Some(name) = name {
+                signals.push((name, value));
+            }
+        }
         let latency = match signals.iter().find(|(n, _)| *n == "latency_ms") {
             Some((_, ms)) => Duration::from_secs_f64((ms / 1e3).max(0.0)),
             None => {
@@ -153,8 +165,21 @@ impl SignalId {
 
     /// The id of `name`, given it one the first time it is seen. `None`
     /// only when 65,535 different names were seen already (signal names
-    /// are the probes' literals, a few dozen).
+    /// are the probes' literals, a few dozen, and the body signals the
+    /// configuration declares).
     pub fn intern(name: &'static str) -> Option<Self> {
+        Self::intern_with(name, || name)
+    }
+
+    /// Like [`SignalId::intern`], for a name that is not a literal (a body
+    /// signal the configuration declares): the first time it is seen, a
+    /// copy of it joins the table, where it stays for the life of the
+    /// process like every name there. Seen again, it costs a lookup.
+    pub fn intern_str(name: &str) -> Option<Self> {
+        Self::intern_with(name, || Box::leak(Box::from(name)))
+    }
+
+    fn intern_with(name: &str, keep: impl FnOnce() -> &'static str) -> Option<Self> {
         if let Some(id) = Self::find(name) {
             return Some(id);
         }
@@ -167,6 +192,7 @@ impl SignalId {
                 .ok()
                 .filter(|n| *n != u16::MAX)?,
         );
+        let name = keep();
         t.ids.insert(name, id);
         t.names.push(name);
         Some(id)
@@ -475,6 +501,40 @@ mod tests {
         assert_eq!(last.signal("status"), Some(200.0));
         assert_eq!(last.signal("latency_ms"), Some(999.0));
         assert_eq!(last.at(), start + Duration::from_millis(999));
+    }
+
+    #[test]
+    fn a_name_the_configuration_gave_is_interned_once_and_then_allocates_nothing() {
+        let report = || {
+            Report::new()
+                .with("latency_ms", 2.0)
+                .with(String::from("a_body_signal_only_this_test_uses"), 7.5)
+        };
+        let first = Observation::from_result(Ok(report()), Duration::from_millis(1), None);
+        assert_eq!(first.signal("a_body_signal_only_this_test_uses"), Some(7.5));
+        let id = SignalId::find("a_body_signal_only_this_test_uses").unwrap();
+        assert_eq!(id.name(), "a_body_signal_only_this_test_uses");
+        let mut s = ProbeState::new(Duration::from_secs(60));
+        s.window.reserve(16);
+        let now = Instant::now();
+        s.record(first, now);
+        let again: Vec<_> = (0..10)
+            .map(|_| Observation::from_result(Ok(report()), Duration::from_millis(1), None))
+            .collect();
+        let before = allocations();
+        for obs in again {
+            s.record(obs, now);
+        }
+        assert_eq!(allocations() - before, 0);
+        assert_eq!(
+            s.window.back().unwrap().value(id),
+            Some(7.5),
+            "the same id every time"
+        );
+        assert_eq!(
+            SignalId::intern_str("a_body_signal_only_this_test_uses"),
+            Some(id)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `http`: one request to an HTTP endpoint, its status, latency and body
-//! checked against expectations. The body read is capped so a huge or endless
-//! response cannot exhaust memory.
+//! checked against expectations, and numbers read from a JSON body reported
+//! as signals. The body read is capped so a huge or endless response cannot
+//! exhaust memory.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,11 +11,25 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::request::{
-    self, authority, default_max_body, default_method, describe, read_capped, yes, ClientKind,
-    Clients, Expect, ReadBody,
+    self, authority, body_signal_infos, default_max_body, default_method, describe, read_capped,
+    yes, BodySignals, ClientKind, Clients, Expect, Keep, ReadBody,
 };
 pub use crate::request::{BodyAssertion, DEFAULT_MAX_BODY_BYTES};
-use crate::{duration, redact_url, ConfigProblem, Context, ProbeError, Report};
+use crate::{duration, redact_url, ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals an `http` probe yields itself; those its `signals` setting
+/// declares come on top.
+const SIGNALS: [SignalInfo; 2] = [
+    SignalInfo::fixed(
+        "latency_ms",
+        "milliseconds from sending the request to the end of the body (to the response head when the status fails)",
+    ),
+    SignalInfo::fixed("status", "the response's HTTP status code"),
+];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// Settings of an `http` probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +67,25 @@ pub struct HttpConfig {
     /// The most bytes read from a body. Default 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Numbers from a JSON response body reported as signals: name → a JSON
+    /// pointer, like `{ memory_mb = "/memory_mb" }`. A JSON number or a
+    /// string holding one counts; a missing or non-numeric value, or a body
+    /// that is not JSON or larger than `max_body_bytes`, leaves the signal
+    /// missing without failing the check. Read when the status is as expected.
+    /// Names are 1-64 of `a-z`, `0-9` and `_`, starting with a letter, and
+    /// none of the probe's own signals. Default none.
+    #[serde(default)]
+    pub signals: BTreeMap<String, String>,
+}
+
+impl HttpConfig {
+    /// What a check of this probe can yield: its own signals and the
+    /// declared body signals.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        let mut all = type_signals();
+        all.extend(body_signal_infos(&self.signals));
+        all
+    }
 }
 
 /// A runtime `http` probe. It keeps its client (shared with probes of the same
@@ -66,6 +100,7 @@ pub struct HttpProbe {
     headers: HeaderMap,
     body: Option<bytes::Bytes>,
     expect: Expect,
+    body_signals: BodySignals,
     max_body_bytes: u64,
     timeout: Duration,
     /// The timeout as messages show it (`1s`).
@@ -141,6 +176,7 @@ impl HttpProbe {
             (None, None) => None,
         };
         let expect = Expect::new(&cfg.expect_status, &cfg.expect_body, "", &mut problems);
+        let body_signals = BodySignals::new(&cfg.signals, "", "http", &SIGNALS, &mut problems);
         if cfg.max_body_bytes == 0 {
             problems.push(ConfigProblem::new("max_body_bytes", "must be at least 1"));
         }
@@ -178,6 +214,7 @@ impl HttpProbe {
                     headers,
                     body,
                     expect,
+                    body_signals,
                     max_body_bytes: cfg.max_body_bytes,
                     timeout: ctx.timeout,
                     within: duration::format(ctx.timeout),
@@ -228,16 +265,16 @@ impl HttpProbe {
             report.push("latency_ms", elapsed_ms());
             return Err(ProbeError::unhealthy_with(msg, report));
         }
-        let body = read_capped(
-            resp,
-            self.max_body_bytes,
-            self.expect.reads_body(),
-            &self.within,
-        )
-        .await;
+        let keep = Keep::for_use(self.expect.reads_body(), !self.body_signals.is_empty());
+        let body = read_capped(resp, self.max_body_bytes, keep, &self.within).await;
         report.push("latency_ms", elapsed_ms());
         let checked = body.and_then(|body| match body {
-            Some(bytes) => self.expect.check_body(&ReadBody::new(bytes)),
+            Some(bytes) => {
+                let body = ReadBody::new(bytes);
+                // Measured whether or not the assertions pass.
+                self.body_signals.read(&body, &mut report);
+                self.expect.check_body(&body)
+            }
             None => Ok(()),
         });
         match checked {
@@ -416,6 +453,182 @@ mod tests {
         );
         probe("e", serde_json::json!({ "follow_redirects": true }));
         assert_eq!(clients.len(), 3);
+    }
+
+    /// A probe of `body` (served as `content_type`) with `signals`.
+    async fn body_signals(
+        content_type: &'static str,
+        body: &'static str,
+        signals: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> (Result<Report, ProbeError>, HttpConfig) {
+        let addr =
+            crate::testing::serve(move |_, _| crate::testing::response(200, content_type, body))
+                .await;
+        let mut settings = serde_json::json!({
+            "url": format!("http://{addr}/health"),
+            "signals": signals,
+        });
+        settings
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let cfg: HttpConfig = serde_json::from_value(settings).unwrap();
+        let result = HttpProbe::new(&cfg, ctx()).unwrap().check().await;
+        (result, cfg)
+    }
+
+    #[tokio::test]
+    async fn reads_numbers_from_the_body_as_signals_and_leaves_the_rest_missing() {
+        let body = r#"{"memory_mb": 512, "uptime": "3600.5", "version": "1.2.3",
+            "checks": {"database": {"latency": 4.25, "ok": true}}, "list": [7, "x"],
+            "nothing": null, "huge": "1e400", "spaced": " 42 "}"#;
+        let signals = serde_json::json!({
+            "memory_mb": "/memory_mb",
+            "uptime_s": "/uptime",
+            "version": "/version",
+            "db_latency_ms": "/checks/database/latency",
+            "db_ok": "/checks/database/ok",
+            "first": "/list/0",
+            "second": "/list/1",
+            "gone": "/checks/cache/latency",
+            "nothing": "/nothing",
+            "huge": "/huge",
+            "spaced": "/spaced",
+            "whole": "",
+        });
+        let (result, cfg) =
+            body_signals("application/json", body, signals, serde_json::json!({})).await;
+        let report = result.unwrap();
+        assert_eq!(report.get("memory_mb"), Some(512.0));
+        assert_eq!(report.get("uptime_s"), Some(3600.5), "a numeric string");
+        assert_eq!(report.get("db_latency_ms"), Some(4.25), "a nested pointer");
+        assert_eq!(report.get("first"), Some(7.0));
+        assert_eq!(report.get("spaced"), Some(42.0));
+        for missing in [
+            "version", "db_ok", "second", "gone", "nothing", "huge", "whole",
+        ] {
+            assert_eq!(report.get(missing), None, "{missing}");
+        }
+        assert_eq!(report.get("status"), Some(200.0));
+        assert!(report.get("latency_ms").is_some());
+        assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 7);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_or_too_large_only_leaves_the_signals_missing() {
+        let signals = serde_json::json!({ "memory_mb": "/memory_mb" });
+        let (result, _) = body_signals(
+            "text/html",
+            "<html>memory_mb: 5</html>",
+            signals.clone(),
+            serde_json::json!({}),
+        )
+        .await;
+        let report = result.unwrap();
+        assert_eq!(report.get("memory_mb"), None);
+        assert_eq!(report.get("status"), Some(200.0));
+
+        let (result, _) = body_signals(
+            "application/json",
+            r#"{"memory_mb": 512, "padding": "xxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            signals,
+            serde_json::json!({ "max_body_bytes": 16 }),
+        )
+        .await;
+        assert_eq!(result.unwrap().get("memory_mb"), None);
+    }
+
+    #[tokio::test]
+    async fn body_signals_are_kept_when_an_assertion_fails() {
+        let (result, cfg) = body_signals(
+            "application/json",
+            r#"{"status": "degraded", "memory_mb": 900}"#,
+            serde_json::json!({ "memory_mb": "/memory_mb" }),
+            serde_json::json!({ "expect_body": [{ "pointer": "/status", "equals": "up" }] }),
+        )
+        .await;
+        match result {
+            Err(ProbeError::Unhealthy { message, report }) => {
+                assert!(message.starts_with("body at /status"), "{message}");
+                assert_eq!(report.get("memory_mb"), Some(900.0));
+                crate::testing::assert_declared(&report, &cfg.signals());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        let addr = crate::testing::serve(|path, _| match path {
+            "/ok" => crate::testing::response(200, "application/json", r#"{"queue": 3}"#),
+            _ => crate::testing::response(503, "text/plain", "down"),
+        })
+        .await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        for url in [
+            format!("http://{addr}/ok"),
+            format!("http://{addr}/down"),
+            format!("http://{closed}/"),
+        ] {
+            let cfg = config(serde_json::json!({ "url": url, "signals": { "queue": "/queue" } }));
+            let report = match HttpProbe::new(&cfg, ctx()).unwrap().check().await {
+                Ok(r) | Err(ProbeError::Unhealthy { report: r, .. }) => r,
+                Err(e) => panic!("{url}: {e}"),
+            };
+            assert!(crate::testing::assert_declared(&report, &cfg.signals()) > 0);
+        }
+    }
+
+    #[test]
+    fn reports_each_bad_body_signal_under_its_own_key() {
+        let cases = [
+            ("Memory", "/m", "\"Memory\" is not a signal name"),
+            ("1st", "/m", "\"1st\" is not a signal name"),
+            ("mem-mb", "/m", "\"mem-mb\" is not a signal name"),
+            ("", "/m", "\"\" is not a signal name"),
+            (
+                "latency_ms",
+                "/m",
+                "latency_ms is a signal the http probe yields itself",
+            ),
+            (
+                "status",
+                "/m",
+                "status is a signal the http probe yields itself",
+            ),
+            (
+                "consecutive_failures",
+                "/m",
+                "consecutive_failures is the agent's count",
+            ),
+            ("p95_ms", "/m", "p95_ms is a percentile the agent computes"),
+            ("p50_ms", "/m", "p50_ms is a percentile the agent computes"),
+            (
+                "memory_mb",
+                "memory_mb",
+                "JSON pointer \"memory_mb\" must be empty or start with '/'",
+            ),
+        ];
+        for (name, pointer, message) in cases {
+            let found = problems(serde_json::json!({ "signals": { name: pointer } }));
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+            assert_eq!(found[0].0, format!("signals.{name}"), "{name}");
+            assert!(found[0].1.starts_with(message), "{name}: {}", found[0].1);
+        }
+        let long = "m".repeat(65);
+        assert_eq!(
+            problems(serde_json::json!({ "signals": { long.clone(): "/m" } }))[0].0,
+            format!("signals.{long}")
+        );
+        let longest = "m".repeat(64);
+        assert_eq!(
+            problems(serde_json::json!({ "signals": { longest: "/m", "x_1": "" } })),
+            vec![]
+        );
     }
 
     #[test]

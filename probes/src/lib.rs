@@ -3,6 +3,7 @@
 //! reads no files or environment of its own accord and installs no metrics
 //! recorder. A probe reports what it saw; the agent judges.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 pub mod duration;
@@ -24,8 +25,11 @@ pub use request::Clients;
 /// What one check of a probe saw, before the agent applies `max_latency`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
-    /// Named numbers the check produced (`latency_ms`, `status`, ...).
-    pub signals: Vec<(&'static str, f64)>,
+    /// Named numbers the check produced (`latency_ms`, `status`, ...). A
+    /// probe's own names are borrowed literals, which cost no allocation;
+    /// names the configuration declares (an `http` probe's body signals)
+    /// are owned.
+    pub signals: Vec<(Cow<'static, str>, f64)>,
 }
 
 impl Report {
@@ -34,12 +38,14 @@ impl Report {
     }
 
     /// Adds a signal and returns the report, for building in one expression.
-    pub fn with(mut self, name: &'static str, value: f64) -> Self {
+    pub fn with(mut self, name: impl Into<Cow<'static, str>>, value: f64) -> Self {
         self.push(name, value);
         self
     }
 
-    pub fn push(&mut self, name: &'static str, value: f64) {
+    /// Adds a signal, or replaces the value of one of the same name.
+    pub fn push(&mut self, name: impl Into<Cow<'static, str>>, value: f64) {
+        let name = name.into();
         if let Some(slot) = self.signals.iter_mut().find(|(n, _)| *n == name) {
             slot.1 = value;
         } else {
@@ -103,6 +109,51 @@ impl ConfigProblem {
             message: message.into(),
         }
     }
+}
+
+/// One signal a probe yields, for validation and the reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalInfo {
+    pub name: Cow<'static, str>,
+    pub about: Cow<'static, str>,
+}
+
+impl SignalInfo {
+    /// A signal whose name and description are literals, as a probe's own
+    /// signals are.
+    pub const fn fixed(name: &'static str, about: &'static str) -> Self {
+        Self {
+            name: Cow::Borrowed(name),
+            about: Cow::Borrowed(about),
+        }
+    }
+}
+
+/// Names no probe may report from a body: the agent's own count, and the
+/// percentiles the agent computes from `latency_ms` over a rule's window.
+pub const RESERVED_SIGNALS: &[&str] = &[
+    "consecutive_failures",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+];
+
+/// The signals a probe type can yield whatever its configuration, for the
+/// reference (`None` for an unknown type). Signals whose names the
+/// configuration chooses (an `http` probe's `signals`) are not among them.
+pub fn type_signals(kind: &str) -> Option<Vec<SignalInfo>> {
+    Some(match kind {
+        "http" => http::type_signals(),
+        "tcp" => tcp::type_signals(),
+        "postgres" => postgres::type_signals(),
+        "redis" => redis::type_signals(),
+        "resources" => resources::type_signals(),
+        "scenario" => scenario::type_signals(),
+        "scrape" => scrape::type_signals(),
+        "promql" => promql::type_signals(),
+        _ => return None,
+    })
 }
 
 /// What every probe is given besides its own settings.
@@ -171,6 +222,22 @@ impl ProbeSpec {
         }
     }
 
+    /// Every signal a check of this probe can yield, given its configuration
+    /// (a `postgres` probe in `write_read` mode yields `write_ms` and `read_ms`;
+    /// a `promql` probe its chosen signal; an `http` probe its declared body signals).
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        match self {
+            Self::Http(c) => c.signals(),
+            Self::Tcp(c) => c.signals(),
+            Self::Postgres(c) => c.signals(),
+            Self::Redis(c) => c.signals(),
+            Self::Resources(c) => c.signals(),
+            Self::Scenario(c) => c.signals(),
+            Self::Scrape(c) => c.signals(),
+            Self::Promql(c) => c.signals(),
+        }
+    }
+
     /// Builds the runtime probe. Never touches the network: connections are
     /// made on the first check, so `validate` can build every probe.
     pub fn build(&self, ctx: Context) -> Result<Probe, Vec<ConfigProblem>> {
@@ -224,5 +291,224 @@ impl Probe {
             Self::Scrape(p) => p.check().await,
             Self::Promql(p) => p.check().await,
         }
+    }
+}
+
+/// What the probes' tests share: a check that a report carries only
+/// declared signals, and a small HTTP server to check against.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::{Report, SignalInfo};
+
+    /// Asserts that every signal `report` carries is one of `declared`, and
+    /// returns how many it carries.
+    pub(crate) fn assert_declared(report: &Report, declared: &[SignalInfo]) -> usize {
+        for (name, _) in &report.signals {
+            assert!(
+                declared.iter().any(|s| s.name == *name),
+                "{name} is reported but not declared; declared: {:?}",
+                declared.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+        }
+        report.signals.len()
+    }
+
+    /// A response with a status, a content type and a body.
+    pub(crate) fn response(status: u16, content_type: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// An HTTP server on loopback that answers each request with what
+    /// `answer` makes of its path and its number (from 0), then closes the
+    /// connection. It runs until the test's runtime ends.
+    pub(crate) async fn serve(
+        answer: impl Fn(&str, usize) -> String + Send + Sync + 'static,
+    ) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The head, then as much body as it announces.
+                    let end = loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => seen.extend_from_slice(&buf[..k]),
+                        }
+                        if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while seen.len() < end + length {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => seen.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let _ = conn.write_all(answer(&path, n).as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The string literals a probe file's code (its tests left out) passes
+    /// as a signal name to `Report::with` or `Report::push`.
+    fn pushed_names(source: &str) -> Vec<&str> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut names = Vec::new();
+        for call in [".with(\"", ".push(\""] {
+            for (at, _) in code.match_indices(call) {
+                let rest = &code[at + call.len()..];
+                if let Some(end) = rest.find('"') {
+                    names.push(&rest[..end]);
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_name_a_probe_file_reports_is_among_its_types_signals() {
+        let files = [
+            ("http", include_str!("http.rs")),
+            ("tcp", include_str!("tcp.rs")),
+            ("postgres", include_str!("postgres.rs")),
+            ("redis", include_str!("redis.rs")),
+            ("resources", include_str!("resources.rs")),
+            ("scenario", include_str!("scenario.rs")),
+            ("scrape", include_str!("scrape.rs")),
+            ("promql", include_str!("promql.rs")),
+        ];
+        assert_eq!(files.len(), PROBE_TYPES.len());
+        for (kind, source) in files {
+            let declared = type_signals(kind).unwrap();
+            let names = pushed_names(source);
+            assert!(!names.is_empty(), "{kind}: no signal found in its file");
+            for name in names {
+                assert!(
+                    declared.iter().any(|s| s.name == name),
+                    "{kind} reports {name:?} but does not declare it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_type_declares_its_signals_once_with_a_description() {
+        for kind in PROBE_TYPES {
+            let declared = type_signals(kind).unwrap();
+            assert!(
+                declared.iter().any(|s| s.name == "latency_ms"),
+                "{kind}: no latency_ms"
+            );
+            for (i, s) in declared.iter().enumerate() {
+                assert!(!s.about.is_empty(), "{kind}.{}: no description", s.name);
+                assert!(
+                    declared[..i].iter().all(|t| t.name != s.name),
+                    "{kind}.{}: declared twice",
+                    s.name
+                );
+            }
+        }
+        assert_eq!(type_signals("smtp"), None);
+    }
+
+    #[test]
+    fn a_report_borrows_its_own_names_and_replaces_a_repeated_one() {
+        let mut report = Report::new().with("latency_ms", 1.0);
+        report.push(String::from("memory_mb"), 2.0);
+        report.push("latency_ms", 3.0);
+        assert_eq!(report.signals.len(), 2);
+        assert!(matches!(report.signals[0].0, Cow::Borrowed("latency_ms")));
+        assert_eq!(report.get("latency_ms"), Some(3.0));
+        assert_eq!(report.get("memory_mb"), Some(2.0));
+    }
+
+    #[test]
+    fn a_specs_signals_follow_its_configuration() {
+        let names = |kind: &str, settings: serde_json::Value| -> Vec<String> {
+            ProbeSpec::deserialize_typed(kind, settings)
+                .unwrap()
+                .unwrap()
+                .signals()
+                .into_iter()
+                .map(|s| s.name.into_owned())
+                .collect()
+        };
+        let pg = serde_json::json!({ "url": "postgres://a@h/d" });
+        assert!(!names("postgres", pg.clone()).contains(&"write_ms".to_string()));
+        let mut write_read = pg;
+        write_read["mode"] = "write_read".into();
+        let all = names("postgres", write_read);
+        assert!(all.contains(&"write_ms".to_string()) && all.contains(&"read_ms".to_string()));
+
+        assert_eq!(
+            names(
+                "promql",
+                serde_json::json!({ "url": "http://p:9090", "query": "up", "signal": "error_rate" })
+            ),
+            ["error_rate", "latency_ms"]
+        );
+        assert_eq!(
+            names(
+                "http",
+                serde_json::json!({ "url": "http://h/", "signals": { "memory_mb": "/memory_mb" } })
+            ),
+            ["latency_ms", "status", "memory_mb"]
+        );
+        assert_eq!(
+            names(
+                "scenario",
+                serde_json::json!({ "step": [
+                    { "url": "http://h/a", "signals": { "queue": "/q" } },
+                    { "url": "http://h/b", "signals": { "db_ms": "/db/ms" } },
+                ] })
+            ),
+            ["latency_ms", "steps_ok", "step_failed", "queue", "db_ms"]
+        );
+        assert_eq!(
+            names(
+                "scrape",
+                serde_json::json!({ "url": "http://h/metrics", "requests": "http_requests_total" })
+            ),
+            [
+                "latency_ms",
+                "requests",
+                "request_rate",
+                "errors",
+                "error_rate"
+            ]
+        );
+        assert!(!names("resources", serde_json::json!({})).contains(&"process_running".into()));
+        assert!(names("resources", serde_json::json!({ "pid": 1 }))
+            .contains(&"process_rss_bytes".into()));
     }
 }

@@ -15,7 +15,45 @@ use serde::Deserialize;
 use tokio_postgres::NoTls;
 
 use crate::redact::ms;
-use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
+use crate::{redact_url, ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `postgres` probe yields; `write_ms` and `read_ms` only in
+/// `write_read` mode (see [`PostgresConfig::signals`]).
+const SIGNALS: [SignalInfo; 8] = [
+    SignalInfo::fixed(
+        "latency_ms",
+        "milliseconds the query took (`ping`), or the write, read and delete together (`write_read`)",
+    ),
+    SignalInfo::fixed(
+        "write_ms",
+        "milliseconds the insert of a scratch row took; `write_read` mode only",
+    ),
+    SignalInfo::fixed(
+        "read_ms",
+        "milliseconds reading the row back took; `write_read` mode only",
+    ),
+    SignalInfo::fixed(
+        "connections_used",
+        "client connections the server has open",
+    ),
+    SignalInfo::fixed("max_connections", "the server's `max_connections`"),
+    SignalInfo::fixed(
+        "pool_utilization",
+        "`connections_used` / `max_connections`, a fraction (rules write `90%`)",
+    ),
+    SignalInfo::fixed("is_replica", "1 on a replica (in recovery), else 0"),
+    SignalInfo::fixed(
+        "replication_lag_seconds",
+        "on a replica: 0 while it has replayed all it received, else the age of the last replayed transaction",
+    ),
+];
+
+/// The names only `write_read` mode yields.
+const WRITE_READ_ONLY: [&str; 2] = ["write_ms", "read_ms"];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// The pool never holds more connections than this: one check uses one.
 const POOL_SIZE: usize = 2;
@@ -60,6 +98,17 @@ pub enum Mode {
     Ping,
     /// Writes, reads and deletes a row of the scratch table.
     WriteRead,
+}
+
+impl PostgresConfig {
+    /// What a check in this configuration's mode can yield.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        SIGNALS
+            .iter()
+            .filter(|s| self.mode == Mode::WriteRead || !WRITE_READ_ONLY.contains(&&*s.name))
+            .cloned()
+            .collect()
+    }
 }
 
 const DEFAULT_QUERY: &str = "SELECT 1";
@@ -434,7 +483,12 @@ fn read_stats(messages: &[tokio_postgres::SimpleQueryMessage], report: &mut Repo
     }) else {
         return;
     };
-    let num = |i: usize| -> Option<f64> { row.get(i).and_then(|v| v.trim().parse().ok()) };
+    stats_row(|i| row.get(i), report);
+}
+
+/// Reports the columns of [`STATS_SQL`]'s row, as `row(i)` gives them.
+fn stats_row<'a>(row: impl Fn(usize) -> Option<&'a str>, report: &mut Report) {
+    let num = |i: usize| -> Option<f64> { row(i).and_then(|v| v.trim().parse().ok()) };
     let used = num(0);
     let max = num(1);
     if let Some(u) = used {
@@ -448,7 +502,7 @@ fn read_stats(messages: &[tokio_postgres::SimpleQueryMessage], report: &mut Repo
             report.push("pool_utilization", u / m);
         }
     }
-    let replica = row.get(2) == Some("t");
+    let replica = row(2) == Some("t");
     report.push("is_replica", if replica { 1.0 } else { 0.0 });
     if replica {
         if let Some(lag) = num(3) {
@@ -644,6 +698,48 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(cfg.mode, Mode::WriteRead);
+    }
+
+    #[test]
+    fn every_signal_the_statistics_report_is_declared() {
+        let primary = [Some("12"), Some("100"), Some("f"), None];
+        let mut report = Report::new();
+        stats_row(|i| primary[i], &mut report);
+        assert_eq!(report.get("pool_utilization"), Some(0.12));
+        assert_eq!(report.get("is_replica"), Some(0.0));
+        assert_eq!(report.get("replication_lag_seconds"), None);
+
+        let replica = [Some("3"), Some("50"), Some("t"), Some("1.5")];
+        let mut report = Report::new().with("latency_ms", 1.0);
+        stats_row(|i| replica[i], &mut report);
+        assert_eq!(report.get("replication_lag_seconds"), Some(1.5));
+        let cfg = config("postgres://app@db/app");
+        assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 6);
+    }
+
+    /// Runs both modes against the server of `BACKSTOP_TEST_POSTGRES_URL`
+    /// when `tests/run.sh` started one; the integration tests cover the
+    /// probe against it in depth.
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        let Ok(url) = std::env::var("BACKSTOP_TEST_POSTGRES_URL") else {
+            eprintln!("BACKSTOP_TEST_POSTGRES_URL is not set: only the statistics are checked");
+            return;
+        };
+        for mode in [Mode::Ping, Mode::WriteRead] {
+            let mut cfg = config(&url);
+            cfg.mode = mode;
+            let ctx = Context {
+                timeout: Duration::from_secs(10),
+            };
+            let report = PostgresProbe::new(&cfg, ctx)
+                .unwrap()
+                .check()
+                .await
+                .unwrap();
+            let n = crate::testing::assert_declared(&report, &cfg.signals());
+            assert!(n >= 4, "{mode:?}: {report:?}");
+        }
     }
 
     #[test]

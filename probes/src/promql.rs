@@ -11,11 +11,11 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::request::{describe, read_whole, ReadError};
-use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
+use crate::{redact_url, ConfigProblem, Context, ProbeError, Report, SignalInfo};
 
-/// The names a query's value may be reported under. Signals are
-/// `&'static str`, so the set is fixed rather than taken from the file.
-/// `latency_ms` is absent: it is the query's own duration.
+/// The names a query's value may be reported under: a fixed set, the
+/// names rules already know. `latency_ms` is absent: it is the query's own
+/// duration.
 pub const SIGNALS: &[&str] = &[
     "value",
     "error_rate",
@@ -31,6 +31,40 @@ pub const SIGNALS: &[&str] = &[
     "cpu_percent",
     "saturation",
 ];
+
+/// The query's own duration, which every check yields.
+const LATENCY: SignalInfo =
+    SignalInfo::fixed("latency_ms", "milliseconds the query took, answer read");
+
+/// Every signal a `promql` probe can yield: `latency_ms`, and the query's
+/// value under whichever of [`SIGNALS`] `signal` names.
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    std::iter::once(LATENCY)
+        .chain(SIGNALS.iter().map(|name| value_signal(name)))
+        .collect()
+}
+
+/// The query's value reported as `name`.
+fn value_signal(name: &'static str) -> SignalInfo {
+    SignalInfo {
+        name: name.into(),
+        about: format!("the query's value, with `signal = \"{name}\"`").into(),
+    }
+}
+
+impl PromqlConfig {
+    /// What a check can yield: the query's value under the chosen signal
+    /// (none when `signal` is not one of [`SIGNALS`]) and `latency_ms`.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        SIGNALS
+            .iter()
+            .find(|s| **s == self.signal)
+            .map(|name| value_signal(name))
+            .into_iter()
+            .chain(std::iter::once(LATENCY))
+            .collect()
+    }
+}
 
 /// The most bytes read from an answer: one sample is a few hundred bytes,
 /// and a larger answer holds more series than the probe can use.
@@ -332,6 +366,30 @@ mod tests {
             result_type: result_type.into(),
             result,
         }
+    }
+
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        let addr = crate::testing::serve(|_, _| {
+            crate::testing::response(
+                200,
+                "application/json",
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"0.25"]}}"#,
+            )
+        })
+        .await;
+        for signal in SIGNALS {
+            let cfg = config(&format!("http://{addr}"), signal);
+            let report = PromqlProbe::new(&cfg, ctx())
+                .unwrap()
+                .check()
+                .await
+                .unwrap();
+            assert_eq!(report.get(signal), Some(0.25));
+            assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 2);
+            assert_eq!(cfg.signals().len(), 2);
+        }
+        assert_eq!(type_signals().len(), SIGNALS.len() + 1);
     }
 
     #[test]

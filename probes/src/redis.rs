@@ -16,7 +16,52 @@ use fred::types::{ConnectHandle, Expiration};
 use serde::Deserialize;
 
 use crate::redact::{ms, scrub_password as scrub};
-use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
+use crate::{redact_url, ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `redis` probe yields; `write_ms` and `read_ms` only in
+/// `write_read` mode (see [`RedisConfig::signals`]).
+const SIGNALS: [SignalInfo; 9] = [
+    SignalInfo::fixed(
+        "latency_ms",
+        "milliseconds `PING` took (`ping`), or the set, get and delete together (`write_read`)",
+    ),
+    SignalInfo::fixed(
+        "write_ms",
+        "milliseconds the `SET` of a scratch key took; `write_read` mode only",
+    ),
+    SignalInfo::fixed(
+        "read_ms",
+        "milliseconds the `GET` of it took; `write_read` mode only",
+    ),
+    SignalInfo::fixed(
+        "used_memory",
+        "bytes the server uses (`INFO` `used_memory`)",
+    ),
+    SignalInfo::fixed(
+        "maxmemory",
+        "the server's `maxmemory` in bytes; 0 for no limit",
+    ),
+    SignalInfo::fixed(
+        "memory_utilization",
+        "`used_memory` / `maxmemory`, a fraction; only with a `maxmemory`",
+    ),
+    SignalInfo::fixed(
+        "connected_clients",
+        "client connections the server has open",
+    ),
+    SignalInfo::fixed("is_master", "1 on a master, 0 on a replica"),
+    SignalInfo::fixed(
+        "master_link_up",
+        "on a replica: 1 while its link to the master is up, else 0",
+    ),
+];
+
+/// The names only `write_read` mode yields.
+const WRITE_READ_ONLY: [&str; 2] = ["write_ms", "read_ms"];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 const DEFAULT_KEY_PREFIX: &str = "backstop:probe:";
 
@@ -47,6 +92,17 @@ pub enum Mode {
     Ping,
     /// `PING`, `INFO`, then `SET` with a TTL, `GET` and `DEL`.
     WriteRead,
+}
+
+impl RedisConfig {
+    /// What a check in this configuration's mode can yield.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        SIGNALS
+            .iter()
+            .filter(|s| self.mode == Mode::WriteRead || !WRITE_READ_ONLY.contains(&&*s.name))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Where the probe's connection stands between checks.
@@ -581,7 +637,11 @@ mod tests {
         let mut report = Report::new();
         read_info(&parse_info(master), &mut report);
         assert_eq!(
-            report.signals,
+            report
+                .signals
+                .iter()
+                .map(|(n, v)| (&**n, *v))
+                .collect::<Vec<_>>(),
             vec![
                 ("used_memory", 1048576.0),
                 ("maxmemory", 4194304.0),
@@ -609,6 +669,76 @@ mod tests {
             &mut report,
         );
         assert_eq!(report.get("master_link_up"), Some(1.0));
+    }
+
+    /// `INFO` of a replica with a memory limit: every field the probe reads.
+    const REPLICA_INFO: &str = "# Server\r\nredis_version:7.2.4\r\n# Clients\r\n\
+        connected_clients:3\r\n# Memory\r\nused_memory:1000\r\nmaxmemory:4000\r\n\
+        # Replication\r\nrole:slave\r\nmaster_link_status:up\r\n";
+
+    /// A stand-in Redis server on loopback speaking just enough RESP2 for
+    /// the probe: `PING`, `INFO`, `SET`, `GET`, `DEL`, and `OK` to anything
+    /// else the client sends while connecting.
+    async fn fake_redis() -> std::net::SocketAddr {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = conn.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let mut stored: Option<String> = None;
+                    // Every command is an array of bulk strings.
+                    while let Ok(Some(head)) = lines.next_line().await {
+                        let n: usize = head.trim_start_matches('*').parse().unwrap_or(0);
+                        let mut args = Vec::new();
+                        for _ in 0..n {
+                            let _len = lines.next_line().await;
+                            args.push(lines.next_line().await.ok().flatten().unwrap_or_default());
+                        }
+                        let bulk = |s: &str| format!("${}\r\n{s}\r\n", s.len());
+                        let reply = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+                            Some("PING") => "+PONG\r\n".to_string(),
+                            Some("INFO") => bulk(REPLICA_INFO),
+                            Some("SET") => {
+                                stored = args.get(2).cloned();
+                                "+OK\r\n".into()
+                            }
+                            Some("GET") => match &stored {
+                                Some(v) => bulk(v),
+                                None => "$-1\r\n".into(),
+                            },
+                            Some("DEL") => ":1\r\n".into(),
+                            _ => "+OK\r\n".into(),
+                        };
+                        if write.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        let addr = fake_redis().await;
+        for (mode, count) in [(Mode::Ping, 7), (Mode::WriteRead, 9)] {
+            let mut cfg = config(&format!("redis://{addr}"));
+            cfg.mode = mode;
+            let report = RedisProbe::new(&cfg, ctx()).unwrap().check().await.unwrap();
+            assert_eq!(
+                crate::testing::assert_declared(&report, &cfg.signals()),
+                count,
+                "{mode:?}: {report:?}"
+            );
+        }
+        // A master's INFO says the rest.
+        let mut report = Report::new();
+        read_info(&parse_info("role:master\n"), &mut report);
+        crate::testing::assert_declared(&report, &config("redis://h").signals());
     }
 
     #[test]

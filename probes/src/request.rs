@@ -3,8 +3,9 @@
 //! under a cap, and turning a transport error into one clear line that never
 //! carries a URL.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{redact_url, ConfigProblem};
+use crate::{redact_url, ConfigProblem, Report, SignalInfo, RESERVED_SIGNALS};
 
 /// Default cap on the bytes read from a response body: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
@@ -415,21 +416,51 @@ impl ReadBody {
     }
 }
 
-/// Reads a body up to `cap` bytes. When `keep` is set the body is returned,
-/// and one larger than the cap is an error, since assertions on a truncated
-/// document would mislead. Otherwise the body is read and dropped up to the
-/// cap (so the connection can be reused) and reading simply stops there.
-/// `within` describes the time limit for a timeout message.
+/// What a check needs of a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Nothing: it is read and dropped up to the cap, so the connection can
+    /// be reused, and reading simply stops there.
+    Nothing,
+    /// Its numbers, for body signals only: one larger than the cap is not
+    /// kept, which leaves those signals missing, never fails the check.
+    IfItFits,
+    /// All of it, for assertions or captures: one larger than the cap is an
+    /// error, since assertions on a truncated document would mislead.
+    Whole,
+}
+
+impl Keep {
+    /// What a response must be kept for: `checked` when assertions or
+    /// captures read it, `signals` when body signals do.
+    pub(crate) fn for_use(checked: bool, signals: bool) -> Self {
+        match (checked, signals) {
+            (true, _) => Self::Whole,
+            (false, true) => Self::IfItFits,
+            (false, false) => Self::Nothing,
+        }
+    }
+}
+
+/// Reads a body up to `cap` bytes and returns it when `keep` asks for it
+/// (see [`Keep`] for a body larger than the cap). `within` describes the
+/// time limit for a timeout message.
 pub(crate) async fn read_capped(
     mut resp: reqwest::Response,
     cap: u64,
-    keep: bool,
+    keep: Keep,
     within: &str,
 ) -> Result<Option<Bytes>, String> {
     let too_large =
         || format!("body is larger than max_body_bytes ({cap} bytes), so it cannot be checked");
-    if keep && resp.content_length().is_some_and(|n| n > cap) {
-        return Err(too_large());
+    let mut keep = keep;
+    if resp.content_length().is_some_and(|n| n > cap) {
+        match keep {
+            Keep::Whole => return Err(too_large()),
+            // Known not to fit: read only to be dropped.
+            Keep::IfItFits => keep = Keep::Nothing,
+            Keep::Nothing => {}
+        }
     }
     let mut kept = Vec::new();
     let mut seen: u64 = 0;
@@ -441,13 +472,137 @@ pub(crate) async fn read_capped(
         };
         seen = seen.saturating_add(chunk.len() as u64);
         if seen > cap {
-            return if keep { Err(too_large()) } else { Ok(None) };
+            return match keep {
+                Keep::Whole => Err(too_large()),
+                Keep::IfItFits | Keep::Nothing => Ok(None),
+            };
         }
-        if keep {
+        if keep != Keep::Nothing {
             kept.extend_from_slice(&chunk);
         }
     }
-    Ok(keep.then(|| Bytes::from(kept)))
+    Ok((keep != Keep::Nothing).then(|| Bytes::from(kept)))
+}
+
+/// Signals read from a JSON response body: a name the configuration gives
+/// and a JSON pointer to a number. A value that is missing or not a number,
+/// or a body that is not JSON, leaves the signal missing; it never fails
+/// the check.
+#[derive(Debug, Default)]
+pub(crate) struct BodySignals(Vec<(String, String)>);
+
+/// The longest name a body signal may have.
+const MAX_SIGNAL_NAME: usize = 64;
+
+impl BodySignals {
+    /// Validates the `signals` table of a probe or step, recording problems
+    /// under `signals.<name>` below `prefix`. `own` are the names the probe
+    /// type yields itself, which a body signal may not take.
+    pub(crate) fn new(
+        declared: &BTreeMap<String, String>,
+        prefix: &str,
+        kind: &str,
+        own: &[SignalInfo],
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Self {
+        let mut signals = Vec::new();
+        for (name, pointer) in declared {
+            let k = key(prefix, &format!("signals.{name}"));
+            let before = problems.len();
+            if !valid_signal_name(name) {
+                problems.push(ConfigProblem::new(
+                    &k,
+                    format!(
+                        "{name:?} is not a signal name: use 1-{MAX_SIGNAL_NAME} lowercase letters, \
+                         digits and '_', starting with a letter"
+                    ),
+                ));
+            } else if own.iter().any(|s| s.name == name.as_str()) {
+                problems.push(ConfigProblem::new(
+                    &k,
+                    format!(
+                        "{name} is a signal the {kind} probe yields itself: choose another name"
+                    ),
+                ));
+            } else if name == "consecutive_failures" {
+                problems.push(ConfigProblem::new(
+                    &k,
+                    "consecutive_failures is the agent's count of failed checks: choose another name",
+                ));
+            } else if RESERVED_SIGNALS.contains(&name.as_str()) {
+                problems.push(ConfigProblem::new(
+                    &k,
+                    format!(
+                        "{name} is a percentile the agent computes from latency_ms: choose another name"
+                    ),
+                ));
+            }
+            if !is_pointer(pointer) {
+                problems.push(ConfigProblem::new(
+                    &k,
+                    format!("JSON pointer {pointer:?} must be empty or start with '/'"),
+                ));
+            }
+            if problems.len() == before {
+                signals.push((name.clone(), pointer.clone()));
+            }
+        }
+        Self(signals)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds every declared signal the body holds a number for to `report`.
+    pub(crate) fn read(&self, body: &ReadBody, report: &mut Report) {
+        let Ok(doc) = body.json() else {
+            return;
+        };
+        for (name, pointer) in &self.0 {
+            if let Some(v) = doc.pointer(pointer).and_then(number) {
+                report.push(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Whether `name` may name a signal: 1-64 of `[a-z0-9_]`, starting with a
+/// letter, as the rule language reads them.
+fn valid_signal_name(name: &str) -> bool {
+    name.len() <= MAX_SIGNAL_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A JSON value as a signal: a number, or a string that parses as a finite
+/// number.
+fn number(v: &Value) -> Option<f64> {
+    let n = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
+/// The declared body signals of a probe or step, for [`crate::ProbeSpec::signals`].
+pub(crate) fn body_signal_infos(
+    declared: &BTreeMap<String, String>,
+) -> impl Iterator<Item = SignalInfo> + '_ {
+    declared.iter().map(|(name, pointer)| SignalInfo {
+        name: Cow::Owned(name.clone()),
+        about: Cow::Owned(format!(
+            "the number at {} of the response body (a JSON number, or a string holding one)",
+            if pointer.is_empty() {
+                "the top".to_string()
+            } else {
+                format!("`{pointer}`")
+            }
+        )),
+    })
 }
 
 /// Why [`read_whole`] stopped.

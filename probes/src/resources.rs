@@ -14,7 +14,59 @@ use sysinfo::{
     ProcessesToUpdate, System,
 };
 
-use crate::{ConfigProblem, Context, ProbeError, Report};
+use crate::{ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `resources` probe yields; `process_running` and
+/// `process_rss_bytes` only with `pid` or `process_pid_file` (see
+/// [`ResourcesConfig::signals`]).
+const SIGNALS: [SignalInfo; 12] = [
+    SignalInfo::fixed("latency_ms", "milliseconds reading every figure took"),
+    SignalInfo::fixed(
+        "memory_bytes",
+        "memory in use: the cgroup's without reclaimable page cache under a limit, else the host's",
+    ),
+    SignalInfo::fixed(
+        "memory_limit_bytes",
+        "the cgroup's `memory.max`, else the host's memory",
+    ),
+    SignalInfo::fixed(
+        "memory_percent",
+        "`memory_bytes` against `memory_limit_bytes`, 0-100",
+    ),
+    SignalInfo::fixed(
+        "cpu_limit_cores",
+        "the cgroup's CPU quota in cores, else the host's CPUs",
+    ),
+    SignalInfo::fixed(
+        "cpu_cores_used",
+        "cores the cgroup used since the previous check; cgroup v2 only",
+    ),
+    SignalInfo::fixed(
+        "cpu_percent",
+        "CPU used since the previous check against `cpu_limit_cores`, 0-100",
+    ),
+    SignalInfo::fixed(
+        "cpu_throttled_percent",
+        "share of the cgroup's CPU periods throttled since the previous check, 0-100; with a CPU quota",
+    ),
+    SignalInfo::fixed("disk_percent", "use of the filesystem holding `disk_path`, 0-100"),
+    SignalInfo::fixed("disk_free_bytes", "bytes free for use on that filesystem"),
+    SignalInfo::fixed(
+        "process_running",
+        "1 while the process of `pid` or `process_pid_file` runs, else 0",
+    ),
+    SignalInfo::fixed(
+        "process_rss_bytes",
+        "that process's resident memory; while it runs",
+    ),
+];
+
+/// The names only a probe with a process to watch yields.
+const PROCESS_ONLY: [&str; 2] = ["process_running", "process_rss_bytes"];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// Settings of a `resources` probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +90,19 @@ pub struct ResourcesConfig {
     /// Default none; exclusive with `process_pid_file`.
     #[serde(default)]
     pub pid: Option<u32>,
+}
+
+impl ResourcesConfig {
+    /// What a check can yield: the process's figures only with a process
+    /// to watch.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        let process = self.pid.is_some() || self.process_pid_file.is_some();
+        SIGNALS
+            .iter()
+            .filter(|s| process || !PROCESS_ONLY.contains(&&*s.name))
+            .cloned()
+            .collect()
+    }
 }
 
 fn default_cgroup_root() -> PathBuf {
@@ -136,7 +201,8 @@ impl ResourcesProbe {
         // Reading /proc, /sys and filesystem statistics blocks; a hung
         // network mount must not stall the agent's other probes.
         let inner = self.inner.clone();
-        let report = tokio::task::spawn_blocking(move || inner.sample(Instant::now()))
+        let start = Instant::now();
+        let mut report = tokio::task::spawn_blocking(move || inner.sample(Instant::now()))
             .await
             .map_err(|e| ProbeError::cannot_run(format!("reading resources failed: {e}")))?;
         if report.signals.is_empty() {
@@ -145,6 +211,7 @@ impl ResourcesProbe {
                 self.inner.cgroup.display()
             )));
         }
+        report.push("latency_ms", crate::redact::ms(start.elapsed()));
         Ok(report)
     }
 }
@@ -492,6 +559,43 @@ mod tests {
         assert_eq!(second.get("cpu_cores_used"), Some(1.0));
         assert_eq!(second.get("cpu_percent"), Some(50.0));
         assert_eq!(second.get("cpu_throttled_percent"), Some(25.0));
+    }
+
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        // A cgroup with limits, and this test's own process to watch: two
+        // samples yield every figure there is.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "memory.current", "1000\n");
+        write(dir.path(), "memory.max", "4000\n");
+        write(dir.path(), "memory.stat", "inactive_file 100\n");
+        write(dir.path(), "cpu.max", "200000 100000\n");
+        write(
+            dir.path(),
+            "cpu.stat",
+            "usage_usec 100\nnr_periods 1\nnr_throttled 0\n",
+        );
+        let mut cfg = config(dir.path());
+        cfg.pid = Some(std::process::id());
+        let probe = ResourcesProbe::new(&cfg, ctx()).unwrap();
+        probe.check().await.unwrap();
+        write(
+            dir.path(),
+            "cpu.stat",
+            "usage_usec 900\nnr_periods 3\nnr_throttled 1\n",
+        );
+        let report = probe.check().await.unwrap();
+        let n = crate::testing::assert_declared(&report, &cfg.signals());
+        assert!(n >= 10, "{report:?}");
+        assert_eq!(report.get("process_running"), Some(1.0));
+
+        // The host's figures, where there is no cgroup.
+        let cfg = config(&dir.path().join("none"));
+        let probe = ResourcesProbe::new(&cfg, ctx()).unwrap();
+        probe.check().await.unwrap();
+        let report = probe.check().await.unwrap();
+        assert!(crate::testing::assert_declared(&report, &cfg.signals()) >= 3);
+        assert!(report.get("latency_ms").is_some());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! values from its response for later steps to use as `{{name}}`; cookies are
 //! kept across the steps of one run and forgotten after it. The first failing
 //! step names itself and stops the run, and the whole run is bounded by the
-//! probe's timeout.
+//! probe's timeout. A step can also report numbers from its JSON body as
+//! signals, as an `http` probe does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -17,10 +18,28 @@ use tokio::time::Instant;
 
 use crate::duration::{self, Dur};
 use crate::request::{
-    self, authority, default_max_body, default_method, describe, key, read_capped, yes,
-    BodyAssertion, Expect, ReadBody,
+    self, authority, body_signal_infos, default_max_body, default_method, describe, key,
+    read_capped, yes, BodyAssertion, BodySignals, Expect, Keep, ReadBody,
 };
-use crate::{ConfigProblem, Context, ProbeError, Report};
+use crate::{ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `scenario` probe yields itself; those its steps' `signals`
+/// settings declare come on top.
+const SIGNALS: [SignalInfo; 3] = [
+    SignalInfo::fixed(
+        "latency_ms",
+        "milliseconds the whole run took, up to the failing step",
+    ),
+    SignalInfo::fixed("steps_ok", "how many steps passed, in order"),
+    SignalInfo::fixed(
+        "step_failed",
+        "the number (from 1) of the step that failed; only when one did",
+    ),
+];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// Settings of a `scenario` probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +53,22 @@ pub struct ScenarioConfig {
     /// The most bytes read from each response body. Default 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+}
+
+impl ScenarioConfig {
+    /// What a run of this scenario can yield: its own signals and every
+    /// step's declared body signals.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        let mut all = type_signals();
+        for step in &self.step {
+            for info in body_signal_infos(&step.signals) {
+                if !all.iter().any(|s| s.name == info.name) {
+                    all.push(info);
+                }
+            }
+        }
+        all
+    }
 }
 
 /// One request of a scenario and what its response must look like.
@@ -74,6 +109,13 @@ pub struct StepConfig {
     /// of the probe's timeout, which bounds the whole scenario.
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Numbers from this step's JSON response body reported as signals of
+    /// the scenario, under these names (no prefix): name → a JSON pointer,
+    /// as in the `http` probe. A missing or non-numeric value leaves the
+    /// signal missing without failing the step; a name is declared by one
+    /// step only and is none of the scenario's own signals. Default none.
+    #[serde(default)]
+    pub signals: BTreeMap<String, String>,
 }
 
 /// Text with `{{name}}` placeholders.
@@ -225,6 +267,7 @@ struct Step {
     body: Option<StepBody>,
     expect: Expect,
     captures: Vec<(String, Capture)>,
+    body_signals: BodySignals,
     timeout: Option<Duration>,
 }
 
@@ -270,9 +313,19 @@ impl ScenarioProbe {
             problems.push(ConfigProblem::new("max_body_bytes", "must be at least 1"));
         }
         let mut captured: HashSet<String> = HashSet::new();
+        let mut signalled: HashMap<&str, usize> = HashMap::new();
         let mut steps = Vec::new();
         let mut secrets = Vec::new();
         for (i, s) in cfg.step.iter().enumerate() {
+            for name in s.signals.keys() {
+                let first = *signalled.entry(name).or_insert(i);
+                if first != i {
+                    problems.push(ConfigProblem::new(
+                        format!("step[{i}].signals.{name}"),
+                        format!("{name} is already declared by step[{first}]: a signal comes from one step"),
+                    ));
+                }
+            }
             for (k, v) in &s.headers {
                 secrets.extend(crate::redact::header_secrets(k, v));
             }
@@ -320,14 +373,23 @@ impl ScenarioProbe {
         let jar = Jar::default();
         let mut vars = Vars::new();
         let mut previous: Option<Url> = None;
+        // The steps' body signals, as they come.
+        let mut report = Report::new();
         for (i, step) in self.steps.iter().enumerate() {
             match self
-                .run_step(step, &jar, &mut vars, previous.as_ref(), deadline)
+                .run_step(
+                    step,
+                    &jar,
+                    &mut vars,
+                    previous.as_ref(),
+                    deadline,
+                    &mut report,
+                )
                 .await
             {
                 Ok(url) => previous = Some(url),
                 Err(msg) => {
-                    let report = Report::new()
+                    let report = report
                         .with("latency_ms", start.elapsed().as_secs_f64() * 1e3)
                         .with("steps_ok", i as f64)
                         .with("step_failed", (i + 1) as f64);
@@ -347,13 +409,13 @@ impl ScenarioProbe {
                 }
             }
         }
-        Ok(Report::new()
+        Ok(report
             .with("latency_ms", start.elapsed().as_secs_f64() * 1e3)
             .with("steps_ok", self.steps.len() as f64))
     }
 
-    /// Runs one step; returns the URL it requested, which a later relative
-    /// URL is resolved against.
+    /// Runs one step, adding its body signals to `report`; returns the URL
+    /// it requested, which a later relative URL is resolved against.
     async fn run_step(
         &self,
         step: &Step,
@@ -361,6 +423,7 @@ impl ScenarioProbe {
         vars: &mut Vars,
         previous: Option<&Url>,
         deadline: Instant,
+        report: &mut Report,
     ) -> Result<Url, String> {
         let whole = duration::format(self.timeout);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -430,11 +493,16 @@ impl ScenarioProbe {
             .captures
             .iter()
             .any(|(_, c)| matches!(c, Capture::Pointer(_)));
-        let keep = step.expect.reads_body() || needs_json;
+        let keep = Keep::for_use(
+            step.expect.reads_body() || needs_json,
+            !step.body_signals.is_empty(),
+        );
         let body = read_capped(resp, self.max_body_bytes, keep, &within)
             .await?
             .map(ReadBody::new);
         if let Some(body) = &body {
+            // Measured whether or not the assertions pass.
+            step.body_signals.read(body, report);
             step.expect.check_body(body)?;
         }
         for (name, header, value) in from_headers {
@@ -636,6 +704,8 @@ fn build_step(
         }
     }
 
+    let body_signals = BodySignals::new(&s.signals, prefix, "scenario", &SIGNALS, problems);
+
     let timeout = s.timeout.map(|d| d.0);
     if let Some(t) = timeout {
         let tkey = key(prefix, "timeout");
@@ -665,6 +735,7 @@ fn build_step(
         body,
         expect,
         captures,
+        body_signals,
         timeout,
     })
 }
@@ -797,6 +868,84 @@ mod tests {
             assert_eq!(found[0].0, key, "{step}");
             assert!(found[0].1.starts_with(message), "{step}: {}", found[0].1);
         }
+    }
+
+    #[tokio::test]
+    async fn steps_report_numbers_from_their_bodies_and_keep_them_when_a_later_step_fails() {
+        let addr = crate::testing::serve(|path, _| match path {
+            "/login" => crate::testing::response(
+                200,
+                "application/json",
+                r#"{"token": "t", "queue": {"depth": "12"}, "note": "n/a"}"#,
+            ),
+            "/stats" => crate::testing::response(200, "application/json", r#"{"db_ms": 3.5}"#),
+            "/html" => crate::testing::response(200, "text/html", "<p>3</p>"),
+            _ => crate::testing::response(500, "application/json", r#"{"db_ms": 99}"#),
+        })
+        .await;
+        let steps = |last: &str| {
+            json!([
+                {
+                    "url": format!("http://{addr}/login"),
+                    "capture": { "token": "/token" },
+                    "signals": { "queue_depth": "/queue/depth", "note": "/note", "gone": "/x" },
+                },
+                { "url": format!("http://{addr}/html"), "signals": { "html": "/p" } },
+                { "url": format!("http://{addr}{last}"), "signals": { "db_ms": "/db_ms" } },
+            ])
+        };
+        let cfg = config(steps("/stats"));
+        let report = ScenarioProbe::new(&cfg, ctx())
+            .unwrap()
+            .check()
+            .await
+            .unwrap();
+        assert_eq!(report.get("queue_depth"), Some(12.0));
+        assert_eq!(report.get("db_ms"), Some(3.5));
+        for missing in ["note", "gone", "html"] {
+            assert_eq!(report.get(missing), None, "{missing}");
+        }
+        assert_eq!(report.get("steps_ok"), Some(3.0));
+        assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 4);
+
+        // The failing step's status ends it before its body is read; what
+        // the steps before it measured stays.
+        let cfg = config(steps("/broken"));
+        match ScenarioProbe::new(&cfg, ctx()).unwrap().check().await {
+            Err(ProbeError::Unhealthy { report, .. }) => {
+                assert_eq!(report.get("queue_depth"), Some(12.0));
+                assert_eq!(report.get("db_ms"), None);
+                assert_eq!(report.get("step_failed"), Some(3.0));
+                assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_signal_is_declared_by_one_step_with_a_name_of_its_own() {
+        let found = problems(json!([
+            { "url": "http://h/a", "signals": { "queue": "/q", "steps_ok": "/n" } },
+            { "url": "http://h/b", "signals": { "queue": "/q2", "Bad": "/b", "ok": "x" } },
+        ]));
+        assert_eq!(
+            found.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [
+                "step[0].signals.steps_ok",
+                "step[1].signals.queue",
+                "step[1].signals.Bad",
+                "step[1].signals.ok",
+            ]
+        );
+        assert!(found[0]
+            .1
+            .starts_with("steps_ok is a signal the scenario probe yields itself"));
+        assert_eq!(
+            found[1].1,
+            "queue is already declared by step[0]: a signal comes from one step"
+        );
+        assert!(found[2].1.starts_with("\"Bad\" is not a signal name"));
+        assert!(found[3].1.starts_with("JSON pointer \"x\" must be empty"));
     }
 
     #[test]

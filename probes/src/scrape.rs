@@ -22,7 +22,52 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::request::{describe, read_whole, ReadError};
-use crate::{redact_url, ConfigProblem, Context, ProbeError, Report};
+use crate::{redact_url, ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `scrape` probe yields: `latency_ms` always, the counts
+/// with `requests`, the quantiles with `latency` (see
+/// [`ScrapeConfig::signals`]). All but `latency_ms` are about the service's
+/// requests between the previous check and this one; the first check only
+/// takes the starting point.
+const SIGNALS: [SignalInfo; 10] = [
+    SignalInfo::fixed(
+        "latency_ms",
+        "milliseconds reading the exposition took",
+    ),
+    SignalInfo::fixed(
+        "requests",
+        "requests the `requests` counter counted since the previous check",
+    ),
+    SignalInfo::fixed("request_rate", "those requests per second"),
+    SignalInfo::fixed(
+        "errors",
+        "those of them whose `code_label` is in `error_codes`; with a `code_label` on the counter",
+    ),
+    SignalInfo::fixed(
+        "error_rate",
+        "`errors` / `requests`, a fraction (rules write `5%`); when there were requests",
+    ),
+    SignalInfo::fixed(
+        "latency_samples",
+        "requests the `latency` histogram observed since the previous check",
+    ),
+    SignalInfo::fixed(
+        "p50_ms",
+        "median of those requests' durations in milliseconds, from the histogram's buckets; when there were some",
+    ),
+    SignalInfo::fixed("p90_ms", "their 90th percentile, likewise"),
+    SignalInfo::fixed("p95_ms", "their 95th percentile, likewise"),
+    SignalInfo::fixed("p99_ms", "their 99th percentile, likewise"),
+];
+
+/// The names of the `requests` counter's signals and of the `latency`
+/// histogram's.
+const FROM_REQUESTS: [&str; 4] = ["requests", "request_rate", "errors", "error_rate"];
+const FROM_LATENCY: [&str; 5] = ["latency_samples", "p50_ms", "p90_ms", "p95_ms", "p99_ms"];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// Default cap on the bytes read from the exposition: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
@@ -69,6 +114,21 @@ pub struct ScrapeConfig {
     /// The most bytes read from the exposition. Default 4 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+}
+
+impl ScrapeConfig {
+    /// What a check can yield with the metrics this configuration names.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        SIGNALS
+            .iter()
+            .filter(|s| {
+                let name = &*s.name;
+                (self.requests.is_some() || !FROM_REQUESTS.contains(&name))
+                    && (self.latency.is_some() || !FROM_LATENCY.contains(&name))
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// The unit of a latency histogram's bucket bounds.
@@ -562,7 +622,12 @@ impl ScrapeProbe {
             let observed = observations(&change.buckets);
             report.push("latency_samples", observed);
             if observed > 0.0 {
-                for (name, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
+                for (name, q) in [
+                    ("p50_ms", 0.5),
+                    ("p90_ms", 0.9),
+                    ("p95_ms", 0.95),
+                    ("p99_ms", 0.99),
+                ] {
                     if let Some(v) = quantile(q, &change.buckets) {
                         // A latency is never below zero, whatever bounds
                         // the buckets were given (`le="-0.05"`).
@@ -859,6 +924,43 @@ mod tests {
 
     fn probe(extra: serde_json::Value) -> ScrapeProbe {
         ScrapeProbe::new(&config(extra), ctx()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_signal_a_check_reports_is_declared() {
+        let addr = crate::testing::serve(|_, n| {
+            let n = n + 1;
+            let body = format!(
+                "# TYPE http_requests_total counter\n\
+                 http_requests_total{{code=\"200\"}} {}\n\
+                 http_requests_total{{code=\"500\"}} {n}\n\
+                 # TYPE d histogram\n\
+                 d_bucket{{le=\"0.1\"}} {}\nd_bucket{{le=\"1\"}} {}\nd_bucket{{le=\"+Inf\"}} {}\n\
+                 d_sum 1\nd_count {}\n",
+                10 * n,
+                5 * n,
+                8 * n,
+                9 * n,
+                9 * n
+            );
+            crate::testing::response(200, "text/plain; version=0.0.4", &body)
+        })
+        .await;
+        let cfg = config(serde_json::json!({
+            "url": format!("http://{addr}/metrics"),
+            "requests": "http_requests_total",
+            "latency": "d",
+        }));
+        let p = ScrapeProbe::new(&cfg, ctx()).unwrap();
+        let first = p.check().await.unwrap();
+        assert_eq!(crate::testing::assert_declared(&first, &cfg.signals()), 1);
+        let second = p.check().await.unwrap();
+        assert_eq!(
+            crate::testing::assert_declared(&second, &cfg.signals()),
+            cfg.signals().len(),
+            "every declared signal once there were requests: {second:?}"
+        );
+        assert!(second.get("p90_ms").unwrap() <= second.get("p95_ms").unwrap());
     }
 
     #[test]

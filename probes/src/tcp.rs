@@ -5,7 +5,17 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::{ConfigProblem, Context, ProbeError, Report};
+use crate::{ConfigProblem, Context, ProbeError, Report, SignalInfo};
+
+/// The signals a `tcp` probe yields.
+const SIGNALS: [SignalInfo; 1] = [SignalInfo::fixed(
+    "latency_ms",
+    "milliseconds until the connection was accepted",
+)];
+
+pub(crate) fn type_signals() -> Vec<SignalInfo> {
+    SIGNALS.to_vec()
+}
 
 /// Settings of a `tcp` probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -13,6 +23,13 @@ use crate::{ConfigProblem, Context, ProbeError, Report};
 pub struct TcpConfig {
     /// `host:port` to connect to. Required.
     pub address: String,
+}
+
+impl TcpConfig {
+    /// What a check can yield.
+    pub fn signals(&self) -> Vec<SignalInfo> {
+        type_signals()
+    }
 }
 
 #[derive(Debug)]
@@ -64,9 +81,11 @@ mod tests {
     async fn connects_to_a_listening_port_and_fails_on_a_closed_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let open = listener.local_addr().unwrap().to_string();
-        let probe = TcpProbe::new(&TcpConfig { address: open }, ctx()).unwrap();
+        let cfg = TcpConfig { address: open };
+        let probe = TcpProbe::new(&cfg, ctx()).unwrap();
         let report = probe.check().await.unwrap();
         assert!(report.get("latency_ms").unwrap() >= 0.0);
+        assert_eq!(crate::testing::assert_declared(&report, &cfg.signals()), 1);
 
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -99,3 +99,104 @@ interval = "10x"
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_shows_the_signals_of_every_probe_body_signals_included() {
+    let server = HttpServer::start(|_| {
+        Reply::json(
+            200,
+            serde_json::json!({ "memory_mb": 512.5, "checks": { "db": { "latency": "3.25" } } }),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "deep"
+level = 2
+type = "http"
+url = "{}"
+signals = {{ memory_mb = "/memory_mb", db_latency_ms = "/checks/db/latency", gone = "/nope" }}
+"#,
+            server.url("/health/deep")
+        ),
+    );
+    let run = |format: &str| {
+        let out = Command::new(backstop_bin())
+            .args(["check", "--format", format, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let doc: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    let probe = &doc["probes"][0];
+    assert_eq!(probe["outcome"], "ok", "{doc}");
+    let signals = probe["signals"].as_object().unwrap();
+    assert_eq!(signals["memory_mb"], 512.5, "{doc}");
+    assert_eq!(signals["db_latency_ms"], 3.25, "{doc}");
+    assert_eq!(signals["status"], 200.0, "{doc}");
+    assert!(signals["latency_ms"].as_f64().unwrap() >= 0.0, "{doc}");
+    assert!(!signals.contains_key("gone"), "{doc}");
+
+    let table = run("table");
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("SIGNALS"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    for shown in [
+        "status=200",
+        "memory_mb=512.5",
+        "db_latency_ms=3.2",
+        "latency_ms=",
+    ] {
+        assert!(row.contains(shown), "{shown} in {table}");
+    }
+    assert!(!row.contains("gone"), "{table}");
+}
+
+#[test]
+fn validate_names_a_bad_body_signal_with_its_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        r#"[service]
+name = "web"
+
+[[probe]]
+name = "deep"
+level = 2
+type = "http"
+url = "http://127.0.0.1:1/"
+signals = { memory_mb = "memory_mb", status = "/status" }
+"#,
+    );
+    let out = Command::new(backstop_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"probe[0].signals.memory_mb: JSON pointer "memory_mb" must be empty or start with '/' (line 9)"#),
+        "{err}"
+    );
+    assert!(
+        err.contains("probe[0].signals.status: status is a signal the http probe yields itself")
+            && err.matches("(line 9)").count() == 2,
+        "{err}"
+    );
+}

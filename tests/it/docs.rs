@@ -1,8 +1,9 @@
 //! `docs/configuration.md` is generated from the doc comments of the
 //! configuration types, so it cannot drift from them: this test generates it
 //! again and fails when the file differs, when a key's doc comment does not
-//! state its default (or that it is required), and when a probe type,
-//! rollback target, notifier type or nested table has no section.
+//! state its default (or that it is required), when a probe type, rollback
+//! target, notifier type or nested table has no section, and when a probe
+//! type has no table of the signals it yields.
 //!
 //! To regenerate: `BACKSTOP_BLESS=1 cargo test -p backstop-tests --test it docs::`.
 
@@ -276,6 +277,80 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+/// The probe type a section documents, from its heading.
+fn probe_kind(heading: &str) -> Option<&str> {
+    heading
+        .strip_prefix("[[probe]] type = \"")?
+        .strip_suffix('"')
+}
+
+/// The heading of a probe type's table of signals.
+fn signals_heading(kind: &str) -> String {
+    format!("### Signals of `{kind}`")
+}
+
+/// The percentiles every probe that yields `latency_ms` has in rules.
+const PERCENTILES: [&str; 4] = ["p50_ms", "p90_ms", "p95_ms", "p99_ms"];
+
+/// Where a probe type's configuration declares signals of its own.
+enum Declares {
+    Nothing,
+    /// In its own `signals` key.
+    Itself,
+    /// In the `signals` keys of its nested tables (a scenario's steps).
+    Nested,
+}
+
+/// The table of the signals a probe type yields (from
+/// `backstop_probes::type_signals`), and what rules have besides.
+fn signals_table(kind: &str, declares: Declares, problems: &mut Vec<String>) -> String {
+    let mut out = format!("\n{}\n\n", signals_heading(kind));
+    let signals = match backstop_probes::type_signals(kind) {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            problems.push(format!("probe type {kind}: type_signals lists no signal"));
+            return out;
+        }
+    };
+    out.push_str("| signal | what it is |\n|---|---|\n");
+    for s in &signals {
+        let _ = writeln!(out, "| `{}` | {} |", s.name, cell(&s.about));
+    }
+    let whose = match declares {
+        Declares::Nothing => None,
+        Declares::Itself => Some("its `signals` setting declares"),
+        Declares::Nested => Some("the `signals` settings of its steps declare"),
+    };
+    if let Some(whose) = whose {
+        let _ = writeln!(
+            out,
+            "\nPlus the signals {whose}, numbers read from JSON response bodies."
+        );
+    }
+    let has = |name: &str| signals.iter().any(|s| s.name == name);
+    let listed = format!(
+        "`{}`, `{}`, `{}` and `{}`",
+        PERCENTILES[0], PERCENTILES[1], PERCENTILES[2], PERCENTILES[3]
+    );
+    let over = "percentiles of its `latency_ms` over a rule's `for` window \
+                (and of the baseline's, for `Nx baseline`)";
+    if has("latency_ms") {
+        if PERCENTILES.iter().any(|p| has(p)) {
+            let _ = write!(
+                out,
+                "\nIt yields {listed} itself, as the table says; where it does not, \
+                 they are {over}, as for every probe that yields `latency_ms`.\n"
+            );
+        } else {
+            let _ = write!(
+                out,
+                "\nLike every probe that yields `latency_ms`, it also has {listed} in rules: {over}.\n"
+            );
+        }
+    }
+    out
+}
+
 /// Generates the document; problems that make it incomplete are collected.
 fn generate(problems: &mut Vec<String>) -> String {
     let mut files: BTreeMap<&str, BTreeMap<String, syn::ItemStruct>> = BTreeMap::new();
@@ -339,6 +414,23 @@ fn generate(problems: &mut Vec<String>) -> String {
                 cell(&key.doc)
             );
         }
+        if let Some(kind) = probe_kind(section.heading) {
+            // A type whose file has a table with a `signals` key (the
+            // probe's own, or its steps') declares signals of its own.
+            let has_signals = |s: &syn::ItemStruct| {
+                s.fields
+                    .iter()
+                    .any(|f| f.ident.as_ref().is_some_and(|i| i == "signals"))
+            };
+            let declares = if has_signals(item) {
+                Declares::Itself
+            } else if all.values().any(has_signals) {
+                Declares::Nested
+            } else {
+                Declares::Nothing
+            };
+            out.push_str(&signals_table(kind, declares, problems));
+        }
     }
     out
 }
@@ -355,9 +447,15 @@ fn every_probe_type_rollback_target_and_notifier_has_a_section() {
         });
         assert!(documented, "no section for the top-level [{section}]");
     }
+    let mut problems = Vec::new();
+    let document = generate(&mut problems);
     for kind in backstop_probes::PROBE_TYPES {
         let h = format!("[[probe]] type = \"{kind}\"");
         assert!(headings.contains(h.as_str()), "no section for {h}");
+        assert!(
+            document.contains(&format!("{}\n\n| signal |", signals_heading(kind))),
+            "no table of the signals of {kind}: {problems:?}"
+        );
     }
     for target in backstop::rollback::TARGETS {
         let h = format!("[rollback.{target}]");

@@ -394,3 +394,109 @@ async fn checks_reuse_one_connection() {
     }
     assert_eq!(server.connections(), 1);
 }
+
+/// The body of a health endpoint that reports its own figures.
+fn deep_health() -> Value {
+    json!({
+        "status": "up",
+        "memory_mb": 512,
+        "uptime_s": "86400",
+        "checks": { "database": { "latency": 4.5, "ok": true }, "cache": { "latency": "n/a" } },
+    })
+}
+
+#[tokio::test]
+async fn numbers_from_a_json_body_become_signals_and_anything_else_is_simply_missing() {
+    let server = HttpServer::start(|r| match r.path.as_str() {
+        "/health" => Reply::json(200, deep_health()),
+        "/html" => Reply::text(200, "<html>memory_mb=512</html>"),
+        _ => Reply::json(503, deep_health()),
+    })
+    .await;
+    let signals = json!({
+        "memory_mb": "/memory_mb",
+        "uptime_s": "/uptime_s",
+        "db_latency_ms": "/checks/database/latency",
+        "cache_latency_ms": "/checks/cache/latency",
+        "db_ok": "/checks/database/ok",
+        "queue": "/queue/depth",
+    });
+    let settings = |path: &str| json!({ "url": server.url(path), "signals": signals });
+    let spec = ProbeSpec::deserialize_typed("http", settings("/health"))
+        .unwrap()
+        .unwrap();
+    let declared: Vec<String> = spec
+        .signals()
+        .into_iter()
+        .map(|s| s.name.into_owned())
+        .collect();
+
+    let report = probe(settings("/health"), SECOND).check().await.unwrap();
+    assert_eq!(report.get("memory_mb"), Some(512.0));
+    assert_eq!(report.get("uptime_s"), Some(86400.0), "a numeric string");
+    assert_eq!(report.get("db_latency_ms"), Some(4.5), "a nested pointer");
+    for missing in ["cache_latency_ms", "db_ok", "queue"] {
+        assert_eq!(report.get(missing), None, "{missing}");
+    }
+    for (name, _) in &report.signals {
+        assert!(
+            declared.contains(&name.to_string()),
+            "{name} not in {declared:?}"
+        );
+    }
+
+    // A body that is not JSON leaves them all missing; the check is fine.
+    let report = probe(settings("/html"), SECOND).check().await.unwrap();
+    assert_eq!(report.signals.len(), 2, "{report:?}");
+    assert_eq!(report.get("status"), Some(200.0));
+
+    // A failing status ends the check before the body is read.
+    let (message, report) = unhealthy(probe(settings("/down"), SECOND).check().await);
+    assert_eq!(message, "status 503, expected 2xx");
+    assert_eq!(report.get("memory_mb"), None);
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_leaves_body_signals_missing_without_failing() {
+    let endless = endless_server().await;
+    let sized = HttpServer::start(|_| {
+        Reply::json(200, json!({ "memory_mb": 1, "padding": "x".repeat(4096) }))
+    })
+    .await;
+    for url in [endless.url("/stream"), sized.url("/big")] {
+        let p = probe(
+            json!({ "url": url, "max_body_bytes": 1024, "signals": { "memory_mb": "/memory_mb" } }),
+            Duration::from_secs(5),
+        );
+        let report = p.check().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(report.get("memory_mb"), None, "{url}");
+        assert_eq!(report.get("status"), Some(200.0), "{url}");
+    }
+}
+
+#[test]
+fn a_bad_body_signal_is_a_problem_of_the_probe_with_its_key_and_line() {
+    let text = r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "deep"
+level = 2
+type = "http"
+url = "http://127.0.0.1:8080/health"
+signals = { memory_mb = "/memory_mb", "p95_ms" = "/p95", consecutive_failures = "/n" }
+"#;
+    let errors = backstop::config::Config::parse(text, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains(
+            "probe[0].signals.p95_ms: p95_ms is a percentile the agent computes from latency_ms"
+        ) && errors.contains(
+            "probe[0].signals.consecutive_failures: consecutive_failures is the agent's count"
+        ) && errors.matches("(line 10)").count() == 2,
+        "{errors}"
+    );
+    assert!(!errors.contains("memory_mb"), "{errors}");
+}

@@ -283,3 +283,74 @@ type = "scenario"
         "{errors}"
     );
 }
+
+#[tokio::test]
+async fn steps_report_numbers_from_their_bodies_under_the_names_they_declare() {
+    let server = HttpServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/api/login") => Reply::json(200, json!({ "token": "t-123", "expires_in": "60" })),
+        ("GET", "/api/me") => Reply::json(200, json!({ "name": "smoke", "orders": { "open": 3 } })),
+        _ => Reply::status(404),
+    })
+    .await;
+    let mut steps = login_steps(&server, "pw-1");
+    steps[0]["signals"] = json!({ "token_ttl_s": "/expires_in", "missing": "/nope" });
+    steps[1]["signals"] = json!({ "open_orders": "/orders/open", "name": "/name" });
+    let spec = ProbeSpec::deserialize_typed("scenario", json!({ "step": steps.clone() }))
+        .unwrap()
+        .unwrap();
+    let declared: Vec<String> = spec
+        .signals()
+        .into_iter()
+        .map(|s| s.name.into_owned())
+        .collect();
+    for name in ["token_ttl_s", "missing", "open_orders", "name", "steps_ok"] {
+        assert!(declared.contains(&name.to_string()), "{name}: {declared:?}");
+    }
+
+    let report = probe(steps.clone(), SECONDS).check().await.unwrap();
+    assert_eq!(report.get("token_ttl_s"), Some(60.0));
+    assert_eq!(report.get("open_orders"), Some(3.0));
+    assert_eq!(report.get("name"), None, "not a number");
+    assert_eq!(report.get("missing"), None);
+    assert_eq!(report.get("steps_ok"), Some(2.0));
+    for (name, _) in &report.signals {
+        assert!(declared.contains(&name.to_string()), "{name}");
+    }
+
+    // The second step fails: the first step's signal stays in its report.
+    steps[1]["url"] = json!(server.url("/api/gone"));
+    let (message, report) = unhealthy(probe(steps, SECONDS).check().await);
+    assert!(message.starts_with("step 2 (GET /api/gone)"), "{message}");
+    assert_eq!(report.get("token_ttl_s"), Some(60.0));
+    assert_eq!(report.get("open_orders"), None);
+}
+
+#[test]
+fn a_body_signal_two_steps_declare_is_a_problem_of_the_later_step() {
+    let text = r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "login"
+level = 3
+type = "scenario"
+  [[probe.step]]
+  url = "http://127.0.0.1:8080/api/login"
+  signals = { queue = "/queue" }
+  [[probe.step]]
+  url = "http://127.0.0.1:8080/api/me"
+  signals = { queue = "/queue", steps_ok = "/n" }
+"#;
+    let errors = Config::parse(text, |_| None).unwrap_err().to_string();
+    assert!(
+        errors.contains(
+            "probe[0].step[1].signals.queue: queue is already declared by step[0]: a signal comes from one step (line 14)"
+        ),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("probe[0].step[1].signals.steps_ok: steps_ok is a signal the scenario probe yields itself"),
+        "{errors}"
+    );
+}
