@@ -411,13 +411,36 @@ impl ProbeConfig {
     }
 
     /// Whether `p50_ms` … `p99_ms` are percentiles of this probe's
-    /// `latency_ms` rather than signals it yields itself.
+    /// `latency_ms` rather than signals it yields itself (a `scrape`
+    /// probe's, from the service's histogram).
+    /// A type that can yield percentiles of its own (`scrape`, from the
+    /// service's histogram; `promql`, a chosen signal) never has them
+    /// computed from its own duration.
     pub fn latency_percentiles(&self) -> bool {
-        match &self.spec {
-            ProbeSpec::Scrape(_) => false,
-            ProbeSpec::Promql(p) => crate::rules::percentile_of(&p.signal).is_none(),
-            _ => true,
+        let own_kind = backstop_probes::type_signals(self.type_name()).unwrap_or_default();
+        self.spec
+            .signals()
+            .iter()
+            .any(|s| s.name == crate::rules::LATENCY)
+            && !own_kind
+                .iter()
+                .any(|s| crate::rules::percentile_of(&s.name).is_some())
+    }
+
+    /// Every signal a rule on this probe may read: what it yields, the
+    /// percentiles of its latency, and `consecutive_failures`.
+    pub fn rule_signals(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .spec
+            .signals()
+            .into_iter()
+            .map(|s| s.name.into_owned())
+            .collect();
+        if self.latency_percentiles() {
+            names.extend(crate::rules::PERCENTILES.iter().map(|(n, _)| n.to_string()));
         }
+        names.push(crate::rules::CONSECUTIVE_FAILURES.to_string());
+        names
     }
 
     /// Builds the runtime probe; the configuration was validated, so this
@@ -743,6 +766,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             for r in rules.iter_mut().filter(|r| r.expr.is_none() && r.default) {
                 r.expr = Some(crate::rules::parse(&r.when).expect("default rules parse"));
             }
+            // A default rule over a signal its probe is not set up to yield
+            // (a `scrape` probe without `latency`) is left out.
+            rules.retain(|r| {
+                let (true, Some(expr)) = (r.default, &r.expr) else {
+                    return true;
+                };
+                probes.iter().find(|p| p.name == r.probe).is_none_or(|p| {
+                    let yields = p.rule_signals();
+                    expr.comparisons().all(|c| yields.contains(&c.signal))
+                })
+            });
         }
         Some(Config {
             agent: agent?,
@@ -1155,6 +1189,29 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                     format!("no probe named {:?}", r.probe),
                 );
             }
+            // A rule over a signal its probe never yields can never hold.
+            let (Some(expr), Some(p)) = (&r.expr, probes.iter().find(|p| p.name == r.probe)) else {
+                continue;
+            };
+            let yields = p.rule_signals();
+            let mut unknown: Vec<&str> = expr
+                .comparisons()
+                .map(|c| c.signal.as_str())
+                .filter(|s| !yields.iter().any(|y| y == s))
+                .collect();
+            unknown.dedup();
+            for signal in unknown {
+                self.error(
+                    format!("rule[{i}].when"),
+                    format!(
+                        "probe {:?} ({}) never yields {signal:?}, so this rule could never hold; \
+                         its signals are {}",
+                        p.name,
+                        p.type_name(),
+                        yields.join(", ")
+                    ),
+                );
+            }
         }
     }
 }
@@ -1344,6 +1401,34 @@ url = "http://127.0.0.1:8080/health"
     }
 
     #[test]
+    fn a_rule_over_a_percentile_of_an_http_probes_latency_is_accepted() {
+        let text = format!(
+            "{BASE}[[rule]]\nname = \"slow\"\nprobe = \"health\"\nwhen = \"p95_ms > 2x baseline for 5m or p99_ms > 10000 for 5m\"\naction = \"rollback\"\n"
+        );
+        let config = Config::parse(&text, |_| None).unwrap();
+        assert!(config.probes[0].latency_percentiles());
+        assert!(config.rules.iter().any(|r| r.name == "slow"));
+    }
+
+    #[test]
+    fn a_default_rule_over_a_signal_its_probe_is_not_set_up_to_yield_is_left_out() {
+        // A scrape probe without `latency` has no p95_ms: no latency rule.
+        let text = r#"[service]
+name = "web"
+
+[[probe]]
+name = "app"
+level = 4
+type = "scrape"
+url = "http://127.0.0.1:8080/metrics"
+requests = "http_requests_total"
+"#;
+        let config = Config::parse(text, |_| None).unwrap();
+        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["app error rate"]);
+    }
+
+    #[test]
     fn each_problem_names_its_key_and_line() {
         let cases: &[(&str, &str)] = &[
             ("interval = \"10x\"", r#"probe[0].interval: invalid duration "10x" (use a number and a unit: 250ms, 5s, 15m, 1h) (line 9)"#),
@@ -1379,6 +1464,10 @@ url = "http://127.0.0.1:8080/health"
             ("[store]\nurl = \"postgres://app@db/app\"\ntimeout = \"10ms\"", "store.timeout: must be at least 100ms (line 11)"),
             ("[store]\nurl = \"postgres://app@db/app\"\nreplica = \"a\"", "store.replica: unknown key, expected one of url, schema, pool_size, timeout (line 11)"),
             ("[nonsense]", "nonsense: unknown section, expected one of agent, service, deployment, probe, rule, rollback, notify, store, fleet (line 9)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"bogus_signal > 5 for 1m\"", r#"rule[0].when: probe "health" (http) never yields "bogus_signal", so this rule could never hold; its signals are latency_ms, status, p50_ms, p90_ms, p95_ms, p99_ms, consecutive_failures (line 12)"#),
+            ("[[probe]]\nname = \"port\"\nlevel = 1\ntype = \"tcp\"\naddress = \"h:1\"\n[[rule]]\nname = \"r\"\nprobe = \"port\"\nwhen = \"error_rate > 5% for 5m\"", r#"rule[0].when: probe "port" (tcp) never yields "error_rate", so this rule could never hold; its signals are latency_ms, p50_ms, p90_ms, p95_ms, p99_ms, consecutive_failures (line 17)"#),
+            ("depends_on = [\"health\"]", r#"probe[0].depends_on[0]: probe "health" cannot depend on itself (line 9)"#),
+            ("depends_on = [\"db\"]\n[[probe]]\nname = \"port\"\nlevel = 1\ntype = \"tcp\"\naddress = \"h:1\"", r#"probe[0].depends_on[0]: no probe named "db"; name one of the other probes: port (line 9)"#),
         ];
         for (extra, want) in cases {
             let text = format!("{BASE}{extra}\n");

@@ -169,6 +169,7 @@ pub async fn run(
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
             depends: Judge::depends(&slots),
+            percentiles: slots.iter().map(|s| s.cfg.latency_percentiles()).collect(),
             feeding: None,
             statuses: Vec::new(),
             seen: Vec::new(),
@@ -281,6 +282,9 @@ struct Judge {
     plan: Vec<(usize, usize)>,
     /// For each slot, the slots of its `depends_on` probes.
     depends: Vec<Vec<usize>>,
+    /// For each slot, whether its `p50_ms` … `p99_ms` are percentiles of
+    /// its latency.
+    percentiles: Vec<bool>,
     /// The latest status of each rule of `plan`, in its order.
     statuses: Vec<RuleStatus>,
     /// `ProbeState::recorded` of each rule's probe when it was last judged.
@@ -458,7 +462,7 @@ impl Judge {
                         baseline: self.baseline.as_ref(),
                         interval: slot.cfg.interval,
                         now,
-                        latency_percentiles: slot.cfg.latency_percentiles(),
+                        latency_percentiles: self.percentiles[si],
                     },
                     &self.settings,
                 )
@@ -888,6 +892,7 @@ interval = "1s"
             warmup: config.deployment.warmup,
             plan: Judge::plan(&config.rules, &slots),
             depends: Judge::depends(&slots),
+            percentiles: slots.iter().map(|s| s.cfg.latency_percentiles()).collect(),
             slots,
             rules: config.rules.clone(),
             settings,
@@ -993,6 +998,7 @@ depends_on = ["db"]
         let dir = tempfile::tempdir().unwrap();
         let judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
         let judge = Judge {
+            percentiles: vec![true; slots.len()],
             slots: slots.clone(),
             depends,
             ..judge

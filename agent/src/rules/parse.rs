@@ -703,7 +703,10 @@ when = "latency_ms > 200 or"
                 "rule[2].when: expected a signal name, found the end at column 20: latency_ms > 200 or (line 24)",
             ]
         );
-        let good = text.replace("x%", "5%").replace(" or\"", "\"");
+        // Fixed, and over a signal a tcp probe yields.
+        let good = text
+            .replace("error_rate > x%", "latency_ms > 250")
+            .replace(" or\"", "\"");
         let config = Config::parse(&good, |_| None).unwrap();
         assert_eq!(
             config.rules[1]
@@ -711,7 +714,7 @@ when = "latency_ms > 200 or"
                 .as_ref()
                 .map(|e| e.to_string())
                 .as_deref(),
-            Some("error_rate > 5% for 5m")
+            Some("latency_ms > 250 for 5m")
         );
         assert!(config.rules.iter().all(|r| r.expr.is_some()));
     }
