@@ -25,12 +25,12 @@ use backstop::rollback::{BuildContext, RollbackError};
 use backstop_tests::{closed_port, HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
-const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/web";
-const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/prod/replicasets";
+pub(crate) const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
+pub(crate) const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/web";
+pub(crate) const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/prod/replicasets";
 const ROLLOUT: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web";
 const ROLLOUT_STATUS: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web/status";
-const DEPLOYMENT_UID: &str = "5f0c1e2a-8d4b-4c1e-9f3a-2b7d6e8c9a01";
+pub(crate) const DEPLOYMENT_UID: &str = "5f0c1e2a-8d4b-4c1e-9f3a-2b7d6e8c9a01";
 const OTHER_UID: &str = "0b1d2c3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const ROLLOUT_UID: &str = "7e6d5c4b-3a29-4180-b7c6-d5e4f3a2b1c0";
 
@@ -62,7 +62,7 @@ fn pod_template(image: &str, hash: Option<(&str, &str)>) -> Value {
     })
 }
 
-fn deployment(revision: u32, image: &str, resource_version: &str) -> Value {
+pub(crate) fn deployment(revision: u32, image: &str, resource_version: &str) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -110,7 +110,7 @@ fn paused(mut d: Value) -> Value {
 
 /// A ReplicaSet `owner` controls: a Deployment's, or a Rollout's when the
 /// uid is `ROLLOUT_UID`.
-fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
+pub(crate) fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
     let hash = name.rsplit('-').next().unwrap();
     let (hash_label, revision_key, owner_ref) = if owner == ROLLOUT_UID {
         (
@@ -153,7 +153,7 @@ fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
     })
 }
 
-fn replica_set_list(items: Vec<Value>) -> Value {
+pub(crate) fn replica_set_list(items: Vec<Value>) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSetList",
