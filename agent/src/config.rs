@@ -200,7 +200,7 @@ struct ServiceSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeploymentSection {
-    /// A fixed deployment id for this process. Default empty (use `id_url` or `id_file`).
+    /// A fixed deployment id for this process. Default empty (use `id_url`, `id_file` or `from_platform`).
     #[serde(default)]
     id: String,
     /// A URL polled for the id; a new value is a new deployment. Default none.
@@ -212,9 +212,12 @@ struct DeploymentSection {
     /// A file whose trimmed content is the id, re-read when polled. Default none.
     #[serde(default)]
     id_file: Option<PathBuf>,
-    /// How often `id_url` or `id_file` is polled. Default `10s`.
-    #[serde(default = "default_poll")]
-    poll_interval: Dur,
+    /// Ask the `[rollback]` target's platform which deployment is live (Railway's deployment, the Deployment's or Rollout's revision, Render's live deploy, Vercel's production deployment, Heroku's current release), so a service that is down entirely is still seen to change; a `webhook` or `exec` target cannot be asked. Default `false`.
+    #[serde(default)]
+    from_platform: bool,
+    /// How often the id is read again: `id_url` or `id_file` are local and cheap, a platform's API with `from_platform` limits its rate. Default `1s` with `id_url` or `id_file`, `10s` with `from_platform`.
+    #[serde(default)]
+    poll_interval: Option<Dur>,
     /// Time after a new deployment during which rules are not armed. Default `30s`.
     #[serde(default = "default_warmup")]
     warmup: Dur,
@@ -230,16 +233,20 @@ impl Default for DeploymentSection {
             id_url: None,
             id_pointer: None,
             id_file: None,
-            poll_interval: default_poll(),
+            from_platform: false,
+            poll_interval: None,
             warmup: default_warmup(),
             watch: default_watch(),
         }
     }
 }
 
-fn default_poll() -> Dur {
-    Dur(Duration::from_secs(10))
-}
+/// How often `id_url` or `id_file` is read when `poll_interval` is not set.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// How often the platform is asked with `from_platform` when
+/// `poll_interval` is not set.
+pub const DEFAULT_PLATFORM_POLL: Duration = Duration::from_secs(10);
+
 fn default_warmup() -> Dur {
     Dur(Duration::from_secs(30))
 }
@@ -388,6 +395,9 @@ pub enum DeploymentSource {
         pointer: Option<String>,
     },
     File(PathBuf),
+    /// What the `[rollback]` target's platform says is live
+    /// (`crate::rollback::Target::live_deployment`).
+    Platform,
 }
 
 /// One `[[probe]]`, validated.
@@ -751,7 +761,10 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 Some(s.name)
             }
         });
-        let deployment = deployment.and_then(|d| self.deployment(d));
+        // `None` when [rollback] has a problem (already reported);
+        // `Some(None)` when there is no [rollback].
+        let rollback_target = rollback.as_ref().map(|r| r.as_ref().map(|r| &r.target));
+        let deployment = deployment.and_then(|d| self.deployment(d, rollback_target));
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
         let mut rules = rules.unwrap_or_default();
         for (i, r) in rules.iter_mut().enumerate() {
@@ -918,7 +931,13 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         })
     }
 
-    fn deployment(&mut self, d: DeploymentSection) -> Option<Deployment> {
+    /// `rollback` is the `[rollback]` target: `None` when that section has
+    /// a problem of its own, `Some(None)` when there is no such section.
+    fn deployment(
+        &mut self,
+        d: DeploymentSection,
+        rollback: Option<Option<&crate::rollback::TargetConfig>>,
+    ) -> Option<Deployment> {
         let mut sources = Vec::new();
         if !d.id.is_empty() {
             sources.push(DeploymentSource::Fixed(d.id.clone()));
@@ -952,12 +971,49 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         if let Some(f) = &d.id_file {
             sources.push(DeploymentSource::File(f.clone()));
         }
+        if d.from_platform {
+            sources.push(DeploymentSource::Platform);
+            let platforms = crate::rollback::TARGETS
+                .iter()
+                .filter(|t| !matches!(**t, "webhook" | "exec"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            match rollback {
+                Some(None) => self.error(
+                    "deployment.from_platform",
+                    format!(
+                        "needs a [rollback] section to ask: set its target to a platform \
+                         ({platforms}), or use id_url or id_file"
+                    ),
+                ),
+                Some(Some(t)) if !t.can_tell_live() => self.error(
+                    "deployment.from_platform",
+                    format!(
+                        "the {} target cannot say which deployment is live: use id_url or id_file, \
+                         or a platform target ({platforms})",
+                        t.name()
+                    ),
+                ),
+                _ => {}
+            }
+        }
         if sources.len() > 1 {
-            self.error("deployment", "set only one of id, id_url or id_file");
+            self.error(
+                "deployment",
+                "set only one of id, id_url, id_file or from_platform",
+            );
         }
-        if d.poll_interval.0.is_zero() {
-            self.error("deployment.poll_interval", "must be more than 0s");
-        }
+        let poll_interval = match d.poll_interval {
+            Some(p) => {
+                if p.0.is_zero() {
+                    self.error("deployment.poll_interval", "must be more than 0s");
+                }
+                p.0
+            }
+            None if d.from_platform => DEFAULT_PLATFORM_POLL,
+            None => DEFAULT_POLL,
+        };
         if d.watch.0.is_zero() {
             self.error("deployment.watch", "must be more than 0s");
         }
@@ -967,7 +1023,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 .into_iter()
                 .next()
                 .unwrap_or(DeploymentSource::Fixed("unknown".into())),
-            poll_interval: d.poll_interval.0,
+            poll_interval,
             warmup: d.warmup.0,
             watch: d.watch.0,
         })
@@ -1442,7 +1498,7 @@ requests = "http_requests_total"
             ("headers = { Authorization = \"${UNSET}\" }", "probe[0].headers.Authorization: environment variable UNSET is not set (write ${UNSET:-default} to allow that) (line 9)"),
             ("[agent]\nlisten = \"nowhere\"", r#"agent.listen: expected ip:port like 0.0.0.0:9469, got "nowhere" (line 10)"#),
             ("[agent]\nadmin_token = \"short\"", "agent.admin_token: must be at least 16 characters (or empty to disable the admin endpoints) (line 10)"),
-            ("[deployment]\nid = \"a\"\nid_file = \"/x\"", "deployment: set only one of id, id_url or id_file (line 9)"),
+            ("[deployment]\nid = \"a\"\nid_file = \"/x\"", "deployment: set only one of id, id_url, id_file or from_platform (line 9)"),
             ("[deployment]\nwarmup = 5", "deployment.warmup: invalid type: integer 5, expected a duration string like \"5s\" (line 10)"),
             ("[[rule]]\nname = \"r\"\nprobe = \"nope\"\nwhen = \"status >= 500\"", r#"rule[0].probe: no probe named "nope" (line 11)"#),
             ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"status >= 500\"\naction = \"explode\"", r#"rule[0].action: unknown value "explode", expected rollback or alert (line 13)"#),
@@ -1474,6 +1530,98 @@ requests = "http_requests_total"
             let got = errors(&text);
             assert_eq!(got, vec![want.to_string()], "with {extra:?}");
         }
+    }
+
+    const RAILWAY: &str = "[rollback]\ntarget = \"railway\"\n[rollback.railway]\ntoken = \"tok-123456\"\nproject_id = \"p\"\nservice_id = \"s\"\nenvironment_id = \"e\"\n";
+
+    #[test]
+    fn from_platform_asks_the_rollback_target_and_refuses_what_cannot_tell() {
+        let text = format!("{BASE}[deployment]\nfrom_platform = true\n\n{RAILWAY}");
+        let c = Config::parse(&text, |_| None).unwrap();
+        assert_eq!(c.deployment.source, DeploymentSource::Platform);
+        assert!(c.rollback.unwrap().target.can_tell_live());
+
+        let platforms = "railway, kubernetes, argo_rollouts, render, vercel, heroku";
+        let cases = [
+            (
+                String::new(),
+                format!("deployment.from_platform: needs a [rollback] section to ask: set its target to a platform ({platforms}), or use id_url or id_file (line 10)"),
+            ),
+            (
+                "[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"https://hooks.example/x\"\n".into(),
+                format!("deployment.from_platform: the webhook target cannot say which deployment is live: use id_url or id_file, or a platform target ({platforms}) (line 10)"),
+            ),
+            (
+                "[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = [\"true\"]\n".into(),
+                format!("deployment.from_platform: the exec target cannot say which deployment is live: use id_url or id_file, or a platform target ({platforms}) (line 10)"),
+            ),
+        ];
+        for (rollback, want) in cases {
+            let text = format!("{BASE}[deployment]\nfrom_platform = true\n\n{rollback}");
+            assert_eq!(errors(&text), vec![want], "with {rollback:?}");
+        }
+        // `false` is the default and asks nothing.
+        let text = format!("{BASE}[deployment]\nfrom_platform = false\n");
+        assert_eq!(
+            Config::parse(&text, |_| None).unwrap().deployment.source,
+            DeploymentSource::Fixed("unknown".into())
+        );
+    }
+
+    #[test]
+    fn from_platform_is_one_more_source_and_excludes_the_others() {
+        for other in [
+            "id = \"v1\"",
+            "id_url = \"http://127.0.0.1:8080/version\"",
+            "id_file = \"/etc/web/release\"",
+        ] {
+            let text = format!("{BASE}[deployment]\n{other}\nfrom_platform = true\n\n{RAILWAY}");
+            assert_eq!(
+                errors(&text),
+                vec![
+                    "deployment: set only one of id, id_url, id_file or from_platform (line 9)"
+                        .to_string()
+                ],
+                "with {other}"
+            );
+        }
+    }
+
+    #[test]
+    fn poll_interval_defaults_to_1s_locally_and_10s_on_a_platform() {
+        let poll = |deployment: &str, rollback: &str| {
+            let text = format!("{BASE}[deployment]\n{deployment}\n\n{rollback}");
+            Config::parse(&text, |_| None)
+                .unwrap_or_else(|e| panic!("{deployment}: {e}"))
+                .deployment
+                .poll_interval
+        };
+        assert_eq!(poll("", ""), Duration::from_secs(1));
+        assert_eq!(
+            poll("id_url = \"http://127.0.0.1:8080/version\"", ""),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            poll("id_file = \"/etc/web/release\"", ""),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            poll("from_platform = true", RAILWAY),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            poll("from_platform = true\npoll_interval = \"2s\"", RAILWAY),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            poll("id_file = \"/x\"\npoll_interval = \"250ms\"", ""),
+            Duration::from_millis(250)
+        );
+        let text = format!("{BASE}[deployment]\nid_file = \"/x\"\npoll_interval = \"0s\"\n");
+        assert_eq!(
+            errors(&text),
+            vec!["deployment.poll_interval: must be more than 0s (line 11)".to_string()]
+        );
     }
 
     #[test]

@@ -87,12 +87,15 @@ pub async fn run(
         slots.push(slot);
     }
 
-    let target: Option<Arc<dyn Rollbacker>> = match &config.rollback {
+    // Built once: the watch calls it, and with `from_platform` the id
+    // source asks it which deployment is live.
+    let built: Option<Arc<crate::rollback::Target>> = match &config.rollback {
         Some(rb) => Some(Arc::new(
             rb.build().context("building the rollback target")?,
         )),
         None => None,
     };
+    let target = built.clone().map(|t| t as Arc<dyn Rollbacker>);
     let fixed_id = matches!(
         config.deployment.source,
         crate::config::DeploymentSource::Fixed(_)
@@ -147,7 +150,7 @@ pub async fn run(
     }
     let view = watcher.view.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
-    let ids = IdSource::new(config.deployment.source.clone());
+    let ids = IdSource::new(config.deployment.source.clone(), built).map_err(anyhow::Error::msg)?;
     let baseline = match watcher.last_stable() {
         Some(dep) => store.baseline(dep).await.unwrap_or_else(|e| {
             tracing::error!(error = %format!("{e:#}"), "cannot read the baseline; baseline rules stay inconclusive");
@@ -887,7 +890,7 @@ interval = "1s"
         .unwrap();
         Judge {
             watcher,
-            ids: IdSource::new(config.deployment.source.clone()),
+            ids: IdSource::new(config.deployment.source.clone(), None).unwrap(),
             poll_interval: config.deployment.poll_interval,
             warmup: config.deployment.warmup,
             plan: Judge::plan(&config.rules, &slots),

@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod fleet_postgres;
 mod fleet_redis;
+mod from_platform;
 mod manifests;
 mod notify;
 mod packaging;

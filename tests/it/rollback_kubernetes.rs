@@ -1,6 +1,17 @@
 //! The `kubernetes` and `argo_rollouts` rollback targets against a stand-in
 //! of the Kubernetes API on loopback, answering with the objects and the
 //! `Status` errors a real API server sends.
+//!
+//! The shapes follow the Kubernetes API reference (apps/v1 `Deployment` and
+//! `ReplicaSet`, `meta/v1` `Status`), the revision annotation the
+//! Deployment controller writes (`RevisionAnnotation`,
+//! `deployment.kubernetes.io/revision`, in
+//! `pkg/controller/deployment/util/deployment_util.go` of
+//! github.com/kubernetes/kubernetes), kubectl's `rollout undo`
+//! (`staging/src/k8s.io/kubectl/pkg/polymorphichelpers/rollback.go`), and
+//! Argo Rollouts' `Rollout` with its `rollout.argoproj.io/revision`
+//! annotation (`RevisionAnnotation` and `SetRolloutRevision` in
+//! `utils/annotations/annotations.go` of github.com/argoproj/argo-rollouts).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,12 +25,12 @@ use backstop::rollback::{BuildContext, RollbackError};
 use backstop_tests::{closed_port, HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
-const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/web";
-const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/prod/replicasets";
+pub(crate) const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
+pub(crate) const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/web";
+pub(crate) const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/prod/replicasets";
 const ROLLOUT: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web";
 const ROLLOUT_STATUS: &str = "/apis/argoproj.io/v1alpha1/namespaces/prod/rollouts/web/status";
-const DEPLOYMENT_UID: &str = "5f0c1e2a-8d4b-4c1e-9f3a-2b7d6e8c9a01";
+pub(crate) const DEPLOYMENT_UID: &str = "5f0c1e2a-8d4b-4c1e-9f3a-2b7d6e8c9a01";
 const OTHER_UID: &str = "0b1d2c3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const ROLLOUT_UID: &str = "7e6d5c4b-3a29-4180-b7c6-d5e4f3a2b1c0";
 
@@ -51,7 +62,7 @@ fn pod_template(image: &str, hash: Option<(&str, &str)>) -> Value {
     })
 }
 
-fn deployment(revision: u32, image: &str, resource_version: &str) -> Value {
+pub(crate) fn deployment(revision: u32, image: &str, resource_version: &str) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -99,7 +110,7 @@ fn paused(mut d: Value) -> Value {
 
 /// A ReplicaSet `owner` controls: a Deployment's, or a Rollout's when the
 /// uid is `ROLLOUT_UID`.
-fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
+pub(crate) fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
     let hash = name.rsplit('-').next().unwrap();
     let (hash_label, revision_key, owner_ref) = if owner == ROLLOUT_UID {
         (
@@ -142,7 +153,7 @@ fn replica_set(name: &str, revision: u32, image: &str, owner: &str) -> Value {
     })
 }
 
-fn replica_set_list(items: Vec<Value>) -> Value {
+pub(crate) fn replica_set_list(items: Vec<Value>) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSetList",
@@ -1110,5 +1121,182 @@ async fn after_a_restart_argo_abort_alone_is_done_once_the_rollout_is_aborted() 
             .unwrap();
         assert_eq!(matches!(found, Reconciled::Done(_)), done, "{found:?}");
         assert!(calls(&server, "PATCH", ROLLOUT_STATUS).is_empty());
+    }
+}
+
+// Which revision is live: what `[deployment] from_platform` asks.
+
+#[tokio::test]
+async fn the_live_deployment_is_the_revision_the_workload_carries() {
+    let token = token();
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![
+                ok(deployment(4, "registry.example/web:4", "48213")),
+                ok(deployment(5, "registry.example/web:5", "48290")),
+            ],
+        ),
+        (
+            "GET",
+            ROLLOUT,
+            vec![ok(rollout(7, "registry.example/web:7"))],
+        ),
+    ])
+    .await;
+    let k8s = kubernetes(&server.url(""), &token.path, quick());
+    assert_eq!(k8s.live_deployment().await.unwrap(), "4");
+    // A new rollout raised the revision.
+    assert_eq!(k8s.live_deployment().await.unwrap(), "5");
+    let argo = argo(&server, &token.path, json!("abort"));
+    assert_eq!(argo.live_deployment().await.unwrap(), "7");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        assert_eq!(r.method, "GET", "reading only: {r:?}");
+        assert_eq!(r.header("authorization"), Some(&*format!("Bearer {TOKEN}")));
+        assert_eq!(r.header("accept"), Some("application/json"));
+    }
+}
+
+#[tokio::test]
+async fn a_workload_never_rolled_out_has_no_live_revision() {
+    let token = token();
+    let mut fresh = deployment(1, "registry.example/web:1", "100");
+    fresh["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deployment.kubernetes.io/revision");
+    let server = stand_in(vec![("GET", DEPLOYMENT, vec![ok(fresh)])]).await;
+    let err = kubernetes(&server.url(""), &token.path, quick())
+        .live_deployment()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RollbackError::Final { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.reason(),
+        "deployment prod/web has no deployment.kubernetes.io/revision annotation yet"
+    );
+}
+
+#[tokio::test]
+async fn a_live_read_is_retried_after_retry_after_and_server_errors() {
+    let token = token();
+    let server = stand_in(vec![
+        (
+            "GET",
+            DEPLOYMENT,
+            vec![
+                throttled("1"),
+                fails(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                ok(deployment(4, "registry.example/web:4", "48213")),
+            ],
+        ),
+        (
+            "GET",
+            ROLLOUT,
+            vec![
+                fails(500, "InternalError", "an error on the server (\"etcdserver: leader changed\") has prevented the request from succeeding"),
+                ok(rollout(6, "registry.example/web:6")),
+            ],
+        ),
+    ])
+    .await;
+    let start = Instant::now();
+    let live = kubernetes(&server.url(""), &token.path, quick())
+        .live_deployment()
+        .await
+        .unwrap();
+    assert_eq!(live, "4");
+    // Not before the API server said it may be asked again.
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(calls(&server, "GET", DEPLOYMENT).len(), 3);
+    let live = argo(&server, &token.path, json!("undo"))
+        .live_deployment()
+        .await
+        .unwrap();
+    assert_eq!(live, "6");
+    assert_eq!(calls(&server, "GET", ROLLOUT).len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_live_read_is_final_and_never_shows_the_token() {
+    let token = token();
+    let echoed = format!("token {TOKEN} is not valid for this audience");
+    for (code, reason, message, want) in [
+        (401, "Unauthorized", "Unauthorized".to_string(), "401 Unauthorized: Unauthorized"),
+        (403, "Forbidden", echoed.clone(), "403 Forbidden: token *** is not valid"),
+        (
+            403,
+            "Forbidden",
+            "rollouts.argoproj.io \"web\" is forbidden: User \"system:serviceaccount:prod:backstop\" cannot get resource \"rollouts\"".to_string(),
+            "cannot get resource \"rollouts\"",
+        ),
+    ] {
+        let server = stand_in(vec![
+            ("GET", DEPLOYMENT, vec![fails(code, reason, &message)]),
+            ("GET", ROLLOUT, vec![fails(code, reason, &message)]),
+        ])
+        .await;
+        let errors = [
+            kubernetes(&server.url(""), &token.path, quick())
+                .live_deployment()
+                .await
+                .unwrap_err(),
+            argo(&server, &token.path, json!("abort"))
+                .live_deployment()
+                .await
+                .unwrap_err(),
+        ];
+        for err in &errors {
+            assert!(matches!(err, RollbackError::Final { attempts: 1, .. }), "{code}: {err:?}");
+            let text = format!("{err} {err:?}");
+            assert!(text.contains(&code.to_string()), "{code}: {text}");
+            assert!(!text.contains(TOKEN), "{code}: {text}");
+        }
+        assert!(errors.iter().any(|e| e.reason().contains(want)), "{code}: {errors:?}");
+        assert_eq!(calls(&server, "GET", DEPLOYMENT).len(), 1, "{code} is not retried");
+        assert_eq!(calls(&server, "GET", ROLLOUT).len(), 1, "{code} is not retried");
+    }
+}
+
+#[tokio::test]
+async fn a_live_read_gives_up_at_the_deadline() {
+    let token = token();
+    let server = stand_in(vec![(
+        "GET",
+        DEPLOYMENT,
+        vec![fails(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        )],
+    )])
+    .await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(800),
+        ..quick()
+    };
+    let err = kubernetes(&server.url(""), &token.path, policy)
+        .live_deployment()
+        .await
+        .unwrap_err();
+    match &err {
+        RollbackError::Exhausted {
+            attempts, reason, ..
+        } => {
+            assert!(*attempts >= 2, "{err}");
+            assert!(reason.contains("503 Service Unavailable"), "{err}");
+            assert_eq!(*attempts as usize, calls(&server, "GET", DEPLOYMENT).len());
+        }
+        other => panic!("expected exhaustion, got {other}"),
     }
 }

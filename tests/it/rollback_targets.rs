@@ -1,6 +1,21 @@
 //! Rollback targets against stand-ins of the platforms on loopback: the
 //! documented request shapes, and how refusals, rate limits, server errors
 //! and the deadline are handled. `exec` runs real commands.
+//!
+//! The stand-ins' shapes were checked against each platform's own published
+//! definitions: Railway's public GraphQL schema (`src/gql/schema.json` of
+//! github.com/railwayapp/cli: `deployments(input: DeploymentListInput!,
+//! first: Int)`, `enum DeploymentStatus`, `deploymentRollback(id:
+//! String!): Boolean!`); Render's OpenAPI spec as its generated client in
+//! github.com/render-oss/cli has it (`pkg/client/types_gen.go`:
+//! `DeployWithCursor`, `DeployStatus`, `ListDeploysParams` with `status`
+//! and `limit`); Vercel's OpenAPI spec as its SDK github.com/vercel/sdk has
+//! it (`GET /v6/deployments`, `GET /v9/projects/{idOrName}` with
+//! `targets.production.id`, `POST /v1/projects/{projectId}/rollback/
+//! {deploymentId}`); Heroku's Platform API schema (`v6/schema.json` of
+//! github.com/heroku/heroku-go, downloaded from api.heroku.com/schema: a
+//! release's `id`, `version`, `status` and `current`), with the `Range`
+//! header of Heroku's Platform API reference.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -176,14 +191,15 @@ impl Platform {
     fn listing(&self, r: &Recorded) -> Reply {
         match self.name {
             "railway" => railway_listing(),
-            "render" if r.path == "/v1/services/srv-1/deploys" => Reply::json(
-                200,
-                json!([
-                    {"deploy": {"id": "dep-new", "status": "live", "createdAt": "2026-01-03T00:00:00Z"}, "cursor": "c3"},
-                    {"deploy": {"id": "dep-broken", "status": "build_failed", "createdAt": "2026-01-02T00:00:00Z"}, "cursor": "c2"},
-                    {"deploy": {"id": "dep-good", "status": "deactivated", "createdAt": "2026-01-01T00:00:00Z"}, "cursor": "c1"}
-                ]),
+            "render" if r.path == "/v1/services/srv-1/deploys" => render_deploys(
+                r,
+                &[
+                    ("dep-new", "live", "2026-01-03T00:00:00Z"),
+                    ("dep-broken", "build_failed", "2026-01-02T00:00:00Z"),
+                    ("dep-good", "deactivated", "2026-01-01T00:00:00Z"),
+                ],
             ),
+            "vercel" if r.path == "/v9/projects/prj_1" => vercel_project("dpl_new"),
             "vercel" if r.path == "/v6/deployments" => Reply::json(
                 200,
                 json!({"deployments": [
@@ -214,6 +230,35 @@ impl Platform {
             other => unreachable!("{other}"),
         }
     }
+}
+
+/// `GET /services/{serviceId}/deploys` of `deploys` (newest first), with
+/// the `status` filter and the `limit` Render applies.
+fn render_deploys(r: &Recorded, deploys: &[(&str, &str, &str)]) -> Reply {
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(r.query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let wanted: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "status")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let limit = query
+        .iter()
+        .find(|(k, _)| k == "limit")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(20);
+    let items: Vec<Value> = deploys
+        .iter()
+        .filter(|(_, status, _)| wanted.is_empty() || wanted.contains(status))
+        .take(limit)
+        .enumerate()
+        .map(|(i, (id, status, at))| {
+            json!({"deploy": {"id": id, "status": status, "createdAt": at, "trigger": "new_commit"}, "cursor": format!("c{i}")})
+        })
+        .collect();
+    Reply::json(200, Value::Array(items))
 }
 
 fn railway_listing() -> Reply {
@@ -956,4 +1001,365 @@ async fn webhook_and_exec_are_sent_again_only_when_configured_idempotent() {
         exec("idempotent = true\n").reconcile(&req).await,
         Reconciled::NotDone(_)
     ));
+}
+
+// Which deployment is live: what `[deployment] from_platform` asks.
+
+impl Platform {
+    /// Whether `r` is the read of the live deployment.
+    fn is_live_read(&self, r: &Recorded) -> bool {
+        match self.name {
+            "railway" => r.json()["query"]
+                .as_str()
+                .unwrap_or("")
+                .contains("deployments(input:"),
+            "render" => {
+                r.method == "GET"
+                    && r.path == "/v1/services/srv-1/deploys"
+                    && r.query.as_deref().unwrap_or("").contains("status=live")
+            }
+            "vercel" => r.method == "GET" && r.path == "/v9/projects/prj_1",
+            "heroku" => r.method == "GET" && r.path == "/apps/web-app/releases",
+            _ => false,
+        }
+    }
+
+    /// The deployment each stand-in says is live.
+    fn expected_live(&self) -> &'static str {
+        match self.name {
+            "railway" | "render" => "dep-new",
+            "vercel" => "dpl_new",
+            "heroku" => "v42",
+            other => unreachable!("{other}"),
+        }
+    }
+
+    /// Starts the stand-in; reads of the live deployment are answered by
+    /// `script`, then as the platform would.
+    async fn start_live(self, script: Script) -> (HttpServer, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counter = reads.clone();
+        let server = HttpServer::start(move |r| {
+            if self.is_live_read(r) {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(reply) = script(n) {
+                    return reply;
+                }
+            }
+            self.listing(r)
+        })
+        .await;
+        (server, reads)
+    }
+}
+
+#[tokio::test]
+async fn every_platform_says_which_deployment_is_live_with_one_documented_read() {
+    for &p in &PLATFORMS[1..] {
+        let (server, reads) = p.start_live(then_ok(vec![])).await;
+        let t = target(&p.config(&server, "10s"));
+        let live = t
+            .live_deployment()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert_eq!(live, p.expected_live(), "{}", p.name);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "{}", p.name);
+        let reqs = server.requests();
+        assert_eq!(reqs.len(), 1, "{}: one request: {reqs:?}", p.name);
+        let r = &reqs[0];
+        assert!(
+            rollback_calls(p, &server).is_empty(),
+            "{}: reading only",
+            p.name
+        );
+        match p.name {
+            "railway" => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("POST", "/graphql/v2")
+                );
+                assert_eq!(
+                    r.json()["variables"],
+                    json!({"projectId": "prj-1", "serviceId": "svc-1", "environmentId": "env-1", "first": 20})
+                );
+                assert!(!r.json()["query"].as_str().unwrap().contains("mutation"));
+            }
+            "render" => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/v1/services/srv-1/deploys")
+                );
+                assert_eq!(r.query.as_deref(), Some("status=live&limit=1"));
+                assert_eq!(r.header("accept"), Some("application/json"));
+            }
+            "vercel" => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/v9/projects/prj_1")
+                );
+                assert_eq!(r.query.as_deref(), Some("teamId=team_1"));
+            }
+            "heroku" => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/apps/web-app/releases")
+                );
+                assert_eq!(r.header("range"), Some("version ..; order=desc, max=20"));
+                assert_eq!(
+                    r.header("accept"),
+                    Some("application/vnd.heroku+json; version=3")
+                );
+            }
+            other => unreachable!("{other}"),
+        }
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {}", p.token)),
+            "{}",
+            p.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn railway_counts_a_crashed_deployment_as_live_and_one_on_its_way_as_not() {
+    let p = PLATFORMS[1];
+    let node = |id: &str, status: &str| json!({"node": {"id": id, "status": status, "createdAt": "2026-01-01T00:00:00Z", "canRollback": status != "FAILED"}});
+    // Railway's deployments, newest first, and what it says is live.
+    type Case<'a> = (&'a [(&'a str, &'a str)], Result<&'a str, &'a str>);
+    let cases: &[Case] = &[
+        // A crash-looping new deployment took over: it is the live one.
+        (&[("dep-2", "CRASHED"), ("dep-1", "REMOVED")], Ok("dep-2")),
+        // A new deployment on its way, or one that never took over, leaves
+        // the one before it serving.
+        (
+            &[
+                ("dep-5", "BUILDING"),
+                ("dep-4", "DEPLOYING"),
+                ("dep-3", "FAILED"),
+                ("dep-2", "SKIPPED"),
+                ("dep-1", "SUCCESS"),
+            ],
+            Ok("dep-1"),
+        ),
+        (
+            &[
+                ("dep-3", "QUEUED"),
+                ("dep-2", "INITIALIZING"),
+                ("dep-1", "SLEEPING"),
+            ],
+            Ok("dep-1"),
+        ),
+        (
+            &[("dep-2", "WAITING"), ("dep-1", "REMOVED")],
+            Err("none of the 2 newest deployments is live (SUCCESS, SLEEPING, CRASHED)"),
+        ),
+    ];
+    for (list, want) in cases {
+        let edges: Vec<Value> = list.iter().map(|(id, s)| node(id, s)).collect();
+        let reply = json!({"data": {"deployments": {"edges": edges}}});
+        let server = HttpServer::start(move |_| Reply::json(200, reply.clone())).await;
+        let got = target(&p.config(&server, "10s")).live_deployment().await;
+        match (want, &got) {
+            (Ok(id), Ok(live)) => assert_eq!(live, id, "{list:?}"),
+            (Err(m), Err(e)) => {
+                assert!(
+                    matches!(e, RollbackError::Final { attempts: 1, .. }),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains(m), "{e}");
+            }
+            _ => panic!("{list:?}: {got:?}"),
+        }
+        assert_eq!(server.requests().len(), 1, "{list:?}");
+    }
+}
+
+#[tokio::test]
+async fn render_heroku_and_vercel_say_so_when_nothing_is_live() {
+    let cases: Vec<(Platform, Reply, &str)> = vec![
+        (
+            PLATFORMS[2],
+            Reply::json(200, json!([])),
+            "render lists no live deploy of the service",
+        ),
+        (
+            PLATFORMS[3],
+            Reply::json(
+                200,
+                json!({"id": "prj_1", "name": "web", "targets": {"production": null}}),
+            ),
+            "vercel's project shows no production deployment",
+        ),
+        (
+            PLATFORMS[4],
+            Reply::json(
+                206,
+                json!([{"id": "r-2", "version": 2, "status": "pending", "current": false},
+                       {"id": "r-1", "version": 1, "status": "failed", "current": false}]),
+            ),
+            "none of the 2 newest releases is current or succeeded",
+        ),
+    ];
+    for (p, reply, want) in cases {
+        let reply = std::sync::Mutex::new(Some(reply));
+        let server = HttpServer::start(move |_| reply.lock().unwrap().take().unwrap()).await;
+        let err = target(&p.config(&server, "10s"))
+            .live_deployment()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RollbackError::Final { attempts: 1, .. })
+                && err.to_string().contains(want),
+            "{}: {err:?}",
+            p.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn heroku_names_the_current_release_by_its_version() {
+    let p = PLATFORMS[4];
+    // A new release whose release phase is still running, above the
+    // current one, and a failed one: the current one is live.
+    let server = HttpServer::start(|_| {
+        Reply::json(
+            206,
+            json!([
+                {"id": "r-44", "version": 44, "status": "pending", "current": false},
+                {"id": "r-43", "version": 43, "status": "failed", "current": false},
+                {"id": "r-42", "version": 42, "status": "succeeded", "current": true},
+                {"id": "r-41", "version": 41, "status": "succeeded", "current": false}
+            ]),
+        )
+    })
+    .await;
+    let live = target(&p.config(&server, "10s"))
+        .live_deployment()
+        .await
+        .unwrap();
+    assert_eq!(live, "v42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reads_are_retried_after_retry_after_and_server_errors() {
+    let mut runs = Vec::new();
+    for &p in &PLATFORMS[1..] {
+        runs.push(tokio::spawn(async move {
+            let script = then_ok(vec![
+                error_reply(429).header("retry-after", "1"),
+                error_reply(503),
+                error_reply(502),
+            ]);
+            let (server, reads) = p.start_live(script).await;
+            let start = Instant::now();
+            let live = target(&p.config(&server, "20s"))
+                .live_deployment()
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert_eq!(live, p.expected_live(), "{}", p.name);
+            assert_eq!(reads.load(Ordering::SeqCst), 4, "{}", p.name);
+            // Not before the platform said it may be asked again.
+            assert!(
+                start.elapsed() >= Duration::from_millis(900),
+                "{}: {:?}",
+                p.name,
+                start.elapsed()
+            );
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_refused_live_read_is_final_after_one_call_and_never_shows_the_token() {
+    for &p in &PLATFORMS[1..] {
+        for status in [401, 403] {
+            let token = p.token;
+            let script: Script = Arc::new(move |_| {
+                Some(Reply::json(
+                    status,
+                    json!({"message": format!("token {token} is not allowed here")}),
+                ))
+            });
+            let (server, reads) = p.start_live(script).await;
+            let t = Arc::new(target(&p.config(&server, "10s")));
+            let case = format!("{} {status}", p.name);
+            let err = t.live_deployment().await.unwrap_err();
+            assert!(
+                matches!(err, RollbackError::Final { attempts: 1, .. }),
+                "{case}: {err:?}"
+            );
+            assert_eq!(reads.load(Ordering::SeqCst), 1, "{case}");
+            assert!(err.reason().contains(&status.to_string()), "{case}: {err}");
+            assert!(
+                err.reason().contains("token *** is not allowed"),
+                "{case}: {err}"
+            );
+            assert_hidden(p, &format!("{err}{err:?}"));
+
+            // What the agent logs: one line, the target named, no token.
+            let ids = backstop::deployment::IdSource::new(
+                backstop::config::DeploymentSource::Platform,
+                Some(t),
+            )
+            .unwrap();
+            let line = ids.current().await.unwrap_err();
+            assert!(
+                line.starts_with(&format!("asking {} which deployment is live: ", p.name)),
+                "{case}: {line}"
+            );
+            assert!(!line.contains('\n'), "{case}: {line}");
+            assert_hidden(p, &line);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_read_gives_up_at_the_deadline() {
+    let mut runs = Vec::new();
+    for &p in &PLATFORMS[1..] {
+        runs.push(tokio::spawn(async move {
+            let (server, reads) = p.start_live(Arc::new(|_| Some(error_reply(503)))).await;
+            let err = target(&p.config(&server, "2s"))
+                .live_deployment()
+                .await
+                .unwrap_err();
+            let RollbackError::Exhausted { attempts, .. } = &err else {
+                panic!("{}: {err:?}", p.name)
+            };
+            assert!(*attempts >= 2, "{}: {err}", p.name);
+            assert_eq!(
+                *attempts as usize,
+                reads.load(Ordering::SeqCst),
+                "{}",
+                p.name
+            );
+            assert!(err.reason().contains("503"), "{err}");
+            assert_hidden(p, &err.to_string());
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_or_a_command_cannot_say_which_deployment_is_live() {
+    let hook = target(
+        "[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"http://127.0.0.1:9/hook\"\n",
+    );
+    let exec =
+        target("[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = [\"/bin/true\"]\n");
+    for t in [hook, exec] {
+        let err = t.live_deployment().await.unwrap_err();
+        assert!(matches!(err, RollbackError::Setup { .. }), "{err:?}");
+        assert!(
+            err.reason()
+                .contains("cannot tell which deployment is live"),
+            "{err}"
+        );
+    }
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::kube::{Cluster, ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE};
-use super::kubernetes::{check_cluster, marked, read, undo, Workload};
+use super::kubernetes::{check_cluster, marked, read, revision, undo, Workload};
 use super::{with_retries, BuildContext, Problem, RollbackError};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -266,6 +266,19 @@ impl ArgoRollouts {
             returned_to,
             detail: details.join("; "),
         })
+    }
+
+    /// The Rollout's revision (`rollout.argoproj.io/revision`, which the
+    /// Argo Rollouts controller raises when a new pod template starts to
+    /// roll out, canary steps included). Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        revision(
+            &self.client,
+            &ROLLOUT,
+            &self.rollout,
+            super::live_policy(self.policy),
+        )
+        .await
     }
 
     /// After an interrupted call. With `undo` among the actions: whether the

@@ -6,14 +6,25 @@
 //! deployment id may be the release's id, its version or `v` and its
 //! version), and rolls back with `POST /apps/{app}/releases` and
 //! `{"release": "<id>"}`, which creates a new release from that one.
+//!
+//! The live release is the current one from the same list: the release
+//! with `current: true`, else the newest whose `status` is `succeeded`,
+//! known as `v` and its version. Heroku's Platform API schema (the
+//! `release` definition of `v6/schema.json` in github.com/heroku/heroku-go,
+//! generated from `GET https://api.heroku.com/schema`) gives a release
+//! `current` ("indicates this release as being the current one for the
+//! app"), `status` (`failed`, `pending`, `succeeded`, `expired`) and
+//! `version`; a release whose release phase is still running (`pending`)
+//! or failed (`failed`) never became current, while one whose dynos crash
+//! stays current.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, segment, send, send_json, settled, with_retries, BuildContext,
-    Listed, Problem, RollbackError,
+    find_then_act, http_client, live_policy, segment, send, send_json, settled, then, with_retries,
+    BuildContext, Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -100,8 +111,30 @@ impl Heroku {
         Ok(settled(NAME, &list, &req.deployment))
     }
 
+    /// The app's current release, as `v` and its version (its id when it
+    /// has no version). Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        with_retries(NAME, live_policy(self.policy), |_| async {
+            then(self.releases().await, |items| match current(&items) {
+                Some(id) => Attempt::Done(id),
+                None => Attempt::Fail(format!(
+                    "none of the {} newest releases is current or succeeded",
+                    items.len()
+                )),
+            })
+        })
+        .await
+    }
+
     /// The app's recent releases, newest first.
     async fn list(&self) -> Attempt<Vec<Listed>> {
+        then(self.releases().await, |items| {
+            Attempt::Done(items.iter().filter_map(listed).collect())
+        })
+    }
+
+    /// The app's recent releases as Heroku gives them, newest first.
+    async fn releases(&self) -> Attempt<Vec<Value>> {
         let key = self.config.api_key.expose();
         let r = self
             .client
@@ -116,7 +149,7 @@ impl Heroku {
             Attempt::Fail(r) => return Attempt::Fail(r),
         };
         items.sort_by_key(|r| std::cmp::Reverse(r.get("version").and_then(Value::as_u64)));
-        Attempt::Done(items.iter().filter_map(listed).collect())
+        Attempt::Done(items)
     }
 
     async fn roll_back_to(&self, id: String) -> Attempt<RollbackDone> {
@@ -144,6 +177,26 @@ impl Heroku {
             Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
             Attempt::Fail(r) => Attempt::Fail(r),
         }
+    }
+}
+
+/// The current release of a newest-first list: the one marked `current`,
+/// else the newest `succeeded` one.
+fn current(items: &[Value]) -> Option<String> {
+    let release = items
+        .iter()
+        .find(|r| r.get("current").and_then(Value::as_bool) == Some(true))
+        .or_else(|| {
+            items
+                .iter()
+                .find(|r| r.get("status").and_then(Value::as_str) == Some("succeeded"))
+        })?;
+    match release.get("version").and_then(Value::as_u64) {
+        Some(v) => Some(format!("v{v}")),
+        None => release
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }
 
@@ -178,5 +231,29 @@ mod tests {
                 .unwrap();
         assert_eq!(l.aliases, ["41", "v41"]);
         assert!(l.eligible && !l.active);
+    }
+
+    #[test]
+    fn the_current_release_is_the_one_marked_current_else_the_newest_succeeded() {
+        let r = |v: u64, status: &str, current: Option<bool>| {
+            let mut r = json!({"id": format!("r-{v}"), "version": v, "status": status});
+            if let Some(c) = current {
+                r["current"] = json!(c);
+            }
+            r
+        };
+        let marked = [
+            r(43, "pending", Some(false)),
+            r(42, "failed", Some(false)),
+            r(41, "succeeded", Some(true)),
+        ];
+        assert_eq!(current(&marked).as_deref(), Some("v41"));
+        let unmarked = [r(43, "pending", None), r(42, "succeeded", None)];
+        assert_eq!(current(&unmarked).as_deref(), Some("v42"));
+        assert_eq!(current(&[r(1, "failed", Some(false))]), None);
+        assert_eq!(
+            current(&[json!({"id": "r-x", "current": true})]).as_deref(),
+            Some("r-x")
+        );
     }
 }

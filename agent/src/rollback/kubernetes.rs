@@ -166,6 +166,19 @@ impl Kubernetes {
 }
 
 impl Kubernetes {
+    /// The Deployment's revision (`deployment.kubernetes.io/revision`, which
+    /// the Deployment controller raises when a rollout starts, an undo
+    /// included). Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        revision(
+            &self.client,
+            &DEPLOYMENT,
+            &self.deployment,
+            super::live_policy(self.policy),
+        )
+        .await
+    }
+
     /// After an interrupted call: whether the Deployment carries this
     /// rollback's mark ([`ROLLBACK_KEY`]), which only the undo's patch puts
     /// there.
@@ -196,6 +209,33 @@ pub(super) async fn read(
         match client.get(path, what).await {
             Ok(obj) => Attempt::Done(obj),
             Err(e) => Attempt::<Value>::from(e),
+        }
+    })
+    .await
+}
+
+/// Reads the workload's revision annotation, with the call's retries; a
+/// workload without one (never rolled out) is an error.
+pub(super) async fn revision(
+    client: &KubeClient,
+    w: &Workload,
+    name: &str,
+    policy: RetryPolicy,
+) -> Result<String, RollbackError> {
+    let ns = client.namespace();
+    let path = w.object_path(ns, name);
+    let what = format!("GET {} {ns}/{name}", w.noun);
+    let (path, what) = (&path, &what);
+    with_retries(w.target, policy, move |_| async move {
+        match client.get(path, what).await {
+            Ok(obj) => match annotation(&obj, w.revision_annotation) {
+                Some(rev) if !rev.trim().is_empty() => Attempt::Done(rev.trim().to_string()),
+                _ => Attempt::Fail(format!(
+                    "{} {ns}/{name} has no {} annotation yet",
+                    w.noun, w.revision_annotation
+                )),
+            },
+            Err(e) => Attempt::<String>::from(e),
         }
     })
     .await

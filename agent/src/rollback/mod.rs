@@ -31,6 +31,12 @@
 //! the small API-server client of `kube.rs`. Their `validate` and `build`
 //! read local files (the service account's namespace when `namespace` is not
 //! set, the cluster's CA), never the network.
+//!
+//! Besides calling, a platform target can be asked, reading only, which
+//! deployment is live ([`Target::live_deployment`]): `[deployment]
+//! from_platform` takes the deployment id from there, so a service that is
+//! down entirely is still seen to change. A webhook or a command cannot be
+//! asked ([`TargetConfig::can_tell_live`]).
 
 pub mod argo_rollouts;
 pub mod exec;
@@ -78,6 +84,11 @@ const COMMON_KEYS: &[&str] = &[
 /// How long one HTTP attempt may take unless a target says otherwise.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest a read of the live deployment is retried (less when the
+/// `[rollback] deadline` is shorter): the id is read again at the next
+/// poll anyway, and the watch waits for the read.
+pub const LIVE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A validated `[rollback]` section.
 #[derive(Debug, Clone)]
 pub struct RollbackConfig {
@@ -124,6 +135,13 @@ impl TargetConfig {
             Self::Kubernetes(_) => kubernetes::NAME,
             Self::ArgoRollouts(_) => argo_rollouts::NAME,
         }
+    }
+
+    /// Whether the target's platform can say which deployment is live
+    /// ([`Target::live_deployment`]): every platform can; a webhook or a
+    /// command cannot.
+    pub fn can_tell_live(&self) -> bool {
+        !matches!(self, Self::Webhook(_) | Self::Exec(_))
     }
 
     fn validate(&self) -> Vec<Problem> {
@@ -234,6 +252,46 @@ impl Target {
         };
         found.unwrap_or_else(|e| Reconciled::Unknown(format!("asking failed: {e}")))
     }
+
+    /// The platform's id of the deployment live now, reading only, with the
+    /// calls' retries within [`LIVE_DEADLINE`]: Railway's latest deployment
+    /// that serves (a crashing one included), the Deployment's or Rollout's
+    /// revision, Render's live deploy, Vercel's production deployment,
+    /// Heroku's current release (`v` and its version). A webhook or a
+    /// command cannot be asked: that is a `Setup` error, and the
+    /// configuration refuses `from_platform` with them.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        match self {
+            Self::Webhook(_) | Self::Exec(_) => Err(RollbackError::Setup {
+                target: self.name(),
+                reason: "cannot tell which deployment is live; only a platform can".into(),
+            }),
+            Self::Railway(t) => t.live_deployment().await,
+            Self::Render(t) => t.live_deployment().await,
+            Self::Vercel(t) => t.live_deployment().await,
+            Self::Heroku(t) => t.live_deployment().await,
+            Self::Kubernetes(t) => t.live_deployment().await,
+            Self::ArgoRollouts(t) => t.live_deployment().await,
+        }
+    }
+}
+
+/// The retries of a read of the live deployment: the target's, within
+/// [`LIVE_DEADLINE`].
+pub fn live_policy(policy: RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        deadline: policy.deadline.min(LIVE_DEADLINE),
+        ..policy
+    }
+}
+
+/// Goes on with what an attempt found; a retry or a failure stays one.
+pub fn then<T, U>(attempt: Attempt<T>, f: impl FnOnce(T) -> Attempt<U>) -> Attempt<U> {
+    match attempt {
+        Attempt::Done(t) => f(t),
+        Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
+        Attempt::Fail(reason) => Attempt::Fail(reason),
+    }
 }
 
 /// Where `deployment` stands in a platform's newest-first list after an
@@ -297,6 +355,15 @@ impl RollbackError {
             Self::Final { target, .. }
             | Self::Exhausted { target, .. }
             | Self::Setup { target, .. } => target,
+        }
+    }
+
+    /// What went wrong, without the target's name.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Final { reason, .. }
+            | Self::Exhausted { reason, .. }
+            | Self::Setup { reason, .. } => reason,
         }
     }
 

@@ -7,13 +7,17 @@
 //! `mutation deploymentRollback(id: String!): Boolean!`. An HTTP 200 with
 //! `errors[]` is a failure: "not authorized" is final, a rate limit is
 //! retried, anything else is final.
+//!
+//! The live deployment is read from the same list: the newest deployment
+//! whose status is `SUCCESS`, `SLEEPING` or `CRASHED` (see [`LIVE`]).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, find_in, find_then_act,
-    http_client, send_json, settled, with_retries, BuildContext, Listed, Problem, RollbackError,
+    http_client, live_policy, send_json, settled, then, with_retries, BuildContext, Listed,
+    Problem, RollbackError,
 };
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -25,10 +29,28 @@ const NAME: &str = "railway";
 /// How many recent deployments are searched for the one to return to.
 const HISTORY: u32 = 20;
 
+/// `deployments(input: DeploymentListInput!, first: Int)`, as Railway's
+/// public GraphQL schema has it (`src/gql/schema.json` of the railway CLI,
+/// github.com/railwayapp/cli), newest first.
 const LIST_QUERY: &str = "query backstopDeployments($projectId: String!, $serviceId: String!, $environmentId: String!, $first: Int) { deployments(input: {projectId: $projectId, serviceId: $serviceId, environmentId: $environmentId}, first: $first) { edges { node { id status createdAt canRollback } } } }";
 
 const ROLLBACK_MUTATION: &str =
     "mutation backstopRollback($id: String!) { deploymentRollback(id: $id) }";
+
+/// The statuses of a deployment that is live, or was the last one live.
+///
+/// Railway's public GraphQL schema (`enum DeploymentStatus` in
+/// `src/gql/schema.json` of the railway CLI, github.com/railwayapp/cli) has
+/// BUILDING, CRASHED, DEPLOYING, FAILED, INITIALIZING, NEEDS_APPROVAL,
+/// QUEUED, REMOVED, REMOVING, SKIPPED, SLEEPING, SUCCESS and WAITING; the
+/// CLI itself counts SUCCESS, CRASHED and SLEEPING as a deployment that
+/// took over (`is_stable_status` in `src/commands/output/service_summary.rs`).
+/// A crash-looping deployment is CRASHED, and it is the live one: the one
+/// before it was removed when it took over. One still on its way
+/// (QUEUED, WAITING, INITIALIZING, BUILDING, DEPLOYING, NEEDS_APPROVAL) or
+/// one that never took over (FAILED, SKIPPED) leaves the one before it
+/// serving, and REMOVING and REMOVED are on their way out or gone.
+pub const LIVE: &[&str] = &["SUCCESS", "SLEEPING", "CRASHED"];
 
 /// `[rollback.railway]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +135,24 @@ impl Railway {
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))
+    }
+
+    /// The newest of the service's deployments in the environment that is
+    /// live, or crashed while live (see [`LIVE`]). Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        with_retries(NAME, live_policy(self.policy), |_| async {
+            then(self.list().await, |list| {
+                match list.iter().find(|d| LIVE.contains(&d.status.as_str())) {
+                    Some(d) => Attempt::Done(d.id.clone()),
+                    None => Attempt::Fail(format!(
+                        "none of the {} newest deployments is live ({})",
+                        list.len(),
+                        LIVE.join(", ")
+                    )),
+                }
+            })
+        })
+        .await
     }
 
     /// The service's recent deployments, newest first.

@@ -6,14 +6,27 @@
 //! `live` or `deactivated`), and calls `POST /services/{serviceId}/rollback`
 //! with `{"deployId": ...}`, which starts a new deploy from that deploy's
 //! build.
+//!
+//! The live deploy is the newest one whose status is `live`
+//! (`GET /services/{serviceId}/deploys?status=live&limit=1`). Render's
+//! OpenAPI spec, as its generated client in the Render CLI has it
+//! (`DeployStatus` and `ListDeploysParams` in `pkg/client/types_gen.go`,
+//! github.com/render-oss/cli), lists the statuses `created`, `queued`,
+//! `build_in_progress`, `update_in_progress`, `pre_deploy_in_progress`,
+//! `live`, `deactivated`, `build_failed`, `update_failed`,
+//! `pre_deploy_failed` and `canceled`: only `live` serves. A deploy that
+//! fails (its build, its pre-deploy command or its health check while
+//! updating) never goes live, and the one before it stays `live`; a deploy
+//! that went live and crashes afterwards stays `live` while Render restarts
+//! it.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, segment, send, send_json, settled, with_retries, BuildContext,
-    Listed, Problem, RollbackError,
+    find_then_act, http_client, live_policy, segment, send, send_json, settled, then, with_retries,
+    BuildContext, Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -95,6 +108,36 @@ impl Render {
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))
+    }
+
+    /// The service's live deploy: the newest whose status is `live`.
+    /// Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        with_retries(NAME, live_policy(self.policy), |_| async {
+            then(self.live_list().await, |items| {
+                let live = items
+                    .iter()
+                    .map(|i| i.get("deploy").unwrap_or(i))
+                    .filter_map(listed)
+                    .find(|d| d.active);
+                match live {
+                    Some(d) => Attempt::Done(d.id),
+                    None => Attempt::Fail("render lists no live deploy of the service".into()),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn live_list(&self) -> Attempt<Vec<Value>> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .get(self.url("/deploys"))
+            .query(&[("status", "live"), ("limit", "1")])
+            .bearer_auth(key)
+            .header("accept", "application/json");
+        send_json(r, "reading the live deploy", &[key]).await
     }
 
     /// The service's recent deploys, newest first.

@@ -7,14 +7,22 @@
 //! `POST /v1/projects/{projectId}/rollback/{deploymentId}` with the reason as
 //! `description`, which points the production domains at it. `teamId` is
 //! added to every request when configured.
+//!
+//! The live deployment is the project's production deployment
+//! (`GET /v9/projects/{idOrName}`, `targets.production.id`): the one its
+//! production domains point at, moved by a promotion or an Instant
+//! Rollback. Checked against Vercel's OpenAPI spec as its generated SDK has
+//! it (github.com/vercel/sdk: `src/funcs/projectsGetProject.ts` for the
+//! path and `teamId`, `GetProjectResponseBody.targets` and
+//! `GetProjectTargets.id` under `src/models/`).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
     check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, segment, send, send_json, truncate, with_retries, BuildContext,
-    Listed, Problem, RollbackError,
+    find_then_act, http_client, live_policy, segment, send, send_json, then, truncate,
+    with_retries, BuildContext, Listed, Problem, RollbackError,
 };
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -124,6 +132,20 @@ impl Vercel {
                 "vercel's project shows no production deployment (targets.production.id)".into(),
             ),
         })
+    }
+
+    /// The deployment the project's production domains point at. Reads only.
+    pub async fn live_deployment(&self) -> Result<String, RollbackError> {
+        with_retries(NAME, live_policy(self.policy), |_| async {
+            then(self.production().await, |id| match id {
+                Some(id) => Attempt::Done(id),
+                None => Attempt::Fail(
+                    "vercel's project shows no production deployment (targets.production.id)"
+                        .into(),
+                ),
+            })
+        })
+        .await
     }
 
     /// The project's recent production deployments, newest first.
