@@ -276,10 +276,15 @@ depends_on = ["db"]
     .await;
     pg.stop();
     svc.set("v2", false);
+    // Held at once: first until db, asked for a check, answers; then
+    // because it fails.
     let s = until(setup.port, "health failing held by db", |s| {
         s["rules"].as_array().is_some_and(|rs| {
-            rs.iter()
-                .any(|r| r["name"] == "health failing" && r["verdict"] == "held")
+            rs.iter().any(|r| {
+                r["name"] == "health failing"
+                    && r["verdict"] == "held"
+                    && r["reason"].as_str().is_some_and(|w| w.contains("is failing"))
+            })
         })
     })
     .await;
@@ -378,4 +383,76 @@ action = "rollback"
     assert!(evidence["p_value"].as_f64().unwrap() < 0.01, "{evidence:#}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(arrivals.lock().unwrap().len(), 1, "exactly one call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_leak_reported_by_the_deep_health_body_is_rolled_back_once() {
+    // The service reports its memory in its deep health body; v2 leaks.
+    let version = Arc::new(Mutex::new(("v1".to_string(), Instant::now())));
+    let v = version.clone();
+    let server = HttpServer::start(move |r| {
+        let (id, since) = v.lock().unwrap().clone();
+        let memory_mb = if id == "v2" {
+            // 600 MB and growing by 400 MB a second.
+            600.0 + 400.0 * since.elapsed().as_secs_f64()
+        } else {
+            300.0
+        };
+        match r.path.as_str() {
+            "/version" => Reply::json(200, json!({ "version": id })),
+            "/health" => Reply::json(200, json!({ "status": "ok", "memory_mb": memory_mb })),
+            _ => Reply::status(404),
+        }
+    })
+    .await;
+    let back = version.clone();
+    let platform = HttpServer::start(move |r| {
+        let to = r.json()["return_to"].as_str().unwrap_or("v1").to_string();
+        *back.lock().unwrap() = (to, Instant::now());
+        Reply::json(200, json!({ "ok": true }))
+    })
+    .await;
+    let notify = HttpServer::start(|_| Reply::status(200)).await;
+    let setup = Setup::new();
+    let cfg = setup.config(
+        &server,
+        &platform,
+        &notify,
+        "poll_interval = \"250ms\"\nwarmup = \"1s\"\nwatch = \"3s\"",
+        r#"[[probe]]
+name = "deep"
+level = 2
+type = "http"
+url = "{health}"
+interval = "200ms"
+timeout = "150ms"
+signals = { memory_mb = "/memory_mb" }
+
+[[rule]]
+name = "memory leak"
+probe = "deep"
+when = "memory_mb > 1024 for 2s"
+action = "rollback"
+"#,
+    );
+    let _agent = Agent::start(&cfg, setup.port);
+    until(setup.port, "v1 stable", |s| {
+        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
+    })
+    .await;
+    *version.lock().unwrap() = ("v2".to_string(), Instant::now());
+    let s = until(setup.port, "the rollback of v2", |s| {
+        s["last_rollback"]["deployment"] == "v2" && s["last_rollback"]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(s["last_rollback"]["rule"], "memory leak");
+    let evidence = &s["last_rollback"]["evidence"][0];
+    assert_eq!(evidence["signal"], "memory_mb");
+    assert!(
+        evidence["observed"].as_f64().unwrap() > 1024.0,
+        "{evidence:#}"
+    );
+    until(setup.port, "v1 again", |s| s["deployment"]["id"] == "v1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(platform.requests().len(), 1, "exactly one call");
 }

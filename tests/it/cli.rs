@@ -200,3 +200,66 @@ signals = { memory_mb = "memory_mb", status = "/status" }
         "{err}"
     );
 }
+
+#[test]
+fn validate_refuses_rules_that_could_never_hold_and_names_what_would_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        r#"[service]
+name = "web"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:1/health"
+signals = { memory_mb = "/memory_mb" }
+
+[[probe]]
+name = "port"
+level = 1
+type = "tcp"
+address = "127.0.0.1:1"
+depends_on = ["db"]
+
+[[rule]]
+name = "bogus"
+probe = "health"
+when = "bogus_signal > 5 for 1m"
+
+[[rule]]
+name = "tcp errors"
+probe = "port"
+when = "error_rate > 5% for 5m"
+
+[[rule]]
+name = "latency"
+probe = "health"
+when = "p95_ms > 2x baseline for 5m"
+
+[[rule]]
+name = "leak"
+probe = "health"
+when = "memory_mb > 1024 for 1m"
+"#,
+    );
+    let out = Command::new(backstop_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "backstop: 3 configuration problems",
+            r#"  probe[1].depends_on[0]: no probe named "db"; name one of the other probes: health (line 16)"#,
+            r#"  rule[0].when: probe "health" (http) never yields "bogus_signal", so this rule could never hold; its signals are latency_ms, status, memory_mb, p50_ms, p90_ms, p95_ms, p99_ms, consecutive_failures (line 21)"#,
+            r#"  rule[1].when: probe "port" (tcp) never yields "error_rate", so this rule could never hold; its signals are latency_ms, p50_ms, p90_ms, p95_ms, p99_ms, consecutive_failures (line 26)"#,
+        ],
+        "{err}"
+    );
+}
