@@ -177,6 +177,7 @@ pub async fn run(
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
+            confirmed: None,
         },
         wake,
         cmd_rx,
@@ -294,6 +295,9 @@ struct Judge {
     seen: Vec<u64>,
     /// Every rule must be judged again (new windows, a new baseline).
     rejudge: bool,
+    /// When the deployment id was last read and found to be the current
+    /// one: samples before it belong to the current deployment.
+    confirmed: Option<Instant>,
     /// The deployment whose baseline the probes feed (`ProbeState::feed`)
     /// while it warms up or is watched.
     feeding: Option<String>,
@@ -502,14 +506,31 @@ impl Judge {
         }
     }
 
-    /// Takes note of the deployment running now; a new one starts with
-    /// empty windows.
+    /// Takes note of the deployment running now, read just now, right
+    /// after a read that still showed the current one.
+    #[cfg(test)]
     async fn observe(&mut self, id: &str) -> anyhow::Result<()> {
+        self.confirmed = Some(Instant::now());
+        self.observe_read(id, Instant::now()).await
+    }
+
+    /// Takes note of the deployment running now, its id read at `read`. A deployment seen for the first time keeps the
+    /// samples recorded since the last read that still showed the one
+    /// before (its first failing checks are what made the agent look); one
+    /// returned to (a rollback took effect) keeps none, since those
+    /// samples may still be the bad one's.
+    async fn observe_read(&mut self, id: &str, read: Instant) -> anyhow::Result<()> {
         let before = self.watcher.deployment().map(str::to_string);
         self.watcher.observe_deployment(id).await?;
         if before.is_some_and(|b| b != id) {
-            self.forget_windows();
+            let keep_since = self
+                .watcher
+                .first_seen_now()
+                .then_some(self.confirmed)
+                .flatten();
+            self.forget_windows(keep_since);
         }
+        self.confirmed = Some(read);
         Ok(())
     }
 
@@ -563,16 +584,30 @@ impl Judge {
     }
 
     /// A new deployment (seen, rolled back to, rolled forward to) starts
-    /// with empty windows and no consecutive failures: what the last one
-    /// did must not be judged against this one, nor fire on it. Its id is
-    /// read again as soon as a probe's outcome changes, so few of its own
-    /// first checks are lost, and its rules are not armed during the
-    /// warm-up anyway.
-    fn forget_windows(&mut self) {
+    /// with windows of its own and the consecutive failures they hold: what
+    /// the last one did must not be judged against this one, nor fire on
+    /// it. Only samples recorded after `keep_since` are kept (none
+    /// without it). Its id is read again as soon as a probe's outcome
+    /// changes, so what is kept is its own.
+    fn forget_windows(&mut self, keep_since: Option<Instant>) {
+        use crate::observe::Outcome;
         for slot in &self.slots {
             let mut state = slot.state.lock().expect("probe state lock");
-            state.window.clear();
-            state.consecutive_failures = 0;
+            match keep_since {
+                Some(since) => state.window.retain(|s| s.at() > since),
+                None => state.window.clear(),
+            }
+            state.consecutive_failures = state
+                .window
+                .iter()
+                .rev()
+                .filter(|s| s.outcome() != Outcome::Error)
+                .take_while(|s| s.outcome() == Outcome::Failed)
+                .count() as u32;
+            // Nothing kept: nothing observed of this deployment yet.
+            if state.window.is_empty() {
+                state.last = None;
+            }
             state.feed = None;
         }
         self.feeding = None;
@@ -693,7 +728,7 @@ async fn watch_loop(
                     if id_error.take().is_some() {
                         tracing::info!("deployment id readable again");
                     }
-                    if let Err(e) = judge.observe(&id).await {
+                    if let Err(e) = judge.observe_read(&id, now).await {
                         judge.store_failed(&e);
                         continue;
                     }
@@ -906,6 +941,7 @@ interval = "1s"
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
+            confirmed: None,
         }
     }
 
@@ -949,6 +985,54 @@ interval = "1s"
     fn feeding(judge: &Judge) -> Option<String> {
         let state = judge.slots[0].state.lock().unwrap();
         state.feed.as_ref().map(|f| f.deployment().to_string())
+    }
+
+    fn fail(judge: &Judge) {
+        let obs = crate::observe::Observation::from_result(
+            Err(backstop_probes::ProbeError::unhealthy("status 503")),
+            Duration::from_millis(1),
+            None,
+        );
+        judge.slots[0]
+            .state
+            .lock()
+            .unwrap()
+            .record(obs, Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_deployment_keeps_its_own_first_failures_and_one_returned_to_none_of_the_bad_ones(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
+        judge.observe("v1").await.unwrap();
+        for _ in 0..3 {
+            tick(&mut judge, 5.0).await;
+        }
+        // The last read that still showed v1; then v2's first failures
+        // make the agent read the id again.
+        let read = Instant::now();
+        judge.observe_read("v1", read).await.unwrap();
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            fail(&judge);
+        }
+        judge.observe_read("v2", Instant::now()).await.unwrap();
+        {
+            let state = judge.slots[0].state.lock().unwrap();
+            assert_eq!(state.window.len(), 2, "v2's own failures are kept");
+            assert_eq!(state.consecutive_failures, 2);
+        }
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            fail(&judge);
+        }
+        // v2 is rolled back and v1 returns: what failed since the last
+        // read of v2 may still be v2's, and none of it is v1's.
+        judge.observe_read("v1", Instant::now()).await.unwrap();
+        let state = judge.slots[0].state.lock().unwrap();
+        assert!(state.window.is_empty());
+        assert_eq!(state.consecutive_failures, 0);
     }
 
     /// Two probes checked by the test: `health`, which `depends_on` `db`.

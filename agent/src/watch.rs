@@ -251,6 +251,8 @@ pub struct Watcher {
     firing: HashSet<String>,
     /// (rule, reason) pairs already told as held for the current deployment.
     held_told: HashSet<(String, String)>,
+    /// See [`Self::first_seen_now`].
+    first_seen_now: bool,
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
     fleet: Option<Fleet>,
@@ -287,6 +289,7 @@ impl Watcher {
             paused,
             firing: HashSet::new(),
             held_told: HashSet::new(),
+            first_seen_now: false,
             verify_pending: None,
             info_labels: None,
             fleet: None,
@@ -347,6 +350,13 @@ impl Watcher {
     }
 
     /// Milliseconds since the current deployment was first seen.
+    /// Whether the last deployment [`Self::observe_deployment`] moved to
+    /// was seen for the first time then, rather than one known before (a
+    /// rollback's return, a restart).
+    pub fn first_seen_now(&self) -> bool {
+        self.first_seen_now
+    }
+
     pub fn age_ms(&self) -> u64 {
         self.current
             .as_ref()
@@ -360,6 +370,7 @@ impl Watcher {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             return Ok(());
         }
+        self.first_seen_now = false;
         if let Some((bad, _)) = &self.verify_pending {
             if bad != id {
                 tracing::info!(from = %bad, to = %id, "rollback took effect: the deployment changed");
@@ -379,6 +390,7 @@ impl Watcher {
                     stable_at_ms: None,
                 };
                 self.store.save_deployment(&rec).await?;
+                self.first_seen_now = true;
                 tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
                 rec
             }

@@ -283,7 +283,9 @@ depends_on = ["db"]
             rs.iter().any(|r| {
                 r["name"] == "health failing"
                     && r["verdict"] == "held"
-                    && r["reason"].as_str().is_some_and(|w| w.contains("is failing"))
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("is failing"))
             })
         })
     })
