@@ -720,7 +720,9 @@ async fn watch_loop(
         let changed = wake.take_changed();
         let now = Instant::now();
         let soon = changed && last_read.is_none_or(|t| now >= t + change_gap);
-        if now >= next_poll || soon || judge.watcher.deployment().is_none() {
+        // The tick that comes for the poll may come a hair before it.
+        let due = now + Duration::from_millis(50) >= next_poll;
+        if due || soon || judge.watcher.deployment().is_none() {
             next_poll = now + judge.poll_interval;
             last_read = Some(now);
             match judge.ids.current().await {
