@@ -54,12 +54,6 @@ impl IdSource {
         !matches!(self.source, DeploymentSource::Fixed(_))
     }
 
-    /// Whether each read asks the platform's API, whose rate is limited:
-    /// such reads are kept to `poll_interval`.
-    pub fn is_platform(&self) -> bool {
-        matches!(self.source, DeploymentSource::Platform)
-    }
-
     /// Reads the current id. Errors are one line without secrets.
     pub async fn current(&self) -> Result<String, String> {
         let id = match &self.source {
@@ -143,12 +137,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn from_platform_needs_a_target_and_is_rate_limited() {
+    fn from_platform_needs_a_target() {
         assert!(IdSource::new(DeploymentSource::Platform, None).is_err());
         let fixed = IdSource::new(DeploymentSource::Fixed("v1".into()), None).unwrap();
-        assert!(!fixed.is_platform() && !fixed.is_polled());
+        assert!(!fixed.is_polled());
         let file = IdSource::new(DeploymentSource::File("/x".into()), None).unwrap();
-        assert!(!file.is_platform() && file.is_polled());
+        assert!(file.is_polled());
     }
 
     #[tokio::test]
@@ -160,7 +154,7 @@ mod tests {
         .unwrap();
         let target = Arc::new(config.rollback.unwrap().build().unwrap());
         let ids = IdSource::new(DeploymentSource::Platform, Some(target)).unwrap();
-        assert!(ids.is_platform() && ids.is_polled());
+        assert!(ids.is_polled());
         let err = ids.current().await.unwrap_err();
         assert_eq!(
             err,
