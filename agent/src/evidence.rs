@@ -130,6 +130,9 @@ pub enum EventKind {
     RollbackNotEffective,
     /// The condition behind an earlier alert no longer holds.
     Resolved,
+    /// The watch ended while a rollback rule held and a guard rail kept the
+    /// rollback back: the deployment is `unhealthy`, not the baseline.
+    Unhealthy,
 }
 
 impl EventKind {
@@ -141,6 +144,7 @@ impl EventKind {
             Self::RollbackFailed => "rollback_failed",
             Self::RollbackNotEffective => "rollback_not_effective",
             Self::Resolved => "resolved",
+            Self::Unhealthy => "unhealthy",
         }
     }
 }

@@ -177,7 +177,6 @@ pub async fn run(
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
-            confirmed: None,
         },
         wake,
         cmd_rx,
@@ -295,9 +294,6 @@ struct Judge {
     seen: Vec<u64>,
     /// Every rule must be judged again (new windows, a new baseline).
     rejudge: bool,
-    /// When the deployment id was last read and found to be the current
-    /// one: samples before it belong to the current deployment.
-    confirmed: Option<Instant>,
     /// The deployment whose baseline the probes feed (`ProbeState::feed`)
     /// while it warms up or is watched.
     feeding: Option<String>,
@@ -506,31 +502,14 @@ impl Judge {
         }
     }
 
-    /// Takes note of the deployment running now, read just now, right
-    /// after a read that still showed the current one.
-    #[cfg(test)]
+    /// Takes note of the deployment running now; a new one (seen, rolled
+    /// back to, rolled forward to) starts afresh.
     async fn observe(&mut self, id: &str) -> anyhow::Result<()> {
-        self.confirmed = Some(Instant::now());
-        self.observe_read(id, Instant::now()).await
-    }
-
-    /// Takes note of the deployment running now, its id read at `read`. A deployment seen for the first time keeps the
-    /// samples recorded since the last read that still showed the one
-    /// before (its first failing checks are what made the agent look); one
-    /// returned to (a rollback took effect) keeps none, since those
-    /// samples may still be the bad one's.
-    async fn observe_read(&mut self, id: &str, read: Instant) -> anyhow::Result<()> {
         let before = self.watcher.deployment().map(str::to_string);
         self.watcher.observe_deployment(id).await?;
         if before.is_some_and(|b| b != id) {
-            let keep_since = self
-                .watcher
-                .first_seen_now()
-                .then_some(self.confirmed)
-                .flatten();
-            self.forget_windows(keep_since);
+            self.forget_windows();
         }
-        self.confirmed = Some(read);
         Ok(())
     }
 
@@ -584,30 +563,18 @@ impl Judge {
     }
 
     /// A new deployment (seen, rolled back to, rolled forward to) starts
-    /// with windows of its own and the consecutive failures they hold: what
-    /// the last one did must not be judged against this one, nor fire on
-    /// it. Only samples recorded after `keep_since` are kept (none
-    /// without it). Its id is read again as soon as a probe's outcome
-    /// changes, so what is kept is its own.
-    fn forget_windows(&mut self, keep_since: Option<Instant>) {
-        use crate::observe::Outcome;
+    /// with empty windows, no consecutive failures and no last observation:
+    /// what the last one did must not be judged against this one, nor fire
+    /// on it (after a rollback, the bad one's failures on the one returned
+    /// to). Its id is read again as soon as a probe's outcome changes, so
+    /// at most the check that made the agent look is not counted, and its
+    /// rules are not armed during the warm-up anyway.
+    fn forget_windows(&mut self) {
         for slot in &self.slots {
             let mut state = slot.state.lock().expect("probe state lock");
-            match keep_since {
-                Some(since) => state.window.retain(|s| s.at() > since),
-                None => state.window.clear(),
-            }
-            state.consecutive_failures = state
-                .window
-                .iter()
-                .rev()
-                .filter(|s| s.outcome() != Outcome::Error)
-                .take_while(|s| s.outcome() == Outcome::Failed)
-                .count() as u32;
-            // Nothing kept: nothing observed of this deployment yet.
-            if state.window.is_empty() {
-                state.last = None;
-            }
+            state.window.clear();
+            state.consecutive_failures = 0;
+            state.last = None;
             state.feed = None;
         }
         self.feeding = None;
@@ -730,7 +697,7 @@ async fn watch_loop(
                     if id_error.take().is_some() {
                         tracing::info!("deployment id readable again");
                     }
-                    if let Err(e) = judge.observe_read(&id, now).await {
+                    if let Err(e) = judge.observe(&id).await {
                         judge.store_failed(&e);
                         continue;
                     }
@@ -943,7 +910,6 @@ interval = "1s"
             statuses: Vec::new(),
             seen: Vec::new(),
             rejudge: true,
-            confirmed: None,
         }
     }
 
@@ -1003,38 +969,25 @@ interval = "1s"
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_new_deployment_keeps_its_own_first_failures_and_one_returned_to_none_of_the_bad_ones(
-    ) {
+    async fn a_deployment_returned_to_by_a_rollback_keeps_nothing_of_the_bad_ones_failures() {
         let dir = tempfile::tempdir().unwrap();
         let mut judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
         judge.observe("v1").await.unwrap();
         for _ in 0..3 {
             tick(&mut judge, 5.0).await;
         }
-        // The last read that still showed v1; then v2's first failures
-        // make the agent read the id again.
-        let read = Instant::now();
-        judge.observe_read("v1", read).await.unwrap();
-        for _ in 0..2 {
+        judge.observe("v2").await.unwrap();
+        for _ in 0..5 {
             tokio::time::advance(Duration::from_millis(250)).await;
             fail(&judge);
         }
-        judge.observe_read("v2", Instant::now()).await.unwrap();
-        {
-            let state = judge.slots[0].state.lock().unwrap();
-            assert_eq!(state.window.len(), 2, "v2's own failures are kept");
-            assert_eq!(state.consecutive_failures, 2);
-        }
-        for _ in 0..3 {
-            tokio::time::advance(Duration::from_millis(250)).await;
-            fail(&judge);
-        }
-        // v2 is rolled back and v1 returns: what failed since the last
-        // read of v2 may still be v2's, and none of it is v1's.
-        judge.observe_read("v1", Instant::now()).await.unwrap();
+        assert_eq!(judge.slots[0].state.lock().unwrap().consecutive_failures, 5);
+        // v2 is rolled back and v1 returns: none of v2's failures are v1's.
+        judge.observe("v1").await.unwrap();
         let state = judge.slots[0].state.lock().unwrap();
         assert!(state.window.is_empty());
         assert_eq!(state.consecutive_failures, 0);
+        assert!(state.last.is_none(), "nothing observed of v1 yet");
     }
 
     /// Two probes checked by the test: `health`, which `depends_on` `db`.

@@ -24,6 +24,11 @@ pub enum WatchState {
     Watching,
     Stable,
     RolledBack,
+    /// A rollback rule still held when the watch ended, but a guard rail
+    /// kept the rollback back: never the baseline, never the deployment to
+    /// return to. Rolled back once what held it back lifts, if the rule
+    /// still holds; stable once no rollback rule holds for a whole watch.
+    Unhealthy,
 }
 
 impl WatchState {
@@ -33,6 +38,7 @@ impl WatchState {
             Self::Watching,
             Self::Stable,
             Self::RolledBack,
+            Self::Unhealthy,
         ]
         .into_iter()
         .find(|w| w.as_str() == s)
@@ -44,6 +50,7 @@ impl WatchState {
             Self::Watching => "watching",
             Self::Stable => "stable",
             Self::RolledBack => "rolled_back",
+            Self::Unhealthy => "unhealthy",
         }
     }
 }

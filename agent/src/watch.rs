@@ -251,8 +251,11 @@ pub struct Watcher {
     firing: HashSet<String>,
     /// (rule, reason) pairs already told as held for the current deployment.
     held_told: HashSet<(String, String)>,
-    /// See [`Self::first_seen_now`].
-    first_seen_now: bool,
+    /// The first rollback rule that held at the last judgement, with its
+    /// evidence: a watch that ends with one is not promoted.
+    holding: Option<(String, Vec<Evidence>)>,
+    /// Since when no rollback rule has held on an `unhealthy` deployment.
+    clear_since_ms: Option<u64>,
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
     fleet: Option<Fleet>,
@@ -289,7 +292,8 @@ impl Watcher {
             paused,
             firing: HashSet::new(),
             held_told: HashSet::new(),
-            first_seen_now: false,
+            holding: None,
+            clear_since_ms: None,
             verify_pending: None,
             info_labels: None,
             fleet: None,
@@ -350,13 +354,6 @@ impl Watcher {
     }
 
     /// Milliseconds since the current deployment was first seen.
-    /// Whether the last deployment [`Self::observe_deployment`] moved to
-    /// was seen for the first time then, rather than one known before (a
-    /// rollback's return, a restart).
-    pub fn first_seen_now(&self) -> bool {
-        self.first_seen_now
-    }
-
     pub fn age_ms(&self) -> u64 {
         self.current
             .as_ref()
@@ -370,7 +367,6 @@ impl Watcher {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             return Ok(());
         }
-        self.first_seen_now = false;
         if let Some((bad, _)) = &self.verify_pending {
             if bad != id {
                 tracing::info!(from = %bad, to = %id, "rollback took effect: the deployment changed");
@@ -390,7 +386,6 @@ impl Watcher {
                     stable_at_ms: None,
                 };
                 self.store.save_deployment(&rec).await?;
-                self.first_seen_now = true;
                 tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
                 rec
             }
@@ -398,6 +393,8 @@ impl Watcher {
         self.store.set_current(id).await?;
         self.firing.clear();
         self.held_told.clear();
+        self.holding = None;
+        self.clear_since_ms = None;
         self.current = Some(rec);
         // A rollback of this deployment recorded before a restart.
         if let Some(r) = self.store.rollback(id).await? {
@@ -515,15 +512,17 @@ impl Watcher {
         }
     }
 
-    /// Moves the watch along with time: warming → watching → stable.
-    /// Returns the deployment that just became stable, if one did.
+    /// Moves the watch along with time: warming → watching → stable, or
+    /// `unhealthy` when a rollback rule still holds as the watch ends (a
+    /// guard rail kept the rollback back); unhealthy → stable once no
+    /// rollback rule held for a whole watch. Returns the deployment that
+    /// just became stable, if one did.
     pub async fn advance(&mut self) -> anyhow::Result<Option<String>> {
         let now = self.clock.now_ms();
-        let Some(cur) = self.current.as_mut() else {
+        let Some(cur) = self.current.clone() else {
             return Ok(None);
         };
         let age = Duration::from_millis(now.saturating_sub(cur.first_seen_ms));
-        let mut became_stable = None;
         // The state moves on only once the store has it, so a failing store
         // holds the watch where it is.
         if cur.state == WatchState::Warming && age >= self.warmup {
@@ -532,22 +531,88 @@ impl Watcher {
                 ..cur.clone()
             };
             self.store.save_deployment(&next).await?;
-            *cur = next;
             tracing::info!(deployment = %cur.id, "warm-up over: rules armed");
+            self.current = Some(next);
         }
-        if cur.state == WatchState::Watching && age >= self.warmup + self.watch {
-            let next = DeploymentRecord {
-                state: WatchState::Stable,
-                stable_at_ms: Some(now),
-                ..cur.clone()
-            };
-            self.store.mark_stable(&next).await?;
-            *cur = next;
-            self.last_stable = Some(cur.id.clone());
-            tracing::info!(deployment = %cur.id, "watch over: deployment is stable and becomes the baseline");
-            became_stable = Some(cur.id.clone());
+        let Some(cur) = self.current.clone() else {
+            return Ok(None);
+        };
+        match cur.state {
+            WatchState::Watching if age >= self.warmup + self.watch => match self.holding.clone() {
+                Some((rule, evidence)) => {
+                    self.become_unhealthy(cur, rule, evidence).await?;
+                    Ok(None)
+                }
+                None => self.become_stable(cur, now).await.map(Some),
+            },
+            WatchState::Unhealthy if self.holding.is_none() => {
+                let since = *self.clear_since_ms.get_or_insert(now);
+                if now.saturating_sub(since) < self.watch.as_millis() as u64 {
+                    return Ok(None);
+                }
+                tracing::info!(deployment = %cur.id, "no rollback rule held for a whole watch: the unhealthy deployment recovered");
+                self.become_stable(cur, now).await.map(Some)
+            }
+            WatchState::Unhealthy => {
+                self.clear_since_ms = None;
+                Ok(None)
+            }
+            _ => Ok(None),
         }
-        Ok(became_stable)
+    }
+
+    /// The deployment turns stable: the baseline and the deployment to
+    /// return to from now on.
+    async fn become_stable(&mut self, cur: DeploymentRecord, now: u64) -> anyhow::Result<String> {
+        let next = DeploymentRecord {
+            state: WatchState::Stable,
+            stable_at_ms: Some(now),
+            ..cur
+        };
+        self.store.mark_stable(&next).await?;
+        tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
+        self.last_stable = Some(next.id.clone());
+        let id = next.id.clone();
+        self.current = Some(next);
+        Ok(id)
+    }
+
+    /// The watch ended while rollback rule `rule` held and something kept
+    /// the rollback back: the deployment is `unhealthy`, never the baseline
+    /// nor the deployment to return to, and people are told once, loudly.
+    async fn become_unhealthy(
+        &mut self,
+        cur: DeploymentRecord,
+        rule: String,
+        evidence: Vec<Evidence>,
+    ) -> anyhow::Result<()> {
+        let next = DeploymentRecord {
+            state: WatchState::Unhealthy,
+            ..cur
+        };
+        self.store.save_deployment(&next).await?;
+        let dep = next.id.clone();
+        self.current = Some(next);
+        self.clear_since_ms = None;
+        let held = self.view.lock().expect("view lock").held.clone();
+        let held = match held {
+            Some(reason) => format!("the rollback was held back: {reason}"),
+            None => match self.store.rollback(&dep).await? {
+                Some(r) => format!("its rollback is recorded as {}", r.status.as_str()),
+                None => "no rollback was made".to_string(),
+            },
+        };
+        let stays = match &self.last_stable {
+            Some(s) => format!("{s} stays the baseline and the deployment to return to"),
+            None => "there is no stable deployment to return to".to_string(),
+        };
+        let summary = format!(
+            "watch over: {dep} is unhealthy and does not become the baseline: {}; {held}; {stays}",
+            summarize(&rule, &evidence)
+        );
+        tracing::error!(deployment = %dep, rule = %rule, summary = %summary, "deployment unhealthy");
+        self.tell(EventKind::Unhealthy, Some(rule), summary, evidence);
+        Ok(())
     }
 
     pub async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
@@ -570,6 +635,10 @@ impl Watcher {
             self.refresh_view(rules).await;
             return Ok(());
         };
+        self.holding = rules
+            .iter()
+            .find(|r| r.action == Action::Rollback && r.verdict == Verdict::Holds)
+            .map(|r| (r.name.clone(), r.evidence.clone()));
         if self.fleet.is_some() {
             self.fleet_step(rules, state).await;
         }
@@ -632,7 +701,8 @@ impl Watcher {
 
     fn rolls_back(&self, r: &RuleStatus, state: WatchState) -> bool {
         r.action == Action::Rollback
-            && (state == WatchState::Watching || (state == WatchState::Stable && r.after_stable))
+            && (matches!(state, WatchState::Watching | WatchState::Unhealthy)
+                || (state == WatchState::Stable && r.after_stable))
     }
 
     /// Publishes this replica's verdicts on every heartbeat (and at once
@@ -1558,7 +1628,7 @@ impl Watcher {
                 self.info_labels = Some(labels);
             }
         }
-        let armed = matches!(state, Some(WatchState::Watching));
+        let armed = matches!(state, Some(WatchState::Watching | WatchState::Unhealthy));
         // A rollback recorded before a restart, or by another agent; only
         // shown, so an error here just leaves it out.
         let missing = self.view.lock().expect("view lock").last_rollback.is_none();
@@ -2012,6 +2082,162 @@ mod tests {
         w.set_paused(false).await.unwrap();
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 1);
+    }
+
+    /// Steps `id` with `verdict` every 10 s for `secs` seconds.
+    async fn hold_for(w: &mut Watcher, id: &str, verdict: Verdict, secs: u64) {
+        for _ in 0..secs / 10 {
+            step(w, id, verdict.clone()).await;
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        step(w, id, verdict).await;
+    }
+
+    fn count(rig: &Rig, kind: EventKind) -> usize {
+        rig.told
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    }
+
+    /// What keeps a rollback back through a whole watch, and how it lifts.
+    #[derive(Clone, Copy, Debug)]
+    enum Rail {
+        /// v2 was rolled back less than `cooldown` (2 h) ago.
+        Cooldown,
+        /// One rollback an hour, and v2's was it.
+        Cap,
+        Paused,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deployment_whose_rollback_a_guard_rail_held_back_ends_unhealthy_and_is_rolled_back_once_it_lifts(
+    ) {
+        for rail in [Rail::Cooldown, Rail::Cap, Rail::Paused] {
+            let rig = Rig::new(false);
+            let guard = match rail {
+                Rail::Cooldown => Guard {
+                    cooldown: Duration::from_secs(7200),
+                    ..guard()
+                },
+                Rail::Cap => Guard {
+                    cooldown: Duration::ZERO,
+                    max_per_hour: 1,
+                    ..guard()
+                },
+                Rail::Paused => guard(),
+            };
+            let mut w = rig.watcher(guard).await;
+            make_stable(&mut w, "v1").await;
+            if matches!(rail, Rail::Paused) {
+                w.set_paused(true).await.unwrap();
+            } else {
+                // v2 is bad and rolled back; the platform returns to v1.
+                step(&mut w, "v2", Verdict::Clear).await;
+                tokio::time::advance(Duration::from_secs(31)).await;
+                step(&mut w, "v2", Verdict::Holds).await;
+                assert_eq!(rig.calls(), 1, "{rail:?}");
+                step(&mut w, "v1", Verdict::Clear).await;
+            }
+            let before = rig.calls();
+            // v3 is bad too, through its whole warm-up and watch.
+            hold_for(&mut w, "v3", Verdict::Holds, 940).await;
+            assert_eq!(rig.calls(), before, "{rail:?}: held back");
+            assert_eq!(w.state(), Some(WatchState::Unhealthy), "{rail:?}");
+            assert_eq!(
+                w.last_stable(),
+                Some("v1"),
+                "{rail:?}: v1 stays the baseline"
+            );
+            assert_eq!(
+                rig.store.last_stable().await.unwrap().as_deref(),
+                Some("v1"),
+                "{rail:?}"
+            );
+            assert_eq!(count(&rig, EventKind::Unhealthy), 1, "{rail:?}: told once");
+            let told = rig.told.0.lock().unwrap().clone();
+            let unhealthy = told
+                .iter()
+                .find(|e| e.kind == EventKind::Unhealthy)
+                .unwrap();
+            assert!(
+                unhealthy.summary.contains("v3 is unhealthy")
+                    && unhealthy.summary.contains("held back")
+                    && unhealthy.summary.contains("v1 stays the baseline"),
+                "{rail:?}: {}",
+                unhealthy.summary
+            );
+            // What held it back lifts, and the rule still holds: one call.
+            match rail {
+                Rail::Cooldown | Rail::Cap => {
+                    tokio::time::advance(Duration::from_secs(7200)).await;
+                }
+                Rail::Paused => w.set_paused(false).await.unwrap(),
+            }
+            hold_for(&mut w, "v3", Verdict::Holds, 30).await;
+            assert_eq!(rig.calls(), before + 1, "{rail:?}: rolled back once");
+            assert_eq!(w.state(), Some(WatchState::RolledBack), "{rail:?}");
+            assert_eq!(count(&rig, EventKind::Unhealthy), 1, "{rail:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_dry_run_a_bad_deployment_ends_unhealthy_with_its_dry_run_recorded_and_no_call() {
+        let rig = Rig::new(false);
+        let mut w = rig
+            .watcher(Guard {
+                dry_run: true,
+                ..guard()
+            })
+            .await;
+        make_stable(&mut w, "v1").await;
+        hold_for(&mut w, "v2", Verdict::Holds, 940).await;
+        assert_eq!(w.state(), Some(WatchState::Unhealthy));
+        assert_eq!(rig.calls(), 0);
+        assert_eq!(w.last_stable(), Some("v1"));
+        let told = rig.told.0.lock().unwrap().clone();
+        let unhealthy = told
+            .iter()
+            .find(|e| e.kind == EventKind::Unhealthy)
+            .unwrap();
+        assert!(
+            unhealthy.summary.contains("recorded as dry_run"),
+            "{}",
+            unhealthy.summary
+        );
+        hold_for(&mut w, "v2", Verdict::Holds, 600).await;
+        assert_eq!(rig.calls(), 0, "a dry run never calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unhealthy_deployment_resumes_unhealthy_after_a_restart_and_recovers_after_a_clear_watch(
+    ) {
+        let rig = Rig::new(false);
+        {
+            let mut w = rig.watcher(guard()).await;
+            w.set_paused(true).await.unwrap();
+            make_stable(&mut w, "v1").await;
+            hold_for(&mut w, "v2", Verdict::Holds, 940).await;
+            assert_eq!(w.state(), Some(WatchState::Unhealthy));
+        }
+        // Restarted: neither watched from the start nor stable.
+        let mut w = rig.watcher(guard()).await;
+        step(&mut w, "v2", Verdict::Clear).await;
+        assert_eq!(w.state(), Some(WatchState::Unhealthy));
+        assert_eq!(w.last_stable(), Some("v1"));
+        // Clear for less than a watch, then holding again: still unhealthy.
+        hold_for(&mut w, "v2", Verdict::Clear, 600).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        hold_for(&mut w, "v2", Verdict::Clear, 600).await;
+        assert_eq!(w.state(), Some(WatchState::Unhealthy));
+        // Clear for a whole watch: it recovered, and becomes stable.
+        hold_for(&mut w, "v2", Verdict::Clear, 400).await;
+        assert_eq!(w.state(), Some(WatchState::Stable));
+        assert_eq!(w.last_stable(), Some("v2"));
+        assert_eq!(rig.calls(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,6 +48,7 @@ const ALL_EVENTS: &[EventKind] = &[
     EventKind::RollbackPerformed,
     EventKind::RollbackFailed,
     EventKind::RollbackNotEffective,
+    EventKind::Unhealthy,
     EventKind::Resolved,
 ];
 

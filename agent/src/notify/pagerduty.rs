@@ -118,7 +118,9 @@ impl PagerDutyConfig {
 /// nothing (`resolved`, and a performed rollback, sent as a change event).
 fn severity(kind: EventKind) -> Option<&'static str> {
     match kind {
-        EventKind::RollbackFailed | EventKind::RollbackNotEffective => Some("critical"),
+        EventKind::RollbackFailed | EventKind::RollbackNotEffective | EventKind::Unhealthy => {
+            Some("critical")
+        }
         EventKind::Alert => Some("error"),
         EventKind::RollbackHeld => Some("warning"),
         EventKind::RollbackPerformed | EventKind::Resolved => None,

@@ -117,7 +117,9 @@ fn icon(kind: EventKind) -> &'static str {
         EventKind::Alert => ":warning:",
         EventKind::RollbackHeld => ":double_vertical_bar:",
         EventKind::RollbackPerformed => ":rewind:",
-        EventKind::RollbackFailed | EventKind::RollbackNotEffective => ":rotating_light:",
+        EventKind::RollbackFailed | EventKind::RollbackNotEffective | EventKind::Unhealthy => {
+            ":rotating_light:"
+        }
         EventKind::Resolved => ":white_check_mark:",
     }
 }

@@ -24,14 +24,23 @@ use crate::config::StoreConfig;
 
 /// The newest schema version this build knows; `backstop_schema_version`
 /// holds one row per version applied.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock class of migrations; the schema's name picks the lock.
 const MIGRATION_LOCK: i32 = 0x6273_7470; // "bstp"
 
 /// Each version's statements, `{s}` standing for the quoted schema. Applied
 /// in order, each once, all in one transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+
+/// The `unhealthy` state of a deployment.
+const V3: &str = r#"
+ALTER TABLE {s}.backstop_deployments
+    DROP CONSTRAINT IF EXISTS backstop_deployments_state_check;
+ALTER TABLE {s}.backstop_deployments
+    ADD CONSTRAINT backstop_deployments_state_check
+    CHECK (state IN ('warming', 'watching', 'stable', 'rolled_back', 'unhealthy'));
+"#;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS {s}.backstop_deployments (
