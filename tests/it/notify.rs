@@ -583,7 +583,7 @@ fn notify_settings_default_to_every_event_a_10s_timeout_and_a_60s_deadline() {
     let n = &c.notify[0];
     assert_eq!(n.name, "slack");
     assert_eq!(n.type_name(), "slack");
-    assert_eq!(n.events.len(), 6);
+    assert_eq!(n.events.len(), 7);
     assert_eq!(n.timeout, Duration::from_secs(10));
     assert_eq!(n.deadline, Duration::from_secs(60));
     let Some(backstop::notify::NotifySpec::Slack(_)) = c.notify.first().map(|n| &n.spec) else {
@@ -631,7 +631,7 @@ fn notify_configuration_problems_name_their_key_and_line() {
         ),
         (
             "type = \"webhook\"\nurl = \"https://h.example/x\"\nevents = [\"alert\", \"rolback\"]",
-            "notify[0].events[1]: unknown event \"rolback\", expected one of alert, rollback_held, rollback, rollback_failed, rollback_not_effective, resolved (line 7)",
+            "notify[0].events[1]: unknown event \"rolback\", expected one of alert, rollback_held, rollback, rollback_failed, rollback_not_effective, unhealthy, resolved (line 7)",
         ),
         (
             "type = \"webhook\"\nurl = \"https://h.example/x\"\nevents = []",

@@ -63,7 +63,8 @@ pub struct NotifyCommon {
     #[serde(default)]
     pub name: Option<String>,
     /// The events it is told about, by name (`alert`, `rollback_held`,
-    /// `rollback`, `rollback_failed`, `rollback_not_effective`, `resolved`).
+    /// `rollback`, `rollback_failed`, `rollback_not_effective`, `unhealthy`,
+    /// `resolved`).
     /// Default: all of them.
     #[serde(default)]
     pub events: Option<Vec<EventName>>,
