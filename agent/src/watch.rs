@@ -223,6 +223,11 @@ struct Fleet {
     holding_since: std::collections::HashMap<String, Instant>,
 }
 
+/// How often `/status` reads a rollback record of the current deployment
+/// that it does not show yet (one recorded before a restart, or by another
+/// agent sharing the store).
+const ROLLBACK_READ_EVERY: Duration = Duration::from_secs(10);
+
 /// How many heartbeats pass between two reads of the live replicas while
 /// none of this replica's rollback rules holds (only for `/status`).
 pub const FLEET_READ_EVERY: u64 = 6;
@@ -256,6 +261,8 @@ pub struct Watcher {
     holding: Option<(String, Vec<Evidence>)>,
     /// Since when no rollback rule has held on an `unhealthy` deployment.
     clear_since_ms: Option<u64>,
+    /// When `/status`'s rollback record of the deployment was last read.
+    rollback_read_at: Option<Instant>,
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
     fleet: Option<Fleet>,
@@ -294,6 +301,7 @@ impl Watcher {
             held_told: HashSet::new(),
             holding: None,
             clear_since_ms: None,
+            rollback_read_at: None,
             verify_pending: None,
             info_labels: None,
             fleet: None,
@@ -395,6 +403,7 @@ impl Watcher {
         self.held_told.clear();
         self.holding = None;
         self.clear_since_ms = None;
+        self.rollback_read_at = None;
         self.current = Some(rec);
         // A rollback of this deployment recorded before a restart.
         if let Some(r) = self.store.rollback(id).await? {
@@ -1631,9 +1640,18 @@ impl Watcher {
         let armed = matches!(state, Some(WatchState::Watching | WatchState::Unhealthy));
         // A rollback recorded before a restart, or by another agent; only
         // shown, so an error here just leaves it out.
+        // Read once per deployment and then every ROLLBACK_READ_EVERY, not
+        // on every step: a slow store would slow every step.
         let missing = self.view.lock().expect("view lock").last_rollback.is_none();
-        let recorded = match (missing, self.deployment()) {
-            (true, Some(dep)) => self.store.rollback(dep).await.ok().flatten(),
+        let due = self
+            .rollback_read_at
+            .is_none_or(|t| t.elapsed() >= ROLLBACK_READ_EVERY);
+        let recorded = match (missing && due, self.deployment()) {
+            (true, Some(dep)) => {
+                let dep = dep.to_string();
+                self.rollback_read_at = Some(Instant::now());
+                self.store.rollback(&dep).await.ok().flatten()
+            }
             _ => None,
         };
         let mut view = self.view.lock().expect("view lock");
