@@ -206,6 +206,27 @@ impl Shift {
     }
 }
 
+/// At least `min_samples` (and one) on each side, else why not.
+fn enough(current: &[f64], baseline: &[f64], min_samples: usize) -> Result<(), String> {
+    let min = min_samples.max(1);
+    if current.len() < min || baseline.len() < min {
+        return Err(format!(
+            "too few samples: {} current and {} baseline, need {min} each",
+            current.len(),
+            baseline.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The one-sided U test that `current` is worse than `baseline`.
+fn u_test(current: &[f64], baseline: &[f64], worse: Worse) -> Option<UTest> {
+    match worse {
+        Worse::Larger => mann_whitney(current, baseline),
+        Worse::Smaller => mann_whitney(baseline, current),
+    }
+}
+
 /// Compares raw samples. `inclusive` makes the threshold `>=` (or `<=`).
 /// Too few samples on either side is an `Err` with the reason.
 pub fn shift(
@@ -217,21 +238,11 @@ pub fn shift(
     alpha: f64,
     min_samples: usize,
 ) -> Result<Shift, String> {
-    let min = min_samples.max(1);
-    if current.len() < min || baseline.len() < min {
-        return Err(format!(
-            "too few samples: {} current and {} baseline, need {min} each",
-            current.len(),
-            baseline.len()
-        ));
-    }
+    enough(current, baseline, min_samples)?;
     let cur = median(current).expect("not empty");
     let base = median(baseline).expect("not empty");
-    let test = match worse {
-        Worse::Larger => mann_whitney(current, baseline),
-        Worse::Smaller => mann_whitney(baseline, current),
-    }
-    .ok_or_else(|| "a sample is not a number".to_string())?;
+    let test =
+        u_test(current, baseline, worse).ok_or_else(|| "a sample is not a number".to_string())?;
     Ok(finish(
         cur,
         base,
@@ -263,14 +274,7 @@ pub fn quantile_shift(
     alpha: f64,
     min_samples: usize,
 ) -> Result<Shift, String> {
-    let min = min_samples.max(1);
-    if current.len() < min || baseline.len() < min {
-        return Err(format!(
-            "too few samples: {} current and {} baseline, need {min} each",
-            current.len(),
-            baseline.len()
-        ));
-    }
+    enough(current, baseline, min_samples)?;
     if current.iter().chain(baseline).any(|x| x.is_nan()) {
         return Err("a sample is not a number".into());
     }
@@ -286,11 +290,7 @@ pub fn quantile_shift(
     };
     let (n1, n0) = (current.len() as f64, baseline.len() as f64);
     let p_tail = fisher(beyond(current), n1, beyond(baseline), n0);
-    let p_u = match worse {
-        Worse::Larger => mann_whitney(current, baseline),
-        Worse::Smaller => mann_whitney(baseline, current),
-    }
-    .map_or(1.0, |t| t.p_value);
+    let p_u = u_test(current, baseline, worse).map_or(1.0, |t| t.p_value);
     let p_value = (2.0 * p_tail.min(p_u)).min(1.0);
     Ok(finish(
         cur,

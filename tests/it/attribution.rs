@@ -148,6 +148,22 @@ url = "{notify}"
     }
 }
 
+/// Waits until `id` is the deployment and stable.
+async fn stable(port: u16, id: &str) -> serde_json::Value {
+    until(port, &format!("{id} stable"), |s| {
+        s["deployment"]["id"] == id && s["deployment"]["state"] == "stable"
+    })
+    .await
+}
+
+/// Waits until the rollback of `id` succeeded; `/status` then.
+async fn rolled_back(port: u16, id: &str) -> serde_json::Value {
+    until(port, &format!("the rollback of {id}"), |s| {
+        s["last_rollback"]["deployment"] == id && s["last_rollback"]["status"] == "succeeded"
+    })
+    .await
+}
+
 fn rule<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["rules"]
         .as_array()
@@ -182,16 +198,10 @@ critical = true
 "#,
     );
     let _agent = Agent::start(&cfg, setup.port);
-    until(setup.port, "v1 stable", |s| {
-        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
-    })
-    .await;
+    stable(setup.port, "v1").await;
     let deployed = Instant::now();
     svc.set("v2", false);
-    let s = until(setup.port, "the rollback of v2", |s| {
-        s["last_rollback"]["deployment"] == "v2" && s["last_rollback"]["status"] == "succeeded"
-    })
-    .await;
+    let s = rolled_back(setup.port, "v2").await;
     let called = arrivals.lock().unwrap()[0];
     eprintln!(
         "deploy to rollback call: {:.2} s",
@@ -262,10 +272,7 @@ depends_on = ["db"]
         ),
     );
     let _agent = Agent::start(&cfg, setup.port);
-    until(setup.port, "v1 stable", |s| {
-        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
-    })
-    .await;
+    stable(setup.port, "v1").await;
 
     // v2 is fine; during its watch the database goes down for everyone,
     // and the service's health with it.
@@ -320,19 +327,13 @@ depends_on = ["db"]
     // become stable, never called about.
     pg.start_again();
     svc.set("v2", true);
-    until(setup.port, "v2 stable", |s| {
-        s["deployment"]["id"] == "v2" && s["deployment"]["state"] == "stable"
-    })
-    .await;
+    stable(setup.port, "v2").await;
     assert!(arrivals.lock().unwrap().is_empty());
 
     // v3 breaks its own access to the database while the database is
     // fine for the agent: that is the deployment, rolled back once.
     svc.set("v3", false);
-    let s = until(setup.port, "the rollback of v3", |s| {
-        s["last_rollback"]["deployment"] == "v3" && s["last_rollback"]["status"] == "succeeded"
-    })
-    .await;
+    let s = rolled_back(setup.port, "v3").await;
     assert_eq!(s["last_rollback"]["rule"], "health failing");
     assert_eq!(s["last_rollback"]["returned_to"], "v2");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -367,16 +368,10 @@ action = "rollback"
 "#,
     );
     let _agent = Agent::start(&cfg, setup.port);
-    until(setup.port, "v1 stable", |s| {
-        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
-    })
-    .await;
+    stable(setup.port, "v1").await;
     // v2 answers in 50 ms where v1 took 20 ms: 2.5 times slower.
     svc.set_delay("v2", 50);
-    let s = until(setup.port, "the rollback of v2", |s| {
-        s["last_rollback"]["deployment"] == "v2" && s["last_rollback"]["status"] == "succeeded"
-    })
-    .await;
+    let s = rolled_back(setup.port, "v2").await;
     assert_eq!(s["last_rollback"]["rule"], "p95 regression");
     let evidence = &s["last_rollback"]["evidence"][0];
     assert_eq!(evidence["signal"], "p95_ms");
@@ -438,15 +433,9 @@ action = "rollback"
 "#,
     );
     let _agent = Agent::start(&cfg, setup.port);
-    until(setup.port, "v1 stable", |s| {
-        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
-    })
-    .await;
+    stable(setup.port, "v1").await;
     *version.lock().unwrap() = ("v2".to_string(), Instant::now());
-    let s = until(setup.port, "the rollback of v2", |s| {
-        s["last_rollback"]["deployment"] == "v2" && s["last_rollback"]["status"] == "succeeded"
-    })
-    .await;
+    let s = rolled_back(setup.port, "v2").await;
     assert_eq!(s["last_rollback"]["rule"], "memory leak");
     let evidence = &s["last_rollback"]["evidence"][0];
     assert_eq!(evidence["signal"], "memory_mb");
