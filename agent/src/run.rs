@@ -391,24 +391,26 @@ impl Judge {
         };
         self.depends[si].iter().find_map(|&d| {
             let slot = &self.slots[d];
-            let (failing, last_checked, failed_at) = {
+            let (failing, last_checked, last_error, failed_at) = {
                 let state = slot.state.lock().expect("probe state lock");
                 let failing = state
                     .last
                     .as_ref()
                     .is_some_and(|o| o.outcome == Outcome::Failed);
-                let judged = || {
-                    state
-                        .window
-                        .iter()
-                        .rev()
-                        .filter(|s| s.outcome() != Outcome::Error)
-                };
-                let last_checked = judged().next().map(|s| s.at());
-                let failed_at = judged()
+                // Any check, an `error` one too: it was asked, and answered.
+                let last_checked = state.window.back().map(|s| s.at());
+                let last_error = state
+                    .last
+                    .as_ref()
+                    .filter(|o| o.outcome == Outcome::Error)
+                    .and_then(|o| o.error.clone());
+                let failed_at = state
+                    .window
+                    .iter()
+                    .rev()
                     .find(|s| s.outcome() == Outcome::Failed)
                     .map(|s| s.at());
-                (failing, last_checked, failed_at)
+                (failing, last_checked, last_error, failed_at)
             };
             let name = slot.cfg.name.clone();
             if failing {
@@ -420,6 +422,14 @@ impl Judge {
                     return Some(crate::watch::Held::unknown(
                         name,
                         "has not been checked since the failures began; checking it now",
+                    ));
+                }
+                // The dependency's probe cannot run (the agent's own fault):
+                // whether it is behind the failures is unknown.
+                if let Some(error) = last_error {
+                    return Some(crate::watch::Held::unknown(
+                        name,
+                        &format!("cannot be checked ({error}): whether it is behind the failures is unknown"),
                     ));
                 }
             }
@@ -1083,6 +1093,21 @@ depends_on = ["db"]
         tokio::time::advance(Duration::from_secs(1)).await;
         check(health, false);
         assert_eq!(judge.held_by(1), None);
+
+        // db's own probe cannot run (the agent's fault): whether db is
+        // behind health's failures is unknown, and the rules wait.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let obs = crate::observe::Observation::from_result(
+            Err(backstop_probes::ProbeError::cannot_run(
+                "password authentication failed",
+            )),
+            Duration::from_millis(1),
+            None,
+        );
+        db.state.lock().unwrap().record(obs, Instant::now());
+        let held = judge.held_by(1).expect("db cannot be checked");
+        assert!(!held.failing);
+        assert!(held.why.contains("cannot be checked"), "{}", held.why);
     }
 
     #[tokio::test(start_paused = true)]
