@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::Action;
 use crate::evidence::{Event, EventKind, Evidence, Reconciled, RollbackDone, RollbackRequest};
+use crate::fleet::link::{Link, Outgoing};
 use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, Vote};
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
 
@@ -204,14 +205,15 @@ struct Fleet {
     /// Whether the coordination store answered at the last try; `None`
     /// before the first.
     up: Option<bool>,
-    last_publish: Option<Instant>,
-    /// The deployment and (rule, verdict) pairs published last.
+    /// Publishes this replica's report and reads the live replicas, off the
+    /// watch's path (also during this replica's own rollback call, so that
+    /// a call longer than `expiry` does not drop the holder from the live
+    /// count).
+    link: Link,
+    /// The deployment and (rule, verdict) pairs handed to the link last.
     published: Option<(String, Vec<(String, String)>)>,
-    /// The report published last, published again during this replica's
-    /// own rollback call so that a call longer than `expiry` does not drop
-    /// the holder from the live count.
-    report: Option<Report>,
-    beats: u64,
+    /// The link's reads of the live replicas taken in so far.
+    consumed: u64,
     /// The live reports of `live_for`, as read last.
     live: Vec<Report>,
     live_for: Option<String>,
@@ -314,14 +316,20 @@ impl Watcher {
     /// the holder of the lease calls the platform.
     pub fn with_fleet(mut self, coord: Arc<Coordinator>, cfg: FleetConfig) -> Self {
         self.replica = Some(cfg.replica.clone());
+        let link = Link::start(
+            coord.clone(),
+            self.service.clone(),
+            cfg.heartbeat,
+            cfg.expiry,
+            FLEET_READ_EVERY,
+        );
         self.fleet = Some(Fleet {
             coord,
             cfg,
             up: None,
-            last_publish: None,
+            link,
             published: None,
-            report: None,
-            beats: 0,
+            consumed: 0,
             live: vec![],
             live_for: None,
             fresh: false,
@@ -339,6 +347,7 @@ impl Watcher {
     /// Removes this replica's report (a clean shutdown).
     pub async fn leave_fleet(&self) {
         if let Some(f) = &self.fleet {
+            f.link.stop();
             match f.coord.leave(&self.service, &f.cfg.replica).await {
                 Ok(()) => tracing::info!(replica = %f.cfg.replica, "left the fleet"),
                 Err(e) => {
@@ -736,7 +745,6 @@ impl Watcher {
             })
             .collect();
         let now = Instant::now();
-        let service = self.service.clone();
         let at_ms = self.clock.now_ms();
         let f = self.fleet.as_mut().expect("fleet");
         f.fresh = false;
@@ -748,6 +756,9 @@ impl Watcher {
         for v in votes.iter().filter(|v| v.verdict == "holds") {
             f.holding_since.entry(v.rule.clone()).or_insert(now);
         }
+        // The link publishes the report at once when it changes and every
+        // heartbeat after; the watch never waits for the store.
+        let holding = votes.iter().any(|v| v.verdict == "holds");
         let key = (
             dep.clone(),
             votes
@@ -755,60 +766,45 @@ impl Watcher {
                 .map(|v| (v.rule.clone(), v.verdict.clone()))
                 .collect::<Vec<_>>(),
         );
-        let changed = f.published.as_ref() != Some(&key);
-        let due = changed
-            || f.last_publish
-                .is_none_or(|t| now.duration_since(t) >= f.cfg.heartbeat);
-        if !due {
-            return;
+        if f.published.as_ref() != Some(&key) {
+            f.link.publish(Outgoing {
+                report: Report {
+                    replica: f.cfg.replica.clone(),
+                    deployment: dep.clone(),
+                    at_ms,
+                    votes,
+                },
+                read_always: holding,
+            });
+            f.published = Some(key);
         }
-        f.last_publish = Some(now);
-        let holding = votes.iter().any(|v| v.verdict == "holds");
-        let report = Report {
-            replica: f.cfg.replica.clone(),
-            deployment: dep.clone(),
-            at_ms,
-            votes,
-        };
-        let coord = f.coord.clone();
-        if let Err(e) = coord.publish(&service, &report, f.cfg.expiry).await {
-            self.fleet_failed(&e);
-            return;
-        }
-        f.published = Some(key);
-        f.report = Some(report);
-        f.beats += 1;
-        let read = holding
-            || f.live_for.as_deref() != Some(dep.as_str())
-            || f.beats % FLEET_READ_EVERY == 0;
-        if read {
-            let live = match coord.live(&service, &dep).await {
-                Ok(l) => l,
-                Err(e) => {
-                    self.fleet_failed(&e);
-                    return;
-                }
-            };
-            let record = match coord.outcome(&service, &dep).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.fleet_failed(&e);
-                    return;
-                }
-            };
-            let f = self.fleet.as_mut().expect("fleet");
-            metrics::gauge!("backstop_fleet_live_replicas").set(live.len() as f64);
-            for r in rules.iter().filter(|r| r.action == Action::Rollback) {
-                metrics::gauge!("backstop_fleet_agreeing", "rule" => r.name.clone())
-                    .set(tally(&live, &r.name).agree as f64);
+        let (up, error, reads) = f.link.status();
+        match up {
+            None => return,
+            Some(false) => {
+                let e = anyhow::anyhow!(error.unwrap_or_else(|| "not answering".into()));
+                self.fleet_failed(&e);
+                return;
             }
-            f.live = live;
-            f.live_for = Some(dep);
-            f.record = None;
-            f.fresh = true;
-            // Whoever wrote it, every agent shows the fleet's record.
-            if let Some(rec) = record {
-                self.show_fleet_record(rec);
+            Some(true) => {}
+        }
+        if reads > f.consumed {
+            let seen = f.link.seen();
+            f.consumed = seen.reads;
+            if seen.live_for.as_deref() == Some(dep.as_str()) {
+                metrics::gauge!("backstop_fleet_live_replicas").set(seen.live.len() as f64);
+                for r in rules.iter().filter(|r| r.action == Action::Rollback) {
+                    metrics::gauge!("backstop_fleet_agreeing", "rule" => r.name.clone())
+                        .set(tally(&seen.live, &r.name).agree as f64);
+                }
+                f.live = seen.live;
+                f.live_for = seen.live_for;
+                f.record = None;
+                f.fresh = true;
+                // Whoever wrote it, every agent shows the fleet's record.
+                if let Some(rec) = seen.record {
+                    self.show_fleet_record(rec);
+                }
             }
         }
         self.fleet_ok();
@@ -1055,22 +1051,10 @@ impl Watcher {
             let coord = coord.clone();
             let service = service.clone();
             let mut held = lease.clone();
-            let f = self.fleet.as_ref().expect("fleet");
-            let (report, heartbeat, expiry) = (f.report.clone(), f.cfg.heartbeat, f.cfg.expiry);
+            // Still live while calling: the link's heartbeat goes on.
             async move {
-                let mut renewed = tokio::time::Instant::now();
                 loop {
-                    tokio::time::sleep(heartbeat.min(ttl / 3)).await;
-                    // Still live while calling: the heartbeat goes on.
-                    if let Some(report) = &report {
-                        if let Err(e) = coord.publish(&service, report, expiry).await {
-                            tracing::warn!(error = %format!("{e:#}"), "cannot publish this replica's report during the call");
-                        }
-                    }
-                    if renewed.elapsed() < ttl / 3 {
-                        continue;
-                    }
-                    renewed = tokio::time::Instant::now();
+                    tokio::time::sleep(ttl / 3).await;
                     match coord.renew(&service, &mut held, ttl).await {
                         Ok(true) => {}
                         Ok(false) => {

@@ -6,6 +6,7 @@
 //! (the `[store]`) or Redis (`[fleet] redis`); both back ends keep the same
 //! records and mean the same by every method.
 
+pub mod link;
 pub mod postgres;
 pub mod redis;
 
