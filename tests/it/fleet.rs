@@ -861,3 +861,164 @@ async fn redis_a_manual_rollback_in_a_fleet_is_made_once() {
 async fn redis_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet() {
     three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Redis).await;
 }
+
+/// A TCP proxy that can fall silent: it stops forwarding in both
+/// directions without closing anything (a partition that drops packets,
+/// as far as either side can tell), and forwards everything it held back,
+/// in order, once it heals.
+struct SilentProxy {
+    port: u16,
+    silent: tokio::sync::watch::Sender<bool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (silent, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, rx.clone()), pump(sr, cw, rx));
+                });
+            }
+        });
+        Self {
+            port,
+            silent,
+            _task: task,
+        }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent.send_replace(silent);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is silent.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut silent: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *silent.borrow_and_update() {
+            if silent.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks every replica's `/healthz` and `/status`, each within a second.
+async fn all_answer_within_a_second(rs: &[Replica]) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for r in rs {
+        for path in ["/healthz", "/status"] {
+            let url = format!("http://127.0.0.1:{}{path}", r.port);
+            let resp = client
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{} {path} did not answer within 1 s: {e}", r.name));
+            assert!(
+                resp.status().is_success(),
+                "{} {path}: {}",
+                r.name,
+                resp.status()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_silent_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(
+) {
+    let platform = platform().await;
+    let redis = RedisServer::start();
+    let proxy = SilentProxy::start(redis.port).await;
+    let mut st = stores(Backend::Redis, postgres_url());
+    st.redis_url = Some(format!(
+        "redis://:{}@127.0.0.1:{}/0",
+        redis.password, proxy.port
+    ));
+    // A watch that ends while the coordination store is silent.
+    let rs = replicas_watching(Backend::Redis, &st, &platform, 3, "8s").await;
+    all_watching(&rs).await;
+    let watching_since = std::time::Instant::now();
+
+    // Redis falls silent as v2 goes bad everywhere.
+    proxy.set_silent(true);
+    for r in &rs {
+        r.set_healthy(false);
+    }
+    let all: Vec<&Replica> = rs.iter().collect();
+    all_until(
+        &all,
+        "every agent seeing its coordination store fail",
+        |s| s["fleet"]["up"] == false,
+    )
+    .await;
+    // The watch keeps its pace: it ends on time, and v2, whose rollback
+    // rule holds, is not promoted. The agents answer at once throughout.
+    let mut last = vec![];
+    while watching_since.elapsed() < Duration::from_secs(12) {
+        all_answer_within_a_second(&rs).await;
+        last.clear();
+        for r in &rs {
+            last.push(status(r.port).await);
+        }
+        if last.iter().all(|s| s["deployment"]["state"] == "unhealthy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in &last {
+        assert_eq!(s["deployment"]["id"], "v2", "{s:#}");
+        assert_eq!(s["deployment"]["state"], "unhealthy", "{s:#}");
+        assert_eq!(s["last_stable"], "v1", "{s:#}");
+        assert!(
+            s["held"]
+                .as_str()
+                .is_some_and(|h| h.contains("coordination store is failing")),
+            "{s:#}"
+        );
+    }
+    assert!(
+        platform.requests().is_empty(),
+        "no call while the store is silent"
+    );
+    all_answer_within_a_second(&rs).await;
+
+    // It heals: the rule still holds, and the fleet rolls back once.
+    proxy.set_silent(false);
+    all_until(&all, "the fleet's rollback once the store answers", |s| {
+        s["fleet"]["rollback"]["status"] == "succeeded"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(platform.requests().len(), 1, "exactly one call");
+}
