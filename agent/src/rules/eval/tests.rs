@@ -399,14 +399,25 @@ async fn and_or_combine_three_ways() {
     }
 }
 
-/// A baseline of `n` latency samples drawn from `dist`.
+/// A baseline of `n` latency samples drawn from `dist`, as `p95_ms` (a
+/// `scrape` probe's own).
 fn latency_baseline(dist: &LogNormal<f64>, n: usize, rng: &mut impl rand::Rng) -> Baseline {
+    baseline_of("p95_ms", dist, n, rng)
+}
+
+/// A baseline of `n` values of `signal` drawn from `dist`.
+fn baseline_of(
+    signal: &'static str,
+    dist: &LogNormal<f64>,
+    n: usize,
+    rng: &mut impl rand::Rng,
+) -> Baseline {
     let mut b = BaselineBuilder::with_capacity("v1", 1000, 3);
     for _ in 0..n {
         let sample = crate::observe::Sample::new(
             Outcome::Ok,
             Instant::now(),
-            vec![("p95_ms", dist.sample(rng))],
+            vec![(signal, dist.sample(rng))],
         );
         b.add("app", &sample);
     }
@@ -764,16 +775,7 @@ async fn a_percentile_is_read_from_the_latency_samples_of_the_window() {
 
 /// A baseline of `n` latency samples drawn from `dist`, as `latency_ms`.
 fn latency_ms_baseline(dist: &LogNormal<f64>, n: usize, rng: &mut impl rand::Rng) -> Baseline {
-    let mut b = BaselineBuilder::with_capacity("v1", 1000, 3);
-    for _ in 0..n {
-        let sample = crate::observe::Sample::new(
-            Outcome::Ok,
-            Instant::now(),
-            vec![("latency_ms", dist.sample(rng))],
-        );
-        b.add("app", &sample);
-    }
-    b.finish()
+    baseline_of("latency_ms", dist, n, rng)
 }
 
 #[tokio::test(start_paused = true)]
