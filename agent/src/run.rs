@@ -662,6 +662,7 @@ async fn watch_loop(
     // A changed outcome reads the id at once, but a platform's API no more
     // than ten times per poll interval.
     let change_gap = judge.poll_interval / 10;
+    let first_gap = judge.poll_interval.min(Duration::from_secs(1));
     let mut id_error: Option<String> = None;
     let mut last_judged = Instant::now();
     loop {
@@ -699,7 +700,11 @@ async fn watch_loop(
         let soon = changed && last_read.is_none_or(|t| now >= t + change_gap);
         // The tick that comes for the poll may come a hair before it.
         let due = now + Duration::from_millis(50) >= next_poll;
-        if due || soon || judge.watcher.deployment().is_none() {
+        // No deployment known yet (its source failing at start): asked
+        // once a second at most, never at every probe's check.
+        let unknown =
+            judge.watcher.deployment().is_none() && last_read.is_none_or(|t| now >= t + first_gap);
+        if due || soon || unknown {
             next_poll = now + judge.poll_interval;
             last_read = Some(now);
             match judge.ids.current().await {
