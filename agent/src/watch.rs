@@ -2095,6 +2095,18 @@ mod tests {
         step(w, id, verdict).await;
     }
 
+    /// The first event of `kind` told.
+    fn first(rig: &Rig, kind: EventKind) -> Event {
+        rig.told
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.kind == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind:?} event"))
+    }
+
     fn count(rig: &Rig, kind: EventKind) -> usize {
         rig.told
             .0
@@ -2160,11 +2172,7 @@ mod tests {
                 "{rail:?}"
             );
             assert_eq!(count(&rig, EventKind::Unhealthy), 1, "{rail:?}: told once");
-            let told = rig.told.0.lock().unwrap().clone();
-            let unhealthy = told
-                .iter()
-                .find(|e| e.kind == EventKind::Unhealthy)
-                .unwrap();
+            let unhealthy = first(&rig, EventKind::Unhealthy);
             assert!(
                 unhealthy.summary.contains("v3 is unhealthy")
                     && unhealthy.summary.contains("held back")
@@ -2200,11 +2208,7 @@ mod tests {
         assert_eq!(w.state(), Some(WatchState::Unhealthy));
         assert_eq!(rig.calls(), 0);
         assert_eq!(w.last_stable(), Some("v1"));
-        let told = rig.told.0.lock().unwrap().clone();
-        let unhealthy = told
-            .iter()
-            .find(|e| e.kind == EventKind::Unhealthy)
-            .unwrap();
+        let unhealthy = first(&rig, EventKind::Unhealthy);
         assert!(
             unhealthy.summary.contains("recorded as dry_run"),
             "{}",

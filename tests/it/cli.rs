@@ -10,6 +10,18 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Runs `backstop validate` on `config`, expects exit code 2 (a
+/// configuration error) and returns what it printed on stderr.
+fn validate_refuses(config: &std::path::Path) -> String {
+    let out = Command::new(backstop_bin())
+        .args(["validate", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exits_1_when_a_critical_probe_fails_and_prints_json() {
     let server = HttpServer::start(|r| {
@@ -87,13 +99,7 @@ address = "127.0.0.1:1"
 interval = "10x"
 "#,
     );
-    let out = Command::new(backstop_bin())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_refuses(&config);
     assert!(
         err.contains(r#"probe[1].interval: invalid duration "10x""#) && err.contains("(line 15)"),
         "{err}"
@@ -183,13 +189,7 @@ url = "http://127.0.0.1:1/"
 signals = { memory_mb = "memory_mb", status = "/status" }
 "#,
     );
-    let out = Command::new(backstop_bin())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_refuses(&config);
     assert!(
         err.contains(r#"probe[0].signals.memory_mb: JSON pointer "memory_mb" must be empty or start with '/' (line 9)"#),
         "{err}"
@@ -244,13 +244,7 @@ probe = "health"
 when = "memory_mb > 1024 for 1m"
 "#,
     );
-    let out = Command::new(backstop_bin())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_refuses(&config);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(
         lines,
