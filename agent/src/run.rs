@@ -161,14 +161,14 @@ pub async fn run(
     tasks.spawn(watch_loop(
         Judge {
             watcher,
-            ids,
+            ids: Arc::new(ids),
             poll_interval: config.deployment.poll_interval,
             warmup: config.deployment.warmup,
             slots: slots.clone(),
             rules: config.rules.clone(),
             settings,
             baseline,
-            store: store.clone(),
+            baseline_kept: None,
             store_failing: false,
             plan: Judge::plan(&config.rules, &slots),
             depends: Judge::depends(&slots),
@@ -271,14 +271,16 @@ impl Notifier for crate::notify::Notifiers {
 /// What the watch loop works with.
 struct Judge {
     watcher: Watcher,
-    ids: IdSource,
+    ids: Arc<IdSource>,
     poll_interval: Duration,
     warmup: Duration,
     slots: Vec<Arc<ProbeSlot>>,
     rules: Vec<crate::config::RuleConfig>,
     settings: crate::rules::Settings,
     baseline: Option<crate::baseline::Baseline>,
-    store: Arc<Store>,
+    /// The baseline the store kept for the deployment that turned stable
+    /// last, once it answers.
+    baseline_kept: Option<tokio::sync::oneshot::Receiver<crate::baseline::Baseline>>,
     /// Whether the last step failed on the store.
     store_failing: bool,
     /// The rules that can be judged, as (index in `rules`, index in `slots`).
@@ -320,13 +322,14 @@ impl Judge {
     /// The store failed a step: nothing is rolled back while it fails.
     /// People are told once, when it starts failing; `backstop_store_up`
     /// says so all along.
-    fn store_failed(&mut self, e: &anyhow::Error) {
+    fn store_failed(&mut self, message: &str) {
         metrics::gauge!("backstop_store_up").set(0.0);
-        let message = format!("{e:#}");
-        tracing::error!(error = %message, "store failed; no rollback until it works again");
         if !self.store_failing {
+            tracing::error!(error = %message, "store failed; no rollback until it works again");
             self.store_failing = true;
-            self.watcher.tell_store(false, &message);
+            self.watcher.tell_store(false, message);
+        } else {
+            tracing::debug!(error = %message, "store still failing");
         }
     }
 
@@ -336,6 +339,14 @@ impl Judge {
             self.store_failing = false;
             tracing::info!("store works again");
             self.watcher.tell_store(true, "the store works again");
+        }
+    }
+
+    /// Says whether the store answers, from what the watch saw of it last.
+    fn check_store(&mut self) {
+        match self.watcher.store_trouble() {
+            Some(e) => self.store_failed(&e),
+            None => self.store_ok(),
         }
     }
 
@@ -514,23 +525,56 @@ impl Judge {
 
     /// Takes note of the deployment running now; a new one (seen, rolled
     /// back to, rolled forward to) starts afresh.
-    async fn observe(&mut self, id: &str) -> anyhow::Result<()> {
+    async fn observe(&mut self, id: &str) {
         let before = self.watcher.deployment().map(str::to_string);
-        self.watcher.observe_deployment(id).await?;
+        self.watcher.observe_deployment(id).await;
         if before.is_some_and(|b| b != id) {
             self.forget_windows();
         }
-        Ok(())
+    }
+
+    /// The id read has come: the deployment running now, or why it could
+    /// not be read (logged once while it says the same; the last one is
+    /// kept).
+    async fn take_id(
+        &mut self,
+        read: Result<Result<String, String>, tokio::task::JoinError>,
+        id_error: &mut Option<String>,
+    ) {
+        match read.unwrap_or_else(|e| Err(format!("the read of the id failed: {e}"))) {
+            Ok(id) => {
+                if id_error.take().is_some() {
+                    tracing::info!("deployment id readable again");
+                }
+                self.observe(&id).await;
+            }
+            Err(e) => {
+                if id_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "cannot read the deployment id; keeping the last one");
+                    *id_error = Some(e);
+                }
+            }
+        }
     }
 
     /// Moves the watch along: a deployment that turns stable gets its
     /// baseline, and the probes feed the one being watched.
-    async fn advance(&mut self) -> anyhow::Result<()> {
-        if let Some(stable) = self.watcher.advance().await? {
-            self.record_baseline(&stable).await;
+    fn advance(&mut self) {
+        if let Ok(kept) = self.baseline_kept.as_mut().map_or(
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty),
+            |rx| rx.try_recv(),
+        ) {
+            // The one another agent kept first, or this one.
+            if self.baseline.as_ref() != Some(&kept) {
+                self.baseline = Some(kept);
+                self.rejudge = true;
+            }
+            self.baseline_kept = None;
+        }
+        if let Some(stable) = self.watcher.advance() {
+            self.record_baseline(&stable);
         }
         self.feed_baseline();
-        Ok(())
     }
 
     /// Keeps the probes feeding the baseline of the deployment while it
@@ -595,7 +639,7 @@ impl Judge {
     /// from what its probes fed during its watch, and keeps it. A probe
     /// that fed nothing for it (the agent started when the watch was over)
     /// gives what its window holds.
-    async fn record_baseline(&mut self, deployment: &str) {
+    fn record_baseline(&mut self, deployment: &str) {
         let since = self.warmup_end();
         let mut baseline = crate::baseline::Baseline {
             deployment: deployment.to_string(),
@@ -614,27 +658,17 @@ impl Judge {
             baseline.probes.extend(feed.finish().probes);
         }
         self.feeding = None;
-        match self.store.save_baseline(&baseline).await {
-            Ok(true) => tracing::info!(deployment, "baseline recorded"),
-            // Another agent of the service kept its baseline first: judge
-            // against that one, as every agent does.
-            Ok(false) => match self.store.baseline(deployment).await {
-                Ok(Some(kept)) => {
-                    tracing::info!(
-                        deployment,
-                        "baseline already recorded by another agent; using it"
-                    );
-                    baseline = kept;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot read the baseline kept in the store; using this agent's own")
-                }
-            },
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot store the baseline; it is used until the agent restarts")
-            }
-        }
+        // Kept in the store behind the watch; the first one kept for the
+        // deployment (perhaps by another agent) is judged against once the
+        // store answers, this one until then.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.watcher
+            .writer()
+            .write(crate::store::writer::Write::Baseline(
+                Box::new(baseline.clone()),
+                Some(tx),
+            ));
+        self.baseline_kept = Some(rx);
         self.baseline = Some(baseline);
         self.rejudge = true;
     }
@@ -665,6 +699,14 @@ async fn watch_loop(
     let first_gap = judge.poll_interval.min(Duration::from_secs(1));
     let mut id_error: Option<String> = None;
     let mut last_judged = Instant::now();
+    // A job of the watch (a read of the store, a rollback's claim or call)
+    // has its result ready.
+    let done = judge.watcher.wake();
+    // The id is read by a task of its own, so a slow source (a platform's
+    // API) never holds the watch; after a changed outcome, the rules are
+    // not judged until it is known which deployment caused it.
+    let mut reading: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
+    let mut after_change = false;
     loop {
         // Once a second every rule is judged; after probes report, only
         // theirs.
@@ -679,19 +721,34 @@ async fn watch_loop(
                 }
                 false
             }
+            _ = done.notified() => false,
+            read = async { reading.as_mut().expect("a read in flight").await }, if reading.is_some() => {
+                reading = None;
+                after_change = false;
+                judge.take_id(read, &mut id_error).await;
+                true
+            }
             Some(cmd) = commands.recv() => {
                 match cmd {
                     Command::Rollback { reason, reply } => {
-                        let _ = reply.send(judge.watcher.manual_rollback(&reason).await);
+                        judge.watcher.manual_rollback(&reason, reply).await;
                     }
                     Command::Pause(paused, reply) => {
-                        let _ = reply.send(judge.watcher.set_paused(paused).await);
+                        judge.watcher.set_paused(paused);
+                        let _ = reply.send(Ok(()));
                     }
                 }
                 continue;
             }
             _ = stop.changed() => {
+                if let Some(r) = reading.take() {
+                    r.abort();
+                }
                 judge.watcher.leave_fleet().await;
+                let left = judge.watcher.stop(STOP_WAIT).await;
+                if left > 0 {
+                    tracing::warn!(writes = left, "the store did not take every write before the stop; they are lost");
+                }
                 return;
             }
         };
@@ -704,39 +761,42 @@ async fn watch_loop(
         // once a second at most, never at every probe's check.
         let unknown =
             judge.watcher.deployment().is_none() && last_read.is_none_or(|t| now >= t + first_gap);
-        if due || soon || unknown {
+        if (due || soon || unknown) && reading.is_none() {
             next_poll = now + judge.poll_interval;
             last_read = Some(now);
-            match judge.ids.current().await {
-                Ok(id) => {
-                    if id_error.take().is_some() {
-                        tracing::info!("deployment id readable again");
-                    }
-                    if let Err(e) = judge.observe(&id).await {
-                        judge.store_failed(&e);
-                        continue;
-                    }
+            after_change = soon;
+            let ids = judge.ids.clone();
+            let mut read = tokio::spawn(async move { ids.current().await });
+            // Most sources answer at once: taken in this step, so the
+            // observation that made the agent look is charged to the
+            // deployment that caused it.
+            match tokio::time::timeout(ID_AT_ONCE, &mut read).await {
+                Ok(r) => {
+                    after_change = false;
+                    judge.take_id(r, &mut id_error).await;
                 }
-                Err(e) => {
-                    if id_error.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(error = %e, "cannot read the deployment id; keeping the last one");
-                        id_error = Some(e);
-                    }
-                }
+                Err(_) => reading = Some(read),
             }
         }
-        if let Err(e) = judge.advance().await {
-            judge.store_failed(&e);
-            continue;
+        judge.advance();
+        if !after_change {
+            last_judged = Instant::now();
+            judge.evaluate(all);
+            if let Err(e) = judge.watcher.judge(&judge.statuses).await {
+                tracing::error!(error = %format!("{e:#}"), "the watch's step failed");
+            }
         }
-        last_judged = Instant::now();
-        judge.evaluate(all);
-        match judge.watcher.judge(&judge.statuses).await {
-            Ok(()) => judge.store_ok(),
-            Err(e) => judge.store_failed(&e),
-        }
+        judge.check_store();
     }
 }
+
+/// How long a step waits for the deployment id before going on without
+/// it (the read goes on, off the watch's path).
+const ID_AT_ONCE: Duration = Duration::from_millis(50);
+
+/// How long a stop waits for a rollback's call in flight and for the
+/// store to take the watch's last writes (within `SHUTDOWN_GRACE`).
+const STOP_WAIT: Duration = Duration::from_millis(3500);
 
 /// Runs the daemon from a configuration file until SIGTERM or Ctrl-C. On
 /// SIGHUP the file is read again: a valid one replaces the running
@@ -909,7 +969,7 @@ interval = "1s"
         .unwrap();
         Judge {
             watcher,
-            ids: IdSource::new(config.deployment.source.clone(), None).unwrap(),
+            ids: Arc::new(IdSource::new(config.deployment.source.clone(), None).unwrap()),
             poll_interval: config.deployment.poll_interval,
             warmup: config.deployment.warmup,
             plan: Judge::plan(&config.rules, &slots),
@@ -919,7 +979,7 @@ interval = "1s"
             rules: config.rules.clone(),
             settings,
             baseline: None,
-            store,
+            baseline_kept: None,
             store_failing: false,
             feeding: None,
             statuses: Vec::new(),
@@ -938,7 +998,9 @@ interval = "1s"
             None,
         );
         judge.slots[0].state.lock().unwrap().record(obs, now);
-        judge.advance().await.unwrap();
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         now
     }
 
@@ -987,18 +1049,21 @@ interval = "1s"
     async fn a_deployment_returned_to_by_a_rollback_keeps_nothing_of_the_bad_ones_failures() {
         let dir = tempfile::tempdir().unwrap();
         let mut judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
-        judge.observe("v1").await.unwrap();
+        judge.observe("v1").await;
+        judge.watcher.settle_all().await;
         for _ in 0..3 {
             tick(&mut judge, 5.0).await;
         }
-        judge.observe("v2").await.unwrap();
+        judge.observe("v2").await;
+        judge.watcher.settle_all().await;
         for _ in 0..5 {
             tokio::time::advance(Duration::from_millis(250)).await;
             fail(&judge);
         }
         assert_eq!(judge.slots[0].state.lock().unwrap().consecutive_failures, 5);
         // v2 is rolled back and v1 returns: none of v2's failures are v1's.
-        judge.observe("v1").await.unwrap();
+        judge.observe("v1").await;
+        judge.watcher.settle_all().await;
         let state = judge.slots[0].state.lock().unwrap();
         assert!(state.window.is_empty());
         assert_eq!(state.consecutive_failures, 0);
@@ -1126,8 +1191,11 @@ depends_on = ["db"]
         for _ in 0..3 {
             tick(&mut judge, 1000.0).await;
         }
-        judge.observe("v1").await.unwrap();
-        judge.advance().await.unwrap();
+        judge.observe("v1").await;
+        judge.watcher.settle_all().await;
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         let start = Instant::now();
         assert_eq!(feeding(&judge).as_deref(), Some("v1"));
 
@@ -1162,33 +1230,48 @@ depends_on = ["db"]
 
         // A new deployment feeds its own baseline from nothing; v2 is
         // replaced by v3 mid-watch, and v3's baseline holds nothing of v2's.
-        judge.observe("v2").await.unwrap();
-        judge.advance().await.unwrap();
+        judge.observe("v2").await;
+        judge.watcher.settle_all().await;
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         assert_eq!(feeding(&judge).as_deref(), Some("v2"));
         for _ in 0..100 {
             tick(&mut judge, 5000.0).await;
         }
-        judge.observe("v3").await.unwrap();
-        judge.advance().await.unwrap();
+        judge.observe("v3").await;
+        judge.watcher.settle_all().await;
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         assert_eq!(feeding(&judge).as_deref(), Some("v3"));
         watch_to_stable(&mut judge, "v3", 7.0).await;
 
         // A deployment rolled back mid-watch drops its feed: no baseline of
         // it is kept, and the next one starts from nothing.
-        judge.observe("v4").await.unwrap();
-        judge.advance().await.unwrap();
+        judge.observe("v4").await;
+        judge.watcher.settle_all().await;
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         for _ in 0..100 {
             tick(&mut judge, 9000.0).await;
         }
         assert_eq!(feeding(&judge).as_deref(), Some("v4"));
-        let outcome = judge.watcher.manual_rollback("test").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        judge.watcher.manual_rollback("test", tx).await;
+        let outcome = rx.await.unwrap().unwrap();
         assert!(matches!(outcome, ManualOutcome::Started), "{outcome:?}");
+        judge.watcher.settle_all().await;
         assert_eq!(judge.watcher.state(), Some(WatchState::RolledBack));
         tick(&mut judge, 9000.0).await;
         assert_eq!(feeding(&judge), None);
         assert_eq!(store.baseline("v4").await.unwrap(), None);
-        judge.observe("v5").await.unwrap();
-        judge.advance().await.unwrap();
+        judge.observe("v5").await;
+        judge.watcher.settle_all().await;
+        judge.advance();
+        judge.watcher.settle_all().await;
+        judge.advance();
         watch_to_stable(&mut judge, "v5", 8.0).await;
     }
 }

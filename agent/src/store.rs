@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod postgres;
+pub mod writer;
 
 use std::path::Path;
 

@@ -7,6 +7,12 @@
 //! With `[fleet]` a rollback rule that holds here does not call by itself:
 //! the replicas' verdicts are tallied, and the holder of the fleet's lease
 //! calls (see ARCHITECTURE.md, "Fleet", and `fleet`).
+//!
+//! The watch keeps its state in memory and never waits for the store: its
+//! writes go through the store's [`Writer`], its reads and a rollback's claim
+//! and call run as jobs (`job`) whose results it applies when they come.
+
+mod job;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -15,13 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Action;
 use crate::evidence::{Event, EventKind, Evidence, Reconciled, RollbackDone, RollbackRequest};
 use crate::fleet::link::{Link, Outgoing};
 use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, Vote};
-use crate::store::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
+use crate::store::writer::{Write, Writer};
+use crate::store::{DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
+use job::{Done, Ended, Jobs, ManualReply};
 
 /// A platform that can roll a deployment back (see `rollback`).
 /// What a [`Rollbacker`] returns: a future it may borrow from.
@@ -230,6 +239,17 @@ struct Fleet {
 /// agent sharing the store).
 const ROLLBACK_READ_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a step waits for what the store knows of a deployment just
+/// seen before going on without it (the read goes on, off its path).
+const SETTLE_AT_ONCE: Duration = Duration::from_millis(50);
+
+/// How soon a read the store failed is tried again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// How old the rollbacks read for the cooldown and the hourly cap may be
+/// when an automatic rollback is decided; older, they are read again first.
+const RECENT_FRESH: Duration = Duration::from_secs(5);
+
 /// How many heartbeats pass between two reads of the live replicas while
 /// none of this replica's rollback rules holds (only for `/status`).
 pub const FLEET_READ_EVERY: u64 = 6;
@@ -265,6 +285,28 @@ pub struct Watcher {
     clear_since_ms: Option<u64>,
     /// When `/status`'s rollback record of the deployment was last read.
     rollback_read_at: Option<Instant>,
+    /// Writes the watch's state to the store, off its path.
+    writer: Writer,
+    /// Reads, claims and calls in flight.
+    jobs: Jobs,
+    /// The deployment just seen whose stored record is being read: until
+    /// it is known, nothing of it is written and it is not rolled back.
+    settling: Option<String>,
+    /// The rollback recorded for the current deployment, as known.
+    recorded: Option<RollbackRecord>,
+    /// A claim of the current deployment's rollback, or its call, is in
+    /// flight.
+    rolling: bool,
+    /// This agent's claim whose answer was lost (the store timed out): the
+    /// next try claims the same record, and finding it means it is ours.
+    unsure: Option<RollbackRecord>,
+    /// The rollbacks recorded (cooldown, hourly cap), and when they were
+    /// read; `None` while a read is in flight.
+    recent: Vec<RollbackRecord>,
+    recent_at: Option<Instant>,
+    recent_asked: bool,
+    /// The store's last error on a read or a claim, until one succeeds.
+    store_error: Option<String>,
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
     fleet: Option<Fleet>,
@@ -286,6 +328,8 @@ impl Watcher {
     ) -> anyhow::Result<Self> {
         let last_stable = store.last_stable().await?;
         let paused = store.paused().await?;
+        let recent = store.rollbacks().await?;
+        let writer = Writer::start(store.clone());
         Ok(Self {
             service,
             replica,
@@ -304,6 +348,16 @@ impl Watcher {
             holding: None,
             clear_since_ms: None,
             rollback_read_at: None,
+            writer,
+            jobs: Jobs::new(),
+            settling: None,
+            recorded: None,
+            rolling: false,
+            unsure: None,
+            recent,
+            recent_at: Some(Instant::now()),
+            recent_asked: false,
+            store_error: None,
             verify_pending: None,
             info_labels: None,
             fleet: None,
@@ -379,10 +433,13 @@ impl Watcher {
     }
 
     /// Takes note of the deployment running now; a new id starts a new
-    /// watch, an id seen before resumes its recorded state.
-    pub async fn observe_deployment(&mut self, id: &str) -> anyhow::Result<()> {
+    /// watch at once. What the store knows of it (a state recorded before a
+    /// restart, a rollback) is taken in this step when the store answers
+    /// within `SETTLE_AT_ONCE`, else off the watch's path when it comes
+    /// (see [`Self::apply`]).
+    pub async fn observe_deployment(&mut self, id: &str) {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
-            return Ok(());
+            return;
         }
         if let Some((bad, _)) = &self.verify_pending {
             if bad != id {
@@ -390,109 +447,378 @@ impl Watcher {
                 self.verify_pending = None;
             }
         }
-        let rec = match self.store.deployment(id).await? {
-            Some(rec) => {
-                tracing::info!(deployment = %id, state = rec.state.as_str(), "resuming the watch of a known deployment");
-                rec
-            }
-            None => {
-                let rec = DeploymentRecord {
-                    id: id.to_string(),
-                    first_seen_ms: self.clock.now_ms(),
-                    state: WatchState::Warming,
-                    stable_at_ms: None,
-                };
-                self.store.save_deployment(&rec).await?;
-                tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
-                rec
-            }
-        };
-        self.store.set_current(id).await?;
         self.firing.clear();
         self.held_told.clear();
         self.holding = None;
         self.clear_since_ms = None;
         self.rollback_read_at = None;
-        self.current = Some(rec);
-        // A rollback of this deployment recorded before a restart.
-        if let Some(r) = self.store.rollback(id).await? {
-            if r.status == RollbackStatus::Intent && self.fleet.is_some() {
-                // In a fleet the intent belongs to the holder of a lease:
-                // once the lease expires another agent completes the call.
-                tracing::warn!(deployment = %id, by = ?r.by, "a fleet rollback of this deployment is in progress or was interrupted");
-            } else if r.status == RollbackStatus::Intent {
-                self.resume_interrupted(r).await?;
-            } else if r.status == RollbackStatus::Succeeded && !r.not_effective {
-                if let (Some(verify), Some(done)) = (self.guard.verify, r.finished_at_ms) {
-                    self.verify_pending = Some((id.to_string(), done + verify.as_millis() as u64));
+        self.recorded = None;
+        self.unsure = None;
+        self.current = Some(DeploymentRecord {
+            id: id.to_string(),
+            first_seen_ms: self.clock.now_ms(),
+            state: WatchState::Warming,
+            stable_at_ms: None,
+        });
+        self.settling = Some(id.to_string());
+        let mut read = tokio::spawn(read_seen(self.store.clone(), id.to_string()));
+        match tokio::time::timeout(SETTLE_AT_ONCE, &mut read).await {
+            Ok(r) => self.settle(id.to_string(), joined(r)),
+            Err(_) => {
+                let id = id.to_string();
+                self.jobs.spawn(async move {
+                    let read = joined(read.await);
+                    Done::Seen { id, read }
+                });
+            }
+        }
+    }
+
+    /// Reads what the store knows of deployment `id` again, after `delay`.
+    fn ask_seen(&mut self, id: &str, delay: Duration) {
+        let (store, id) = (self.store.clone(), id.to_string());
+        self.jobs.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let read = read_seen(store, id.clone()).await;
+            Done::Seen { id, read }
+        });
+    }
+
+    /// Applies the results of the jobs that are ready.
+    pub fn apply(&mut self) {
+        while let Some(done) = self.jobs.ready() {
+            match done {
+                Done::Seen { id, read } => self.settle(id, read),
+                Done::Recent { asked, read } => {
+                    self.recent_asked = false;
+                    match read {
+                        Ok(recent) => {
+                            self.store_works();
+                            self.recent = recent;
+                            self.recent_at = Some(asked);
+                        }
+                        Err(e) => self.store_fails(&e),
+                    }
+                }
+                Done::Recorded { dep, read } => match read {
+                    Ok(Some(r)) if self.deployment() == Some(dep.as_str()) => {
+                        self.store_works();
+                        if self.recorded.is_none() && !self.rolling {
+                            self.recorded = Some(r.clone());
+                        }
+                        let mut view = self.view.lock().expect("view lock");
+                        if view.last_rollback.is_none() {
+                            view.last_rollback = Some(r);
+                        }
+                    }
+                    Ok(_) => self.store_works(),
+                    // Only shown: an error here just leaves it out.
+                    Err(e) => self.store_fails(&e),
+                },
+                Done::Rollback(ended) => {
+                    self.rolling = false;
+                    self.rolled(ended);
                 }
             }
         }
-        Ok(())
     }
 
-    /// An intent this agent recorded before it stopped, without an outcome:
-    /// the call may not have left, may have been answered, or anything in
-    /// between. The platform is asked whether it took effect; the call is
-    /// made only when the platform shows it did not, so there is one
-    /// effective call whichever moment the stop came. When the target
-    /// cannot tell, it is reported and never called again.
-    async fn resume_interrupted(&mut self, mut r: RollbackRecord) -> anyhow::Result<()> {
-        let dep = r.deployment.clone();
-        let target = self.target.clone();
-        let found = match &target {
-            _ if self.guard.dry_run => Reconciled::Unknown("dry_run is on now".into()),
-            Some(t) => {
-                tracing::warn!(deployment = %dep, rule = %r.rule, target = t.name(), "a rollback call was interrupted by the agent's stop; asking the platform whether it took effect");
-                t.reconcile(&self.request_for(&r, None)).await
+    /// Notified when a job's result is ready to [`Self::apply`].
+    pub fn wake(&self) -> Arc<Notify> {
+        self.jobs.wake()
+    }
+
+    /// The store's trouble, while it has some: a read or a claim that
+    /// failed last, or a write being retried.
+    pub fn store_trouble(&self) -> Option<String> {
+        self.store_error.clone().or_else(|| self.writer.failing())
+    }
+
+    /// Waits until every job in flight has ended and is applied, and
+    /// every write is stored.
+    #[cfg(test)]
+    pub async fn settle_all(&mut self) {
+        loop {
+            self.apply();
+            if self.jobs.in_flight() == 0 {
+                break;
             }
-            None => Reconciled::Unknown("no rollback target is configured now".into()),
+            self.jobs.wake().notified().await;
+        }
+        self.writer.flush(Duration::from_secs(3600)).await;
+    }
+
+    /// Writes the watch's state to the store, off the watch's path.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// A clean stop: waits up to `within` for the jobs in flight (a
+    /// rollback's call is finished and its outcome recorded, not cut
+    /// short) and for the store to take the queued writes, then lets go of
+    /// the store. Returns how many writes were lost.
+    pub async fn stop(&mut self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            self.apply();
+            if self.jobs.in_flight() == 0 {
+                break;
+            }
+            let wake = self.jobs.wake();
+            if tokio::time::timeout_at(deadline, wake.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.writer.close(left).await
+    }
+
+    fn store_works(&mut self) {
+        self.store_error = None;
+    }
+
+    fn store_fails(&mut self, e: &anyhow::Error) {
+        self.store_error = Some(format!("{e:#}"));
+    }
+
+    /// What the store knows of the deployment just seen has come.
+    fn settle(
+        &mut self,
+        id: String,
+        read: anyhow::Result<(Option<DeploymentRecord>, Option<RollbackRecord>)>,
+    ) {
+        if self.settling.as_deref() != Some(id.as_str()) {
+            return; // another deployment was seen meanwhile
+        }
+        let (stored, rollback) = match read {
+            Ok(found) => found,
+            Err(e) => {
+                self.store_fails(&e);
+                self.ask_seen(&id, STORE_RETRY);
+                return;
+            }
         };
-        match (found, target) {
-            (Reconciled::NotDone(why), Some(target)) => {
-                tracing::warn!(deployment = %dep, target = target.name(), found = %why, "the interrupted rollback did not take effect: calling now");
-                self.call_and_record(target, r).await
+        self.store_works();
+        self.settling = None;
+        match stored {
+            Some(rec) => {
+                tracing::info!(deployment = %id, state = rec.state.as_str(), "resuming the watch of a known deployment");
+                self.current = Some(rec);
             }
-            (Reconciled::Done(done), Some(target)) => {
+            None => {
+                let cur = self.current.clone().expect("the deployment being settled");
+                tracing::info!(deployment = %id, warmup = %crate::duration::format(self.warmup), watch = %crate::duration::format(self.watch), "new deployment: watching it");
+                self.persist(&cur);
+            }
+        }
+        self.writer.write(Write::Current(id.clone()));
+        // A rollback of this deployment recorded before a restart.
+        let Some(r) = rollback else { return };
+        self.recorded = Some(r.clone());
+        self.view.lock().expect("view lock").last_rollback = Some(r.clone());
+        if r.status == RollbackStatus::Intent && self.fleet.is_some() {
+            // In a fleet the intent belongs to the holder of a lease: once
+            // the lease expires another agent completes the call.
+            tracing::warn!(deployment = %id, by = ?r.by, "a fleet rollback of this deployment is in progress or was interrupted");
+        } else if r.status == RollbackStatus::Intent {
+            let req = self.request_for(&r, None);
+            self.rolling = true;
+            self.jobs
+                .spawn(job::resume(self.target.clone(), self.guard.dry_run, r, req));
+        } else if r.status == RollbackStatus::Succeeded && !r.not_effective {
+            if let (Some(verify), Some(done)) = (self.guard.verify, r.finished_at_ms) {
+                self.verify_pending = Some((id, done + verify.as_millis() as u64));
+            }
+        }
+    }
+
+    /// Queues the current deployment's state for the store, unless what
+    /// the store knows of it is still being read (then it is written once
+    /// that is known).
+    fn persist(&self, rec: &DeploymentRecord) {
+        if self.settling.as_deref() == Some(rec.id.as_str()) {
+            return;
+        }
+        self.writer.write(if rec.state == WatchState::Stable {
+            Write::Stable(rec.clone())
+        } else {
+            Write::Deployment(rec.clone())
+        });
+    }
+
+    /// A rollback's claim and call ended: recorded, shown and told.
+    fn rolled(&mut self, ended: Ended) {
+        match ended {
+            Ended::ClaimFailed { rec, error } => {
+                tracing::error!(deployment = %rec.deployment, error = %error, "the store cannot record the rollback's claim: not calling; trying again while the rule holds");
+                self.store_error = Some(error.clone());
+                self.view.lock().expect("view lock").held =
+                    Some(format!("the store cannot record the rollback: {error}"));
+                if self.deployment() == Some(rec.deployment.as_str()) {
+                    self.unsure = Some(rec);
+                }
+            }
+            Ended::AlreadyRecorded(r) => {
+                self.store_works();
+                if self.deployment() == Some(r.deployment.as_str()) {
+                    self.recorded = Some(r.clone());
+                    self.view.lock().expect("view lock").last_rollback = Some(r);
+                }
+            }
+            Ended::DryRun(mut rec) => {
+                self.store_works();
                 let now = self.clock.now_ms();
-                r.status = RollbackStatus::Succeeded;
+                rec.detail = "dry run: no call made".into();
+                rec.finished_at_ms = Some(now);
+                self.writer.write(Write::Rollback(rec.clone()));
+                self.recent.insert(0, rec.clone());
+                metrics::counter!("backstop_rollbacks_total", "target" => rec.target.clone(), "outcome" => "dry_run").increment(1);
+                tracing::warn!(deployment = %rec.deployment, rule = %rec.rule, return_to = ?rec.return_to, reason = %rec.reason, "dry run: would roll back");
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rec.rule.clone()),
+                    format!(
+                        "dry run: would roll back {}{}: {}",
+                        rec.deployment,
+                        to_text(&rec.return_to),
+                        rec.reason
+                    ),
+                    rec.evidence.clone(),
+                );
+                self.known(rec);
+            }
+            Ended::Called {
+                rec,
+                target,
+                result,
+            } => {
+                self.store_works();
+                self.finish_call(rec, target, result, None);
+            }
+            Ended::Resumed {
+                rec,
+                target,
+                found,
+                call,
+            } => self.resumed(rec, target, found, call),
+        }
+    }
+
+    /// `rec` is the rollback recorded for its deployment now.
+    fn known(&mut self, rec: RollbackRecord) {
+        if let Some(r) = self
+            .recent
+            .iter_mut()
+            .find(|r| r.deployment == rec.deployment)
+        {
+            *r = rec.clone();
+        }
+        if self.deployment() == Some(rec.deployment.as_str()) {
+            self.recorded = Some(rec.clone());
+        }
+        self.view.lock().expect("view lock").last_rollback = Some(rec);
+    }
+
+    /// Records the outcome of the platform's call for the intent `rec`,
+    /// whatever it is: the call is never made again. `note` says how the
+    /// call came about, for the message.
+    fn finish_call(
+        &mut self,
+        mut rec: RollbackRecord,
+        target: &'static str,
+        result: Result<RollbackDone, String>,
+        note: Option<&str>,
+    ) {
+        let dep = rec.deployment.clone();
+        rec.finished_at_ms = Some(self.clock.now_ms());
+        let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
+        match result {
+            Ok(done) => {
+                rec.status = RollbackStatus::Succeeded;
+                rec.detail = done.detail.clone();
+                rec.returned_to = done.returned_to.clone().or(rec.return_to.clone());
+                self.writer.write(Write::Rollback(rec.clone()));
+                self.mark_rolled_back(&dep);
+                metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "succeeded").increment(1);
+                tracing::warn!(deployment = %dep, target, returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
+                if let Some(verify) = self.guard.verify {
+                    self.verify_pending =
+                        Some((dep.clone(), self.clock.now_ms() + verify.as_millis() as u64));
+                }
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rec.rule.clone()),
+                    format!(
+                        "rolled back {dep}{}: {}{note}",
+                        to_text(&rec.returned_to),
+                        rec.reason
+                    ),
+                    rec.evidence.clone(),
+                );
+            }
+            Err(err) => {
+                rec.status = RollbackStatus::Failed;
+                rec.detail = err.clone();
+                self.writer.write(Write::Rollback(rec.clone()));
+                metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "failed").increment(1);
+                tracing::error!(deployment = %dep, target, error = %err, "rollback failed; it will not be called again for this deployment");
+                self.tell(
+                    EventKind::RollbackFailed,
+                    Some(rec.rule.clone()),
+                    format!("rollback of {dep} failed: {err}{note}"),
+                    rec.evidence.clone(),
+                );
+            }
+        }
+        self.known(rec);
+    }
+
+    /// The platform was asked about a call the agent's stop interrupted.
+    /// Done → recorded as done, no call; not done → called once (`call`);
+    /// cannot tell → reported and never called again.
+    fn resumed(
+        &mut self,
+        mut r: RollbackRecord,
+        target: Option<&'static str>,
+        found: Reconciled,
+        call: Option<Result<RollbackDone, String>>,
+    ) {
+        let dep = r.deployment.clone();
+        match (found, target, call) {
+            (Reconciled::NotDone(_), Some(target), Some(result)) => {
+                self.finish_call(r, target, result, Some("called after the agent's restart"));
+            }
+            (Reconciled::Done(done), Some(target), _) => {
                 r.detail = format!(
                     "the call made before the agent's restart took effect: {}",
                     done.detail
                 );
-                r.returned_to = done.returned_to.or(r.return_to.clone());
-                r.finished_at_ms = Some(now);
-                self.store.update_rollback(&r).await?;
-                self.mark_rolled_back().await?;
-                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
-                tracing::warn!(deployment = %dep, target = target.name(), detail = %r.detail, "the interrupted rollback had taken effect: not calling again");
-                if let Some(verify) = self.guard.verify {
-                    self.verify_pending = Some((dep.clone(), now + verify.as_millis() as u64));
-                }
-                self.tell(
-                    EventKind::RollbackPerformed,
-                    Some(r.rule.clone()),
-                    format!(
-                        "rolled back {dep}{}: {} (found done after the agent's restart)",
-                        to_text(&r.returned_to),
-                        r.reason
-                    ),
-                    r.evidence.clone(),
+                tracing::warn!(deployment = %dep, target, detail = %r.detail, "the interrupted rollback had taken effect: not calling again");
+                let detail = r.detail.clone();
+                self.finish_call(
+                    r,
+                    target,
+                    Ok(RollbackDone {
+                        returned_to: done.returned_to,
+                        detail,
+                    }),
+                    Some("found done after the agent's restart"),
                 );
-                self.view.lock().expect("view lock").last_rollback = Some(r);
-                Ok(())
             }
-            (Reconciled::Unknown(why), _)
-            | (
-                Reconciled::NotDone(why) | Reconciled::Done(RollbackDone { detail: why, .. }),
-                None,
-            ) => {
+            (found, _, _) => {
+                let why = match found {
+                    Reconciled::Unknown(why) | Reconciled::NotDone(why) => why,
+                    Reconciled::Done(done) => done.detail,
+                };
                 r.status = RollbackStatus::Failed;
                 r.detail = format!(
                     "the agent stopped during the rollback call; it will not call again: check the platform ({why})"
                 );
                 r.finished_at_ms = Some(self.clock.now_ms());
-                self.store.update_rollback(&r).await?;
+                self.writer.write(Write::Rollback(r.clone()));
                 // Without a notifier this line is the only place besides
                 // /status where a person learns of it.
                 tracing::error!(deployment = %dep, rule = %r.rule, target = %r.target, detail = %r.detail, "a rollback call was interrupted");
@@ -502,19 +828,18 @@ impl Watcher {
                     r.detail.clone(),
                     r.evidence.clone(),
                 );
-                self.view.lock().expect("view lock").last_rollback = Some(r);
-                Ok(())
+                self.known(r);
             }
         }
     }
 
-    /// The current deployment was rolled back: so recorded.
-    async fn mark_rolled_back(&mut self) -> anyhow::Result<()> {
-        if let Some(cur) = self.current.as_mut() {
+    /// Deployment `dep`, if current, was rolled back: so recorded.
+    fn mark_rolled_back(&mut self, dep: &str) {
+        if let Some(cur) = self.current.as_mut().filter(|c| c.id == dep) {
             cur.state = WatchState::RolledBack;
-            self.store.save_deployment(cur).await?;
+            let cur = cur.clone();
+            self.persist(&cur);
         }
-        Ok(())
     }
 
     /// The request that carries `rec`'s rollback to the platform.
@@ -534,91 +859,83 @@ impl Watcher {
     /// `unhealthy` when a rollback rule still holds as the watch ends (a
     /// guard rail kept the rollback back); unhealthy → stable once no
     /// rollback rule held for a whole watch. Returns the deployment that
-    /// just became stable, if one did.
-    pub async fn advance(&mut self) -> anyhow::Result<Option<String>> {
+    /// just became stable, if one did. The state is kept in memory and
+    /// written behind: a store that does not answer never holds it.
+    pub fn advance(&mut self) -> Option<String> {
+        self.apply();
         let now = self.clock.now_ms();
-        let Some(cur) = self.current.clone() else {
-            return Ok(None);
-        };
+        let cur = self.current.clone()?;
         let age = Duration::from_millis(now.saturating_sub(cur.first_seen_ms));
-        // The state moves on only once the store has it, so a failing store
-        // holds the watch where it is.
         if cur.state == WatchState::Warming && age >= self.warmup {
             let next = DeploymentRecord {
                 state: WatchState::Watching,
                 ..cur.clone()
             };
-            self.store.save_deployment(&next).await?;
+            self.persist(&next);
             tracing::info!(deployment = %cur.id, "warm-up over: rules armed");
             self.current = Some(next);
         }
-        let Some(cur) = self.current.clone() else {
-            return Ok(None);
-        };
+        let cur = self.current.clone()?;
         match cur.state {
             WatchState::Watching if age >= self.warmup + self.watch => match self.holding.clone() {
                 Some((rule, evidence)) => {
-                    self.become_unhealthy(cur, rule, evidence).await?;
-                    Ok(None)
+                    self.become_unhealthy(cur, rule, evidence);
+                    None
                 }
-                None => self.become_stable(cur, now).await.map(Some),
+                None => Some(self.become_stable(cur, now)),
             },
             WatchState::Unhealthy if self.holding.is_none() => {
                 let since = *self.clear_since_ms.get_or_insert(now);
                 if now.saturating_sub(since) < self.watch.as_millis() as u64 {
-                    return Ok(None);
+                    return None;
                 }
                 tracing::info!(deployment = %cur.id, "no rollback rule held for a whole watch: the unhealthy deployment recovered");
-                self.become_stable(cur, now).await.map(Some)
+                Some(self.become_stable(cur, now))
             }
             WatchState::Unhealthy => {
                 self.clear_since_ms = None;
-                Ok(None)
+                None
             }
-            _ => Ok(None),
+            _ => None,
         }
     }
 
     /// The deployment turns stable: the baseline and the deployment to
     /// return to from now on.
-    async fn become_stable(&mut self, cur: DeploymentRecord, now: u64) -> anyhow::Result<String> {
+    fn become_stable(&mut self, cur: DeploymentRecord, now: u64) -> String {
         let next = DeploymentRecord {
             state: WatchState::Stable,
             stable_at_ms: Some(now),
             ..cur
         };
-        self.store.mark_stable(&next).await?;
+        self.persist(&next);
         tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
         self.last_stable = Some(next.id.clone());
         let id = next.id.clone();
         self.current = Some(next);
-        Ok(id)
+        id
     }
 
     /// The watch ended while rollback rule `rule` held and something kept
     /// the rollback back: the deployment is `unhealthy`, never the baseline
     /// nor the deployment to return to, and people are told once, loudly.
-    async fn become_unhealthy(
-        &mut self,
-        cur: DeploymentRecord,
-        rule: String,
-        evidence: Vec<Evidence>,
-    ) -> anyhow::Result<()> {
+    fn become_unhealthy(&mut self, cur: DeploymentRecord, rule: String, evidence: Vec<Evidence>) {
         let next = DeploymentRecord {
             state: WatchState::Unhealthy,
             ..cur
         };
-        self.store.save_deployment(&next).await?;
+        self.persist(&next);
         let dep = next.id.clone();
         self.current = Some(next);
         self.clear_since_ms = None;
         let held = self.view.lock().expect("view lock").held.clone();
-        let held = match held {
-            Some(reason) => format!("the rollback was held back: {reason}"),
-            None => match self.store.rollback(&dep).await? {
-                Some(r) => format!("its rollback is recorded as {}", r.status.as_str()),
-                None => "no rollback was made".to_string(),
-            },
+        let held = match (held, &self.recorded) {
+            (_, Some(r)) => format!("its rollback is recorded as {}", r.status.as_str()),
+            (Some(reason), None) => format!("the rollback was held back: {reason}"),
+            (None, None) if self.settling.is_some() => {
+                "the rollback was held back: the store has not answered".to_string()
+            }
+            (None, None) => "no rollback was made".to_string(),
         };
         let stays = match &self.last_stable {
             Some(s) => format!("{s} stays the baseline and the deployment to return to"),
@@ -630,27 +947,28 @@ impl Watcher {
         );
         tracing::error!(deployment = %dep, rule = %rule, summary = %summary, "deployment unhealthy");
         self.tell(EventKind::Unhealthy, Some(rule), summary, evidence);
-        Ok(())
     }
 
-    pub async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
-        self.store.set_paused(paused).await?;
+    /// Pauses or resumes automatic rollbacks, at once; the switch is
+    /// written behind.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.writer.write(Write::Paused(paused));
         self.paused = paused;
         tracing::info!(
             paused,
             "automatic rollbacks {}",
             if paused { "paused" } else { "resumed" }
         );
-        self.refresh_view(&[]).await;
-        Ok(())
+        self.refresh_view(&[]);
     }
 
     /// Acts on the rules' verdicts. Call after [`Self::observe_deployment`]
     /// and [`Self::advance`].
     pub async fn judge(&mut self, rules: &[RuleStatus]) -> anyhow::Result<()> {
-        self.check_verification().await?;
+        self.apply();
+        self.check_verification();
         let Some(state) = self.state() else {
-            self.refresh_view(rules).await;
+            self.refresh_view(rules);
             return Ok(());
         };
         self.holding = rules
@@ -706,14 +1024,14 @@ impl Watcher {
                 if self.fleet.is_some() {
                     self.fleet_rollback(&r.name, ev).await?;
                 } else {
-                    self.try_rollback(&r.name, ev, false).await?;
+                    self.try_rollback(&r.name, ev, &mut None);
                 }
                 if self.state() == Some(WatchState::RolledBack) {
                     break;
                 }
             }
         }
-        self.refresh_view(rules).await;
+        self.refresh_view(rules);
         Ok(())
     }
 
@@ -866,7 +1184,7 @@ impl Watcher {
         let f = self.fleet.as_ref().expect("fleet");
         if f.up == Some(false) {
             if f.cfg.on_coordination_loss == LossPolicy::Local {
-                self.try_rollback(rule, evidence, false).await?;
+                self.try_rollback(rule, evidence, &mut None);
             } else {
                 self.view.lock().expect("view lock").held = Some(
                     "the fleet's coordination store is failing: no fleet rollback until it works again"
@@ -913,11 +1231,7 @@ impl Watcher {
                 return Ok(());
             }
         }
-        if self
-            .hold_reason(rule, &dep, &evidence, false)
-            .await?
-            .is_some()
-        {
+        if self.hold_reason(rule, &dep, &evidence, false).is_some() {
             return Ok(());
         }
         let f = self.fleet.as_ref().expect("fleet");
@@ -1007,7 +1321,7 @@ impl Watcher {
             }
         }
         if local_copy {
-            self.store.update_rollback(&rec).await?;
+            self.writer.write(Write::Rollback(rec.clone()));
         }
         let agreeing = match t {
             Some(t) => format!("{} of {} live replicas agree", t.agree, t.live),
@@ -1093,14 +1407,11 @@ impl Watcher {
             Err(e) => self.fleet_failed(&e),
         }
         if local_copy {
-            self.store.update_rollback(&rec).await?;
+            self.writer.write(Write::Rollback(rec.clone()));
         }
         match result {
             Ok(done) => {
-                if let Some(cur) = self.current.as_mut() {
-                    cur.state = WatchState::RolledBack;
-                    self.store.save_deployment(cur).await?;
-                }
+                self.mark_rolled_back(dep);
                 metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
                 tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "fleet rollback accepted by the platform");
                 if let Some(verify) = self.guard.verify {
@@ -1167,7 +1478,7 @@ impl Watcher {
             }
         }
         if matches!(*coord, Coordinator::Redis(_)) {
-            self.store.update_rollback(&rec).await?;
+            self.writer.write(Write::Rollback(rec.clone()));
         }
         metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
         tracing::warn!(deployment = %dep, target = target.name(), detail = %rec.detail, "the interrupted fleet rollback had taken effect: not calling again");
@@ -1198,6 +1509,11 @@ impl Watcher {
                     cur.state = WatchState::RolledBack;
                 }
             }
+        }
+        if rec.status != RollbackStatus::Intent
+            && self.deployment() == Some(rec.deployment.as_str())
+        {
+            self.recorded = Some(rec.clone());
         }
         if let Some(f) = self.fleet.as_mut() {
             f.record = Some(rec.clone());
@@ -1250,16 +1566,22 @@ impl Watcher {
         }))
     }
 
-    /// A rollback asked for through the admin API.
-    pub async fn manual_rollback(&mut self, reason: &str) -> anyhow::Result<ManualOutcome> {
+    /// A rollback asked for through the admin API; `reply` is answered
+    /// once the claim is recorded (or refused), not after the call.
+    pub async fn manual_rollback(&mut self, reason: &str, reply: ManualReply) {
+        self.apply();
         let Some(dep) = self.deployment().map(str::to_string) else {
-            return Ok(ManualOutcome::Refused("no deployment is known yet".into()));
+            let _ = reply.send(Ok(ManualOutcome::Refused(
+                "no deployment is known yet".into(),
+            )));
+            return;
         };
-        if let Some(r) = self.store.rollback(&dep).await? {
-            return Ok(ManualOutcome::AlreadyRecorded(format!(
+        if let Some(r) = &self.recorded {
+            let _ = reply.send(Ok(ManualOutcome::AlreadyRecorded(format!(
                 "deployment {dep} already has a rollback recorded ({})",
                 r.status.as_str()
-            )));
+            ))));
+            return;
         }
         let ev = vec![Evidence {
             rule: "manual".into(),
@@ -1275,11 +1597,14 @@ impl Watcher {
             summary: format!("manual rollback: {reason}"),
         }];
         if self.fleet.is_some() {
-            return self.manual_fleet_rollback(&dep, ev).await;
+            let _ = reply.send(self.manual_fleet_rollback(&dep, ev).await);
+            return;
         }
-        match self.try_rollback("manual", ev, true).await? {
-            Some(refusal) => Ok(ManualOutcome::Refused(refusal)),
-            None => Ok(ManualOutcome::Started),
+        let mut reply = Some(reply);
+        if let Some(refusal) = self.try_rollback("manual", ev, &mut reply) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(ManualOutcome::Refused(refusal)));
+            }
         }
     }
 
@@ -1320,31 +1645,42 @@ impl Watcher {
     }
 
     /// The guard rails: why a rollback of `dep` is held back now, if it is.
-    /// People are told once per (rule, reason); `/status` shows it.
-    async fn hold_reason(
+    /// People are told once per (rule, reason); `/status` shows it. The
+    /// rollbacks recorded for the cooldown and the hourly cap are read
+    /// again when they are older than `RECENT_FRESH` (off the watch's
+    /// path): until they come, an automatic rollback waits.
+    fn hold_reason(
         &mut self,
         rule: &str,
         dep: &str,
         evidence: &[Evidence],
         manual: bool,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> Option<String> {
         let return_to = self.last_stable.clone().filter(|s| s != dep);
         let now = self.clock.now_ms();
+        let fresh = self.recent_at.is_some_and(|t| t.elapsed() < RECENT_FRESH);
+        if !manual && !fresh {
+            self.ask_recent();
+        }
         // The deployment's own record (an intent left by a fleet holder
         // that stopped) is not an earlier rollback.
-        let recent: Vec<RollbackRecord> = self
-            .store
-            .rollbacks()
-            .await?
-            .into_iter()
-            .filter(|r| r.deployment != dep)
-            .collect();
+        let recent: Vec<&RollbackRecord> =
+            self.recent.iter().filter(|r| r.deployment != dep).collect();
         let hold = if self.target.is_none() {
             Some("no [rollback] target is configured".to_string())
         } else if self.paused && !manual {
             Some("automatic rollbacks are paused".to_string())
         } else if return_to.is_none() && !manual {
             Some("there is no earlier stable deployment to return to".to_string())
+        } else if !manual && !fresh {
+            // Not told: it lasts as long as one read of the store, and a
+            // store that does not answer is told of on its own.
+            let why = match &self.store_error {
+                Some(e) => format!("the store does not answer: {e}"),
+                None => "reading the rollbacks recorded (cooldown, hourly cap)".to_string(),
+            };
+            self.view.lock().expect("view lock").held = Some(why.clone());
+            return Some(why);
         } else if let Some(last) = recent.iter().find(|r| {
             r.status != RollbackStatus::DryRun
                 && now.saturating_sub(r.intent_at_ms) < self.guard.cooldown.as_millis() as u64
@@ -1383,9 +1719,23 @@ impl Watcher {
                 );
             }
             self.view.lock().expect("view lock").held = Some(reason.clone());
-            return Ok(Some(reason));
+            return Some(reason);
         }
-        Ok(None)
+        None
+    }
+
+    /// Reads the rollbacks recorded, unless a read is in flight.
+    fn ask_recent(&mut self) {
+        if self.recent_asked {
+            return;
+        }
+        self.recent_asked = true;
+        let store = self.store.clone();
+        self.jobs.spawn(async move {
+            let asked = Instant::now();
+            let read = store.rollbacks().await;
+            Done::Recent { asked, read }
+        });
     }
 
     /// A rollback rule holds while a probe it depends on fails: an outage
@@ -1411,7 +1761,6 @@ impl Watcher {
         self.view.lock().expect("view lock").held = Some(reason);
     }
 
-    /// Rolls the current deployment back unless a guard rail says no.
     /// The record of a rollback about to be made now: an intent, or a dry
     /// run, by this replica, back to the last stable deployment.
     fn new_record(
@@ -1442,123 +1791,79 @@ impl Watcher {
         }
     }
 
-    /// Returns why it held back, if it did.
-    async fn try_rollback(
+    /// Rolls the current deployment back unless a guard rail says no:
+    /// the claim and the call run as a job, off the watch's path. Returns
+    /// why it held back, if it did; a manual `reply` is taken by the job.
+    fn try_rollback(
         &mut self,
         rule: &str,
         evidence: Vec<Evidence>,
-        manual: bool,
-    ) -> anyhow::Result<Option<String>> {
+        reply: &mut Option<ManualReply>,
+    ) -> Option<String> {
+        let manual = reply.is_some();
         let Some(dep) = self.deployment().map(str::to_string) else {
-            return Ok(Some("no deployment is known yet".into()));
+            return Some("no deployment is known yet".into());
         };
-        if self.store.rollback(&dep).await?.is_some() {
-            return Ok(None);
+        if self.rolling {
+            return manual.then(|| format!("a rollback of {dep} is in progress"));
         }
-        let now = self.clock.now_ms();
-        if let Some(reason) = self.hold_reason(rule, &dep, &evidence, manual).await? {
-            return Ok(Some(reason));
+        if self.recorded.is_some() {
+            return None;
+        }
+        if self.settling.is_some() {
+            let why = match &self.store_error {
+                Some(e) => format!("the store does not answer what it knows of {dep}: {e}"),
+                None => format!("reading what the store knows of {dep}"),
+            };
+            self.view.lock().expect("view lock").held = Some(why.clone());
+            return Some(why);
+        }
+        if let Some(reason) = self.hold_reason(rule, &dep, &evidence, manual) {
+            return Some(reason);
         }
         let target = self.target.clone().expect("checked above");
-        let mut rec = self.new_record(&dep, rule, &evidence, target.name());
-        rec.intent_at_ms = now;
-        let (return_to, reason) = (rec.return_to.clone(), rec.reason.clone());
-        if let Claim::AlreadyRecorded(_) = self.store.claim_rollback(&rec).await? {
-            return Ok(None);
+        // A claim whose answer was lost is claimed again as it was.
+        let (rec, unsure) = match self.unsure.take().filter(|u| u.deployment == dep) {
+            Some(u) => (u, true),
+            None => (self.new_record(&dep, rule, &evidence, target.name()), false),
+        };
+        if rec.status == RollbackStatus::DryRun {
+            tracing::info!(deployment = %dep, rule = %rec.rule, "dry run: recording what would be rolled back");
+        } else {
+            tracing::warn!(deployment = %dep, rule = %rec.rule, target = target.name(), return_to = ?rec.return_to, reason = %rec.reason, "rolling back");
         }
-        if self.guard.dry_run {
-            rec.detail = "dry run: no call made".into();
-            rec.finished_at_ms = Some(now);
-            self.store.update_rollback(&rec).await?;
-            metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
-            tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll back");
-            self.tell(
-                EventKind::RollbackPerformed,
-                Some(rule.to_string()),
-                format!(
-                    "dry run: would roll back {dep}{}: {reason}",
-                    to_text(&return_to)
-                ),
-                evidence,
-            );
-            self.view.lock().expect("view lock").last_rollback = Some(rec);
-            return Ok(None);
-        }
-        tracing::warn!(deployment = %dep, rule, target = target.name(), return_to = ?return_to, reason = %reason, "rolling back");
-        self.call_and_record(target, rec).await?;
-        Ok(None)
-    }
-
-    /// Calls the platform for the recorded intent `rec` and records the
-    /// outcome, whatever it is: the call is never made again.
-    async fn call_and_record(
-        &mut self,
-        target: Arc<dyn Rollbacker>,
-        mut rec: RollbackRecord,
-    ) -> anyhow::Result<()> {
+        self.recent.retain(|r| r.deployment != dep);
+        self.recent.insert(0, rec.clone());
         let req = self.request_for(&rec, None);
-        let (dep, rule, reason, return_to) = (
-            rec.deployment.clone(),
-            rec.rule.clone(),
-            rec.reason.clone(),
-            rec.return_to.clone(),
-        );
-        self.view.lock().expect("view lock").last_rollback = Some(rec.clone());
-        let result = target.rollback(&req).await;
-        rec.finished_at_ms = Some(self.clock.now_ms());
-        match result {
-            Ok(done) => {
-                rec.status = RollbackStatus::Succeeded;
-                rec.detail = done.detail.clone();
-                rec.returned_to = done.returned_to.clone().or(return_to.clone());
-                self.store.update_rollback(&rec).await?;
-                self.mark_rolled_back().await?;
-                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
-                tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
-                if let Some(verify) = self.guard.verify {
-                    self.verify_pending =
-                        Some((dep.clone(), self.clock.now_ms() + verify.as_millis() as u64));
-                }
-                self.tell(
-                    EventKind::RollbackPerformed,
-                    Some(rule),
-                    format!("rolled back {dep}{}: {reason}", to_text(&rec.returned_to)),
-                    req.evidence,
-                );
-            }
-            Err(err) => {
-                rec.status = RollbackStatus::Failed;
-                rec.detail = err.clone();
-                self.store.update_rollback(&rec).await?;
-                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "failed").increment(1);
-                tracing::error!(deployment = %dep, target = target.name(), error = %err, "rollback failed; it will not be called again for this deployment");
-                self.tell(
-                    EventKind::RollbackFailed,
-                    Some(rule),
-                    format!("rollback of {dep} failed: {err}"),
-                    req.evidence,
-                );
-            }
-        }
-        self.view.lock().expect("view lock").last_rollback = Some(rec);
-        Ok(())
+        self.rolling = true;
+        self.view.lock().expect("view lock").held = None;
+        self.jobs.spawn(job::claim_and_call(
+            self.store.clone(),
+            target,
+            self.view.clone(),
+            rec,
+            req,
+            unsure,
+            reply.take(),
+        ));
+        None
     }
 
-    async fn check_verification(&mut self) -> anyhow::Result<()> {
+    fn check_verification(&mut self) {
         let Some((dep, deadline)) = self.verify_pending.clone() else {
-            return Ok(());
+            return;
         };
         if self.deployment() != Some(dep.as_str()) {
             self.verify_pending = None;
-            return Ok(());
+            return;
         }
         if self.clock.now_ms() < deadline {
-            return Ok(());
+            return;
         }
         self.verify_pending = None;
-        if let Some(mut r) = self.store.rollback(&dep).await? {
+        if let Some(mut r) = self.recorded.clone().filter(|r| r.deployment == dep) {
             r.not_effective = true;
-            self.store.update_rollback(&r).await?;
+            self.writer.write(Write::Rollback(r.clone()));
             let msg = format!(
                 "the platform accepted the rollback of {dep}, but the deployment has not changed; it will not be called again"
             );
@@ -1569,9 +1874,8 @@ impl Watcher {
                 msg,
                 r.evidence.clone(),
             );
-            self.view.lock().expect("view lock").last_rollback = Some(r);
+            self.known(r);
         }
-        Ok(())
     }
 
     /// Tells people that the store stopped (or started again) working:
@@ -1609,7 +1913,7 @@ impl Watcher {
         });
     }
 
-    async fn refresh_view(&mut self, rules: &[RuleStatus]) {
+    fn refresh_view(&mut self, rules: &[RuleStatus]) {
         let state = self.state();
         if let (Some(dep), Some(st)) = (self.deployment().map(str::to_string), state) {
             let labels = (dep, st.as_str());
@@ -1622,22 +1926,26 @@ impl Watcher {
             }
         }
         let armed = matches!(state, Some(WatchState::Watching | WatchState::Unhealthy));
-        // A rollback recorded before a restart, or by another agent; only
-        // shown, so an error here just leaves it out.
-        // Read once per deployment and then every ROLLBACK_READ_EVERY, not
-        // on every step: a slow store would slow every step.
+        // A rollback recorded by another agent sharing the store; only
+        // shown. Read (off the watch's path) every ROLLBACK_READ_EVERY
+        // while none is known, once the deployment's own record is read.
         let missing = self.view.lock().expect("view lock").last_rollback.is_none();
         let due = self
             .rollback_read_at
             .is_none_or(|t| t.elapsed() >= ROLLBACK_READ_EVERY);
-        let recorded = match (missing && due, self.deployment()) {
-            (true, Some(dep)) => {
-                let dep = dep.to_string();
-                self.rollback_read_at = Some(Instant::now());
-                self.store.rollback(&dep).await.ok().flatten()
-            }
-            _ => None,
-        };
+        if let (true, true, None, Some(dep)) = (
+            missing,
+            due,
+            &self.settling,
+            self.deployment().map(str::to_string),
+        ) {
+            self.rollback_read_at = Some(Instant::now());
+            let store = self.store.clone();
+            self.jobs.spawn(async move {
+                let read = store.rollback(&dep).await;
+                Done::Recorded { dep, read }
+            });
+        }
         let mut view = self.view.lock().expect("view lock");
         view.deployment = self.current.clone();
         view.last_stable = self.last_stable.clone();
@@ -1661,15 +1969,27 @@ impl Watcher {
                 })
                 .collect();
         }
-        if view.last_rollback.is_none() {
-            view.last_rollback = recorded;
-        }
         drop(view);
         if self.fleet.is_some() {
             let fleet = self.fleet_view(rules);
             self.view.lock().expect("view lock").fleet = fleet;
         }
     }
+}
+
+/// What the store knows of deployment `id`: its record and its rollback's.
+async fn read_seen(
+    store: Arc<Store>,
+    id: String,
+) -> anyhow::Result<(Option<DeploymentRecord>, Option<RollbackRecord>)> {
+    let rec = store.deployment(&id).await?;
+    let rollback = store.rollback(&id).await?;
+    Ok((rec, rollback))
+}
+
+/// A task's result, its panic as an error.
+fn joined<T>(r: Result<anyhow::Result<T>, tokio::task::JoinError>) -> anyhow::Result<T> {
+    r.unwrap_or_else(|e| Err(anyhow::anyhow!("the read of the store failed: {e}")))
 }
 
 /// One line for all the conditions of a rule that hold.
@@ -1843,9 +2163,21 @@ mod tests {
     }
 
     async fn step(w: &mut Watcher, id: &str, verdict: Verdict) {
-        w.observe_deployment(id).await.unwrap();
-        w.advance().await.unwrap();
-        w.judge(&[rule(verdict)]).await.unwrap();
+        judged(w, id, &[rule(verdict)]).await;
+    }
+
+    /// One step of the watch loop, with every job it starts (reads of the
+    /// store, a rollback's claim and call) ended and applied.
+    async fn judged(w: &mut Watcher, id: &str, rules: &[RuleStatus]) {
+        w.observe_deployment(id).await;
+        w.settle_all().await;
+        w.advance();
+        w.judge(rules).await.unwrap();
+        w.settle_all().await;
+        // What the jobs brought (the rollbacks read for the guard rails)
+        // is acted on at the next step, at once.
+        w.judge(rules).await.unwrap();
+        w.settle_all().await;
     }
 
     async fn make_stable(w: &mut Watcher, id: &str) {
@@ -1905,9 +2237,7 @@ mod tests {
             ..rule(Verdict::Holds)
         };
         for _ in 0..5 {
-            w.observe_deployment("v3").await.unwrap();
-            w.advance().await.unwrap();
-            w.judge(std::slice::from_ref(&held)).await.unwrap();
+            judged(&mut w, "v3", std::slice::from_ref(&held)).await;
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(rig.calls(), 0, "a dependency's outage never rolls back");
@@ -2076,12 +2406,12 @@ mod tests {
         let rig = Rig::new(false);
         let mut w = rig.watcher(guard()).await;
         make_stable(&mut w, "v1").await;
-        w.set_paused(true).await.unwrap();
+        w.set_paused(true);
         step(&mut w, "v2", Verdict::Clear).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 0);
-        w.set_paused(false).await.unwrap();
+        w.set_paused(false);
         step(&mut w, "v2", Verdict::Holds).await;
         assert_eq!(rig.calls(), 1);
     }
@@ -2147,7 +2477,7 @@ mod tests {
             let mut w = rig.watcher(guard).await;
             make_stable(&mut w, "v1").await;
             if matches!(rail, Rail::Paused) {
-                w.set_paused(true).await.unwrap();
+                w.set_paused(true);
             } else {
                 // v2 is bad and rolled back; the platform returns to v1.
                 step(&mut w, "v2", Verdict::Clear).await;
@@ -2185,7 +2515,7 @@ mod tests {
                 Rail::Cooldown | Rail::Cap => {
                     tokio::time::advance(Duration::from_secs(7200)).await;
                 }
-                Rail::Paused => w.set_paused(false).await.unwrap(),
+                Rail::Paused => w.set_paused(false),
             }
             hold_for(&mut w, "v3", Verdict::Holds, 30).await;
             assert_eq!(rig.calls(), before + 1, "{rail:?}: rolled back once");
@@ -2224,7 +2554,7 @@ mod tests {
         let rig = Rig::new(false);
         {
             let mut w = rig.watcher(guard()).await;
-            w.set_paused(true).await.unwrap();
+            w.set_paused(true);
             make_stable(&mut w, "v1").await;
             hold_for(&mut w, "v2", Verdict::Holds, 940).await;
             assert_eq!(w.state(), Some(WatchState::Unhealthy));
