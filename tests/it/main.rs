@@ -23,6 +23,7 @@ mod probe_resources;
 mod probe_scenario;
 mod probe_scrape;
 mod prometheus;
+mod proxy;
 mod reload;
 mod rollback_kubernetes;
 mod rollback_targets;
