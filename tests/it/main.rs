@@ -28,4 +28,5 @@ mod reload;
 mod rollback_kubernetes;
 mod rollback_targets;
 mod secrets;
+mod store_outage;
 mod store_postgres;
