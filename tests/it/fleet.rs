@@ -4,9 +4,11 @@
 //! rollback calls. Bad everywhere → exactly one call; bad on one of three →
 //! none; the lease holder killed mid-call → another completes it after the
 //! lease expires; the coordination store restarted during a watch → held
-//! while it is down, one call once it is back. Every scenario runs against
-//! a back end given as a parameter: PostgreSQL (the `[store]`), or Redis
-//! (`[fleet] redis`).
+//! while it is down, one call once it is back; Redis silent or refusing
+//! behind a proxy (`proxy.rs`) as the watch ends → the agents answer at
+//! once, v2 ends `unhealthy`, one call once it heals. Every scenario runs
+//! against a back end given as a parameter: PostgreSQL (the `[store]`), or
+//! Redis (`[fleet] redis`).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,7 @@ use backstop_tests::{
 use serde_json::{json, Value};
 
 use crate::e2e::status;
+use crate::proxy::{answers_within_a_second, Fault, Proxy};
 
 const ADMIN_TOKEN: &str = "fleet-admin-token-0123456789";
 
@@ -862,116 +865,35 @@ async fn redis_three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(
     three_agents_keep_one_baseline_and_a_clean_stop_leaves_the_fleet(Backend::Redis).await;
 }
 
-/// A TCP proxy that can fall silent: it stops forwarding in both
-/// directions without closing anything (a partition that drops packets,
-/// as far as either side can tell), and forwards everything it held back,
-/// in order, once it heals.
-struct SilentProxy {
-    port: u16,
-    silent: tokio::sync::watch::Sender<bool>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl SilentProxy {
-    async fn start(upstream: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (silent, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, rx.clone()), pump(sr, cw, rx));
-                });
-            }
-        });
-        Self {
-            port,
-            silent,
-            _task: task,
-        }
-    }
-
-    fn set_silent(&self, silent: bool) {
-        self.silent.send_replace(silent);
-    }
-}
-
-/// Copies `from` to `to`, holding each chunk while the proxy is silent.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut silent: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while *silent.borrow_and_update() {
-            if silent.changed().await.is_err() {
-                return;
-            }
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Asks every replica's `/healthz` and `/status`, each within a second.
 async fn all_answer_within_a_second(rs: &[Replica]) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
     for r in rs {
-        for path in ["/healthz", "/status"] {
-            let url = format!("http://127.0.0.1:{}{path}", r.port);
-            let resp = client
-                .get(&url)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{} {path} did not answer within 1 s: {e}", r.name));
-            assert!(
-                resp.status().is_success(),
-                "{} {path}: {}",
-                r.name,
-                resp.status()
-            );
-        }
+        answers_within_a_second(r.port, &r.name).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_a_silent_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(
+/// Redis behind a proxy fails (`fault`) as v2 goes bad everywhere, and the
+/// watch ends while it still fails: the agents answer within a second
+/// throughout, v2 ends `unhealthy` on time with no call, and once Redis
+/// answers again the fleet rolls it back once.
+async fn a_failing_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(
+    fault: Fault,
 ) {
     let platform = platform().await;
     let redis = RedisServer::start();
-    let proxy = SilentProxy::start(redis.port).await;
+    let proxy = Proxy::start(redis.port).await;
     let mut st = stores(Backend::Redis, postgres_url());
     st.redis_url = Some(format!(
         "redis://:{}@127.0.0.1:{}/0",
         redis.password, proxy.port
     ));
-    // A watch that ends while the coordination store is silent.
+    // A watch that ends while the coordination store fails.
     let rs = replicas_watching(Backend::Redis, &st, &platform, 3, "8s").await;
     all_watching(&rs).await;
     let watching_since = std::time::Instant::now();
 
-    // Redis falls silent as v2 goes bad everywhere.
-    proxy.set_silent(true);
+    // Redis fails as v2 goes bad everywhere.
+    proxy.fail(fault).await;
     for r in &rs {
         r.set_healthy(false);
     }
@@ -1009,16 +931,28 @@ async fn redis_a_silent_coordination_store_holds_a_bad_deployment_without_slowin
     }
     assert!(
         platform.requests().is_empty(),
-        "no call while the store is silent"
+        "no call while the store is {fault}"
     );
     all_answer_within_a_second(&rs).await;
 
     // It heals: the rule still holds, and the fleet rolls back once.
-    proxy.set_silent(false);
+    proxy.heal().await;
     all_until(&all, "the fleet's rollback once the store answers", |s| {
         s["fleet"]["rollback"]["status"] == "succeeded"
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(platform.requests().len(), 1, "exactly one call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_silent_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(
+) {
+    a_failing_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(Fault::Silent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_refused_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(
+) {
+    a_failing_coordination_store_holds_a_bad_deployment_without_slowing_the_watch_then_rolls_it_back_once(Fault::Refused).await;
 }
