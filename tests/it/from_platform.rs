@@ -452,3 +452,73 @@ deadline = "5s"
         "the token shows in the log"
     );
 }
+
+/// A platform whose API stops answering (each listing held for two
+/// minutes, within the target's timeout) while a deployment is watched:
+/// the read of the live deployment is in flight all along, and the watch
+/// goes on without it — the warm-up ends and the watch ends on time, and
+/// the deployment becomes stable while the read still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_api_that_stops_answering_does_not_hold_the_watch() {
+    let service = Service::start();
+    let list: Listing = Arc::new(Mutex::new(vec![("dep-1", "SUCCESS")]));
+    let mutations = Arc::new(Mutex::new(Vec::new()));
+    let slow = Arc::new(AtomicBool::new(false));
+    let (l, m, up, s) = (
+        list.clone(),
+        mutations.clone(),
+        service.switch(),
+        slow.clone(),
+    );
+    let platform = HttpServer::start(move |r| {
+        let reply = railway_answer(r, &l, &m, &up);
+        // The first listing is answered at once; every later one is held.
+        if s.swap(true, Ordering::SeqCst) {
+            reply.after(Duration::from_secs(120))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let path = Daemon::write_config(
+        dir.path(),
+        &config(
+            dir.path(),
+            port,
+            &service,
+            &format!(
+                r#"[rollback]
+target = "railway"
+  [rollback.railway]
+  token = "railway-e2e-token-0123"
+  project_id = "prj-1"
+  service_id = "svc-1"
+  environment_id = "env-1"
+  api_url = "{}"
+  timeout = "150s"
+"#,
+                platform.url("/graphql/v2")
+            ),
+        ),
+    );
+    let agent = Daemon::start(&path, port, "json", &[]);
+    agent
+        .until("dep-1 seen", |s| s["deployment"]["id"] == "dep-1")
+        .await;
+    assert!(slow.load(Ordering::SeqCst));
+    // The agent reads the live deployment every 200 ms: from here on a
+    // read is always in flight, held by the platform.
+    agent
+        .until("dep-1 watching, then stable", |s| {
+            s["deployment"]["id"] == "dep-1" && s["deployment"]["state"] == "stable"
+        })
+        .await;
+    assert!(
+        platform.requests().len() >= 2,
+        "a second listing was asked for (and is held): {:?}",
+        platform.requests().len()
+    );
+    assert!(mutations.lock().unwrap().is_empty(), "no rollback call");
+}

@@ -216,3 +216,125 @@ pub(super) async fn resume(
         call,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::store::RollbackStatus;
+    use crate::watch::Call;
+
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    impl Rollbacker for Counting {
+        fn name(&self) -> &'static str {
+            "webhook"
+        }
+        fn rollback<'a>(
+            &'a self,
+            req: &'a RollbackRequest,
+        ) -> Call<'a, Result<RollbackDone, String>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(RollbackDone {
+                    returned_to: req.return_to.clone(),
+                    detail: "accepted".into(),
+                })
+            })
+        }
+        fn reconcile<'a>(&'a self, _: &'a RollbackRequest) -> Call<'a, Reconciled> {
+            Box::pin(async { Reconciled::Unknown("cannot tell".into()) })
+        }
+    }
+
+    fn intent(at_ms: u64) -> RollbackRecord {
+        RollbackRecord {
+            deployment: "v2".into(),
+            return_to: Some("v1".into()),
+            rule: "health failing".into(),
+            reason: "health failed".into(),
+            evidence: vec![],
+            target: "webhook".into(),
+            status: RollbackStatus::Intent,
+            intent_at_ms: at_ms,
+            finished_at_ms: None,
+            detail: String::new(),
+            returned_to: None,
+            not_effective: false,
+            by: None,
+        }
+    }
+
+    fn request(rec: &RollbackRecord) -> RollbackRequest {
+        RollbackRequest {
+            service: "web".into(),
+            deployment: rec.deployment.clone(),
+            return_to: rec.return_to.clone(),
+            rule: rec.rule.clone(),
+            reason: rec.reason.clone(),
+            evidence: vec![],
+            fencing_token: None,
+        }
+    }
+
+    /// What `claim_and_call` does when the store holds `stored` already
+    /// and the claim `rec` is tried (`unsure`: as this agent's own claim
+    /// whose answer was lost); returns the calls made and how it ended.
+    async fn claim_over(
+        stored: &RollbackRecord,
+        rec: RollbackRecord,
+        unsure: bool,
+    ) -> (u32, &'static str) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        assert_eq!(store.claim_rollback(stored).await.unwrap(), Claim::Claimed);
+        let target = Arc::new(Counting::default());
+        let req = request(&rec);
+        let done = claim_and_call(
+            store,
+            target.clone(),
+            Default::default(),
+            rec,
+            req,
+            unsure,
+            None,
+        )
+        .await;
+        let ended = match done {
+            Done::Rollback(Ended::Called { .. }) => "called",
+            Done::Rollback(Ended::AlreadyRecorded(_)) => "already recorded",
+            _ => "other",
+        };
+        (target.0.load(Ordering::SeqCst), ended)
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_found_in_the_store_is_this_agents_own_and_is_called_once() {
+        // The store took the claim but its answer was lost: trying the same
+        // record again finds it, and the call it was made for follows.
+        assert_eq!(claim_over(&intent(1), intent(1), true).await, (1, "called"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_found_in_the_store_is_never_called_again_unless_it_is_the_lost_one() {
+        // Another claim (another agent's, or from before a restart).
+        assert_eq!(
+            claim_over(&intent(1), intent(2), true).await,
+            (0, "already recorded")
+        );
+        // The same record, but not one whose answer was lost.
+        assert_eq!(
+            claim_over(&intent(1), intent(1), false).await,
+            (0, "already recorded")
+        );
+        // A claim of the same record that already has its outcome.
+        let mut done = intent(1);
+        done.status = RollbackStatus::Succeeded;
+        assert_eq!(
+            claim_over(&done, intent(1), true).await,
+            (0, "already recorded")
+        );
+    }
+}

@@ -2641,6 +2641,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_manual_rollback_of_an_unhealthy_deployment_is_made_once() {
+        let rig = Rig::new(false);
+        let mut w = rig.watcher(guard()).await;
+        make_stable(&mut w, "v1").await;
+        // v2 is rolled back; v3 goes bad within the cooldown and ends its
+        // watch unhealthy.
+        step(&mut w, "v2", Verdict::Clear).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        step(&mut w, "v2", Verdict::Holds).await;
+        step(&mut w, "v1", Verdict::Clear).await;
+        hold_for(&mut w, "v3", Verdict::Holds, 940).await;
+        assert_eq!(w.state(), Some(WatchState::Unhealthy));
+        assert_eq!(rig.calls(), 1);
+        // A person rolls it back by hand: the cooldown does not hold that.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.manual_rollback("v3 is broken", tx).await;
+        assert_eq!(rx.await.unwrap().unwrap(), ManualOutcome::Started);
+        w.settle_all().await;
+        assert_eq!(rig.calls(), 2);
+        assert_eq!(w.state(), Some(WatchState::RolledBack));
+        let rec = rig.store.rollback("v3").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.rule.as_str(), rec.status),
+            ("manual", RollbackStatus::Succeeded)
+        );
+        // Asked again: already recorded, no second call.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.manual_rollback("again", tx).await;
+        assert!(matches!(
+            rx.await.unwrap().unwrap(),
+            ManualOutcome::AlreadyRecorded(_)
+        ));
+        w.settle_all().await;
+        assert_eq!(rig.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_accepted_rollback_that_changes_nothing_is_reported_once() {
         let rig = Rig::new(false);
         let mut w = rig.watcher(guard()).await;
