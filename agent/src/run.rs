@@ -782,9 +782,7 @@ async fn watch_loop(
         if !after_change {
             last_judged = Instant::now();
             judge.evaluate(all);
-            if let Err(e) = judge.watcher.judge(&judge.statuses).await {
-                tracing::error!(error = %format!("{e:#}"), "the watch's step failed");
-            }
+            judge.watcher.judge(&judge.statuses).await;
         }
         judge.check_store();
     }

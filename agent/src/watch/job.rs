@@ -38,6 +38,11 @@ pub(super) enum Done {
     },
     /// A rollback's claim and call ended.
     Rollback(Ended),
+    /// A fleet's rollback ended (see `fleet_call`).
+    Fleet(super::fleet_call::FleetEnded),
+    /// A fleet's rollback wrote its intent and is calling: a report on the
+    /// way, not the end of a job.
+    Intent(RollbackRecord),
 }
 
 /// How a rollback's claim and call ended.
@@ -106,8 +111,19 @@ impl Jobs {
     /// A result that is ready, if one is.
     pub fn ready(&mut self) -> Option<Done> {
         let done = self.rx.try_recv().ok()?;
-        self.in_flight -= 1;
+        if !matches!(done, Done::Intent(_)) {
+            self.in_flight -= 1;
+        }
         Some(done)
+    }
+
+    /// How a job reports that it wrote an intent and is calling.
+    pub fn intent(&self) -> impl Fn(RollbackRecord) + Send + 'static {
+        let (tx, wake) = (self.tx.clone(), self.wake.clone());
+        move |rec| {
+            let _ = tx.send(Done::Intent(rec));
+            wake.notify_one();
+        }
     }
 }
 

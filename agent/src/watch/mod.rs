@@ -12,6 +12,7 @@
 //! writes go through the store's [`Writer`], its reads and a rollback's claim
 //! and call run as jobs (`job`) whose results it applies when they come.
 
+mod fleet_call;
 mod job;
 
 use std::collections::HashSet;
@@ -27,7 +28,7 @@ use tokio::time::Instant;
 use crate::config::Action;
 use crate::evidence::{Event, EventKind, Evidence, Reconciled, RollbackDone, RollbackRequest};
 use crate::fleet::link::{Link, Outgoing};
-use crate::fleet::{tally, Coordinator, FleetConfig, Lease, LossPolicy, Report, Vote};
+use crate::fleet::{tally, Coordinator, FleetConfig, LossPolicy, Report, Vote};
 use crate::store::writer::{Write, Writer};
 use crate::store::{DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
 use job::{Done, Ended, Jobs, ManualReply};
@@ -295,8 +296,11 @@ pub struct Watcher {
     /// The rollback recorded for the current deployment, as known.
     recorded: Option<RollbackRecord>,
     /// A claim of the current deployment's rollback, or its call, is in
-    /// flight.
+    /// flight (also a fleet's try for the lease).
     rolling: bool,
+    /// How many replicas agreed when the fleet's try in flight was made,
+    /// for the message.
+    fleet_agreeing: String,
     /// This agent's claim whose answer was lost (the store timed out): the
     /// next try claims the same record, and finding it means it is ours.
     unsure: Option<RollbackRecord>,
@@ -353,6 +357,7 @@ impl Watcher {
             settling: None,
             recorded: None,
             rolling: false,
+            fleet_agreeing: String::new(),
             unsure: None,
             recent,
             recent_at: Some(Instant::now()),
@@ -519,6 +524,11 @@ impl Watcher {
                     self.rolling = false;
                     self.rolled(ended);
                 }
+                Done::Fleet(ended) => {
+                    self.rolling = false;
+                    self.fleet_ended(ended);
+                }
+                Done::Intent(rec) => self.fleet_intent(rec),
             }
         }
     }
@@ -964,12 +974,12 @@ impl Watcher {
 
     /// Acts on the rules' verdicts. Call after [`Self::observe_deployment`]
     /// and [`Self::advance`].
-    pub async fn judge(&mut self, rules: &[RuleStatus]) -> anyhow::Result<()> {
+    pub async fn judge(&mut self, rules: &[RuleStatus]) {
         self.apply();
         self.check_verification();
         let Some(state) = self.state() else {
             self.refresh_view(rules);
-            return Ok(());
+            return;
         };
         self.holding = rules
             .iter()
@@ -1022,7 +1032,7 @@ impl Watcher {
                     continue;
                 }
                 if self.fleet.is_some() {
-                    self.fleet_rollback(&r.name, ev).await?;
+                    self.fleet_rollback(&r.name, ev);
                 } else {
                     self.try_rollback(&r.name, ev, &mut None);
                 }
@@ -1032,7 +1042,6 @@ impl Watcher {
             }
         }
         self.refresh_view(rules);
-        Ok(())
     }
 
     fn rolls_back(&self, r: &RuleStatus, state: WatchState) -> bool {
@@ -1177,10 +1186,13 @@ impl Watcher {
     /// A rollback rule holds on this replica: the fleet decides. Only on a
     /// fresh read of the live replicas; the replicas that agree try to take
     /// the lease, and only its holder calls the platform.
-    async fn fleet_rollback(&mut self, rule: &str, evidence: Vec<Evidence>) -> anyhow::Result<()> {
+    fn fleet_rollback(&mut self, rule: &str, evidence: Vec<Evidence>) {
         let Some(dep) = self.deployment().map(str::to_string) else {
-            return Ok(());
+            return;
         };
+        if self.rolling {
+            return;
+        }
         let f = self.fleet.as_ref().expect("fleet");
         if f.up == Some(false) {
             if f.cfg.on_coordination_loss == LossPolicy::Local {
@@ -1191,10 +1203,10 @@ impl Watcher {
                         .into(),
                 );
             }
-            return Ok(());
+            return;
         }
         if !f.fresh || f.live_for.as_deref() != Some(dep.as_str()) {
-            return Ok(());
+            return;
         }
         let t = tally(&f.live, rule);
         let quorum = f.cfg.quorum;
@@ -1223,277 +1235,162 @@ impl Watcher {
                 );
             }
             self.view.lock().expect("view lock").held = Some(msg);
-            return Ok(());
+            return;
         }
         if let Some(rec) = f.record.clone() {
             if rec.status != RollbackStatus::Intent {
                 self.show_fleet_record(rec);
-                return Ok(());
+                return;
             }
         }
         if self.hold_reason(rule, &dep, &evidence, false).is_some() {
-            return Ok(());
+            return;
         }
-        let f = self.fleet.as_ref().expect("fleet");
-        let (coord, replica, ttl) = (f.coord.clone(), f.cfg.replica.clone(), f.cfg.lease);
-        let lease = match coord.acquire(&self.service, &dep, &replica, ttl).await {
-            Ok(Some(l)) => l,
-            // Another agent holds it and is calling.
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                self.fleet_failed(&e);
-                return Ok(());
-            }
-        };
-        tracing::info!(deployment = %dep, rule, token = lease.token, agree = t.agree, live = t.live, "took the fleet lease");
-        let done = self.fleet_call(rule, evidence, &dep, &lease, Some(t)).await;
-        if let Err(e) = coord.release(&self.service, &lease).await {
-            tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
-        }
-        done
+        let agreeing = format!("{} of {} live replicas agree", t.agree, t.live);
+        tracing::info!(deployment = %dep, rule, agree = t.agree, live = t.live, "trying for the fleet lease");
+        self.fleet_try(&dep, rule, evidence, agreeing, None);
     }
 
-    /// Holding the lease: records the intent (fenced), calls the platform
-    /// while renewing the lease, and records the outcome (fenced).
-    async fn fleet_call(
+    /// Starts a fleet's rollback of `dep` (`fleet_call`), off the watch's
+    /// path: take the lease, then record, call and record, fenced.
+    fn fleet_try(
         &mut self,
+        dep: &str,
         rule: &str,
         evidence: Vec<Evidence>,
-        dep: &str,
-        lease: &Lease,
-        t: Option<crate::fleet::Tally>,
-    ) -> anyhow::Result<()> {
-        let f = self.fleet.as_ref().expect("fleet");
-        let (coord, ttl) = (f.coord.clone(), f.cfg.lease);
-        let local_copy = matches!(*coord, Coordinator::Redis(_));
-        let service = self.service.clone();
-        // Again, now that no other agent can write: a holder whose lease
-        // expired may have finished meanwhile, or stopped mid-call.
-        match coord.outcome(&service, dep).await {
-            Ok(Some(rec)) if rec.status != RollbackStatus::Intent => {
-                self.show_fleet_record(rec);
-                return Ok(());
-            }
-            Ok(Some(prev)) => {
-                tracing::warn!(deployment = %dep, by = ?prev.by, "the earlier holder of the fleet lease stopped during the call; asking the platform whether it took effect");
-                if let (Some(target), false) = (self.target.clone(), self.guard.dry_run) {
-                    let req = self.request_for(&prev, Some(lease.token));
-                    match target.reconcile(&req).await {
-                        Reconciled::Done(done) => {
-                            return self.fleet_found_done(prev, done, lease, target).await;
-                        }
-                        // The call is completed. A target that cannot be
-                        // asked gets it again (ARCHITECTURE.md, "Fleet"),
-                        // with the same idempotency key and a newer token.
-                        Reconciled::NotDone(why) | Reconciled::Unknown(why) => {
-                            tracing::warn!(deployment = %dep, found = %why, "completing the interrupted fleet rollback");
-                        }
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                self.fleet_failed(&e);
-                return Ok(());
-            }
-        }
+        agreeing: String,
+        reply: Option<ManualReply>,
+    ) {
         let Some(target) = self.target.clone() else {
-            return Ok(());
+            return;
         };
-        let mut rec = self.new_record(dep, rule, &evidence, target.name());
-        if self.guard.dry_run {
-            rec.detail = "dry run: no call made".into();
-        }
-        let (return_to, reason, now) =
-            (rec.return_to.clone(), rec.reason.clone(), rec.intent_at_ms);
-        if self.guard.dry_run {
-            rec.finished_at_ms = Some(now);
-        }
-        match coord.record(&service, lease, &rec).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(deployment = %dep, "the fleet lease was taken over before the intent was written; not calling");
-                return Ok(());
-            }
-            Err(e) => {
-                self.fleet_failed(&e);
-                return Ok(());
-            }
-        }
-        if local_copy {
-            self.writer.write(Write::Rollback(rec.clone()));
-        }
-        let agreeing = match t {
-            Some(t) => format!("{} of {} live replicas agree", t.agree, t.live),
-            None => "asked for by hand".to_string(),
+        let rec = self.new_record(dep, rule, &evidence, target.name());
+        let f = self.fleet.as_ref().expect("fleet");
+        let call = fleet_call::FleetCall {
+            coord: f.coord.clone(),
+            service: self.service.clone(),
+            replica: f.cfg.replica.clone(),
+            lease_ttl: f.cfg.lease,
+            dep: dep.to_string(),
+            target,
+            rec,
+            clock: self.clock,
+            reply,
         };
-        if self.guard.dry_run {
-            metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "dry_run").increment(1);
-            tracing::warn!(deployment = %dep, rule, return_to = ?return_to, reason = %reason, "dry run: would roll the fleet back");
-            self.tell(
-                EventKind::RollbackPerformed,
-                Some(rule.to_string()),
-                format!(
-                    "dry run: would roll back {dep}{} ({agreeing}): {reason}",
-                    to_text(&return_to)
-                ),
-                evidence,
-            );
-            self.show_fleet_record(rec);
-            return Ok(());
-        }
-        tracing::warn!(deployment = %dep, rule, target = target.name(), token = lease.token, return_to = ?return_to, reason = %reason, "rolling the fleet back");
-        let req = RollbackRequest {
-            service: service.clone(),
-            deployment: dep.to_string(),
-            return_to: return_to.clone(),
-            rule: rule.to_string(),
-            reason: reason.clone(),
-            evidence: evidence.clone(),
-            fencing_token: Some(lease.token),
-        };
+        self.rolling = true;
+        self.fleet_agreeing = agreeing;
+        let intent = self.jobs.intent();
+        self.jobs.spawn(fleet_call::run(call, intent));
+    }
+
+    /// A fleet's rollback wrote its intent and is calling: shown in
+    /// `/status` (the lease holder, the record) meanwhile.
+    fn fleet_intent(&mut self, rec: RollbackRecord) {
+        self.fleet_local_copy(&rec);
         if let Some(f) = self.fleet.as_mut() {
             f.record = Some(rec.clone());
         }
         let shown = self.fleet_view(&[]);
-        {
-            let mut view = self.view.lock().expect("view lock");
-            view.last_rollback = Some(rec.clone());
-            view.fleet = shown;
-        }
-        let renewing = {
-            let coord = coord.clone();
-            let service = service.clone();
-            let mut held = lease.clone();
-            // Still live while calling: the link's heartbeat goes on.
-            async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match coord.renew(&service, &mut held, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::error!(deployment = %held.deployment, "the fleet lease was lost during the call; its outcome is recorded only if no other agent took over");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "cannot renew the fleet lease")
-                        }
-                    }
-                }
-                std::future::pending::<()>().await
-            }
-        };
-        let result = tokio::select! {
-            r = target.rollback(&req) => r,
-            () = renewing => unreachable!("the renewal never ends"),
-        };
-        rec.finished_at_ms = Some(self.clock.now_ms());
-        match &result {
-            Ok(done) => {
-                rec.status = RollbackStatus::Succeeded;
-                rec.detail = done.detail.clone();
-                rec.returned_to = done.returned_to.clone().or(return_to.clone());
-            }
-            Err(err) => {
-                rec.status = RollbackStatus::Failed;
-                rec.detail = err.clone();
-            }
-        }
-        match coord.record(&service, lease, &rec).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(deployment = %dep, status = rec.status.as_str(), "the fleet lease was taken over during the call; this outcome is not recorded")
-            }
-            Err(e) => self.fleet_failed(&e),
-        }
-        if local_copy {
-            self.writer.write(Write::Rollback(rec.clone()));
-        }
-        match result {
-            Ok(done) => {
-                self.mark_rolled_back(dep);
-                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
-                tracing::warn!(deployment = %dep, target = target.name(), returned_to = ?rec.returned_to, detail = %done.detail, "fleet rollback accepted by the platform");
-                if let Some(verify) = self.guard.verify {
-                    self.verify_pending = Some((
-                        dep.to_string(),
-                        self.clock.now_ms() + verify.as_millis() as u64,
-                    ));
-                }
-                self.tell(
-                    EventKind::RollbackPerformed,
-                    Some(rule.to_string()),
-                    format!(
-                        "rolled back {dep}{} for the fleet ({agreeing}): {reason}",
-                        to_text(&rec.returned_to)
-                    ),
-                    evidence,
-                );
-            }
-            Err(err) => {
-                metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "failed").increment(1);
-                tracing::error!(deployment = %dep, target = target.name(), error = %err, "fleet rollback failed; it will not be called again for this deployment");
-                self.tell(
-                    EventKind::RollbackFailed,
-                    Some(rule.to_string()),
-                    format!("rollback of {dep} failed: {err}"),
-                    evidence,
-                );
-            }
-        }
-        self.show_fleet_record(rec);
-        Ok(())
+        let mut view = self.view.lock().expect("view lock");
+        view.last_rollback = Some(rec);
+        view.fleet = shown;
     }
 
-    /// The platform shows that the call of a holder that stopped took
-    /// effect: that is recorded (fenced) as the fleet's outcome, and no call
-    /// is made.
-    async fn fleet_found_done(
-        &mut self,
-        mut rec: RollbackRecord,
-        done: RollbackDone,
-        lease: &Lease,
-        target: Arc<dyn Rollbacker>,
-    ) -> anyhow::Result<()> {
-        let f = self.fleet.as_ref().expect("fleet");
-        let coord = f.coord.clone();
-        let dep = rec.deployment.clone();
-        rec.status = RollbackStatus::Succeeded;
-        rec.detail = format!(
-            "the call made by {} before it stopped took effect: {}",
-            rec.by.as_deref().unwrap_or("the earlier lease holder"),
-            done.detail
-        );
-        rec.returned_to = done.returned_to.or(rec.return_to.clone());
-        rec.finished_at_ms = Some(self.clock.now_ms());
-        match coord.record(&self.service, lease, &rec).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(deployment = %dep, "the fleet lease was taken over meanwhile; not recording");
-                return Ok(());
-            }
-            Err(e) => {
-                self.fleet_failed(&e);
-                return Ok(());
+    /// With Redis as the coordination store, the fleet's record is kept in
+    /// this agent's store too (PostgreSQL keeps it in the store's table).
+    fn fleet_local_copy(&self, rec: &RollbackRecord) {
+        if let Some(f) = &self.fleet {
+            if matches!(*f.coord, Coordinator::Redis(_)) {
+                self.writer.write(Write::Rollback(rec.clone()));
             }
         }
-        if matches!(*coord, Coordinator::Redis(_)) {
-            self.writer.write(Write::Rollback(rec.clone()));
+    }
+
+    /// A fleet's rollback ended: recorded, shown and told.
+    fn fleet_ended(&mut self, ended: fleet_call::FleetEnded) {
+        use fleet_call::FleetEnded;
+        let agreeing = std::mem::take(&mut self.fleet_agreeing);
+        match ended {
+            FleetEnded::StoreFailed(e) => self.fleet_failed(&anyhow::anyhow!(e)),
+            FleetEnded::Taken | FleetEnded::Overtaken => {}
+            FleetEnded::Found(rec) => self.show_fleet_record(rec),
+            FleetEnded::FoundDone { rec, target } => {
+                self.fleet_local_copy(&rec);
+                metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "succeeded").increment(1);
+                tracing::warn!(deployment = %rec.deployment, target, detail = %rec.detail, "the interrupted fleet rollback had taken effect: not calling again");
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rec.rule.clone()),
+                    format!(
+                        "rolled back {}{} for the fleet: {} (found done after its holder stopped)",
+                        rec.deployment,
+                        to_text(&rec.returned_to),
+                        rec.reason
+                    ),
+                    rec.evidence.clone(),
+                );
+                self.show_fleet_record(rec);
+            }
+            FleetEnded::DryRun(rec) => {
+                self.fleet_local_copy(&rec);
+                metrics::counter!("backstop_rollbacks_total", "target" => rec.target.clone(), "outcome" => "dry_run").increment(1);
+                tracing::warn!(deployment = %rec.deployment, rule = %rec.rule, return_to = ?rec.return_to, reason = %rec.reason, "dry run: would roll the fleet back");
+                self.tell(
+                    EventKind::RollbackPerformed,
+                    Some(rec.rule.clone()),
+                    format!(
+                        "dry run: would roll back {}{} ({agreeing}): {}",
+                        rec.deployment,
+                        to_text(&rec.return_to),
+                        rec.reason
+                    ),
+                    rec.evidence.clone(),
+                );
+                self.show_fleet_record(rec);
+            }
+            FleetEnded::Called {
+                rec,
+                target,
+                result,
+            } => {
+                self.fleet_local_copy(&rec);
+                let dep = rec.deployment.clone();
+                match result {
+                    Ok(done) => {
+                        self.mark_rolled_back(&dep);
+                        metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "succeeded").increment(1);
+                        tracing::warn!(deployment = %dep, target, returned_to = ?rec.returned_to, detail = %done.detail, "fleet rollback accepted by the platform");
+                        if let Some(verify) = self.guard.verify {
+                            self.verify_pending = Some((
+                                dep.clone(),
+                                self.clock.now_ms() + verify.as_millis() as u64,
+                            ));
+                        }
+                        self.tell(
+                            EventKind::RollbackPerformed,
+                            Some(rec.rule.clone()),
+                            format!(
+                                "rolled back {dep}{} for the fleet ({agreeing}): {}",
+                                to_text(&rec.returned_to),
+                                rec.reason
+                            ),
+                            rec.evidence.clone(),
+                        );
+                    }
+                    Err(err) => {
+                        metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "failed").increment(1);
+                        tracing::error!(deployment = %dep, target, error = %err, "fleet rollback failed; it will not be called again for this deployment");
+                        self.tell(
+                            EventKind::RollbackFailed,
+                            Some(rec.rule.clone()),
+                            format!("rollback of {dep} failed: {err}"),
+                            rec.evidence.clone(),
+                        );
+                    }
+                }
+                self.show_fleet_record(rec);
+            }
         }
-        metrics::counter!("backstop_rollbacks_total", "target" => target.name(), "outcome" => "succeeded").increment(1);
-        tracing::warn!(deployment = %dep, target = target.name(), detail = %rec.detail, "the interrupted fleet rollback had taken effect: not calling again");
-        self.tell(
-            EventKind::RollbackPerformed,
-            Some(rec.rule.clone()),
-            format!(
-                "rolled back {dep}{} for the fleet: {} (found done after its holder stopped)",
-                to_text(&rec.returned_to),
-                rec.reason
-            ),
-            rec.evidence.clone(),
-        );
-        self.show_fleet_record(rec);
-        Ok(())
     }
 
     /// The fleet's record of the current deployment, whoever wrote it: shown
@@ -1597,7 +1494,7 @@ impl Watcher {
             summary: format!("manual rollback: {reason}"),
         }];
         if self.fleet.is_some() {
-            let _ = reply.send(self.manual_fleet_rollback(&dep, ev).await);
+            self.manual_fleet_rollback(&dep, ev, reply);
             return;
         }
         let mut reply = Some(reply);
@@ -1610,38 +1507,28 @@ impl Watcher {
 
     /// A rollback asked for by hand in a fleet: no quorum, but the fleet's
     /// lease, so that no agent takes its intent for one left by a holder
-    /// that stopped, and no two calls are made at once.
-    async fn manual_fleet_rollback(
-        &mut self,
-        dep: &str,
-        evidence: Vec<Evidence>,
-    ) -> anyhow::Result<ManualOutcome> {
+    /// that stopped, and no two calls are made at once. Answered once the
+    /// lease is taken (or not).
+    fn manual_fleet_rollback(&mut self, dep: &str, evidence: Vec<Evidence>, reply: ManualReply) {
         if self.target.is_none() {
-            return Ok(ManualOutcome::Refused(
+            let _ = reply.send(Ok(ManualOutcome::Refused(
                 "no [rollback] target is configured".into(),
-            ));
+            )));
+            return;
         }
-        let f = self.fleet.as_ref().expect("fleet");
-        let (coord, replica, ttl) = (f.coord.clone(), f.cfg.replica.clone(), f.cfg.lease);
-        let lease = match coord.acquire(&self.service, dep, &replica, ttl).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                return Ok(ManualOutcome::Refused(format!(
-                    "another agent holds the fleet's lease for {dep} and is rolling it back"
-                )))
-            }
-            Err(e) => {
-                self.fleet_failed(&e);
-                return Ok(ManualOutcome::Refused(format!(
-                    "the fleet's coordination store is failing: {e:#}"
-                )));
-            }
-        };
-        let done = self.fleet_call("manual", evidence, dep, &lease, None).await;
-        if let Err(e) = coord.release(&self.service, &lease).await {
-            tracing::warn!(error = %format!("{e:#}"), "cannot release the fleet lease; it expires on its own");
+        if self.rolling {
+            let _ = reply.send(Ok(ManualOutcome::Refused(format!(
+                "a rollback of {dep} is in progress"
+            ))));
+            return;
         }
-        done.map(|()| ManualOutcome::Started)
+        self.fleet_try(
+            dep,
+            "manual",
+            evidence,
+            "asked for by hand".into(),
+            Some(reply),
+        );
     }
 
     /// The guard rails: why a rollback of `dep` is held back now, if it is.
@@ -2172,11 +2059,11 @@ mod tests {
         w.observe_deployment(id).await;
         w.settle_all().await;
         w.advance();
-        w.judge(rules).await.unwrap();
+        w.judge(rules).await;
         w.settle_all().await;
         // What the jobs brought (the rollbacks read for the guard rails)
         // is acted on at the next step, at once.
-        w.judge(rules).await.unwrap();
+        w.judge(rules).await;
         w.settle_all().await;
     }
 
@@ -2643,7 +2530,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_manual_rollback_of_an_unhealthy_deployment_is_made_once() {
         let rig = Rig::new(false);
-        let mut w = rig.watcher(guard()).await;
+        let mut w = rig
+            .watcher(Guard {
+                cooldown: Duration::from_secs(7200),
+                ..guard()
+            })
+            .await;
         make_stable(&mut w, "v1").await;
         // v2 is rolled back; v3 goes bad within the cooldown and ends its
         // watch unhealthy.
