@@ -12,10 +12,23 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::run::Command;
 use crate::schedule::ProbeSlot;
 use crate::store::RollbackRecord;
 use crate::watch::{ManualOutcome, RuleView, WatchView};
+
+/// What the admin API asks of the watch loop.
+pub enum Command {
+    Rollback {
+        reason: String,
+        reply: tokio::sync::oneshot::Sender<anyhow::Result<ManualOutcome>>,
+    },
+    Pause(bool, tokio::sync::oneshot::Sender<anyhow::Result<()>>),
+}
+
+/// A lock helper for views shared with the HTTP server.
+pub fn read<T: Clone>(m: &std::sync::Mutex<T>) -> T {
+    m.lock().expect("view lock").clone()
+}
 
 pub struct App {
     pub config: Config,
@@ -74,11 +87,7 @@ impl App {
                 }
             })
             .collect();
-        let view = self
-            .view
-            .as_ref()
-            .map(|v| crate::run::read(v))
-            .unwrap_or_default();
+        let view = self.view.as_ref().map(|v| read(v)).unwrap_or_default();
         let deployment = view.deployment.as_ref().map(|d| DeploymentStatus {
             first_seen: d.first_seen_ms / 1000,
             id: &d.id,
@@ -154,7 +163,7 @@ impl App {
                 match rx.await {
                     Ok(Ok(ManualOutcome::Started)) => (
                         StatusCode::ACCEPTED,
-                        json!({ "rollback": self.view.as_ref().map(|v| crate::run::read(v).last_rollback) }),
+                        json!({ "rollback": self.view.as_ref().map(|v| read(v).last_rollback) }),
                     ),
                     Ok(Ok(ManualOutcome::AlreadyRecorded(why))) => {
                         (StatusCode::CONFLICT, json!({ "error": why }))

@@ -9,6 +9,7 @@ pub mod defaults;
 pub mod demo;
 pub mod deployment;
 pub mod duration;
+pub mod evaluation;
 pub mod evidence;
 pub mod fleet;
 pub mod judge;

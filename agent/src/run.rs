@@ -2,7 +2,7 @@
 //! their loops, the watch loop and the listener, and stops cleanly on
 //! SIGTERM or Ctrl-C.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,33 +10,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::app::App;
+use crate::app::{App, Command};
 use crate::config::Config;
 use crate::deployment::IdSource;
+use crate::evaluation::{window_span, Evaluation};
 use crate::schedule::{run_probe, ProbeSlot, Wake};
 use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
-use crate::watch::{Clock, ManualOutcome, Notifier, Rollbacker, RuleStatus, Watcher};
-
-/// How far back a window reaches at least, whatever the deployment's state:
-/// only the probe's rules (and `/status`) read it. The baseline of a watch
-/// is fed each sample as it is recorded (`ProbeState::feed`), so no window
-/// needs to cover the watch.
-pub const SETTLED_SPAN: Duration = Duration::from_secs(60);
+use crate::watch::{Clock, Notifier, Rollbacker, Watcher};
 
 /// The store could not be opened at start: exit code 2, like a bad config.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
 pub struct UnusableStore(pub anyhow::Error);
-
-/// What the admin API asks of the watch loop.
-pub enum Command {
-    Rollback {
-        reason: String,
-        reply: oneshot::Sender<anyhow::Result<ManualOutcome>>,
-    },
-    Pause(bool, oneshot::Sender<anyhow::Result<()>>),
-}
 
 /// Starts the agent and runs it until `stop` turns true. Sends the bound
 /// address through `bound` as soon as the listener is up.
@@ -159,24 +145,18 @@ pub async fn run(
         None => None,
     };
     tasks.spawn(watch_loop(
-        Judge {
+        WatchLoop {
             watcher,
             ids: Arc::new(ids),
             poll_interval: config.deployment.poll_interval,
-            warmup: config.deployment.warmup,
-            slots: slots.clone(),
-            rules: config.rules.clone(),
-            settings,
-            baseline,
-            baseline_kept: None,
+            eval: Evaluation::new(
+                slots.clone(),
+                config.rules.clone(),
+                settings,
+                config.deployment.warmup,
+                baseline,
+            ),
             store_failing: false,
-            plan: Judge::plan(&config.rules, &slots),
-            depends: Judge::depends(&slots),
-            percentiles: slots.iter().map(|s| s.cfg.latency_percentiles()).collect(),
-            feeding: None,
-            statuses: Vec::new(),
-            seen: Vec::new(),
-            rejudge: true,
         },
         wake,
         cmd_rx,
@@ -268,57 +248,18 @@ impl Notifier for crate::notify::Notifiers {
     }
 }
 
-/// What the watch loop works with.
-struct Judge {
+/// What the watch loop works with: the watch, where the deployment id
+/// comes from, and the rules' evaluation.
+struct WatchLoop {
     watcher: Watcher,
     ids: Arc<IdSource>,
     poll_interval: Duration,
-    warmup: Duration,
-    slots: Vec<Arc<ProbeSlot>>,
-    rules: Vec<crate::config::RuleConfig>,
-    settings: crate::rules::Settings,
-    baseline: Option<crate::baseline::Baseline>,
-    /// The baseline the store kept for the deployment that turned stable
-    /// last, once it answers.
-    baseline_kept: Option<tokio::sync::oneshot::Receiver<crate::baseline::Baseline>>,
+    eval: Evaluation,
     /// Whether the last step failed on the store.
     store_failing: bool,
-    /// The rules that can be judged, as (index in `rules`, index in `slots`).
-    plan: Vec<(usize, usize)>,
-    /// For each slot, the slots of its `depends_on` probes.
-    depends: Vec<Vec<usize>>,
-    /// For each slot, whether its `p50_ms` … `p99_ms` are percentiles of
-    /// its latency.
-    percentiles: Vec<bool>,
-    /// The latest status of each rule of `plan`, in its order.
-    statuses: Vec<RuleStatus>,
-    /// `ProbeState::recorded` of each rule's probe when it was last judged.
-    seen: Vec<u64>,
-    /// Every rule must be judged again (new windows, a new baseline).
-    rejudge: bool,
-    /// The deployment whose baseline the probes feed (`ProbeState::feed`)
-    /// while it warms up or is watched.
-    feeding: Option<String>,
 }
 
-/// How far back a probe's window reaches: far enough for every rule on it,
-/// and at least [`SETTLED_SPAN`].
-fn window_span(
-    rules: &[crate::config::RuleConfig],
-    cfg: &crate::config::ProbeConfig,
-    settings: &crate::rules::Settings,
-) -> Duration {
-    rules
-        .iter()
-        .filter(|r| r.probe == cfg.name)
-        .filter_map(|r| r.expr.as_ref())
-        .map(|e| e.span_needed(settings) + cfg.interval)
-        .chain([SETTLED_SPAN])
-        .max()
-        .unwrap_or(SETTLED_SPAN)
-}
-
-impl Judge {
+impl WatchLoop {
     /// The store failed a step: nothing is rolled back while it fails.
     /// People are told once, when it starts failing; `backstop_store_up`
     /// says so all along.
@@ -350,186 +291,13 @@ impl Judge {
         }
     }
 
-    /// Which probe each rule is judged on; a rule without an expression or
-    /// whose probe is gone is left out.
-    fn plan(rules: &[crate::config::RuleConfig], slots: &[Arc<ProbeSlot>]) -> Vec<(usize, usize)> {
-        rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.expr.is_some())
-            .filter_map(|(i, r)| Some((i, slots.iter().position(|s| s.cfg.name == r.probe)?)))
-            .collect()
-    }
-
-    /// For each slot, the slots its probe `depends_on`.
-    fn depends(slots: &[Arc<ProbeSlot>]) -> Vec<Vec<usize>> {
-        slots
-            .iter()
-            .map(|s| {
-                s.cfg
-                    .depends_on
-                    .iter()
-                    .filter_map(|d| slots.iter().position(|o| o.cfg.name == *d))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Why the rollback rules of slot `si` are held by one of its
-    /// `depends_on` probes, if they are: the dependency fails now; or it
-    /// has not been checked since this probe's failures began, and is
-    /// asked for a check at once (its answer decides who is at fault); or
-    /// it failed since this probe's last check started, whose failure may
-    /// still be the dependency's.
-    fn held_by(&self, si: usize) -> Option<crate::watch::Held> {
-        use crate::observe::Outcome;
-        let dependent = &self.slots[si];
-        let (checked, streak_since) = {
-            let state = dependent.state.lock().expect("probe state lock");
-            let judged = || {
-                state
-                    .window
-                    .iter()
-                    .rev()
-                    .filter(|s| s.outcome() != Outcome::Error)
-            };
-            let checked = judged().next().map(|s| s.at());
-            let streak_since = judged()
-                .take_while(|s| s.outcome() == Outcome::Failed)
-                .last()
-                .map(|s| s.at());
-            (checked, streak_since)
-        };
-        self.depends[si].iter().find_map(|&d| {
-            let slot = &self.slots[d];
-            let (failing, last_checked, last_error, failed_at) = {
-                let state = slot.state.lock().expect("probe state lock");
-                let failing = state
-                    .last
-                    .as_ref()
-                    .is_some_and(|o| o.outcome == Outcome::Failed);
-                // Any check, an `error` one too: it was asked, and answered.
-                let last_checked = state.window.back().map(|s| s.at());
-                let last_error = state
-                    .last
-                    .as_ref()
-                    .filter(|o| o.outcome == Outcome::Error)
-                    .and_then(|o| o.error.clone());
-                let failed_at = state
-                    .window
-                    .iter()
-                    .rev()
-                    .find(|s| s.outcome() == Outcome::Failed)
-                    .map(|s| s.at());
-                (failing, last_checked, last_error, failed_at)
-            };
-            let name = slot.cfg.name.clone();
-            if failing {
-                return Some(crate::watch::Held::failing(name));
-            }
-            if let Some(since) = streak_since {
-                if last_checked.is_none_or(|c| c < since) {
-                    slot.check_soon();
-                    return Some(crate::watch::Held::unknown(
-                        name,
-                        "has not been checked since the failures began; checking it now",
-                    ));
-                }
-                // The dependency's probe cannot run (the agent's own fault):
-                // whether it is behind the failures is unknown.
-                if let Some(error) = last_error {
-                    return Some(crate::watch::Held::unknown(
-                        name,
-                        &format!("cannot be checked ({error}): whether it is behind the failures is unknown"),
-                    ));
-                }
-            }
-            match (failed_at, checked) {
-                (Some(f), Some(c)) if c <= f + dependent.cfg.timeout => {
-                    Some(crate::watch::Held::unknown(
-                        name,
-                        "failed during this probe's last check; waiting for its next one",
-                    ))
-                }
-                _ => None,
-            }
-        })
-    }
-
-    /// Every rule's verdict now, each judged under its probe's lock (no copy
-    /// of the window is made). A rule is judged again only when its probe
-    /// recorded something since, unless `all`: what a window's ageing alone
-    /// changes waits for the next `all` (once a second).
-    fn evaluate(&mut self, all: bool) {
-        let now = Instant::now();
-        let all = all || std::mem::take(&mut self.rejudge);
-        for (k, &(ri, si)) in self.plan.iter().enumerate() {
-            let rule = &self.rules[ri];
-            let slot = &self.slots[si];
-            let Some(expr) = rule.expr.as_ref() else {
-                continue;
-            };
-            let judgement = {
-                let state = slot.state.lock().expect("probe state lock");
-                if !all && self.seen.get(k) == Some(&state.recorded) {
-                    continue;
-                }
-                match self.seen.get_mut(k) {
-                    Some(seen) => *seen = state.recorded,
-                    None => self.seen.push(state.recorded),
-                }
-                crate::rules::evaluate(
-                    expr,
-                    &crate::rules::Input {
-                        probe: &rule.probe,
-                        state: &state,
-                        baseline: self.baseline.as_ref(),
-                        interval: slot.cfg.interval,
-                        now,
-                        latency_percentiles: self.percentiles[si],
-                    },
-                    &self.settings,
-                )
-            };
-            let verdict = match &judgement.verdict {
-                crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                crate::rules::Verdict::Inconclusive(why) => {
-                    crate::watch::Verdict::Inconclusive(why.clone())
-                }
-            };
-            let held_by = (judgement.verdict.holds()
-                && rule.action == crate::config::Action::Rollback)
-                .then(|| self.held_by(si))
-                .flatten();
-            let status = RuleStatus {
-                held_by,
-                name: rule.name.clone(),
-                probe: rule.probe.clone(),
-                action: rule.action,
-                after_stable: rule.after_stable,
-                evidence: crate::rules::evidence(rule, &judgement),
-                detail: crate::rules::Detail {
-                    when: rule.when.clone(),
-                    default: rule.default,
-                    findings: judgement.findings,
-                },
-                verdict,
-            };
-            match self.statuses.get_mut(k) {
-                Some(kept) => *kept = status,
-                None => self.statuses.push(status),
-            }
-        }
-    }
-
     /// Takes note of the deployment running now; a new one (seen, rolled
     /// back to, rolled forward to) starts afresh.
     async fn observe(&mut self, id: &str) {
         let before = self.watcher.deployment().map(str::to_string);
         self.watcher.observe_deployment(id).await;
         if before.is_some_and(|b| b != id) {
-            self.forget_windows();
+            self.eval.forget_windows();
         }
     }
 
@@ -560,117 +328,19 @@ impl Judge {
     /// Moves the watch along: a deployment that turns stable gets its
     /// baseline, and the probes feed the one being watched.
     fn advance(&mut self) {
-        if let Ok(kept) = self.baseline_kept.as_mut().map_or(
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty),
-            |rx| rx.try_recv(),
-        ) {
-            // The one another agent kept first, or this one.
-            if self.baseline.as_ref() != Some(&kept) {
-                self.baseline = Some(kept);
-                self.rejudge = true;
-            }
-            self.baseline_kept = None;
-        }
-        if let Some(stable) = self.watcher.advance() {
-            self.record_baseline(&stable);
-        }
-        self.feed_baseline();
-    }
-
-    /// Keeps the probes feeding the baseline of the deployment while it
-    /// warms up or is watched: a deployment that starts being watched gets
-    /// a feed on every probe (given the samples its windows hold already);
-    /// one that is stable or rolled back, or gone, has its feeds dropped.
-    fn feed_baseline(&mut self) {
         use crate::store::WatchState;
+        self.eval.take_kept_baseline();
+        let age = Duration::from_millis(self.watcher.age_ms());
+        if let Some(stable) = self.watcher.advance() {
+            self.eval
+                .record_baseline(&stable, age, self.watcher.writer());
+        }
         let watched = match (self.watcher.deployment(), self.watcher.state()) {
             (Some(id), Some(WatchState::Warming | WatchState::Watching)) => Some(id),
             _ => None,
         };
-        if watched == self.feeding.as_deref() {
-            return;
-        }
-        let watched = watched.map(str::to_string);
-        let since = watched.as_ref().and_then(|_| self.warmup_end());
-        for slot in &self.slots {
-            let mut state = slot.state.lock().expect("probe state lock");
-            match &watched {
-                Some(id) => {
-                    state.start_feed(crate::baseline::Feed::new(id, &slot.cfg.name, since));
-                }
-                None => state.feed = None,
-            }
-        }
-        self.feeding = watched;
-    }
-
-    /// When the warm-up of the current deployment ends (or ended): samples
-    /// before it are not part of the baseline. `None` when it ended before
-    /// any instant this process can name.
-    fn warmup_end(&self) -> Option<Instant> {
         let age = Duration::from_millis(self.watcher.age_ms());
-        let now = Instant::now();
-        match age.checked_sub(self.warmup) {
-            Some(watched) => now.checked_sub(watched),
-            None => Some(now + (self.warmup - age)),
-        }
-    }
-
-    /// A new deployment (seen, rolled back to, rolled forward to) starts
-    /// with empty windows, no consecutive failures and no last observation:
-    /// what the last one did must not be judged against this one, nor fire
-    /// on it (after a rollback, the bad one's failures on the one returned
-    /// to). Its id is read again as soon as a probe's outcome changes, so
-    /// at most the check that made the agent look is not counted, and its
-    /// rules are not armed during the warm-up anyway.
-    fn forget_windows(&mut self) {
-        for slot in &self.slots {
-            let mut state = slot.state.lock().expect("probe state lock");
-            state.window.clear();
-            state.consecutive_failures = 0;
-            state.last = None;
-            state.feed = None;
-        }
-        self.feeding = None;
-        self.rejudge = true;
-    }
-
-    /// Finishes the baseline of the deployment that just became stable
-    /// from what its probes fed during its watch, and keeps it. A probe
-    /// that fed nothing for it (the agent started when the watch was over)
-    /// gives what its window holds.
-    fn record_baseline(&mut self, deployment: &str) {
-        let since = self.warmup_end();
-        let mut baseline = crate::baseline::Baseline {
-            deployment: deployment.to_string(),
-            ..Default::default()
-        };
-        for slot in &self.slots {
-            let mut state = slot.state.lock().expect("probe state lock");
-            let feed = match state.feed.take() {
-                Some(feed) if feed.deployment() == deployment => *feed,
-                _ => {
-                    let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
-                    feed.add_all(&state.window);
-                    feed
-                }
-            };
-            baseline.probes.extend(feed.finish().probes);
-        }
-        self.feeding = None;
-        // Kept in the store behind the watch; the first one kept for the
-        // deployment (perhaps by another agent) is judged against once the
-        // store answers, this one until then.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.watcher
-            .writer()
-            .write(crate::store::writer::Write::Baseline(
-                Box::new(baseline.clone()),
-                Some(tx),
-            ));
-        self.baseline_kept = Some(rx);
-        self.baseline = Some(baseline);
-        self.rejudge = true;
+        self.eval.feed_baseline(watched, age);
     }
 }
 
@@ -679,13 +349,13 @@ impl Judge {
 /// commands. A failure of its own (the store, the id source) is logged and
 /// never acted on.
 async fn watch_loop(
-    mut judge: Judge,
+    mut wl: WatchLoop,
     wake: Arc<Wake>,
     mut commands: mpsc::Receiver<Command>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Often enough for the fleet's heartbeat, when there is one.
-    let period = judge
+    let period = wl
         .watcher
         .fleet_heartbeat()
         .map_or(Duration::from_secs(1), |h| h.min(Duration::from_secs(1)));
@@ -695,13 +365,13 @@ async fn watch_loop(
     let mut last_read: Option<Instant> = None;
     // A changed outcome reads the id at once, but a platform's API no more
     // than ten times per poll interval.
-    let change_gap = judge.poll_interval / 10;
-    let first_gap = judge.poll_interval.min(Duration::from_secs(1));
+    let change_gap = wl.poll_interval / 10;
+    let first_gap = wl.poll_interval.min(Duration::from_secs(1));
     let mut id_error: Option<String> = None;
     let mut last_judged = Instant::now();
     // A job of the watch (a read of the store, a rollback's claim or call)
     // has its result ready.
-    let done = judge.watcher.wake();
+    let done = wl.watcher.wake();
     // The id is read by a task of its own, so a slow source (a platform's
     // API) never holds the watch; after a changed outcome, the rules are
     // not judged until it is known which deployment caused it.
@@ -713,7 +383,7 @@ async fn watch_loop(
         let all = tokio::select! {
             _ = tick.tick() => true,
             _ = wake.notified() => {
-                // Many probes report every second: judge their news together,
+                // Many probes report every second: wl their news together,
                 // at most once per JUDGE_GAP, instead of once per check.
                 let due = last_judged + JUDGE_GAP;
                 if Instant::now() < due {
@@ -725,16 +395,16 @@ async fn watch_loop(
             read = async { reading.as_mut().expect("a read in flight").await }, if reading.is_some() => {
                 reading = None;
                 after_change = false;
-                judge.take_id(read, &mut id_error).await;
+                wl.take_id(read, &mut id_error).await;
                 true
             }
             Some(cmd) = commands.recv() => {
                 match cmd {
                     Command::Rollback { reason, reply } => {
-                        judge.watcher.manual_rollback(&reason, reply).await;
+                        wl.watcher.manual_rollback(&reason, reply).await;
                     }
                     Command::Pause(paused, reply) => {
-                        judge.watcher.set_paused(paused);
+                        wl.watcher.set_paused(paused);
                         let _ = reply.send(Ok(()));
                     }
                 }
@@ -744,8 +414,8 @@ async fn watch_loop(
                 if let Some(r) = reading.take() {
                     r.abort();
                 }
-                judge.watcher.leave_fleet().await;
-                let left = judge.watcher.stop(STOP_WAIT).await;
+                wl.watcher.leave_fleet().await;
+                let left = wl.watcher.stop(STOP_WAIT).await;
                 if left > 0 {
                     tracing::warn!(writes = left, "the store did not take every write before the stop; they are lost");
                 }
@@ -760,12 +430,12 @@ async fn watch_loop(
         // No deployment known yet (its source failing at start): asked
         // once a second at most, never at every probe's check.
         let unknown =
-            judge.watcher.deployment().is_none() && last_read.is_none_or(|t| now >= t + first_gap);
+            wl.watcher.deployment().is_none() && last_read.is_none_or(|t| now >= t + first_gap);
         if (due || soon || unknown) && reading.is_none() {
-            next_poll = now + judge.poll_interval;
+            next_poll = now + wl.poll_interval;
             last_read = Some(now);
             after_change = soon;
-            let ids = judge.ids.clone();
+            let ids = wl.ids.clone();
             let mut read = tokio::spawn(async move { ids.current().await });
             // Most sources answer at once: taken in this step, so the
             // observation that made the agent look is charged to the
@@ -773,18 +443,18 @@ async fn watch_loop(
             match tokio::time::timeout(ID_AT_ONCE, &mut read).await {
                 Ok(r) => {
                     after_change = false;
-                    judge.take_id(r, &mut id_error).await;
+                    wl.take_id(r, &mut id_error).await;
                 }
                 Err(_) => reading = Some(read),
             }
         }
-        judge.advance();
+        wl.advance();
         if !after_change {
             last_judged = Instant::now();
-            judge.evaluate(all);
-            judge.watcher.judge(&judge.statuses).await;
+            wl.eval.evaluate(all);
+            wl.watcher.judge(&wl.eval.statuses).await;
         }
-        judge.check_store();
+        wl.check_store();
     }
 }
 
@@ -841,55 +511,11 @@ pub async fn run_with_signals(
     }
 }
 
-/// A lock helper for views shared with the HTTP server.
-pub fn read<T: Clone>(m: &Mutex<T>) -> T {
-    m.lock().expect("view lock").clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_window_reaches_as_far_as_its_rules_need_however_long_the_watch() {
-        let config = Config::parse(
-            r#"[service]
-name = "web"
-
-[deployment]
-warmup = "1m"
-watch = "2h"
-
-[[probe]]
-name = "health"
-level = 1
-type = "http"
-url = "http://127.0.0.1:8080/health"
-interval = "10s"
-
-[[probe]]
-name = "quiet"
-level = 1
-type = "http"
-url = "http://127.0.0.1:8080/quiet"
-
-[[rule]]
-name = "slow health"
-probe = "health"
-when = "latency_ms > 500 for 5m"
-action = "alert"
-"#,
-            |_| None,
-        )
-        .unwrap();
-        let settings = crate::rules::Settings::default();
-        let span = |i: usize| window_span(&config.rules, &config.probes[i], &settings);
-        // Before, a window reached over the whole watch (here 2 h) until the
-        // deployment turned stable; now only what the rules need.
-        assert_eq!(span(0), Duration::from_secs(5 * 60 + 10));
-        assert_eq!(span(1), SETTLED_SPAN);
-        assert!(span(0) < config.deployment.watch / 10);
-    }
+    use crate::evaluation::SETTLED_SPAN;
+    use crate::watch::ManualOutcome;
 
     struct Quiet;
 
@@ -923,9 +549,9 @@ action = "alert"
         }
     }
 
-    /// A judge of one `http` probe checked every second (its samples are
+    /// A wl of one `http` probe checked every second (its samples are
     /// recorded by the test), warm-up 30 s, watch 15 min, no rules.
-    async fn judge(store: Arc<Store>) -> Judge {
+    async fn watch_loop_over(store: Arc<Store>) -> WatchLoop {
         let config = Config::parse(
             r#"[service]
 name = "web"
@@ -965,29 +591,23 @@ interval = "1s"
         )
         .await
         .unwrap();
-        Judge {
+        WatchLoop {
             watcher,
             ids: Arc::new(IdSource::new(config.deployment.source.clone(), None).unwrap()),
             poll_interval: config.deployment.poll_interval,
-            warmup: config.deployment.warmup,
-            plan: Judge::plan(&config.rules, &slots),
-            depends: Judge::depends(&slots),
-            percentiles: slots.iter().map(|s| s.cfg.latency_percentiles()).collect(),
-            slots,
-            rules: config.rules.clone(),
-            settings,
-            baseline: None,
-            baseline_kept: None,
+            eval: Evaluation::new(
+                slots,
+                config.rules.clone(),
+                settings,
+                config.deployment.warmup,
+                None,
+            ),
             store_failing: false,
-            feeding: None,
-            statuses: Vec::new(),
-            seen: Vec::new(),
-            rejudge: true,
         }
     }
 
     /// One check, one second later: recorded, then the watch moves on.
-    async fn tick(judge: &mut Judge, latency_ms: f64) -> Instant {
+    async fn tick(wl: &mut WatchLoop, latency_ms: f64) -> Instant {
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
         let obs = crate::observe::Observation::from_result(
@@ -995,48 +615,48 @@ interval = "1s"
             Duration::from_millis(1),
             None,
         );
-        judge.slots[0].state.lock().unwrap().record(obs, now);
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
+        wl.eval.slots[0].state.lock().unwrap().record(obs, now);
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
         now
     }
 
-    fn window_len(judge: &Judge) -> usize {
-        judge.slots[0].state.lock().unwrap().window.len()
+    fn window_len(wl: &WatchLoop) -> usize {
+        wl.eval.slots[0].state.lock().unwrap().window.len()
     }
 
     /// Checks at `latency_ms` until the watched deployment turns stable;
     /// its baseline counts every check from the warm-up's end (30 s).
-    async fn watch_to_stable(judge: &mut Judge, deployment: &str, latency_ms: f64) {
+    async fn watch_to_stable(wl: &mut WatchLoop, deployment: &str, latency_ms: f64) {
         use crate::store::WatchState;
         let start = Instant::now();
         let mut counted = 0u64;
-        while judge.watcher.state() != Some(WatchState::Stable) {
-            let at = tick(judge, latency_ms).await;
+        while wl.watcher.state() != Some(WatchState::Stable) {
+            let at = tick(wl, latency_ms).await;
             if at >= start + Duration::from_secs(30) {
                 counted += 1;
             }
         }
-        let b = judge.baseline.clone().expect("a baseline");
+        let b = wl.eval.baseline.clone().expect("a baseline");
         assert_eq!(b.deployment, deployment);
         let latency = b.signal("health", "latency_ms").unwrap();
         assert_eq!(latency.summary.count, counted);
         assert_eq!(latency.summary.max, latency_ms);
     }
 
-    fn feeding(judge: &Judge) -> Option<String> {
-        let state = judge.slots[0].state.lock().unwrap();
+    fn feeding(wl: &WatchLoop) -> Option<String> {
+        let state = wl.eval.slots[0].state.lock().unwrap();
         state.feed.as_ref().map(|f| f.deployment().to_string())
     }
 
-    fn fail(judge: &Judge) {
+    fn fail(wl: &WatchLoop) {
         let obs = crate::observe::Observation::from_result(
             Err(backstop_probes::ProbeError::unhealthy("status 503")),
             Duration::from_millis(1),
             None,
         );
-        judge.slots[0]
+        wl.eval.slots[0]
             .state
             .lock()
             .unwrap()
@@ -1046,23 +666,26 @@ interval = "1s"
     #[tokio::test(start_paused = true)]
     async fn a_deployment_returned_to_by_a_rollback_keeps_nothing_of_the_bad_ones_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let mut judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
-        judge.observe("v1").await;
-        judge.watcher.settle_all().await;
+        let mut wl = watch_loop_over(Arc::new(Store::open(dir.path()).unwrap())).await;
+        wl.observe("v1").await;
+        wl.watcher.settle_all().await;
         for _ in 0..3 {
-            tick(&mut judge, 5.0).await;
+            tick(&mut wl, 5.0).await;
         }
-        judge.observe("v2").await;
-        judge.watcher.settle_all().await;
+        wl.observe("v2").await;
+        wl.watcher.settle_all().await;
         for _ in 0..5 {
             tokio::time::advance(Duration::from_millis(250)).await;
-            fail(&judge);
+            fail(&wl);
         }
-        assert_eq!(judge.slots[0].state.lock().unwrap().consecutive_failures, 5);
+        assert_eq!(
+            wl.eval.slots[0].state.lock().unwrap().consecutive_failures,
+            5
+        );
         // v2 is rolled back and v1 returns: none of v2's failures are v1's.
-        judge.observe("v1").await;
-        judge.watcher.settle_all().await;
-        let state = judge.slots[0].state.lock().unwrap();
+        wl.observe("v1").await;
+        wl.watcher.settle_all().await;
+        let state = wl.eval.slots[0].state.lock().unwrap();
         assert!(state.window.is_empty());
         assert_eq!(state.consecutive_failures, 0);
         assert!(state.last.is_none(), "nothing observed of v1 yet");
@@ -1098,7 +721,7 @@ depends_on = ["db"]
             .iter()
             .map(|p| Arc::new(ProbeSlot::new(p.clone(), SETTLED_SPAN)))
             .collect();
-        let depends = Judge::depends(&slots);
+        let depends = Evaluation::depends(&slots);
         (slots, depends)
     }
 
@@ -1116,19 +739,24 @@ depends_on = ["db"]
     async fn a_dependency_holds_the_rules_while_it_fails_or_until_it_is_checked_again() {
         let (slots, depends) = dependent_slots();
         let dir = tempfile::tempdir().unwrap();
-        let judge = judge(Arc::new(Store::open(dir.path()).unwrap())).await;
-        let judge = Judge {
-            percentiles: vec![true; slots.len()],
-            slots: slots.clone(),
-            depends,
-            ..judge
+        let wl = watch_loop_over(Arc::new(Store::open(dir.path()).unwrap())).await;
+        let wl = WatchLoop {
+            eval: Evaluation::new(
+                slots.clone(),
+                vec![],
+                crate::rules::Settings::default(),
+                Duration::from_secs(30),
+                None,
+            ),
+            ..wl
         };
+        assert_eq!(wl.eval.depends_of(1), &depends[1][..]);
         let (db, health) = (&slots[0], &slots[1]);
         check(db, true);
         tokio::time::advance(Duration::from_secs(1)).await;
         check(health, true);
-        assert_eq!(judge.held_by(1), None, "nothing fails");
-        assert_eq!(judge.held_by(0), None, "db depends on nothing");
+        assert_eq!(wl.eval.held_by(1), None, "nothing fails");
+        assert_eq!(wl.eval.held_by(0), None, "db depends on nothing");
 
         // health fails after db's last check: db is asked at once, and the
         // rules wait for its answer.
@@ -1136,13 +764,13 @@ depends_on = ["db"]
             tokio::time::advance(Duration::from_secs(1)).await;
             check(health, false);
         }
-        let held = judge.held_by(1).expect("held until db is checked");
+        let held = wl.eval.held_by(1).expect("held until db is checked");
         assert!(!held.failing);
         assert!(held.why.contains("checking it now"), "{}", held.why);
         // db answers that it fails: an outage, not the deployment.
         tokio::time::advance(Duration::from_millis(10)).await;
         check(db, false);
-        let held = judge.held_by(1).expect("db fails");
+        let held = wl.eval.held_by(1).expect("db fails");
         assert!(held.failing);
         assert_eq!(held.dependency, "db");
 
@@ -1150,7 +778,7 @@ depends_on = ["db"]
         // health is checked again after it.
         tokio::time::advance(Duration::from_millis(100)).await;
         check(db, true);
-        let held = judge.held_by(1).expect("health not checked since");
+        let held = wl.eval.held_by(1).expect("health not checked since");
         assert!(!held.failing);
         assert!(
             held.why.contains("waiting for its next one"),
@@ -1160,7 +788,7 @@ depends_on = ["db"]
         // health still fails with db fine: now it is the deployment.
         tokio::time::advance(Duration::from_secs(1)).await;
         check(health, false);
-        assert_eq!(judge.held_by(1), None);
+        assert_eq!(wl.eval.held_by(1), None);
 
         // db's own probe cannot run (the agent's fault): whether db is
         // behind health's failures is unknown, and the rules wait.
@@ -1173,7 +801,7 @@ depends_on = ["db"]
             None,
         );
         db.state.lock().unwrap().record(obs, Instant::now());
-        let held = judge.held_by(1).expect("db cannot be checked");
+        let held = wl.eval.held_by(1).expect("db cannot be checked");
         assert!(!held.failing);
         assert!(held.why.contains("cannot be checked"), "{}", held.why);
     }
@@ -1183,33 +811,33 @@ depends_on = ["db"]
         use crate::store::WatchState;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut judge = judge(store.clone()).await;
+        let mut wl = watch_loop_over(store.clone()).await;
         // Checks before the deployment id is read are in the window, and
         // before the warm-up's end, so not in the baseline.
         for _ in 0..3 {
-            tick(&mut judge, 1000.0).await;
+            tick(&mut wl, 1000.0).await;
         }
-        judge.observe("v1").await;
-        judge.watcher.settle_all().await;
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
+        wl.observe("v1").await;
+        wl.watcher.settle_all().await;
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
         let start = Instant::now();
-        assert_eq!(feeding(&judge).as_deref(), Some("v1"));
+        assert_eq!(feeding(&wl).as_deref(), Some("v1"));
 
         let mut longest = 0;
         let mut counted = 0u64;
         let mut values = Vec::new();
-        while judge.watcher.state() != Some(WatchState::Stable) {
+        while wl.watcher.state() != Some(WatchState::Stable) {
             let latency = (values.len() % 50) as f64;
-            let at = tick(&mut judge, latency).await;
+            let at = tick(&mut wl, latency).await;
             if at >= start + Duration::from_secs(30) {
                 counted += 1;
                 values.push(latency);
             }
-            longest = longest.max(window_len(&judge));
+            longest = longest.max(window_len(&wl));
         }
-        let b = judge.baseline.clone().expect("a baseline for v1");
+        let b = wl.eval.baseline.clone().expect("a baseline for v1");
         assert_eq!(b.deployment, "v1");
         let latency = b.signal("health", "latency_ms").unwrap();
         // Every check from the warm-up's end to the last, none before.
@@ -1224,52 +852,52 @@ depends_on = ["db"]
         assert_eq!(store.baseline("v1").await.unwrap(), Some(b));
         // A minute and a check, never the 15-minute watch.
         assert!(longest <= 62, "{longest}");
-        assert_eq!(feeding(&judge), None);
+        assert_eq!(feeding(&wl), None);
 
         // A new deployment feeds its own baseline from nothing; v2 is
         // replaced by v3 mid-watch, and v3's baseline holds nothing of v2's.
-        judge.observe("v2").await;
-        judge.watcher.settle_all().await;
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
-        assert_eq!(feeding(&judge).as_deref(), Some("v2"));
+        wl.observe("v2").await;
+        wl.watcher.settle_all().await;
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
+        assert_eq!(feeding(&wl).as_deref(), Some("v2"));
         for _ in 0..100 {
-            tick(&mut judge, 5000.0).await;
+            tick(&mut wl, 5000.0).await;
         }
-        judge.observe("v3").await;
-        judge.watcher.settle_all().await;
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
-        assert_eq!(feeding(&judge).as_deref(), Some("v3"));
-        watch_to_stable(&mut judge, "v3", 7.0).await;
+        wl.observe("v3").await;
+        wl.watcher.settle_all().await;
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
+        assert_eq!(feeding(&wl).as_deref(), Some("v3"));
+        watch_to_stable(&mut wl, "v3", 7.0).await;
 
         // A deployment rolled back mid-watch drops its feed: no baseline of
         // it is kept, and the next one starts from nothing.
-        judge.observe("v4").await;
-        judge.watcher.settle_all().await;
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
+        wl.observe("v4").await;
+        wl.watcher.settle_all().await;
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
         for _ in 0..100 {
-            tick(&mut judge, 9000.0).await;
+            tick(&mut wl, 9000.0).await;
         }
-        assert_eq!(feeding(&judge).as_deref(), Some("v4"));
+        assert_eq!(feeding(&wl).as_deref(), Some("v4"));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        judge.watcher.manual_rollback("test", tx).await;
+        wl.watcher.manual_rollback("test", tx).await;
         let outcome = rx.await.unwrap().unwrap();
         assert!(matches!(outcome, ManualOutcome::Started), "{outcome:?}");
-        judge.watcher.settle_all().await;
-        assert_eq!(judge.watcher.state(), Some(WatchState::RolledBack));
-        tick(&mut judge, 9000.0).await;
-        assert_eq!(feeding(&judge), None);
+        wl.watcher.settle_all().await;
+        assert_eq!(wl.watcher.state(), Some(WatchState::RolledBack));
+        tick(&mut wl, 9000.0).await;
+        assert_eq!(feeding(&wl), None);
         assert_eq!(store.baseline("v4").await.unwrap(), None);
-        judge.observe("v5").await;
-        judge.watcher.settle_all().await;
-        judge.advance();
-        judge.watcher.settle_all().await;
-        judge.advance();
-        watch_to_stable(&mut judge, "v5", 8.0).await;
+        wl.observe("v5").await;
+        wl.watcher.settle_all().await;
+        wl.advance();
+        wl.watcher.settle_all().await;
+        wl.advance();
+        watch_to_stable(&mut wl, "v5", 8.0).await;
     }
 }
