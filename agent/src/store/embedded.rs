@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Claim, DeploymentRecord, RollbackRecord};
+use super::records::{Claim, DeploymentRecord, RollbackRecord};
 use crate::baseline::Baseline;
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");

@@ -18,7 +18,7 @@ use deadpool_postgres::{
 };
 use tokio_postgres::{NoTls, Row};
 
-use super::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
+use super::records::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
 use crate::baseline::Baseline;
 use crate::config::StoreConfig;
 

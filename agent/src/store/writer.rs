@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::{DeploymentRecord, RollbackRecord, Store};
+use super::records::{DeploymentRecord, RollbackRecord};
+use super::Store;
 use crate::baseline::Baseline;
 
 /// One write, as the watch hands it over.
