@@ -56,7 +56,7 @@ pub async fn run(
     let wake = Arc::new(Wake::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let settings = crate::rules::Settings::default();
+    let settings = backstop_judge::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one
@@ -276,11 +276,11 @@ struct Judge {
     warmup: Duration,
     slots: Vec<Arc<ProbeSlot>>,
     rules: Vec<crate::config::RuleConfig>,
-    settings: crate::rules::Settings,
-    baseline: Option<crate::baseline::Baseline>,
+    settings: backstop_judge::rules::Settings,
+    baseline: Option<backstop_judge::baseline::Baseline>,
     /// The baseline the store kept for the deployment that turned stable
     /// last, once it answers.
-    baseline_kept: Option<tokio::sync::oneshot::Receiver<crate::baseline::Baseline>>,
+    baseline_kept: Option<tokio::sync::oneshot::Receiver<backstop_judge::baseline::Baseline>>,
     /// Whether the last step failed on the store.
     store_failing: bool,
     /// The rules that can be judged, as (index in `rules`, index in `slots`).
@@ -306,7 +306,7 @@ struct Judge {
 fn window_span(
     rules: &[crate::config::RuleConfig],
     cfg: &crate::config::ProbeConfig,
-    settings: &crate::rules::Settings,
+    settings: &backstop_judge::rules::Settings,
 ) -> Duration {
     rules
         .iter()
@@ -382,7 +382,7 @@ impl Judge {
     /// it failed since this probe's last check started, whose failure may
     /// still be the dependency's.
     fn held_by(&self, si: usize) -> Option<crate::watch::Held> {
-        use crate::observe::Outcome;
+        use backstop_judge::observe::Outcome;
         let dependent = &self.slots[si];
         let (checked, streak_since) = {
             let state = dependent.state.lock().expect("probe state lock");
@@ -478,9 +478,9 @@ impl Judge {
                     Some(seen) => *seen = state.recorded,
                     None => self.seen.push(state.recorded),
                 }
-                crate::rules::evaluate(
+                backstop_judge::rules::evaluate(
                     expr,
-                    &crate::rules::Input {
+                    &backstop_judge::rules::Input {
                         probe: &rule.probe,
                         state: &state,
                         baseline: self.baseline.as_ref(),
@@ -492,9 +492,9 @@ impl Judge {
                 )
             };
             let verdict = match &judgement.verdict {
-                crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                crate::rules::Verdict::Inconclusive(why) => {
+                backstop_judge::rules::Verdict::Holds => crate::watch::Verdict::Holds,
+                backstop_judge::rules::Verdict::Clear => crate::watch::Verdict::Clear,
+                backstop_judge::rules::Verdict::Inconclusive(why) => {
                     crate::watch::Verdict::Inconclusive(why.clone())
                 }
             };
@@ -508,8 +508,15 @@ impl Judge {
                 probe: rule.probe.clone(),
                 action: rule.action,
                 after_stable: rule.after_stable,
-                evidence: crate::rules::evidence(rule, &judgement),
-                detail: crate::rules::Detail {
+                evidence: backstop_judge::rules::evidence(
+                    backstop_judge::rules::RuleRef {
+                        name: &rule.name,
+                        probe: &rule.probe,
+                        when: &rule.when,
+                    },
+                    &judgement,
+                ),
+                detail: backstop_judge::rules::Detail {
                     when: rule.when.clone(),
                     default: rule.default,
                     findings: judgement.findings,
@@ -596,7 +603,11 @@ impl Judge {
             let mut state = slot.state.lock().expect("probe state lock");
             match &watched {
                 Some(id) => {
-                    state.start_feed(crate::baseline::Feed::new(id, &slot.cfg.name, since));
+                    state.start_feed(backstop_judge::baseline::Feed::new(
+                        id,
+                        &slot.cfg.name,
+                        since,
+                    ));
                 }
                 None => state.feed = None,
             }
@@ -641,7 +652,7 @@ impl Judge {
     /// gives what its window holds.
     fn record_baseline(&mut self, deployment: &str) {
         let since = self.warmup_end();
-        let mut baseline = crate::baseline::Baseline {
+        let mut baseline = backstop_judge::baseline::Baseline {
             deployment: deployment.to_string(),
             ..Default::default()
         };
@@ -650,7 +661,8 @@ impl Judge {
             let feed = match state.feed.take() {
                 Some(feed) if feed.deployment() == deployment => *feed,
                 _ => {
-                    let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
+                    let mut feed =
+                        backstop_judge::baseline::Feed::new(deployment, &slot.cfg.name, since);
                     feed.add_all(&state.window);
                     feed
                 }
@@ -882,7 +894,7 @@ action = "alert"
             |_| None,
         )
         .unwrap();
-        let settings = crate::rules::Settings::default();
+        let settings = backstop_judge::rules::Settings::default();
         let span = |i: usize| window_span(&config.rules, &config.probes[i], &settings);
         // Before, a window reached over the whole watch (here 2 h) until the
         // deployment turned stable; now only what the rules need.
@@ -944,7 +956,7 @@ interval = "1s"
             |_| None,
         )
         .unwrap();
-        let settings = crate::rules::Settings::default();
+        let settings = backstop_judge::rules::Settings::default();
         let span = window_span(&config.rules, &config.probes[0], &settings);
         let slots = vec![Arc::new(ProbeSlot::new(config.probes[0].clone(), span))];
         let watcher = Watcher::new(
@@ -990,7 +1002,7 @@ interval = "1s"
     async fn tick(judge: &mut Judge, latency_ms: f64) -> Instant {
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Ok(backstop_probes::Report::new().with("latency_ms", latency_ms)),
             Duration::from_millis(1),
             None,
@@ -1031,7 +1043,7 @@ interval = "1s"
     }
 
     fn fail(judge: &Judge) {
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Err(backstop_probes::ProbeError::unhealthy("status 503")),
             Duration::from_millis(1),
             None,
@@ -1108,7 +1120,7 @@ depends_on = ["db"]
         } else {
             Err(backstop_probes::ProbeError::unhealthy("down"))
         };
-        let obs = crate::observe::Observation::from_result(result, Duration::from_millis(1), None);
+        let obs = crate::schedule::observation(result, Duration::from_millis(1), None);
         slot.state.lock().unwrap().record(obs, Instant::now());
     }
 
@@ -1165,7 +1177,7 @@ depends_on = ["db"]
         // db's own probe cannot run (the agent's fault): whether db is
         // behind health's failures is unknown, and the rules wait.
         tokio::time::advance(Duration::from_secs(1)).await;
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Err(backstop_probes::ProbeError::cannot_run(
                 "password authentication failed",
             )),

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::Baseline;
 use crate::config::StoreConfig;
-use crate::evidence::Evidence;
+use backstop_judge::baseline::Baseline;
+use backstop_judge::evidence::Evidence;
 
 /// Where a deployment is in its life, as SPEC names the states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use super::{DeploymentRecord, RollbackRecord, Store};
-use crate::baseline::Baseline;
+use backstop_judge::baseline::Baseline;
 
 /// One write, as the watch hands it over.
 pub enum Write {
