@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use backstop::baseline::{Baseline, BaselineBuilder};
-use backstop::observe::{Outcome, ProbeState, Sample};
-use backstop::rules::{self, Expr, Input, Settings, Verdict};
+use backstop_judge::baseline::{Baseline, BaselineBuilder};
+use backstop_judge::observe::{Outcome, ProbeState, Sample};
+use backstop_judge::rules::{self, Expr, Input, Settings, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Binomial, Distribution, LogNormal, Poisson};

@@ -2,7 +2,7 @@
 //!
 //! - rule evaluation: a `for 5m` rule over a 300-sample window, and an
 //!   `Nx baseline` rule over 2,000 current against 2,000 baseline samples;
-//! - the significance test behind it (`judge::shift`) on 2 × 2,000 samples;
+//! - the significance test behind it (`stats::shift`) on 2 × 2,000 samples;
 //! - rendering `/metrics` with 1,000 probes' series;
 //! - reading a 5,000-line Prometheus exposition through the `scrape`
 //!   probe's own cutting and parsing;
@@ -18,12 +18,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use backstop::baseline::{Baseline, ProbeBaseline, SignalBaseline, Summary};
 use backstop::config::Config;
-use backstop::judge::{self, Worse};
-use backstop::observe::{Observation, Outcome, ProbeState, Sample};
-use backstop::rules::{self, Input, Settings, Verdict};
 use backstop::telemetry::{self, ProbeMetrics};
+use backstop_judge::baseline::{Baseline, ProbeBaseline, SignalBaseline, Summary};
+use backstop_judge::observe::{Outcome, ProbeState, Sample};
+use backstop_judge::rules::{self, Input, Settings, Verdict};
+use backstop_judge::stats::{self, Worse};
 use backstop_probes::scrape::{ScrapeConfig, ScrapeProbe};
 use backstop_probes::{Context, Report};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -145,21 +145,21 @@ fn significance(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(SEED + 1);
     let current = latencies(&mut rng, 2000, 22.0);
     let base = latencies(&mut rng, 2000, 20.0);
-    c.bench_function("judge::shift (U test), 2x2000 samples", |b| {
+    c.bench_function("stats::shift (U test), 2x2000 samples", |b| {
         b.iter(|| {
-            judge::shift(
+            stats::shift(
                 black_box(&current),
                 black_box(&base),
                 2.0,
                 Worse::Larger,
                 false,
-                judge::DEFAULT_ALPHA,
-                judge::DEFAULT_MIN_SAMPLES,
+                stats::DEFAULT_ALPHA,
+                stats::DEFAULT_MIN_SAMPLES,
             )
         })
     });
-    c.bench_function("judge::mann_whitney, 2x2000 samples", |b| {
-        b.iter(|| judge::mann_whitney(black_box(&current), black_box(&base)))
+    c.bench_function("stats::mann_whitney, 2x2000 samples", |b| {
+        b.iter(|| stats::mann_whitney(black_box(&current), black_box(&base)))
     });
 }
 
@@ -172,7 +172,7 @@ fn metrics_rendering(c: &mut Criterion) {
     for (i, m) in probes.iter().enumerate() {
         for k in 0..20 {
             let ms = 1.0 + ((i * 7 + k * 13) % 400) as f64;
-            let obs = Observation::from_result(
+            let obs = backstop::schedule::observation(
                 Ok(Report::new().with("latency_ms", ms)),
                 Duration::from_secs_f64(ms / 1e3),
                 None,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak: the release binary with many probes at short intervals against a
 # local nginx. It first warms up until every probe's window is at its cap
-# (`MAX_SAMPLES` in agent/src/observe.rs, read from `/status`), so the
+# (`MAX_SAMPLES` in judge/src/observe.rs, read from `/status`), so the
 # memory the windows are allowed to hold is all held; then it measures for
 # SECONDS (default 300 s: 200 probes every 100 ms make 600,000 checks, two
 # days of checks at a 1-minute interval). It samples the agent's RSS, open
@@ -20,8 +20,8 @@ seconds=${1:-300}
 probes=${2:-200}
 interval_ms=${3:-100}
 every=${4:-5}
-cap=$(sed -nE 's/^pub const MAX_SAMPLES: usize = ([0-9_]+);.*/\1/p' agent/src/observe.rs | tr -d _)
-[ -n "$cap" ] || { echo "cannot read MAX_SAMPLES from agent/src/observe.rs" >&2; exit 1; }
+cap=$(sed -nE 's/^pub const MAX_SAMPLES: usize = ([0-9_]+);.*/\1/p' judge/src/observe.rs | tr -d _)
+[ -n "$cap" ] || { echo "cannot read MAX_SAMPLES from judge/src/observe.rs" >&2; exit 1; }
 fill_s=$(( cap * interval_ms / 1000 ))
 max_warmup=${MAX_WARMUP:-$(( 2 * fill_s + 60 ))}
 

@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use crate::config::Config;
-use crate::observe::{Observation, Outcome};
 use crate::schedule::check_once;
+use backstop_judge::observe::{Observation, Outcome};
 
 /// One probe's result, as printed.
 pub struct CheckResult {
@@ -25,7 +25,7 @@ pub async fn run_checks(config: &Config, level: Option<u8>) -> Vec<CheckResult> 
     let futures = selected.map(|cfg| async move {
         let observation = match cfg.build() {
             Ok(probe) => check_once(&probe, cfg).await,
-            Err(problems) => Observation::from_result(
+            Err(problems) => crate::schedule::observation(
                 Err(backstop_probes::ProbeError::cannot_run(
                     problems
                         .iter()

@@ -320,7 +320,7 @@ pub struct RuleConfig {
     pub default: bool,
     /// `when`, parsed; always `Some` in a validated [`Config`].
     #[serde(skip)]
-    pub expr: Option<crate::rules::Expr>,
+    pub expr: Option<backstop_judge::rules::Expr>,
 }
 
 /// What a rule does when it holds.
@@ -431,10 +431,10 @@ impl ProbeConfig {
         self.spec
             .signals()
             .iter()
-            .any(|s| s.name == crate::rules::LATENCY)
+            .any(|s| s.name == backstop_judge::rules::LATENCY)
             && !own_kind
                 .iter()
-                .any(|s| crate::rules::percentile_of(&s.name).is_some())
+                .any(|s| backstop_judge::rules::percentile_of(&s.name).is_some())
     }
 
     /// Every signal a rule on this probe may read: what it yields, the
@@ -447,9 +447,13 @@ impl ProbeConfig {
             .map(|s| s.name.into_owned())
             .collect();
         if self.latency_percentiles() {
-            names.extend(crate::rules::PERCENTILES.iter().map(|(n, _)| n.to_string()));
+            names.extend(
+                backstop_judge::rules::PERCENTILES
+                    .iter()
+                    .map(|(n, _)| n.to_string()),
+            );
         }
-        names.push(crate::rules::CONSECUTIVE_FAILURES.to_string());
+        names.push(backstop_judge::rules::CONSECUTIVE_FAILURES.to_string());
         names
     }
 
@@ -768,7 +772,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         let probes: Vec<ProbeConfig> = probes.into_iter().flatten().collect();
         let mut rules = rules.unwrap_or_default();
         for (i, r) in rules.iter_mut().enumerate() {
-            match crate::rules::parse(&r.when) {
+            match backstop_judge::rules::parse(&r.when) {
                 Ok(e) => r.expr = Some(e),
                 Err(e) => self.error(format!("rule[{i}].when"), format!("{e}: {}", r.when)),
             }
@@ -777,7 +781,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         if default_rules {
             rules = crate::defaults::merge(rules, crate::defaults::rules_for(&probes));
             for r in rules.iter_mut().filter(|r| r.expr.is_none() && r.default) {
-                r.expr = Some(crate::rules::parse(&r.when).expect("default rules parse"));
+                r.expr = Some(backstop_judge::rules::parse(&r.when).expect("default rules parse"));
             }
             // A default rule over a signal its probe is not set up to yield
             // (a `scrape` probe without `latency`) is left out.
@@ -1765,5 +1769,64 @@ type = "smtp"
         assert!(err.contains("world-writable"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(Config::load_file(&path).is_ok());
+    }
+}
+
+/// A rule's `when` is parsed by the rule language (`backstop_judge::rules`);
+/// its errors are the configuration's, on the rule's key.
+#[cfg(test)]
+mod rule_tests {
+    use super::Config;
+
+    #[test]
+    fn a_bad_when_is_a_configuration_error_on_its_key() {
+        let text = r#"
+[service]
+name = "web"
+
+[[probe]]
+name = "app"
+level = 1
+type = "tcp"
+address = "127.0.0.1:8080"
+
+[[rule]]
+name = "ok"
+probe = "app"
+when = "consecutive_failures >= 3"
+
+[[rule]]
+name = "typo"
+probe = "app"
+when = "error_rate > x% for 5m"
+
+[[rule]]
+name = "another"
+probe = "app"
+when = "latency_ms > 200 or"
+"#;
+        let errors = Config::parse(text, |_| None).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "rule[1].when: expected a number after \">\", found \"x%\" at column 14: error_rate > x% for 5m (line 19)",
+                "rule[2].when: expected a signal name, found the end at column 20: latency_ms > 200 or (line 24)",
+            ]
+        );
+        // Fixed, and over a signal a tcp probe yields.
+        let good = text
+            .replace("error_rate > x%", "latency_ms > 250")
+            .replace(" or\"", "\"");
+        let config = Config::parse(&good, |_| None).unwrap();
+        assert_eq!(
+            config.rules[1]
+                .expr
+                .as_ref()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("latency_ms > 250 for 5m")
+        );
+        assert!(config.rules.iter().all(|r| r.expr.is_some()));
     }
 }

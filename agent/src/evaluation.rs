@@ -11,11 +11,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::baseline::Baseline;
 use crate::config::{ProbeConfig, RuleConfig};
 use crate::schedule::ProbeSlot;
 use crate::store::writer::{Write, Writer};
 use crate::watch::RuleStatus;
+use backstop_judge::baseline::Baseline;
 
 /// How far back a window reaches at least, whatever the deployment's state:
 /// only the probe's rules (and `/status`) read it. The baseline of a watch
@@ -27,7 +27,7 @@ pub const SETTLED_SPAN: Duration = Duration::from_secs(60);
 pub struct Evaluation {
     pub slots: Vec<Arc<ProbeSlot>>,
     rules: Vec<RuleConfig>,
-    settings: crate::rules::Settings,
+    settings: backstop_judge::rules::Settings,
     warmup: Duration,
     /// The baseline rules compare with: the last stable deployment's.
     pub baseline: Option<Baseline>,
@@ -57,7 +57,7 @@ pub struct Evaluation {
 pub fn window_span(
     rules: &[RuleConfig],
     cfg: &ProbeConfig,
-    settings: &crate::rules::Settings,
+    settings: &backstop_judge::rules::Settings,
 ) -> Duration {
     rules
         .iter()
@@ -74,7 +74,7 @@ impl Evaluation {
     pub fn new(
         slots: Vec<Arc<ProbeSlot>>,
         rules: Vec<RuleConfig>,
-        settings: crate::rules::Settings,
+        settings: backstop_judge::rules::Settings,
         warmup: Duration,
         baseline: Option<Baseline>,
     ) -> Self {
@@ -153,7 +153,7 @@ impl Evaluation {
     /// it failed since this probe's last check started, whose failure may
     /// still be the dependency's.
     pub fn held_by(&self, si: usize) -> Option<crate::watch::Held> {
-        use crate::observe::Outcome;
+        use backstop_judge::observe::Outcome;
         let dependent = &self.slots[si];
         let (checked, streak_since) = {
             let state = dependent.state.lock().expect("probe state lock");
@@ -249,9 +249,9 @@ impl Evaluation {
                     Some(seen) => *seen = state.recorded,
                     None => self.seen.push(state.recorded),
                 }
-                crate::rules::evaluate(
+                backstop_judge::rules::evaluate(
                     expr,
-                    &crate::rules::Input {
+                    &backstop_judge::rules::Input {
                         probe: &rule.probe,
                         state: &state,
                         baseline: self.baseline.as_ref(),
@@ -263,9 +263,9 @@ impl Evaluation {
                 )
             };
             let verdict = match &judgement.verdict {
-                crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                crate::rules::Verdict::Inconclusive(why) => {
+                backstop_judge::rules::Verdict::Holds => crate::watch::Verdict::Holds,
+                backstop_judge::rules::Verdict::Clear => crate::watch::Verdict::Clear,
+                backstop_judge::rules::Verdict::Inconclusive(why) => {
                     crate::watch::Verdict::Inconclusive(why.clone())
                 }
             };
@@ -279,8 +279,15 @@ impl Evaluation {
                 probe: rule.probe.clone(),
                 action: rule.action,
                 after_stable: rule.after_stable,
-                evidence: crate::rules::evidence(rule, &judgement),
-                detail: crate::rules::Detail {
+                evidence: backstop_judge::rules::evidence(
+                    backstop_judge::rules::RuleRef {
+                        name: &rule.name,
+                        probe: &rule.probe,
+                        when: &rule.when,
+                    },
+                    &judgement,
+                ),
+                detail: backstop_judge::rules::Detail {
                     when: rule.when.clone(),
                     default: rule.default,
                     findings: judgement.findings,
@@ -310,7 +317,11 @@ impl Evaluation {
             let mut state = slot.state.lock().expect("probe state lock");
             match &watched {
                 Some(id) => {
-                    state.start_feed(crate::baseline::Feed::new(id, &slot.cfg.name, since));
+                    state.start_feed(backstop_judge::baseline::Feed::new(
+                        id,
+                        &slot.cfg.name,
+                        since,
+                    ));
                 }
                 None => state.feed = None,
             }
@@ -356,7 +367,7 @@ impl Evaluation {
     /// is kept through `writer`.
     pub fn record_baseline(&mut self, deployment: &str, age: Duration, writer: &Writer) {
         let since = self.warmup_end(age);
-        let mut baseline = crate::baseline::Baseline {
+        let mut baseline = backstop_judge::baseline::Baseline {
             deployment: deployment.to_string(),
             ..Default::default()
         };
@@ -365,7 +376,8 @@ impl Evaluation {
             let feed = match state.feed.take() {
                 Some(feed) if feed.deployment() == deployment => *feed,
                 _ => {
-                    let mut feed = crate::baseline::Feed::new(deployment, &slot.cfg.name, since);
+                    let mut feed =
+                        backstop_judge::baseline::Feed::new(deployment, &slot.cfg.name, since);
                     feed.add_all(&state.window);
                     feed
                 }
@@ -421,7 +433,7 @@ action = "alert"
             |_| None,
         )
         .unwrap();
-        let settings = crate::rules::Settings::default();
+        let settings = backstop_judge::rules::Settings::default();
         let span = |i: usize| window_span(&config.rules, &config.probes[i], &settings);
         // Before, a window reached over the whole watch (here 2 h) until the
         // deployment turned stable; now only what the rules need.

@@ -1,37 +1,9 @@
-//! Why the agent acts: the same account of a rule that fired goes to
-//! `/status`, the log, every notification and every rollback call.
+//! Why the agent acts: the same account of a rule that fired (the rules'
+//! [`Evidence`]) goes to `/status`, the log, every notification and every
+//! rollback call; here are the calls and events that carry it.
 
+use backstop_judge::evidence::Evidence;
 use serde::{Deserialize, Serialize};
-
-/// One condition that held, with its numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// The rule's name.
-    pub rule: String,
-    /// The probe whose signals the rule read.
-    pub probe: String,
-    /// The rule's `when` expression as written.
-    pub expression: String,
-    /// The signal compared, e.g. `error_rate`.
-    pub signal: Option<String>,
-    /// The value seen (over the window, when there is one).
-    pub observed: Option<f64>,
-    /// The value it was compared against.
-    pub threshold: Option<f64>,
-    /// The `for` window, as written (`5m`).
-    pub window: Option<String>,
-    /// The baseline's value, for `Nx baseline` comparisons.
-    pub baseline: Option<f64>,
-    /// `observed / baseline`, for `Nx baseline` comparisons. Absent from
-    /// records written before it was kept.
-    #[serde(default)]
-    pub ratio: Option<f64>,
-    /// The one-sided p-value of a baseline comparison (see `judge`).
-    #[serde(default)]
-    pub p_value: Option<f64>,
-    /// One sentence a person can read at 3 a.m.
-    pub summary: String,
-}
 
 /// What a rollback target is asked to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

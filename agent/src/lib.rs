@@ -1,8 +1,8 @@
-//! The backstop agent: reads the configuration, schedules the probes, judges
-//! what they report, and serves `/healthz`, `/status` and `/metrics`.
+//! The backstop agent: reads the configuration, schedules the probes, has
+//! what they report judged (`backstop_judge`), acts on the verdicts, and
+//! serves `/healthz`, `/status` and `/metrics`.
 
 pub mod app;
-pub mod baseline;
 pub mod check;
 pub mod config;
 pub mod defaults;
@@ -12,12 +12,9 @@ pub mod duration;
 pub mod evaluation;
 pub mod evidence;
 pub mod fleet;
-pub mod judge;
 pub mod notify;
-pub mod observe;
 pub mod retry;
 pub mod rollback;
-pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod secret;

@@ -42,7 +42,7 @@ pub async fn run(
     let wake = Arc::new(Wake::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let settings = crate::rules::Settings::default();
+    let settings = backstop_judge::rules::Settings::default();
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one
@@ -570,7 +570,7 @@ interval = "1s"
             |_| None,
         )
         .unwrap();
-        let settings = crate::rules::Settings::default();
+        let settings = backstop_judge::rules::Settings::default();
         let span = window_span(&config.rules, &config.probes[0], &settings);
         let slots = vec![Arc::new(ProbeSlot::new(config.probes[0].clone(), span))];
         let watcher = Watcher::new(
@@ -610,7 +610,7 @@ interval = "1s"
     async fn tick(wl: &mut WatchLoop, latency_ms: f64) -> Instant {
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Ok(backstop_probes::Report::new().with("latency_ms", latency_ms)),
             Duration::from_millis(1),
             None,
@@ -651,7 +651,7 @@ interval = "1s"
     }
 
     fn fail(wl: &WatchLoop) {
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Err(backstop_probes::ProbeError::unhealthy("status 503")),
             Duration::from_millis(1),
             None,
@@ -731,7 +731,7 @@ depends_on = ["db"]
         } else {
             Err(backstop_probes::ProbeError::unhealthy("down"))
         };
-        let obs = crate::observe::Observation::from_result(result, Duration::from_millis(1), None);
+        let obs = crate::schedule::observation(result, Duration::from_millis(1), None);
         slot.state.lock().unwrap().record(obs, Instant::now());
     }
 
@@ -744,7 +744,7 @@ depends_on = ["db"]
             eval: Evaluation::new(
                 slots.clone(),
                 vec![],
-                crate::rules::Settings::default(),
+                backstop_judge::rules::Settings::default(),
                 Duration::from_secs(30),
                 None,
             ),
@@ -793,7 +793,7 @@ depends_on = ["db"]
         // db's own probe cannot run (the agent's fault): whether db is
         // behind health's failures is unknown, and the rules wait.
         tokio::time::advance(Duration::from_secs(1)).await;
-        let obs = crate::observe::Observation::from_result(
+        let obs = crate::schedule::observation(
             Err(backstop_probes::ProbeError::cannot_run(
                 "password authentication failed",
             )),

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop_probes::Probe;
+use backstop_probes::{Probe, ProbeError, Report};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::ProbeConfig;
-use crate::observe::{Observation, Outcome, ProbeState};
 use crate::telemetry::ProbeMetrics;
+use backstop_judge::observe::{Observation, Outcome, ProbeState};
 
 /// A probe's configuration and the state the scheduler keeps for it.
 pub struct ProbeSlot {
@@ -104,16 +104,32 @@ pub async fn check_once(probe: &impl Check, cfg: &ProbeConfig) -> Observation {
     let run = AssertUnwindSafe(Box::pin(probe.check())).catch_unwind();
     let grace = (cfg.timeout / 10).min(Duration::from_millis(250));
     match tokio::time::timeout(cfg.timeout + grace, run).await {
-        Ok(Ok(result)) => Observation::from_result(result, start.elapsed(), cfg.max_latency),
-        Ok(Err(_panic)) => Observation::from_result(
-            Err(backstop_probes::ProbeError::cannot_run(
-                "the probe panicked (agent bug)",
-            )),
+        Ok(Ok(result)) => observation(result, start.elapsed(), cfg.max_latency),
+        Ok(Err(_panic)) => observation(
+            Err(ProbeError::cannot_run("the probe panicked (agent bug)")),
             start.elapsed(),
             None,
         ),
         Err(_) => Observation::timed_out(cfg.timeout),
     }
+}
+
+/// What a probe reported, as an observation judged against `max_latency`
+/// (`elapsed` is the wall time of the check): a check that succeeded is
+/// `ok`, or `degraded` when slower than `max_latency`; an unhealthy target
+/// is `failed`, with whatever was measured before the failure; a probe that
+/// could not run is `error`, with no signals.
+pub fn observation(
+    result: Result<Report, ProbeError>,
+    elapsed: Duration,
+    max_latency: Option<Duration>,
+) -> Observation {
+    let (outcome, report, error) = match result {
+        Ok(report) => (Outcome::Ok, report, None),
+        Err(ProbeError::Unhealthy { message, report }) => (Outcome::Failed, report, Some(message)),
+        Err(ProbeError::CannotRun(message)) => (Outcome::Error, Report::new(), Some(message)),
+    };
+    Observation::from_check(outcome, report.signals, error, elapsed, max_latency)
 }
 
 /// The random delay before a probe's first check: up to one interval, at
@@ -232,7 +248,6 @@ fn log_observation(cfg: &ProbeConfig, obs: &Observation, flipped: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_probes::{ProbeError, Report};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A probe that takes `delay` and counts overlapping checks.
@@ -291,6 +306,38 @@ mod tests {
             },
             overlaps,
         )
+    }
+
+    #[test]
+    fn a_probe_result_is_an_observation_of_whose_fault_it_is() {
+        let unhealthy = observation(
+            Err(ProbeError::Unhealthy {
+                message: "503".into(),
+                report: Report::new().with("status", 503.0),
+            }),
+            Duration::from_secs(2),
+            None,
+        );
+        assert_eq!(unhealthy.outcome, Outcome::Failed);
+        assert_eq!(unhealthy.error.as_deref(), Some("503"));
+        assert_eq!(
+            unhealthy.signals,
+            [("status", 503.0), ("latency_ms", 2000.0)]
+        );
+        let own = observation(
+            Err(ProbeError::cannot_run("no credentials")),
+            Duration::from_secs(2),
+            None,
+        );
+        assert_eq!(own.outcome, Outcome::Error);
+        assert_eq!(own.error.as_deref(), Some("no credentials"));
+        assert!(own.signals.is_empty());
+        let slow = observation(
+            Ok(Report::new().with("latency_ms", 150.0)),
+            Duration::from_millis(151),
+            Some(Duration::from_millis(100)),
+        );
+        assert_eq!((slow.outcome, slow.error), (Outcome::Degraded, None));
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,8 +12,8 @@ pub mod writer;
 
 use std::path::Path;
 
-use crate::baseline::Baseline;
 use crate::config::StoreConfig;
+use backstop_judge::baseline::Baseline;
 
 pub use records::{now_ms, Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use metrics::{describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::observe::{Observation, Outcome};
+use backstop_judge::observe::{Observation, Outcome};
 
 /// Buckets of `backstop_probe_duration_seconds`.
 pub const DURATION_BUCKETS: &[f64] = &[

@@ -9,9 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(expr) = backstop::rules::parse(text) {
+    if let Ok(expr) = backstop_judge::rules::parse(text) {
         let shown = expr.to_string();
-        let again = backstop::rules::parse(&shown)
+        let again = backstop_judge::rules::parse(&shown)
             .unwrap_or_else(|e| panic!("{text:?} printed as {shown:?}, which does not parse: {e}"));
         assert_eq!(again, expr, "{text:?} printed as {shown:?}");
         assert_eq!(again.to_string(), shown);

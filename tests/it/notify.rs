@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::config::Config;
-use backstop::evidence::{Event, EventKind, Evidence};
+use backstop::evidence::{Event, EventKind};
 use backstop::notify::Notifiers;
+use backstop_judge::evidence::Evidence;
 use backstop_tests::{HttpServer, Recorded, Reply};
 use serde_json::json;
 

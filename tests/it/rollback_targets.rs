@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::config::Config;
-use backstop::evidence::{Evidence, Reconciled, RollbackRequest};
+use backstop::evidence::{Reconciled, RollbackRequest};
 use backstop::rollback::{RollbackError, Target};
+use backstop_judge::evidence::Evidence;
 use backstop_tests::{HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
 

@@ -7,14 +7,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::baseline::{Baseline, BaselineBuilder};
 use backstop::config::StoreConfig;
-use backstop::evidence::Evidence;
-use backstop::observe::{Outcome, Sample};
 use backstop::secret::Secret;
 use backstop::store::{
     now_ms, Claim, DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState,
 };
+use backstop_judge::baseline::{Baseline, BaselineBuilder};
+use backstop_judge::evidence::Evidence;
+use backstop_judge::observe::{Outcome, Sample};
 use backstop_tests::{backstop_bin, closed_port, postgres_url, HttpServer, PostgresServer, Reply};
 use serde_json::json;
 

@@ -648,7 +648,7 @@ fn number(v: f64) -> String {
 /// One line per piece of evidence: which rule, what it compared, and the
 /// numbers, e.g. ``latency (app) `p95_ms > 2x baseline for 5m`: p95_ms 480
 /// vs threshold 400, over 5m, baseline 200``.
-fn evidence_line(e: &crate::evidence::Evidence) -> String {
+fn evidence_line(e: &backstop_judge::evidence::Evidence) -> String {
     let mut line = format!("{} ({}) `{}`", e.rule, e.probe, e.expression);
     match (e.observed, e.threshold) {
         (Some(v), t) => {

@@ -127,7 +127,7 @@ fn icon(kind: EventKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::Evidence;
+    use backstop_judge::evidence::Evidence;
 
     #[test]
     fn escapes_markup_in_the_evidence_and_caps_the_header() {

@@ -9,7 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::records::{Claim, DeploymentRecord, RollbackRecord};
-use crate::baseline::Baseline;
+use backstop_judge::baseline::Baseline;
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const ROLLBACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollbacks");

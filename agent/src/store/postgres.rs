@@ -19,8 +19,8 @@ use deadpool_postgres::{
 use tokio_postgres::{NoTls, Row};
 
 use super::records::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
-use crate::baseline::Baseline;
 use crate::config::StoreConfig;
+use backstop_judge::baseline::Baseline;
 
 /// The newest schema version this build knows; `backstop_schema_version`
 /// holds one row per version applied.
@@ -823,15 +823,15 @@ fn describe_pool(e: &PoolError, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::BaselineBuilder;
+    use backstop_judge::baseline::BaselineBuilder;
 
     #[test]
     fn a_baseline_split_into_summary_and_reservoir_joins_back_whole() {
         let mut b = BaselineBuilder::with_capacity("v1", 10, 7);
         let now = tokio::time::Instant::now();
         for i in 0..25 {
-            let sample = crate::observe::Sample::new(
-                crate::observe::Outcome::Ok,
+            let sample = backstop_judge::observe::Sample::new(
+                backstop_judge::observe::Outcome::Ok,
                 now,
                 vec![("latency_ms", i as f64), ("p95_ms", 10.0 + i as f64 / 3.0)],
             );

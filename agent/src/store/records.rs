@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::evidence::Evidence;
+use backstop_judge::evidence::Evidence;
 
 /// Where a deployment is in its life, as SPEC names the states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

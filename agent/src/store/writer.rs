@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::records::{DeploymentRecord, RollbackRecord};
 use super::Store;
-use crate::baseline::Baseline;
+use backstop_judge::baseline::Baseline;
 
 /// One write, as the watch hands it over.
 pub enum Write {

@@ -26,11 +26,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Action;
-use crate::evidence::{Event, EventKind, Evidence, Reconciled, RollbackDone, RollbackRequest};
+use crate::evidence::{Event, EventKind, Reconciled, RollbackDone, RollbackRequest};
 use crate::fleet::link::{Link, Outgoing};
 use crate::fleet::{tally, Coordinator, FleetConfig, LossPolicy, Report, Vote};
 use crate::store::writer::{Write, Writer};
 use crate::store::{DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
+use backstop_judge::evidence::Evidence;
 use job::{Done, Ended, Jobs, ManualReply};
 
 /// A platform that can roll a deployment back (see `rollback`).
@@ -82,7 +83,7 @@ pub struct RuleStatus {
     /// One entry per condition that holds; empty unless the rule holds.
     pub evidence: Vec<Evidence>,
     /// The numbers behind the verdict, for `/status`.
-    pub detail: crate::rules::Detail,
+    pub detail: backstop_judge::rules::Detail,
     /// A probe of the rule's probe's `depends_on` that fails, or may have
     /// caused what the rule saw: a rollback rule that holds is then held,
     /// never acted on.
@@ -204,7 +205,7 @@ pub struct RuleView {
     pub verdict: &'static str,
     pub reason: Option<String>,
     pub summary: Option<String>,
-    pub detail: crate::rules::Detail,
+    pub detail: backstop_judge::rules::Detail,
 }
 
 /// The fleet side of the watch (`[fleet]`): what this replica published and

@@ -664,63 +664,6 @@ mod tests {
 }
 
 #[cfg(test)]
-mod config_tests {
-    use crate::config::Config;
-
-    #[test]
-    fn a_bad_when_is_a_configuration_error_on_its_key() {
-        let text = r#"
-[service]
-name = "web"
-
-[[probe]]
-name = "app"
-level = 1
-type = "tcp"
-address = "127.0.0.1:8080"
-
-[[rule]]
-name = "ok"
-probe = "app"
-when = "consecutive_failures >= 3"
-
-[[rule]]
-name = "typo"
-probe = "app"
-when = "error_rate > x% for 5m"
-
-[[rule]]
-name = "another"
-probe = "app"
-when = "latency_ms > 200 or"
-"#;
-        let errors = Config::parse(text, |_| None).unwrap_err();
-        let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
-        assert_eq!(
-            lines,
-            [
-                "rule[1].when: expected a number after \">\", found \"x%\" at column 14: error_rate > x% for 5m (line 19)",
-                "rule[2].when: expected a signal name, found the end at column 20: latency_ms > 200 or (line 24)",
-            ]
-        );
-        // Fixed, and over a signal a tcp probe yields.
-        let good = text
-            .replace("error_rate > x%", "latency_ms > 250")
-            .replace(" or\"", "\"");
-        let config = Config::parse(&good, |_| None).unwrap();
-        assert_eq!(
-            config.rules[1]
-                .expr
-                .as_ref()
-                .map(|e| e.to_string())
-                .as_deref(),
-            Some("latency_ms > 250 for 5m")
-        );
-        assert!(config.rules.iter().all(|r| r.expr.is_some()));
-    }
-}
-
-#[cfg(test)]
 mod span_tests {
     use std::time::Duration;
 

@@ -602,17 +602,13 @@ async fn evidence_reads_as_a_sentence() {
     let mut items: Vec<_> = (0..10).map(|_| ok(rate(0.09, 41.0))).collect();
     items[3] = ok(rate(0.079, 43.0));
     feed(&mut s, S30, items).await;
-    let rule = RuleConfig {
-        name: "errors".into(),
-        probe: "app".into(),
-        when: "error_rate > 5% for 5m".into(),
-        action: crate::config::Action::Rollback,
-        after_stable: false,
-        default: false,
-        expr: None,
+    let rule = RuleRef {
+        name: "errors",
+        probe: "app",
+        when: "error_rate > 5% for 5m",
     };
-    let j = judge(&rule.when, &s, None);
-    let ev = evidence(&rule, &j);
+    let j = judge(rule.when, &s, None);
+    let ev = evidence(rule, &j);
     assert_eq!(ev.len(), 1);
     assert_eq!(
         ev[0].summary,
@@ -626,7 +622,7 @@ async fn evidence_reads_as_a_sentence() {
 
     // Nothing to show for a rule that does not hold.
     let j = judge("error_rate > 10% for 5m", &s, None);
-    assert!(evidence(&rule, &j).is_empty());
+    assert!(evidence(rule, &j).is_empty());
     assert_eq!(j.summary("app"), "clear");
 
     // The baseline's numbers are in the sentence too.
@@ -644,12 +640,12 @@ async fn evidence_reads_as_a_sentence() {
         "{line}"
     );
     // And in the evidence's own fields, for whoever reads the rollback call.
-    let rule = RuleConfig {
-        name: "latency".into(),
-        when: "p95_ms > 2x baseline for 5m".into(),
+    let rule = RuleRef {
+        name: "latency",
+        when: "p95_ms > 2x baseline for 5m",
         ..rule
     };
-    let ev = evidence(&rule, &j);
+    let ev = evidence(rule, &j);
     let f = &j.findings[0];
     assert_eq!(ev.len(), 1);
     assert_eq!(

@@ -10,16 +10,15 @@ use super::{
     is_rate_signal, percentile_of, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES, LATENCY,
 };
 use crate::baseline::{self, Baseline, ERROR_RATE};
-use crate::config::RuleConfig;
 use crate::evidence::Evidence;
-use crate::judge::{self, Counts, Worse};
 use crate::observe::{Outcome, ProbeState, Sample, SignalId};
+use crate::stats::{self, Counts, Worse};
 
 /// The knobs of judgement; the defaults are what SPEC promises.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Significance level of a baseline comparison. Default
-    /// [`judge::DEFAULT_ALPHA`] (0.01).
+    /// [`stats::DEFAULT_ALPHA`] (0.01).
     pub alpha: f64,
     /// Fewest samples per side of a U test. Default 20.
     pub min_samples: usize,
@@ -33,8 +32,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            alpha: judge::DEFAULT_ALPHA,
-            min_samples: judge::DEFAULT_MIN_SAMPLES,
+            alpha: stats::DEFAULT_ALPHA,
+            min_samples: stats::DEFAULT_MIN_SAMPLES,
             min_requests: 200.0,
             baseline_window: Duration::from_secs(300),
         }
@@ -358,7 +357,7 @@ fn absolute_percentile(
     let pts = in_window(points(input.state, LATENCY), input.now, span);
     f.samples = pts.len();
     let values: Vec<f64> = pts.iter().map(|p| p.value).collect();
-    let Some(observed) = crate::judge::quantile(&values, q) else {
+    let Some(observed) = crate::stats::quantile(&values, q) else {
         return inconclusive(format!(
             "no {LATENCY} in the last {}",
             crate::duration::format(span)
@@ -430,7 +429,7 @@ fn percentile_against_baseline(
     f.test = Some("quantile");
     f.baseline_samples = Some(before.samples.len());
     let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
-    let result = judge::quantile_shift(
+    let result = stats::quantile_shift(
         &now,
         &before.samples,
         q,
@@ -456,7 +455,7 @@ fn direction(op: Op) -> Option<(Worse, bool)> {
 }
 
 /// The verdict of a baseline comparison, its numbers noted in `f`.
-fn shifted(result: Result<judge::Shift, String>, f: &mut Finding) -> Verdict {
+fn shifted(result: Result<stats::Shift, String>, f: &mut Finding) -> Verdict {
     match result {
         Err(why) => inconclusive(why),
         Ok(s) => {
@@ -587,7 +586,7 @@ fn against_baseline(
         (true, Some(now), Some(before)) => {
             f.test = Some("fisher");
             f.baseline_requests = Some(before.requests);
-            judge::rate_shift(
+            stats::rate_shift(
                 now,
                 before,
                 factor,
@@ -607,7 +606,7 @@ fn against_baseline(
             f.test = Some("mann_whitney");
             f.baseline_samples = Some(before.samples.len());
             let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
-            judge::shift(
+            stats::shift(
                 &now,
                 &before.samples,
                 factor,
@@ -693,9 +692,21 @@ impl Judgement {
     }
 }
 
+/// The rule a judgement is of, as the configuration names it: what its
+/// evidence is labelled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleRef<'a> {
+    /// The rule's name.
+    pub name: &'a str,
+    /// The probe whose signals the rule reads.
+    pub probe: &'a str,
+    /// The rule's `when` expression as written.
+    pub when: &'a str,
+}
+
 /// The evidence of a rule that Holds: one entry per comparison that held.
 /// Empty when the rule does not hold, so nothing can act on it.
-pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
+pub fn evidence(rule: RuleRef<'_>, judgement: &Judgement) -> Vec<Evidence> {
     if !judgement.verdict.holds() {
         return Vec::new();
     }
@@ -704,9 +715,9 @@ pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
         .iter()
         .filter(|f| f.verdict.holds())
         .map(|f| Evidence {
-            rule: rule.name.clone(),
-            probe: rule.probe.clone(),
-            expression: rule.when.clone(),
+            rule: rule.name.to_owned(),
+            probe: rule.probe.to_owned(),
+            expression: rule.when.to_owned(),
             signal: Some(f.signal.clone()),
             observed: f.observed,
             threshold: f.threshold,
@@ -714,7 +725,7 @@ pub fn evidence(rule: &RuleConfig, judgement: &Judgement) -> Vec<Evidence> {
             baseline: f.baseline,
             ratio: f.ratio,
             p_value: f.p_value,
-            summary: f.summary(&rule.probe),
+            summary: f.summary(rule.probe),
         })
         .collect()
 }

@@ -51,7 +51,7 @@
 //! - **`Nx baseline` and `baseline + N%`** compare the current samples of the
 //!   signal — the `for` window, which must be covered, or without `for` the
 //!   last [`Settings::baseline_window`] — with the baseline's samples of the
-//!   same signal and probe, through [`crate::judge`]. It Holds only when both
+//!   same signal and probe, through [`crate::stats`]. It Holds only when both
 //!   the effect is beyond the threshold on the median (current median > N ×
 //!   baseline median, or > baseline median × (1 + N%)) and a one-sided
 //!   Mann-Whitney U test finds the current samples significantly larger at
@@ -72,7 +72,7 @@
 //!   samples of the `for` window, which must be covered (without `for`, of
 //!   the last [`Settings::baseline_window`], at least two samples). `Nx
 //!   baseline` compares it with the same percentile of the baseline's
-//!   latency samples through [`crate::judge::quantile_shift`]: larger than
+//!   latency samples through [`crate::stats::quantile_shift`]: larger than
 //!   N *and* significant, as every baseline rule.
 
 mod eval;
@@ -80,7 +80,7 @@ mod parse;
 
 use std::time::Duration;
 
-pub use eval::{evaluate, evidence, Finding, Input, Judgement, Settings, Verdict};
+pub use eval::{evaluate, evidence, Finding, Input, Judgement, RuleRef, Settings, Verdict};
 pub use parse::parse;
 
 /// The numbers behind a rule's verdict, as `/status` shows them under

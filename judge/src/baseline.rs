@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use tokio::time::Instant;
 
-use crate::judge::{self, Counts};
 use crate::observe::{Outcome, Sample, SignalId};
+use crate::stats::{self, Counts};
 
 /// The most raw samples kept per probe and signal.
 pub const RESERVOIR: usize = 1000;
@@ -183,7 +183,7 @@ impl BaselineBuilder {
                     .signals
                     .into_iter()
                     .map(|(signal, s)| {
-                        let q = |q| judge::quantile(&s.reservoir, q).unwrap_or(f64::NAN);
+                        let q = |q| stats::quantile(&s.reservoir, q).unwrap_or(f64::NAN);
                         let summary = Summary {
                             count: s.count,
                             mean: s.sum / s.count as f64,

@@ -8,7 +8,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
-use backstop_probes::{ProbeError, Report};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -51,24 +50,24 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// Classifies a probe's result. `elapsed` is the wall time of the check;
-    /// a `latency_ms` signal from the probe, when present, is preferred.
-    pub fn from_result(
-        result: Result<Report, ProbeError>,
+    /// Classifies what one check reported. `outcome` is the check's own
+    /// class: [`Outcome::Ok`] when it succeeded, [`Outcome::Failed`] when
+    /// the target answered badly or not at all, [`Outcome::Error`] when the
+    /// probe could not run; `reported` are the named numbers it produced and
+    /// `error` its message. `elapsed` is the wall time of the check; a
+    /// `latency_ms` signal from the probe, when present, is preferred. An
+    /// `Ok` check slower than `max_latency` is [`Outcome::Degraded`].
+    pub fn from_check(
+        outcome: Outcome,
+        reported: Vec<(Cow<'static, str>, f64)>,
+        error: Option<String>,
         elapsed: Duration,
         max_latency: Option<Duration>,
     ) -> Self {
-        let (outcome, report, error) = match result {
-            Ok(report) => (Outcome::Ok, report, None),
-            Err(ProbeError::Unhealthy { message, report }) => {
-                (Outcome::Failed, report, Some(message))
-            }
-            Err(ProbeError::CannotRun(message)) => (Outcome::Error, Report::new(), Some(message)),
-        };
         // A probe's own names are literals already; a name the
         // configuration gave (a body signal) is made one by the name table.
-        let mut signals = Vec::with_capacity(report.signals.len() + 1);
-        for (name, value) in report.signals {
+        let mut signals = Vec::with_capacity(reported.len() + 1);
+        for (name, value) in reported {
             let name = match name {
                 Cow::Borrowed(name) => Some(name),
                 Cow::Owned(name) => SignalId::intern_str(&name).map(SignalId::name),
@@ -430,7 +429,6 @@ impl ProbeState {
 mod tests {
     use super::*;
     use crate::baseline::Baseline;
-    use backstop_probes::ProbeError;
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
 
@@ -467,6 +465,19 @@ mod tests {
         ALLOCATIONS.with(Cell::get)
     }
 
+    /// A check that succeeded with `signals`.
+    fn ok(
+        signals: &[(&'static str, f64)],
+        elapsed: Duration,
+        max: Option<Duration>,
+    ) -> Observation {
+        let signals = signals
+            .iter()
+            .map(|&(n, v)| (Cow::Borrowed(n), v))
+            .collect();
+        Observation::from_check(Outcome::Ok, signals, None, elapsed, max)
+    }
+
     #[test]
     fn a_sample_is_small() {
         assert!(size_of::<Sample>() <= 32, "{}", size_of::<Sample>());
@@ -479,10 +490,8 @@ mod tests {
         let start = Instant::now();
         let reports: Vec<_> = (0..1000)
             .map(|i| {
-                Observation::from_result(
-                    Ok(Report::new()
-                        .with("status", 200.0)
-                        .with("latency_ms", f64::from(i))),
+                ok(
+                    &[("status", 200.0), ("latency_ms", f64::from(i))],
                     Duration::from_millis(1),
                     None,
                 )
@@ -506,11 +515,21 @@ mod tests {
     #[test]
     fn a_name_the_configuration_gave_is_interned_once_and_then_allocates_nothing() {
         let report = || {
-            Report::new()
-                .with("latency_ms", 2.0)
-                .with(String::from("a_body_signal_only_this_test_uses"), 7.5)
+            Observation::from_check(
+                Outcome::Ok,
+                vec![
+                    (Cow::Borrowed("latency_ms"), 2.0),
+                    (
+                        Cow::Owned(String::from("a_body_signal_only_this_test_uses")),
+                        7.5,
+                    ),
+                ],
+                None,
+                Duration::from_millis(1),
+                None,
+            )
         };
-        let first = Observation::from_result(Ok(report()), Duration::from_millis(1), None);
+        let first = report();
         assert_eq!(first.signal("a_body_signal_only_this_test_uses"), Some(7.5));
         let id = SignalId::find("a_body_signal_only_this_test_uses").unwrap();
         assert_eq!(id.name(), "a_body_signal_only_this_test_uses");
@@ -518,9 +537,7 @@ mod tests {
         s.window.reserve(16);
         let now = Instant::now();
         s.record(first, now);
-        let again: Vec<_> = (0..10)
-            .map(|_| Observation::from_result(Ok(report()), Duration::from_millis(1), None))
-            .collect();
+        let again: Vec<_> = (0..10).map(|_| report()).collect();
         let before = allocations();
         for obs in again {
             s.record(obs, now);
@@ -576,23 +593,20 @@ mod tests {
     /// checks the counts of a scrape; some checks are the probe's own
     /// errors, some failed.
     fn check(i: u64) -> Observation {
-        let mut report = Report::new()
-            .with("latency_ms", ((i * 37) % 101) as f64 + 0.25)
-            .with("status", 200.0);
+        let mut signals: Vec<(Cow<'static, str>, f64)> = vec![
+            ("latency_ms".into(), ((i * 37) % 101) as f64 + 0.25),
+            ("status".into(), 200.0),
+        ];
         if i % 3 == 0 {
-            report = report
-                .with("requests", (i % 17) as f64)
-                .with("errors", (i % 5) as f64);
+            signals.push(("requests".into(), (i % 17) as f64));
+            signals.push(("errors".into(), (i % 5) as f64));
         }
-        let result = match i % 11 {
-            0 => Err(ProbeError::CannotRun("no credentials".into())),
-            7 => Err(ProbeError::Unhealthy {
-                message: "503".into(),
-                report,
-            }),
-            _ => Ok(report),
+        let (outcome, signals, error) = match i % 11 {
+            0 => (Outcome::Error, Vec::new(), Some("no credentials".into())),
+            7 => (Outcome::Failed, signals, Some("503".into())),
+            _ => (Outcome::Ok, signals, None),
         };
-        Observation::from_result(result, Duration::from_millis(3), None)
+        Observation::from_check(outcome, signals, error, Duration::from_millis(3), None)
     }
 
     /// The same checks recorded by a window long enough for the whole watch
@@ -677,11 +691,7 @@ mod tests {
         let mut s = ProbeState::new(Duration::from_secs(86_400));
         let start = Instant::now();
         for i in 0..MAX_SAMPLES + 1000 {
-            let obs = Observation::from_result(
-                Ok(Report::new().with("latency_ms", 1.0)),
-                Duration::from_millis(1),
-                None,
-            );
+            let obs = ok(&[("latency_ms", 1.0)], Duration::from_millis(1), None);
             s.record(obs, start + Duration::from_millis(i as u64));
         }
         assert_eq!(s.window.len(), MAX_SAMPLES);
@@ -704,14 +714,14 @@ mod tests {
 
     #[test]
     fn slower_than_max_latency_is_degraded() {
-        let o = Observation::from_result(
-            Ok(Report::new().with("latency_ms", 150.0)),
+        let o = ok(
+            &[("latency_ms", 150.0)],
             Duration::from_millis(151),
             Some(Duration::from_millis(100)),
         );
         assert_eq!(o.outcome, Outcome::Degraded);
-        let o = Observation::from_result(
-            Ok(Report::new()),
+        let o = ok(
+            &[],
             Duration::from_millis(20),
             Some(Duration::from_millis(100)),
         );

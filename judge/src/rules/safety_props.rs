@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::proptests::expr;
 use super::*;
 use crate::baseline::BaselineBuilder;
-use crate::judge;
 use crate::observe::{Outcome, ProbeState, Sample};
+use crate::stats;
 
 const SIGNALS: &[&str] = &[
     "latency_ms",
@@ -159,8 +159,8 @@ proptest! {
         a in prop::collection::vec(prop_oneof![0.0f64..1000.0, (0u32..20).prop_map(f64::from), any::<f64>().prop_filter("no NaN", |x| !x.is_nan())], 1..120),
         b in prop::collection::vec(prop_oneof![0.0f64..1000.0, (0u32..20).prop_map(f64::from), any::<f64>().prop_filter("no NaN", |x| !x.is_nan())], 1..120),
     ) {
-        let ab = judge::mann_whitney(&a, &b).unwrap();
-        let ba = judge::mann_whitney(&b, &a).unwrap();
+        let ab = stats::mann_whitney(&a, &b).unwrap();
+        let ba = stats::mann_whitney(&b, &a).unwrap();
         for t in [ab, ba] {
             prop_assert!((0.0..=1.0).contains(&t.p_value), "p = {}", t.p_value);
         }
@@ -171,20 +171,20 @@ proptest! {
         prop_assert!(ab.p_value + ba.p_value >= 1.0 - 1e-9, "{} + {}", ab.p_value, ba.p_value);
         // The order of the samples does not matter.
         let (ra, rb): (Vec<f64>, Vec<f64>) = (a.iter().rev().copied().collect(), b.iter().rev().copied().collect());
-        prop_assert_eq!(judge::mann_whitney(&ra, &rb), Some(ab));
+        prop_assert_eq!(stats::mann_whitney(&ra, &rb), Some(ab));
     }
 
     #[test]
     fn fisher_p_values_are_probabilities_for_any_counts(
         ce in wild(), cr in wild(), be in wild(), br in wild(),
     ) {
-        let p = judge::fisher(ce, cr, be, br);
+        let p = stats::fisher(ce, cr, be, br);
         prop_assert!((0.0..=1.0).contains(&p), "p = {p}");
     }
 
     #[test]
     fn the_normal_tail_is_a_probability_and_decreasing(z in -40.0f64..40.0, dz in 0.0f64..5.0) {
-        let (p, q) = (judge::normal_sf(z), judge::normal_sf(z + dz));
+        let (p, q) = (stats::normal_sf(z), stats::normal_sf(z + dz));
         prop_assert!((0.0..=1.0).contains(&p));
         prop_assert!(q <= p + 1e-12, "sf({z}) = {p} < sf({}) = {q}", z + dz);
     }
