@@ -12,7 +12,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::deployment::IdSource;
+use crate::deployment::{DeploymentSource, IdSource};
+use crate::probe_config::ProbeConfig;
+use crate::rule_config::{Action, RuleConfig};
 use crate::schedule::{run_probe, ProbeSlot, Wake};
 use crate::store::Store;
 use crate::telemetry::{self, ProbeMetrics};
@@ -46,7 +48,9 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(Store::from_config(&config).await.map_err(UnusableStore)?);
+    let state_dir = &config.agent.state_dir;
+    let store = Store::from_config(config.store.as_ref(), &config.service, state_dir);
+    let store = Arc::new(store.await.map_err(UnusableStore)?);
     let listener = TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.agent.listen))?;
@@ -96,10 +100,7 @@ pub async fn run(
         None => None,
     };
     let target = built.clone().map(|t| t as Arc<dyn Rollbacker>);
-    let fixed_id = matches!(
-        config.deployment.source,
-        crate::config::DeploymentSource::Fixed(_)
-    );
+    let fixed_id = matches!(config.deployment.source, DeploymentSource::Fixed(_));
     let guard = match &config.rollback {
         Some(rb) => crate::watch::Guard {
             dry_run: rb.dry_run,
@@ -275,7 +276,7 @@ struct Judge {
     poll_interval: Duration,
     warmup: Duration,
     slots: Vec<Arc<ProbeSlot>>,
-    rules: Vec<crate::config::RuleConfig>,
+    rules: Vec<RuleConfig>,
     settings: crate::rules::Settings,
     baseline: Option<crate::baseline::Baseline>,
     /// The baseline the store kept for the deployment that turned stable
@@ -304,8 +305,8 @@ struct Judge {
 /// How far back a probe's window reaches: far enough for every rule on it,
 /// and at least [`SETTLED_SPAN`].
 fn window_span(
-    rules: &[crate::config::RuleConfig],
-    cfg: &crate::config::ProbeConfig,
+    rules: &[RuleConfig],
+    cfg: &ProbeConfig,
     settings: &crate::rules::Settings,
 ) -> Duration {
     rules
@@ -352,7 +353,7 @@ impl Judge {
 
     /// Which probe each rule is judged on; a rule without an expression or
     /// whose probe is gone is left out.
-    fn plan(rules: &[crate::config::RuleConfig], slots: &[Arc<ProbeSlot>]) -> Vec<(usize, usize)> {
+    fn plan(rules: &[RuleConfig], slots: &[Arc<ProbeSlot>]) -> Vec<(usize, usize)> {
         rules
             .iter()
             .enumerate()
@@ -498,8 +499,7 @@ impl Judge {
                     crate::watch::Verdict::Inconclusive(why.clone())
                 }
             };
-            let held_by = (judgement.verdict.holds()
-                && rule.action == crate::config::Action::Rollback)
+            let held_by = (judgement.verdict.holds() && rule.action == Action::Rollback)
                 .then(|| self.held_by(si))
                 .flatten();
             let status = RuleStatus {

@@ -14,8 +14,8 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::ProbeConfig;
 use crate::observe::{Observation, Outcome, ProbeState};
+use crate::probe_config::ProbeConfig;
 use crate::telemetry::ProbeMetrics;
 
 /// A probe's configuration and the state the scheduler keeps for it.

@@ -10,10 +10,10 @@ use super::{
     is_rate_signal, percentile_of, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES, LATENCY,
 };
 use crate::baseline::{self, Baseline, ERROR_RATE};
-use crate::config::RuleConfig;
 use crate::evidence::Evidence;
 use crate::judge::{self, Counts, Worse};
 use crate::observe::{Outcome, ProbeState, Sample, SignalId};
+use crate::rule_config::RuleConfig;
 
 /// The knobs of judgement; the defaults are what SPEC promises.
 #[derive(Debug, Clone, PartialEq)]
