@@ -10,7 +10,8 @@
 
 use backstop_probes::ProbeSpec;
 
-use crate::config::{Action, ProbeConfig, RuleConfig};
+use crate::probe_config::ProbeConfig;
+use crate::rule_config::{Action, RuleConfig};
 
 fn rule(name: String, probe: &str, when: &str, action: Action) -> RuleConfig {
     RuleConfig {
@@ -115,6 +116,27 @@ pub fn merge(written: Vec<RuleConfig>, defaults: Vec<RuleConfig>) -> Vec<RuleCon
         .collect();
     out.extend(written);
     out
+}
+
+/// The written rules with the default rules for `probes` added (a written
+/// rule replaces the default of the same name), each default parsed. A
+/// default rule over a signal its probe is not set up to yield (a `scrape`
+/// probe without `latency`) is left out.
+pub fn with_defaults(written: Vec<RuleConfig>, probes: &[ProbeConfig]) -> Vec<RuleConfig> {
+    let mut rules = merge(written, rules_for(probes));
+    for r in rules.iter_mut().filter(|r| r.expr.is_none() && r.default) {
+        r.expr = Some(backstop_judge::rules::parse(&r.when).expect("default rules parse"));
+    }
+    rules.retain(|r| {
+        let (true, Some(expr)) = (r.default, &r.expr) else {
+            return true;
+        };
+        probes.iter().find(|p| p.name == r.probe).is_none_or(|p| {
+            let yields = p.rule_signals();
+            expr.comparisons().all(|c| yields.contains(&c.signal))
+        })
+    });
+    rules
 }
 
 #[cfg(test)]

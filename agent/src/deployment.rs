@@ -3,10 +3,13 @@
 //! rollback target's platform asked which deployment is live. A failed read
 //! is the agent's problem, not the service's: the last known id stays.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::DeploymentSource;
+pub use self::config::{Deployment, DeploymentSource};
+
 use crate::rollback::{RollbackError, Target};
 
 /// The largest response body read from `id_url`.

@@ -12,7 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::app::{App, Command};
 use crate::config::Config;
-use crate::deployment::IdSource;
+use crate::deployment::{DeploymentSource, IdSource};
 use crate::evaluation::{window_span, Evaluation};
 use crate::schedule::{run_probe, ProbeSlot, Wake};
 use crate::store::Store;
@@ -32,7 +32,9 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(Store::from_config(&config).await.map_err(UnusableStore)?);
+    let state_dir = &config.agent.state_dir;
+    let store = Store::from_config(config.store.as_ref(), &config.service, state_dir);
+    let store = Arc::new(store.await.map_err(UnusableStore)?);
     let listener = TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.agent.listen))?;
@@ -82,10 +84,7 @@ pub async fn run(
         None => None,
     };
     let target = built.clone().map(|t| t as Arc<dyn Rollbacker>);
-    let fixed_id = matches!(
-        config.deployment.source,
-        crate::config::DeploymentSource::Fixed(_)
-    );
+    let fixed_id = matches!(config.deployment.source, DeploymentSource::Fixed(_));
     let guard = match &config.rollback {
         Some(rb) => crate::watch::Guard {
             dry_run: rb.dry_run,

@@ -14,7 +14,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::ProbeConfig;
+use crate::probe_config::ProbeConfig;
 use crate::telemetry::ProbeMetrics;
 use backstop_judge::observe::{Observation, Outcome, ProbeState};
 

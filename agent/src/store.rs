@@ -5,6 +5,7 @@
 //! both keep the same records, and both record a rollback's intent with one
 //! atomic check-and-write, so a deployment is never rolled back twice.
 
+pub mod config;
 pub mod embedded;
 pub mod postgres;
 mod records;
@@ -12,7 +13,8 @@ pub mod writer;
 
 use std::path::Path;
 
-use crate::config::StoreConfig;
+pub use self::config::StoreConfig;
+
 use backstop_judge::baseline::Baseline;
 
 pub use records::{now_ms, Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
@@ -40,10 +42,14 @@ impl Store {
 
     /// The store a configuration asks for: PostgreSQL with `[store]`, else
     /// the embedded one in `state_dir`.
-    pub async fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
-        match &config.store {
-            Some(s) => Self::connect(s, &config.service).await,
-            None => Self::open(&config.agent.state_dir),
+    pub async fn from_config(
+        store: Option<&StoreConfig>,
+        service: &str,
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        match store {
+            Some(s) => Self::connect(s, service).await,
+            None => Self::open(state_dir),
         }
     }
 

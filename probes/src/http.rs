@@ -78,6 +78,12 @@ pub struct HttpConfig {
     pub signals: BTreeMap<String, String>,
 }
 
+impl crate::ProbeType for HttpConfig {
+    fn levels() -> &'static [u8] {
+        &[1, 2, 3, 4]
+    }
+}
+
 impl HttpConfig {
     /// What a check of this probe can yield: its own signals and the
     /// declared body signals.

@@ -163,6 +163,14 @@ pub struct Context {
     pub timeout: Duration,
 }
 
+/// What every probe type's configuration states about the type itself.
+/// Each type implements it, so no type is left to a fallback.
+pub trait ProbeType {
+    /// The levels SPEC assigns to the type (1 to 4): the `level` a probe of
+    /// this type may have.
+    fn levels() -> &'static [u8];
+}
+
 /// The closed set of probe types, by their configuration.
 #[derive(Debug, Clone)]
 pub enum ProbeSpec {
@@ -220,6 +228,35 @@ impl ProbeSpec {
             Self::Scrape(_) => "scrape",
             Self::Promql(_) => "promql",
         }
+    }
+
+    /// The levels a probe of this type may have ([`ProbeType::levels`]).
+    pub fn levels(&self) -> &'static [u8] {
+        match self {
+            Self::Http(_) => http::HttpConfig::levels(),
+            Self::Tcp(_) => tcp::TcpConfig::levels(),
+            Self::Postgres(_) => postgres::PostgresConfig::levels(),
+            Self::Redis(_) => redis::RedisConfig::levels(),
+            Self::Resources(_) => resources::ResourcesConfig::levels(),
+            Self::Scenario(_) => scenario::ScenarioConfig::levels(),
+            Self::Scrape(_) => scrape::ScrapeConfig::levels(),
+            Self::Promql(_) => promql::PromqlConfig::levels(),
+        }
+    }
+
+    /// The levels of the type named `kind`; `None` for an unknown type.
+    pub fn type_levels(kind: &str) -> Option<&'static [u8]> {
+        Some(match kind {
+            "http" => http::HttpConfig::levels(),
+            "tcp" => tcp::TcpConfig::levels(),
+            "postgres" => postgres::PostgresConfig::levels(),
+            "redis" => redis::RedisConfig::levels(),
+            "resources" => resources::ResourcesConfig::levels(),
+            "scenario" => scenario::ScenarioConfig::levels(),
+            "scrape" => scrape::ScrapeConfig::levels(),
+            "promql" => promql::PromqlConfig::levels(),
+            _ => return None,
+        })
     }
 
     /// Every signal a check of this probe can yield, given its configuration
@@ -393,6 +430,20 @@ mod tests {
             }
         }
         names
+    }
+
+    #[test]
+    fn every_probe_type_states_its_levels() {
+        for kind in PROBE_TYPES {
+            let levels =
+                ProbeSpec::type_levels(kind).unwrap_or_else(|| panic!("{kind}: no levels"));
+            assert!(!levels.is_empty(), "{kind}");
+            assert!(
+                levels.iter().all(|l| (1..=4).contains(l)),
+                "{kind}: {levels:?}"
+            );
+        }
+        assert_eq!(ProbeSpec::type_levels("smtp"), None);
     }
 
     #[test]

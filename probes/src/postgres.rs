@@ -89,6 +89,12 @@ pub struct PostgresConfig {
     pub table: Option<String>,
 }
 
+impl crate::ProbeType for PostgresConfig {
+    fn levels() -> &'static [u8] {
+        &[2, 3]
+    }
+}
+
 /// What one check does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -89,6 +89,12 @@ pub struct PromqlConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+impl crate::ProbeType for PromqlConfig {
+    fn levels() -> &'static [u8] {
+        &[4]
+    }
+}
+
 fn default_signal() -> String {
     "value".into()
 }

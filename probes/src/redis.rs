@@ -83,6 +83,12 @@ pub struct RedisConfig {
     pub key_prefix: Option<String>,
 }
 
+impl crate::ProbeType for RedisConfig {
+    fn levels() -> &'static [u8] {
+        &[2, 3]
+    }
+}
+
 /// What one check does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

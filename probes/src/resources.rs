@@ -92,6 +92,12 @@ pub struct ResourcesConfig {
     pub pid: Option<u32>,
 }
 
+impl crate::ProbeType for ResourcesConfig {
+    fn levels() -> &'static [u8] {
+        &[2]
+    }
+}
+
 impl ResourcesConfig {
     /// What a check can yield: the process's figures only with a process
     /// to watch.

@@ -55,6 +55,12 @@ pub struct ScenarioConfig {
     pub max_body_bytes: u64,
 }
 
+impl crate::ProbeType for ScenarioConfig {
+    fn levels() -> &'static [u8] {
+        &[3]
+    }
+}
+
 impl ScenarioConfig {
     /// What a run of this scenario can yield: its own signals and every
     /// step's declared body signals.

@@ -116,6 +116,12 @@ pub struct ScrapeConfig {
     pub max_body_bytes: u64,
 }
 
+impl crate::ProbeType for ScrapeConfig {
+    fn levels() -> &'static [u8] {
+        &[4]
+    }
+}
+
 impl ScrapeConfig {
     /// What a check can yield with the metrics this configuration names.
     pub fn signals(&self) -> Vec<SignalInfo> {

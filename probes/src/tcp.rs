@@ -25,6 +25,12 @@ pub struct TcpConfig {
     pub address: String,
 }
 
+impl crate::ProbeType for TcpConfig {
+    fn levels() -> &'static [u8] {
+        &[1, 2]
+    }
+}
+
 impl TcpConfig {
     /// What a check can yield.
     pub fn signals(&self) -> Vec<SignalInfo> {

@@ -31,12 +31,16 @@ const fn s(heading: &'static str, file: &'static str, ty: &'static str) -> Secti
 
 /// The document's sections, in its order.
 const SECTIONS: &[Section] = &[
-    s("[agent]", "agent/src/config.rs", "AgentSection"),
-    s("[service]", "agent/src/config.rs", "ServiceSection"),
-    s("[deployment]", "agent/src/config.rs", "DeploymentSection"),
+    s("[agent]", "agent/src/config/agent.rs", "AgentSection"),
+    s("[service]", "agent/src/config/agent.rs", "ServiceSection"),
+    s(
+        "[deployment]",
+        "agent/src/deployment/config.rs",
+        "DeploymentSection",
+    ),
     s(
         "[[probe]]: every type",
-        "agent/src/config.rs",
+        "agent/src/probe_config.rs",
         "ProbeCommon",
     ),
     s(
@@ -81,10 +85,14 @@ const SECTIONS: &[Section] = &[
         "probes/src/promql.rs",
         "PromqlConfig",
     ),
-    s("[[rule]]", "agent/src/config.rs", "RuleConfig"),
-    s("[store]", "agent/src/config.rs", "StoreSection"),
-    s("[fleet]", "agent/src/config.rs", "FleetSection"),
-    s("[rollback]", "agent/src/rollback/mod.rs", "CommonSection"),
+    s("[[rule]]", "agent/src/rule_config.rs", "RuleConfig"),
+    s("[store]", "agent/src/store/config.rs", "StoreSection"),
+    s("[fleet]", "agent/src/fleet/config.rs", "FleetSection"),
+    s(
+        "[rollback]",
+        "agent/src/rollback/config.rs",
+        "CommonSection",
+    ),
     s(
         "[rollback.railway]",
         "agent/src/rollback/railway.rs",
@@ -118,7 +126,7 @@ const SECTIONS: &[Section] = &[
     s(
         "[rollback.webhook]",
         "agent/src/rollback/webhook.rs",
-        "WebhookConfig",
+        "WebhookTargetConfig",
     ),
     s(
         "[rollback.exec]",
@@ -127,7 +135,7 @@ const SECTIONS: &[Section] = &[
     ),
     s(
         "[[notify]]: every type",
-        "agent/src/notify/mod.rs",
+        "agent/src/notify/config.rs",
         "NotifyCommon",
     ),
     s(
@@ -143,7 +151,7 @@ const SECTIONS: &[Section] = &[
     s(
         "[[notify]] type = \"webhook\"",
         "agent/src/notify/webhook.rs",
-        "WebhookConfig",
+        "WebhookNotifyConfig",
     ),
 ];
 

@@ -6,6 +6,7 @@
 //! (the `[store]`) or Redis (`[fleet] redis`); both back ends keep the same
 //! records and mean the same by every method.
 
+pub mod config;
 pub mod link;
 pub mod postgres;
 pub mod redis;
@@ -16,35 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::RollbackRecord;
 
-/// What an agent does while the coordination store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossPolicy {
-    /// No fleet rollback until the store is back; alert loudly.
-    #[default]
-    Hold,
-    /// Decide on this replica's own verdicts, as a lone agent would.
-    Local,
-}
-
-/// `[fleet]`, validated.
-#[derive(Debug, Clone)]
-pub struct FleetConfig {
-    /// This agent's name among its peers; unique per service.
-    pub replica: String,
-    /// The share of live replicas (0 < quorum ≤ 1) whose own verdict must
-    /// hold for the fleet to roll back.
-    pub quorum: f64,
-    /// Coordinate through Redis instead of the PostgreSQL `[store]`.
-    pub redis: Option<crate::secret::Secret>,
-    /// How often the agent publishes its verdicts and heartbeat.
-    pub heartbeat: Duration,
-    /// A replica whose heartbeat is older than this is not live.
-    pub expiry: Duration,
-    /// How long a lease lasts unless renewed; renewed while the call runs.
-    pub lease: Duration,
-    pub on_coordination_loss: LossPolicy,
-}
+pub use self::config::{FleetConfig, LossPolicy};
 
 /// A rule's verdict on one replica, as published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,30 +9,25 @@ mod pagerduty;
 mod slack;
 mod webhook;
 
+pub mod config;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{describe_counter, Counter};
 use reqwest::header::HeaderMap;
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::duration::{self, Dur};
+use crate::duration;
 use crate::evidence::{Event, EventKind};
 use crate::retry::{classify_error, classify_status, retry, Attempt, RetryPolicy};
 use crate::secret::Secret;
 
+pub use self::config::{EventName, NotifyCommon, NotifyConfig, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
 pub use pagerduty::PagerDutyConfig;
 pub use slack::SlackConfig;
-pub use webhook::WebhookConfig;
-
-/// The notifier types, as written in `type`.
-pub const NOTIFY_TYPES: &[&str] = &["slack", "pagerduty", "webhook"];
-
-/// The keys every `[[notify]]` table may have, whatever its type; the rest
-/// belong to the type's own settings.
-pub const NOTIFY_COMMON_KEYS: &[&str] = &["type", "name", "events", "timeout", "deadline"];
+pub use webhook::WebhookNotifyConfig;
 
 /// Counter of notifications by notifier and outcome (`sent`, `failed`).
 pub const NOTIFICATIONS_TOTAL: &str = "backstop_notifications_total";
@@ -41,77 +36,12 @@ pub const NOTIFICATIONS_TOTAL: &str = "backstop_notifications_total";
 /// as failed, so a notifier that never answers cannot grow without bound.
 const QUEUE_LEN: usize = 64;
 
-/// Every event kind, in the order people read them.
-const ALL_EVENTS: &[EventKind] = &[
-    EventKind::Alert,
-    EventKind::RollbackHeld,
-    EventKind::RollbackPerformed,
-    EventKind::RollbackFailed,
-    EventKind::RollbackNotEffective,
-    EventKind::Unhealthy,
-    EventKind::Resolved,
-];
-
-/// The settings every `[[notify]]` has, as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyCommon {
-    /// `slack`, `pagerduty` or `webhook`. Required.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The notifier's name in metrics and logs. Default: its type.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The events it is told about, by name (`alert`, `rollback_held`,
-    /// `rollback`, `rollback_failed`, `rollback_not_effective`, `unhealthy`,
-    /// `resolved`).
-    /// Default: all of them.
-    #[serde(default)]
-    pub events: Option<Vec<EventName>>,
-    /// Time one attempt may take. Default `10s`.
-    #[serde(default = "default_timeout")]
-    pub timeout: Dur,
-    /// Time all attempts at one notification may take, retries included.
-    /// Default `60s`.
-    #[serde(default = "default_deadline")]
-    pub deadline: Dur,
-}
-
-fn default_timeout() -> Dur {
-    Dur(Duration::from_secs(10))
-}
-fn default_deadline() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-
-/// An event kind as named in `events`: the names of [`EventKind::as_str`],
-/// so `rollback` is the performed rollback, as in the webhook body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventName(pub EventKind);
-
-impl<'de> Deserialize<'de> for EventName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        ALL_EVENTS
-            .iter()
-            .find(|k| k.as_str() == name)
-            .map(|k| EventName(*k))
-            .ok_or_else(|| {
-                let names: Vec<&str> = ALL_EVENTS.iter().map(|k| k.as_str()).collect();
-                serde::de::Error::custom(format!(
-                    "unknown event {name:?}, expected one of {}",
-                    names.join(", ")
-                ))
-            })
-    }
-}
-
 /// What a notifier of each type needs; a closed set, dispatched with `match`.
 #[derive(Debug, Clone)]
 pub enum NotifySpec {
     Slack(SlackConfig),
     Pagerduty(PagerDutyConfig),
-    Webhook(WebhookConfig),
+    Webhook(WebhookNotifyConfig),
 }
 
 impl NotifySpec {
@@ -159,88 +89,6 @@ impl NotifySpec {
         out.sort_by_key(|s| std::cmp::Reverse(s.len()));
         out
     }
-}
-
-/// One `[[notify]]`, validated.
-#[derive(Debug, Clone)]
-pub struct NotifyConfig {
-    /// `name`, or the type when none is written.
-    pub name: String,
-    /// The events this notifier is told about.
-    pub events: Vec<EventKind>,
-    pub timeout: Duration,
-    pub deadline: Duration,
-    pub spec: NotifySpec,
-}
-
-impl NotifyConfig {
-    /// Validates one notifier's settings, reporting every problem as (key,
-    /// message) with the key relative to its `[[notify]]` table.
-    pub fn validate(common: NotifyCommon, spec: NotifySpec) -> Result<Self, Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        let name = common.name.unwrap_or_else(|| spec.type_name().to_string());
-        if !valid_name(&name) {
-            problems.push((
-                "name".into(),
-                format!("{name:?} must be 1-64 characters of letters, digits, '_', '-' or '.'"),
-            ));
-        }
-        let events = match common.events {
-            None => ALL_EVENTS.to_vec(),
-            Some(names) if names.is_empty() => {
-                problems.push((
-                    "events".into(),
-                    "must name at least one event (leave it out for all)".into(),
-                ));
-                vec![]
-            }
-            Some(names) => {
-                let mut kinds = Vec::new();
-                for EventName(k) in names {
-                    if !kinds.contains(&k) {
-                        kinds.push(k);
-                    }
-                }
-                kinds
-            }
-        };
-        let (timeout, deadline) = (common.timeout.0, common.deadline.0);
-        if timeout.is_zero() {
-            problems.push(("timeout".into(), "must be more than 0s".into()));
-        }
-        if deadline < timeout {
-            problems.push((
-                "deadline".into(),
-                format!(
-                    "{} is shorter than timeout {}",
-                    duration::format(deadline),
-                    duration::format(timeout)
-                ),
-            ));
-        }
-        problems.extend(spec.problems());
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(Self {
-            name,
-            events,
-            timeout,
-            deadline,
-            spec,
-        })
-    }
-
-    pub fn type_name(&self) -> &'static str {
-        self.spec.type_name()
-    }
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Checks a URL setting without ever repeating it: the URL may be a secret.

@@ -16,7 +16,7 @@ use crate::secret::Secret;
 /// `type = "webhook"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
+pub struct WebhookNotifyConfig {
     /// Where the event is posted. A secret, since such URLs often carry a
     /// token. Required.
     pub url: Secret,
@@ -26,7 +26,7 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, Secret>,
 }
 
-impl WebhookConfig {
+impl WebhookNotifyConfig {
     pub(super) fn problems(&self) -> Vec<(String, String)> {
         let mut out = check_url("url", self.url.expose());
         for (name, value) in &self.headers {

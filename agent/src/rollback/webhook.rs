@@ -35,7 +35,7 @@ const NAME: &str = "webhook";
 /// `[rollback.webhook]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
+pub struct WebhookTargetConfig {
     /// Where to send the request; a secret, since webhook URLs carry tokens. Required.
     pub url: Secret,
     /// `POST`, `PUT` or `PATCH`. Default `POST`.
@@ -66,7 +66,7 @@ fn default_method() -> String {
     "POST".into()
 }
 
-impl WebhookConfig {
+impl WebhookTargetConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         check_url(&mut p, "url", self.url.expose(), true);
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_json_needs_a_content_type() {
-        let config = |headers: &[(&str, &str)]| WebhookConfig {
+        let config = |headers: &[(&str, &str)]| WebhookTargetConfig {
             url: Secret::new("https://hooks.example/T0/secret"),
             method: "POST".into(),
             headers: headers

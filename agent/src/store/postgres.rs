@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -18,8 +17,8 @@ use deadpool_postgres::{
 };
 use tokio_postgres::{NoTls, Row};
 
+use super::config::{check_url, StoreConfig};
 use super::records::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
-use crate::config::StoreConfig;
 use backstop_judge::baseline::Baseline;
 
 /// The newest schema version this build knows; `backstop_schema_version`
@@ -748,49 +747,6 @@ pub(crate) fn unms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Checks a `[store] url`: a postgres URL with a host and a user, without a
-/// TLS mode the store cannot honour. Messages never hold the password.
-pub fn check_url(raw: &str) -> Result<tokio_postgres::Config, String> {
-    let parsed =
-        url::Url::parse(raw).map_err(|e| format!("invalid URL {:?}: {e}", redact_url(raw)))?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(format!(
-            "scheme {:?} is not postgres or postgresql",
-            parsed.scheme()
-        ));
-    }
-    if let Some((_, mode)) = parsed.query_pairs().find(|(k, _)| k == "sslmode") {
-        if matches!(&*mode, "require" | "verify-ca" | "verify-full") {
-            return Err(format!(
-                "sslmode={mode} is not supported: the store connects without TLS; \
-                 use sslmode=disable or sslmode=prefer, or reach the server over a trusted network"
-            ));
-        }
-    }
-    let pg = tokio_postgres::Config::from_str(raw).map_err(|e| {
-        let msg = format!("invalid URL {:?}: {e}", redact_url(raw));
-        match parsed.password() {
-            Some(p) if !p.is_empty() => msg.replace(p, "***"),
-            _ => msg,
-        }
-    })?;
-    if pg.get_hosts().is_empty() {
-        return Err("the URL names no host".into());
-    }
-    if pg.get_user().is_none() {
-        return Err("the URL names no user (postgres://user:password@host/db)".into());
-    }
-    Ok(pg)
-}
-
-/// A lowercase SQL identifier that needs no escaping once quoted.
-pub fn valid_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= 63
-        && matches!(chars.next(), Some('a'..='z' | '_'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
-}
-
 /// A driver error as one line: the server's own message and SQLSTATE when
 /// it sent one, else the error with its causes.
 fn describe(e: &tokio_postgres::Error) -> String {
@@ -846,44 +802,5 @@ mod tests {
         let whole: Baseline =
             serde_json::from_str(&serde_json::to_string(&baseline).unwrap()).unwrap();
         assert_eq!(join(&summary, &reservoir).unwrap(), whole);
-    }
-
-    #[test]
-    fn store_urls_are_checked_without_echoing_the_password() {
-        let cases = [
-            ("postgres://app:hunter2@db:5432/app", true),
-            ("postgresql://app:hunter2@db/app?sslmode=prefer", true),
-            ("mysql://app:hunter2@db/app", false),
-            ("postgres://app:hunter2@db/app?sslmode=require", false),
-            ("postgres://app:hunter2@db:notaport/app", false),
-            ("postgres://hunter2@/app", false),
-            ("not a url", false),
-        ];
-        for (url, ok) in cases {
-            match check_url(url) {
-                Ok(_) => assert!(ok, "{url} accepted"),
-                Err(e) => {
-                    assert!(!ok, "{url}: {e}");
-                    assert!(!e.contains("hunter2"), "{url}: {e}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn schema_names_are_plain_lowercase_identifiers() {
-        for (name, ok) in [
-            ("public", true),
-            ("backstop_2", true),
-            ("_x", true),
-            ("", false),
-            ("2x", false),
-            ("Public", false),
-            ("a-b", false),
-            ("a\"; drop", false),
-            (&"x".repeat(64), false),
-        ] {
-            assert_eq!(valid_identifier(name), ok, "{name:?}");
-        }
     }
 }
