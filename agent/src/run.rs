@@ -491,13 +491,7 @@ impl Judge {
                     &self.settings,
                 )
             };
-            let verdict = match &judgement.verdict {
-                crate::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                crate::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                crate::rules::Verdict::Inconclusive(why) => {
-                    crate::watch::Verdict::Inconclusive(why.clone())
-                }
-            };
+            let verdict = judgement.verdict.clone();
             let held_by = (judgement.verdict.holds()
                 && rule.action == crate::config::Action::Rollback)
                 .then(|| self.held_by(si))
@@ -782,7 +776,7 @@ async fn watch_loop(
         if !after_change {
             last_judged = Instant::now();
             judge.evaluate(all);
-            judge.watcher.judge(&judge.statuses).await;
+            judge.watcher.act(&judge.statuses).await;
         }
         judge.check_store();
     }
