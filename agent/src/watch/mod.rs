@@ -11,6 +11,11 @@
 //! The watch keeps its state in memory and never waits for the store: its
 //! writes go through the store's [`Writer`], its reads and a rollback's claim
 //! and call run as jobs (`job`) whose results it applies when they come.
+//!
+//! This file holds the [`Watcher`] and its step; `lone` the lone agent's
+//! guard rails, claim and call and the watch's end, `fleet` the fleet's
+//! side (with `fleet_call`, its rollback as a job), `view` what `/status`
+//! shows, and `types` what they all share.
 
 mod fleet;
 mod fleet_call;
@@ -46,6 +51,8 @@ const SETTLE_AT_ONCE: Duration = Duration::from_millis(50);
 /// How soon a read the store failed is tried again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// The watch of the deployment running now (see the module's
+/// documentation).
 pub struct Watcher {
     service: String,
     replica: Option<String>,
