@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use backstop::fleet::redis::RedisFleet;
-use backstop::fleet::{Coordinator, Report, Vote};
+use backstop::fleet::{Coordination, Coordinator, Heartbeat, Vote};
 use backstop::secret::Secret;
 use fred::prelude::{Builder, ClientLike, Config};
 use fred::types::{ClusterHash, CustomCommand};
@@ -93,12 +93,12 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 /// What one agent publishes: two rollback rules, clear.
-fn report(replica: &str, deployment: &str) -> Report {
+fn report(replica: &str, deployment: &str) -> Heartbeat {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    Report {
+    Heartbeat {
         replica: replica.into(),
         deployment: deployment.into(),
         at_ms: now,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::config::StoreConfig;
-use backstop::fleet::{Coordinator, FleetConfig, LossPolicy, Report, Vote};
+use backstop::fleet::{Coordination, Coordinator, FleetConfig, Heartbeat, LossPolicy, Vote};
 use backstop::secret::Secret;
 use backstop::store::{now_ms, Store};
 use backstop::watch::FLEET_READ_EVERY;
@@ -22,7 +22,7 @@ const DEPLOYMENT: &str = "v2";
 const REPLICAS: usize = 500;
 const HEARTBEAT_S: f64 = 5.0;
 
-fn report(i: usize, holds: bool) -> Report {
+fn report(i: usize, holds: bool) -> Heartbeat {
     let vote = |rule: &str, holds: bool| Vote {
         rule: rule.into(),
         verdict: if holds { "holds" } else { "clear" }.into(),
@@ -32,7 +32,7 @@ fn report(i: usize, holds: bool) -> Report {
             String::new()
         },
     };
-    Report {
+    Heartbeat {
         replica: format!("web-7d9f8c6b5-{i:05}"),
         deployment: DEPLOYMENT.into(),
         at_ms: now_ms(),

@@ -262,13 +262,7 @@ impl Evaluation {
                     &self.settings,
                 )
             };
-            let verdict = match &judgement.verdict {
-                backstop_judge::rules::Verdict::Holds => crate::watch::Verdict::Holds,
-                backstop_judge::rules::Verdict::Clear => crate::watch::Verdict::Clear,
-                backstop_judge::rules::Verdict::Inconclusive(why) => {
-                    crate::watch::Verdict::Inconclusive(why.clone())
-                }
-            };
+            let verdict = judgement.verdict.clone();
             let held_by = (judgement.verdict.holds()
                 && rule.action == crate::config::Action::Rollback)
                 .then(|| self.held_by(si))

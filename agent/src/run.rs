@@ -451,7 +451,7 @@ async fn watch_loop(
         if !after_change {
             last_judged = Instant::now();
             wl.eval.evaluate(all);
-            wl.watcher.judge(&wl.eval.statuses).await;
+            wl.watcher.act(&wl.eval.statuses).await;
         }
         wl.check_store();
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use backstop::config::StoreConfig;
-use backstop::fleet::{Coordinator, FleetConfig, LossPolicy, Report, Vote};
+use backstop::fleet::{Coordination, Coordinator, FleetConfig, Heartbeat, LossPolicy, Vote};
 use backstop::secret::Secret;
 use backstop::store::{now_ms, RollbackRecord, RollbackStatus, Store};
 use backstop_tests::postgres_url;
@@ -51,8 +51,8 @@ async fn agent(schema: &str, replica: &str) -> Coordinator {
     c
 }
 
-fn report(replica: &str, deployment: &str, holds: bool) -> Report {
-    Report {
+fn report(replica: &str, deployment: &str, holds: bool) -> Heartbeat {
+    Heartbeat {
         replica: replica.into(),
         deployment: deployment.into(),
         at_ms: now_ms(),
@@ -261,8 +261,8 @@ async fn only_fresh_reports_of_the_deployment_are_live_and_leaving_is_immediate(
 }
 
 /// The report as published, with the `at_ms` it was published with.
-fn report_like(got: &Report, replica: &str, deployment: &str, holds: bool) -> Report {
-    Report {
+fn report_like(got: &Heartbeat, replica: &str, deployment: &str, holds: bool) -> Heartbeat {
+    Heartbeat {
         at_ms: got.at_ms,
         ..report(replica, deployment, holds)
     }

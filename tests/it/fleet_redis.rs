@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop::fleet::redis::RedisFleet;
-use backstop::fleet::{tally, Coordinator, Lease, Report, Vote};
+use backstop::fleet::{tally, Coordination, Coordinator, Heartbeat, Lease, Vote};
 use backstop::secret::Secret;
 use backstop::store::{RollbackRecord, RollbackStatus};
 use backstop_tests::{closed_port, redis_url, RedisServer};
@@ -40,8 +40,8 @@ fn service(test: &str) -> String {
     )
 }
 
-fn report(replica: &str, deployment: &str, holds: bool) -> Report {
-    Report {
+fn report(replica: &str, deployment: &str, holds: bool) -> Heartbeat {
+    Heartbeat {
         replica: replica.into(),
         deployment: deployment.into(),
         at_ms: 1,
@@ -75,13 +75,13 @@ fn record(deployment: &str, by: &str) -> RollbackRecord {
     }
 }
 
-fn names(reports: &[Report]) -> Vec<&str> {
+fn names(reports: &[Heartbeat]) -> Vec<&str> {
     reports.iter().map(|r| r.replica.as_str()).collect()
 }
 
 /// Polls `live` until it lists exactly `want` (at most 10 s), and returns
 /// the last answer either way.
-async fn live_until(c: &Coordinator, svc: &str, deployment: &str, want: &[&str]) -> Vec<Report> {
+async fn live_until(c: &Coordinator, svc: &str, deployment: &str, want: &[&str]) -> Vec<Heartbeat> {
     let mut last = Vec::new();
     for _ in 0..200 {
         last = c.live(svc, deployment).await.expect("live");

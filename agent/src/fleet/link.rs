@@ -11,13 +11,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Coordinator, Report};
+use super::{Coordination, Heartbeat};
 use crate::store::RollbackRecord;
 
 /// What the watch asks the link to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub report: Report,
+    pub report: Heartbeat,
     /// Read the live replicas after every publish (a rollback rule holds
     /// here), not only every `read_every` heartbeats.
     pub read_always: bool,
@@ -32,7 +32,7 @@ pub struct Seen {
     /// Why it did not, one line without a secret.
     pub error: Option<String>,
     /// The live reports of `live_for`, as read last.
-    pub live: Vec<Report>,
+    pub live: Vec<Heartbeat>,
     pub live_for: Option<String>,
     /// The fleet's rollback record of `live_for`, as read last.
     pub record: Option<RollbackRecord>,
@@ -51,7 +51,7 @@ pub struct Link {
 impl Link {
     /// Starts the link's task for `service`.
     pub fn start(
-        coord: Arc<Coordinator>,
+        coord: Arc<dyn Coordination>,
         service: String,
         heartbeat: Duration,
         expiry: Duration,
@@ -102,7 +102,7 @@ impl Drop for Link {
 }
 
 async fn beat(
-    coord: Arc<Coordinator>,
+    coord: Arc<dyn Coordination>,
     service: String,
     heartbeat: Duration,
     expiry: Duration,

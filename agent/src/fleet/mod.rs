@@ -4,12 +4,17 @@
 //! deployment to agree, and exactly one agent — the holder of a lease with a
 //! fencing token — calls the platform. The coordination store is PostgreSQL
 //! (the `[store]`) or Redis (`[fleet] redis`); both back ends keep the same
-//! records and mean the same by every method.
+//! records and mean the same by every method of [`Coordination`], which an
+//! in-memory store (`memory`) implements too, for tests.
 
 pub mod config;
+mod coordination;
 pub mod link;
+pub mod memory;
 pub mod postgres;
 pub mod redis;
+
+pub use coordination::{Coordination, Pending};
 
 use std::time::Duration;
 
@@ -23,7 +28,8 @@ pub use self::config::{FleetConfig, LossPolicy};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vote {
     pub rule: String,
-    /// `holds`, `clear` or `inconclusive` (see `watch::Verdict::as_str`).
+    /// `holds`, `clear` or `inconclusive` (the rules' `Verdict`), or `held`
+    /// while a dependency fails (see `watch::RuleStatus`).
     pub verdict: String,
     /// One line: the first piece of evidence when it holds, else empty.
     #[serde(default)]
@@ -32,7 +38,7 @@ pub struct Vote {
 
 /// What one replica publishes on every heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct Heartbeat {
     pub replica: String,
     pub deployment: String,
     /// When it was published, in Unix milliseconds.
@@ -68,7 +74,7 @@ impl Tally {
 
 /// Counts, among the live reports of one deployment, those whose verdict on
 /// `rule` is `holds`. An inconclusive or missing verdict does not agree.
-pub fn tally(reports: &[Report], rule: &str) -> Tally {
+pub fn tally(reports: &[Heartbeat], rule: &str) -> Tally {
     let agree = reports
         .iter()
         .filter(|r| {
@@ -83,8 +89,9 @@ pub fn tally(reports: &[Report], rule: &str) -> Tally {
     }
 }
 
-/// The coordination store. Every method means the same on both back ends;
-/// an error is an error, never read as "nobody there" or "no lease".
+/// The coordination store `[fleet]` configures: PostgreSQL or Redis. Every
+/// operation is the [`Coordination`] trait's, which this implements by
+/// handing it to the back end.
 pub enum Coordinator {
     Postgres(postgres::PgFleet),
     Redis(redis::RedisFleet),
@@ -121,108 +128,81 @@ impl Coordinator {
 
     /// Where it is, for the log: a URL without its password.
     pub fn describe(&self) -> String {
-        match self {
-            Self::Postgres(c) => c.describe(),
-            Self::Redis(c) => c.describe(),
-        }
+        self.back_end().describe()
     }
 
-    /// Publishes this replica's report; it counts as live until
-    /// `report.at_ms + expiry` (by the store's clock where it has one).
-    pub async fn publish(
-        &self,
-        service: &str,
-        report: &Report,
+    fn back_end(&self) -> &dyn Coordination {
+        match self {
+            Self::Postgres(c) => c,
+            Self::Redis(c) => c,
+        }
+    }
+}
+
+impl Coordination for Coordinator {
+    fn describe(&self) -> String {
+        self.back_end().describe()
+    }
+
+    fn keeps_records_in_store(&self) -> bool {
+        self.back_end().keeps_records_in_store()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        service: &'a str,
+        report: &'a Heartbeat,
         expiry: Duration,
-    ) -> anyhow::Result<()> {
-        match self {
-            Self::Postgres(c) => c.publish(service, report, expiry).await,
-            Self::Redis(c) => c.publish(service, report, expiry).await,
-        }
+    ) -> Pending<'a, ()> {
+        self.back_end().publish(service, report, expiry)
     }
 
-    /// The reports of the live replicas on `deployment`, one per replica.
-    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Report>> {
-        match self {
-            Self::Postgres(c) => c.live(service, deployment).await,
-            Self::Redis(c) => c.live(service, deployment).await,
-        }
+    fn live<'a>(&'a self, service: &'a str, deployment: &'a str) -> Pending<'a, Vec<Heartbeat>> {
+        self.back_end().live(service, deployment)
     }
 
-    /// Removes this replica's report (a clean shutdown), so the others stop
-    /// counting it at once instead of after `expiry`.
-    pub async fn leave(&self, service: &str, replica: &str) -> anyhow::Result<()> {
-        match self {
-            Self::Postgres(c) => c.leave(service, replica).await,
-            Self::Redis(c) => c.leave(service, replica).await,
-        }
+    fn leave<'a>(&'a self, service: &'a str, replica: &'a str) -> Pending<'a, ()> {
+        self.back_end().leave(service, replica)
     }
 
-    /// Takes the lease to roll `deployment` back, with a new fencing token
-    /// greater than every earlier one of the service; `None` while another
-    /// holder's lease has not expired.
-    pub async fn acquire(
-        &self,
-        service: &str,
-        deployment: &str,
-        holder: &str,
+    fn acquire<'a>(
+        &'a self,
+        service: &'a str,
+        deployment: &'a str,
+        holder: &'a str,
         ttl: Duration,
-    ) -> anyhow::Result<Option<Lease>> {
-        match self {
-            Self::Postgres(c) => c.acquire(service, deployment, holder, ttl).await,
-            Self::Redis(c) => c.acquire(service, deployment, holder, ttl).await,
-        }
+    ) -> Pending<'a, Option<Lease>> {
+        self.back_end().acquire(service, deployment, holder, ttl)
     }
 
-    /// Extends a lease still held with its token; `false` when it was lost.
-    pub async fn renew(
-        &self,
-        service: &str,
-        lease: &mut Lease,
+    fn renew<'a>(
+        &'a self,
+        service: &'a str,
+        lease: &'a mut Lease,
         ttl: Duration,
-    ) -> anyhow::Result<bool> {
-        match self {
-            Self::Postgres(c) => c.renew(service, lease, ttl).await,
-            Self::Redis(c) => c.renew(service, lease, ttl).await,
-        }
+    ) -> Pending<'a, bool> {
+        self.back_end().renew(service, lease, ttl)
     }
 
-    /// Gives the lease up, only if it is still held with this token
-    /// (compare-and-delete).
-    pub async fn release(&self, service: &str, lease: &Lease) -> anyhow::Result<()> {
-        match self {
-            Self::Postgres(c) => c.release(service, lease).await,
-            Self::Redis(c) => c.release(service, lease).await,
-        }
+    fn release<'a>(&'a self, service: &'a str, lease: &'a Lease) -> Pending<'a, ()> {
+        self.back_end().release(service, lease)
     }
 
-    /// Writes the fleet's rollback record of `rec.deployment`, fenced: only
-    /// while `lease` (its exact token) is still the deployment's lease, and
-    /// never over a record written with a newer token. `false` when the
-    /// write was refused because the lease was lost; a record of another
-    /// deployment than the lease's is an error.
-    pub async fn record(
-        &self,
-        service: &str,
-        lease: &Lease,
-        rec: &RollbackRecord,
-    ) -> anyhow::Result<bool> {
-        match self {
-            Self::Postgres(c) => c.record(service, lease, rec).await,
-            Self::Redis(c) => c.record(service, lease, rec).await,
-        }
+    fn record<'a>(
+        &'a self,
+        service: &'a str,
+        lease: &'a Lease,
+        rec: &'a RollbackRecord,
+    ) -> Pending<'a, bool> {
+        self.back_end().record(service, lease, rec)
     }
 
-    /// The fleet's rollback record of a deployment, whoever wrote it.
-    pub async fn outcome(
-        &self,
-        service: &str,
-        deployment: &str,
-    ) -> anyhow::Result<Option<RollbackRecord>> {
-        match self {
-            Self::Postgres(c) => c.outcome(service, deployment).await,
-            Self::Redis(c) => c.outcome(service, deployment).await,
-        }
+    fn outcome<'a>(
+        &'a self,
+        service: &'a str,
+        deployment: &'a str,
+    ) -> Pending<'a, Option<RollbackRecord>> {
+        self.back_end().outcome(service, deployment)
     }
 }
 
@@ -230,8 +210,8 @@ impl Coordinator {
 mod tests {
     use super::*;
 
-    fn report(replica: &str, holds: bool) -> Report {
-        Report {
+    fn report(replica: &str, holds: bool) -> Heartbeat {
+        Heartbeat {
             replica: replica.into(),
             deployment: "d2".into(),
             at_ms: 0,

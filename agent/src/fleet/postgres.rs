@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{Lease, Report};
+use super::{Heartbeat, Lease};
 use crate::store::postgres::{
     rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS, ROLLBACK_INSERT_COLUMNS,
     ROLLBACK_INSERT_VALUES, ROLLBACK_UPDATE_SET,
@@ -60,7 +60,7 @@ impl PgFleet {
     pub async fn publish(
         &self,
         service: &str,
-        report: &Report,
+        report: &Heartbeat,
         expiry: Duration,
     ) -> anyhow::Result<()> {
         let c = self.pg.client().await?;
@@ -92,7 +92,7 @@ impl PgFleet {
         Ok(())
     }
 
-    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Report>> {
+    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Heartbeat>> {
         let c = self.pg.client().await?;
         let sql = format!(
             "SELECT report::text FROM {}.backstop_fleet_reports

@@ -3,7 +3,7 @@
 //! Every key of a service lives under `backstop:{service}:`, the service
 //! being a hash tag, so a cluster would keep them in one slot:
 //!
-//! - `…:reports`, a hash of replica → its JSON [`Report`], and `…:live`, a
+//! - `…:reports`, a hash of replica → its JSON [`Heartbeat`], and `…:live`, a
 //!   sorted set of replica → the millisecond its heartbeat expires, by the
 //!   Redis server's clock (`TIME` inside the scripts), so the replicas'
 //!   clocks never matter. Both keys expire when the last heartbeat does;
@@ -42,7 +42,7 @@ use fred::clients::WithOptions;
 use fred::prelude::{Builder, Client, ClientLike, Config, Options};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 
-use super::{Lease, Report};
+use super::{Heartbeat, Lease};
 use crate::store::RollbackRecord;
 
 /// The commands a Redis user restricted by ACL needs (with the keys
@@ -267,7 +267,7 @@ impl RedisFleet {
     pub async fn publish(
         &self,
         service: &str,
-        report: &Report,
+        report: &Heartbeat,
         expiry: Duration,
     ) -> anyhow::Result<()> {
         let json = serde_json::to_string(report)?;
@@ -280,7 +280,7 @@ impl RedisFleet {
         self.eval(&PUBLISH, keys, args).await.map(|_| ())
     }
 
-    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Report>> {
+    pub async fn live(&self, service: &str, deployment: &str) -> anyhow::Result<Vec<Heartbeat>> {
         let keys = vec![key(service, "reports"), key(service, "live")];
         let out = self.eval(&LIVE, keys, Vec::new()).await?;
         let mut reports = Vec::new();
@@ -288,7 +288,7 @@ impl RedisFleet {
             let text = item
                 .as_str()
                 .ok_or_else(|| anyhow!("{}: live: a report is not text", self.shown))?;
-            let report: Report = serde_json::from_str(&text).map_err(|e| {
+            let report: Heartbeat = serde_json::from_str(&text).map_err(|e| {
                 anyhow!(
                     "{}: live: a report of service {service:?} is not readable: {e}",
                     self.shown

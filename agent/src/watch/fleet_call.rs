@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::job::{Done, ManualReply};
-use super::{Clock, ManualOutcome, Rollbacker};
+use super::types::{Clock, ManualOutcome, Rollbacker};
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
-use crate::fleet::{Coordinator, Lease};
+use crate::fleet::{Coordination, Lease};
 use crate::store::{RollbackRecord, RollbackStatus};
 
 /// What the watch hands over for one try.
 pub(super) struct FleetCall {
-    pub coord: Arc<Coordinator>,
+    pub coord: Arc<dyn Coordination>,
     pub service: String,
     pub replica: String,
     pub lease_ttl: Duration,
@@ -95,7 +95,7 @@ pub(super) async fn run(call: FleetCall, intent: impl Fn(RollbackRecord) + Send)
     tracing::info!(deployment = %dep, rule = %rec.rule, token = lease.token, "took the fleet lease");
     answer(Ok(ManualOutcome::Started));
     let ended = holding(
-        &coord, &service, &lease, lease_ttl, &dep, target, rec, clock, intent,
+        &*coord, &service, &lease, lease_ttl, &dep, target, rec, clock, intent,
     )
     .await;
     if let Err(e) = coord.release(&service, &lease).await {
@@ -108,7 +108,7 @@ pub(super) async fn run(call: FleetCall, intent: impl Fn(RollbackRecord) + Send)
 /// while renewing the lease, and records the outcome (fenced).
 #[allow(clippy::too_many_arguments)]
 async fn holding(
-    coord: &Coordinator,
+    coord: &dyn Coordination,
     service: &str,
     lease: &Lease,
     ttl: Duration,

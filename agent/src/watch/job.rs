@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{ManualOutcome, Rollbacker, WatchView};
+use super::types::{ManualOutcome, Rollbacker};
+use super::view::WatchView;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, Store};
 
