@@ -407,6 +407,17 @@ impl Watcher {
         None
     }
 
+    /// Reads the rollbacks recorded again once half of `RECENT_FRESH` has
+    /// passed, so that they are fresh when a rollback is decided.
+    pub(super) fn keep_recent_fresh(&mut self) {
+        if self
+            .recent_at
+            .is_none_or(|t| t.elapsed() >= RECENT_FRESH / 2)
+        {
+            self.ask_recent();
+        }
+    }
+
     /// Reads the rollbacks recorded, unless a read is in flight.
     pub(super) fn ask_recent(&mut self) {
         if self.recent_asked {

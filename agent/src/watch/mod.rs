@@ -485,6 +485,11 @@ impl Watcher {
             .any(|r| r.verdict == Verdict::Holds && self.rolls_back(r, state))
         {
             self.view.lock().expect("view lock").held = None;
+        } else {
+            // While a rollback rule holds, the rollbacks the guard rails
+            // read are kept fresh ahead of the decision: a fleet decides
+            // only on its heartbeat's read, which must not be spent waiting.
+            self.keep_recent_fresh();
         }
         for r in rules {
             let holds = r.verdict == Verdict::Holds;

@@ -31,6 +31,7 @@ impl Replica {
 /// Replicas of service `web` sharing one platform and one coordination
 /// store.
 struct Fleet {
+    heartbeat: Duration,
     platform: Arc<Platform>,
     memory: MemoryFleet,
     replicas: Vec<Replica>,
@@ -38,6 +39,17 @@ struct Fleet {
 
 impl Fleet {
     async fn new(names: &[&str], found: Option<bool>) -> Self {
+        Self::timed(names, found, HEARTBEAT, EXPIRY, LEASE).await
+    }
+
+    /// With the heartbeat, the reports' expiry and the lease given.
+    async fn timed(
+        names: &[&str],
+        found: Option<bool>,
+        heartbeat: Duration,
+        expiry: Duration,
+        lease: Duration,
+    ) -> Self {
         let platform = Arc::new(Platform {
             found,
             ..Platform::default()
@@ -53,9 +65,9 @@ impl Fleet {
                 replica: name.to_string(),
                 quorum: 0.5,
                 redis: None,
-                heartbeat: HEARTBEAT,
-                expiry: EXPIRY,
-                lease: LEASE,
+                heartbeat,
+                expiry,
+                lease,
                 on_coordination_loss: LossPolicy::Hold,
             };
             let w = Watcher::new(
@@ -81,6 +93,7 @@ impl Fleet {
             });
         }
         Self {
+            heartbeat,
             platform,
             memory,
             replicas,
@@ -89,7 +102,10 @@ impl Fleet {
 
     /// v1 is stable on every replica, and v2 is watched past its warm-up.
     async fn on_v2(names: &[&str], found: Option<bool>) -> Self {
-        let mut f = Self::new(names, found).await;
+        Self::settled_on_v2(Self::new(names, found).await).await
+    }
+
+    async fn settled_on_v2(mut f: Self) -> Self {
         f.round("v1", &[]).await;
         tokio::time::sleep(Duration::from_secs(931)).await;
         f.round("v1", &[]).await;
@@ -133,7 +149,7 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(1)).await;
             longest = longest.max(fstep(&mut r.w, id, verdict).await);
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(self.heartbeat).await;
         longest
     }
 
@@ -198,6 +214,30 @@ async fn at_quorum_exactly_one_of_three_replicas_calls() {
         .map(|r| r.told(EventKind::RollbackPerformed).len())
         .sum();
     assert_eq!(told, 1);
+}
+
+/// With the defaults (a heartbeat every 5 s, reports valid for three, a
+/// 30 s lease), the fleet decides on the heartbeat's read of the live
+/// replicas: the rollbacks the guard rails read are kept fresh meanwhile,
+/// so that read is never spent waiting for them.
+#[tokio::test(start_paused = true)]
+async fn at_quorum_with_the_default_heartbeat_one_replica_calls() {
+    let f = Fleet::timed(
+        ABC,
+        None,
+        Duration::from_secs(5),
+        Duration::from_secs(15),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut f = Fleet::settled_on_v2(f).await;
+    for _ in 0..6 {
+        f.round("v2", ABC).await;
+    }
+    assert_eq!(f.calls(), 1);
+    for r in &f.replicas {
+        assert_eq!(r.w.state(), Some(WatchState::RolledBack));
+    }
 }
 
 #[tokio::test(start_paused = true)]
