@@ -120,7 +120,7 @@ pub fn check(
 /// A rule's `when` is parsed by the rule language (`backstop_judge::rules`);
 /// its errors are the configuration's, on the rule's key.
 #[cfg(test)]
-mod rule_tests {
+mod tests {
     use crate::config::Config;
 
     #[test]

@@ -12,6 +12,7 @@ mod fleet;
 mod fleet_postgres;
 mod fleet_redis;
 mod from_platform;
+mod layout;
 mod manifests;
 mod notify;
 mod packaging;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease};
 use crate::store::RollbackRecord;
 
 /// What a [`Coordination`] method returns: a future that may borrow its

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Coordination, Heartbeat};
+use super::coordination::Coordination;
+use super::protocol::Heartbeat;
 use crate::store::RollbackRecord;
 
 /// What the watch asks the link to publish.

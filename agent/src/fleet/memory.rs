@@ -14,7 +14,7 @@ use anyhow::bail;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease};
 use crate::store::RollbackRecord;
 
 /// What the store does to every call while it is switched on.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease};
 use crate::store::postgres::{
     rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS, ROLLBACK_INSERT_COLUMNS,
     ROLLBACK_INSERT_VALUES, ROLLBACK_UPDATE_SET,

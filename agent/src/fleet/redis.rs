@@ -42,7 +42,7 @@ use fred::clients::WithOptions;
 use fred::prelude::{Builder, Client, ClientLike, Config, Options};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 
-use super::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease};
 use crate::store::RollbackRecord;
 
 /// The commands a Redis user restricted by ACL needs (with the keys

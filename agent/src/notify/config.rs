@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::{NotifySpec, PagerDutyConfig, SlackConfig, WebhookNotifyConfig};
+use super::pagerduty::PagerDutyConfig;
+use super::slack::SlackConfig;
+use super::spec::NotifySpec;
+use super::webhook::WebhookNotifyConfig;
 use crate::duration::{self, Dur};
 use crate::evidence::EventKind;
 use crate::problems::{join, Problems};

@@ -5,8 +5,11 @@
 //! notifiers, and one notifier's messages arrive in the order they were sent
 //! (a PagerDuty resolve never overtakes its trigger).
 
+mod message;
 mod pagerduty;
 mod slack;
+mod spec;
+mod url;
 mod webhook;
 
 pub mod config;
@@ -15,16 +18,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{describe_counter, Counter};
-use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::duration;
 use crate::evidence::{Event, EventKind};
 use crate::retry::{classify_error, classify_status, retry, Attempt, RetryPolicy};
-use crate::secret::Secret;
 
 pub use self::config::{EventName, NotifyCommon, NotifyConfig, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
+use self::message::{redact, truncate, Outgoing};
+pub use self::spec::NotifySpec;
 pub use pagerduty::PagerDutyConfig;
 pub use slack::SlackConfig;
 pub use webhook::WebhookNotifyConfig;
@@ -35,105 +38,6 @@ pub const NOTIFICATIONS_TOTAL: &str = "backstop_notifications_total";
 /// Notifications one notifier may have waiting; more are dropped and counted
 /// as failed, so a notifier that never answers cannot grow without bound.
 const QUEUE_LEN: usize = 64;
-
-/// What a notifier of each type needs; a closed set, dispatched with `match`.
-#[derive(Debug, Clone)]
-pub enum NotifySpec {
-    Slack(SlackConfig),
-    Pagerduty(PagerDutyConfig),
-    Webhook(WebhookNotifyConfig),
-}
-
-impl NotifySpec {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Slack(_) => "slack",
-            Self::Pagerduty(_) => "pagerduty",
-            Self::Webhook(_) => "webhook",
-        }
-    }
-
-    /// Problems serde cannot see, as (key, message); the key is relative to
-    /// the `[[notify]]` table.
-    fn problems(&self) -> Vec<(String, String)> {
-        match self {
-            Self::Slack(c) => c.problems(),
-            Self::Pagerduty(c) => c.problems(),
-            Self::Webhook(c) => c.problems(),
-        }
-    }
-
-    /// The request that tells this service about `event`.
-    fn request(&self, event: &Event) -> Outgoing {
-        match self {
-            Self::Slack(c) => c.request(event),
-            Self::Pagerduty(c) => c.request(event, std::time::SystemTime::now()),
-            Self::Webhook(c) => c.request(event),
-        }
-    }
-
-    /// Every secret value, so that no message from a server that echoes
-    /// its request can carry one into a log line.
-    fn secrets(&self) -> Vec<String> {
-        let mut out = match self {
-            Self::Slack(c) => url_secrets(&c.url),
-            Self::Pagerduty(c) => vec![c.routing_key.expose().to_string()],
-            Self::Webhook(c) => {
-                let mut s = url_secrets(&c.url);
-                s.extend(c.headers.values().map(|v| v.expose().to_string()));
-                s
-            }
-        };
-        out.retain(|s| !s.is_empty());
-        // Longest first, so a whole URL is hidden before its parts are.
-        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        out
-    }
-}
-
-/// Checks a URL setting without ever repeating it: the URL may be a secret.
-fn check_url(key: &str, url: &str) -> Vec<(String, String)> {
-    let problem = if url.is_empty() {
-        Some("must not be empty")
-    } else {
-        match url::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => None,
-            _ => Some("expected an https URL (or http, for a local stand-in)"),
-        }
-    };
-    problem
-        .map(|p| vec![(key.to_string(), p.to_string())])
-        .unwrap_or_default()
-}
-
-/// A secret URL and the parts of it a server might echo on its own: the
-/// path, its longer segments, the query and the password.
-fn url_secrets(url: &Secret) -> Vec<String> {
-    let raw = url.expose();
-    let mut out = vec![raw.to_string()];
-    if let Ok(u) = url::Url::parse(raw) {
-        if u.path().len() > 1 {
-            out.push(u.path().to_string());
-        }
-        out.extend(
-            u.path_segments()
-                .into_iter()
-                .flatten()
-                .filter(|s| s.len() >= 8)
-                .map(str::to_string),
-        );
-        out.extend(u.query().map(str::to_string));
-        out.extend(u.password().map(str::to_string));
-    }
-    out
-}
-
-/// One HTTP request a notifier makes: always a POST of a JSON body.
-struct Outgoing {
-    url: String,
-    headers: HeaderMap,
-    body: Value,
-}
 
 /// HELP text of the notifier metrics. [`Notifiers::build`] calls it; the
 /// exporter's own `describe` may too.
@@ -459,71 +363,11 @@ async fn said(mut resp: reqwest::Response) -> String {
     truncate(line.trim(), 200)
 }
 
-/// Hides every secret value in `text`.
-fn redact(mut text: String, secrets: &[String]) -> String {
-    for s in secrets {
-        if text.contains(s.as_str()) {
-            text = text.replace(s.as_str(), "***");
-        }
-    }
-    text
-}
-
-/// At most `max` characters, the last one `…` when cut.
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-/// A number as people write it: `480`, `0.052`, `1.5`.
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        return format!("{v:.0}");
-    }
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "0" || s == "-0" {
-        format!("{v:e}")
-    } else {
-        s.to_string()
-    }
-}
-
-/// One line per piece of evidence: which rule, what it compared, and the
-/// numbers, e.g. ``latency (app) `p95_ms > 2x baseline for 5m`: p95_ms 480
-/// vs threshold 400, over 5m, baseline 200``.
-fn evidence_line(e: &backstop_judge::evidence::Evidence) -> String {
-    let mut line = format!("{} ({}) `{}`", e.rule, e.probe, e.expression);
-    match (e.observed, e.threshold) {
-        (Some(v), t) => {
-            let signal = e.signal.as_deref().unwrap_or("observed");
-            line.push_str(&format!(": {signal} {}", number(v)));
-            if let Some(t) = t {
-                line.push_str(&format!(" vs threshold {}", number(t)));
-            }
-        }
-        (None, Some(t)) => line.push_str(&format!(": threshold {}", number(t))),
-        (None, None) => {}
-    }
-    if let Some(w) = &e.window {
-        line.push_str(&format!(", over {w}"));
-    }
-    if let Some(b) = e.baseline {
-        line.push_str(&format!(", baseline {}", number(b)));
-    }
-    if !e.summary.is_empty() {
-        line.push_str(&format!(" — {}", e.summary));
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
+    use super::message::number;
     use super::*;
+    use crate::secret::Secret;
 
     #[test]
     fn shortens_text_and_writes_numbers_as_people_do() {

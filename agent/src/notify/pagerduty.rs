@@ -16,7 +16,8 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{check_url, truncate, Outgoing};
+use super::message::{truncate, Outgoing};
+use super::url::check_url;
 use crate::evidence::{Event, EventKind};
 use crate::secret::Secret;
 

@@ -9,7 +9,8 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{check_url, evidence_line, truncate, Outgoing};
+use super::message::{evidence_line, truncate, Outgoing};
+use super::url::check_url;
 use crate::evidence::{Event, EventKind};
 use crate::secret::Secret;
 

@@ -9,7 +9,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{check_url, Outgoing};
+use super::message::Outgoing;
+use super::url::check_url;
 use crate::evidence::Event;
 use crate::secret::Secret;
 

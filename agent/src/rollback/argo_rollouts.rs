@@ -24,9 +24,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::call::{with_retries, BuildContext, RollbackError};
 use super::kube::{Cluster, ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE};
 use super::kubernetes::{check_cluster, marked, read, revision, undo, Workload};
-use super::{with_retries, BuildContext, Problem, RollbackError};
+use super::problem::Problem;
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
@@ -276,7 +277,7 @@ impl ArgoRollouts {
             &self.client,
             &ROLLOUT,
             &self.rollout,
-            super::live_policy(self.policy),
+            super::call::live_policy(self.policy),
         )
         .await
     }

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::{truncate, with_retries, BuildContext, Problem, RollbackError};
+use super::call::{truncate, with_retries, BuildContext, RollbackError};
+use super::problem::Problem;
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};

@@ -2,7 +2,7 @@
 //!
 //! It lists the app's recent releases (`GET /apps/{app}/releases` with
 //! `Range: version ..; order=desc, max=20`), picks the one to return to (see
-//! [`super::choose`]: `succeeded`, older than the current release; a
+//! [`super::call::choose`]: `succeeded`, older than the current release; a
 //! deployment id may be the release's id, its version or `v` and its
 //! version), and rolls back with `POST /apps/{app}/releases` and
 //! `{"release": "<id>"}`, which creates a new release from that one.
@@ -21,11 +21,11 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, live_policy, segment, send, send_json, settled, then, with_retries,
-    BuildContext, Listed, Problem, RollbackError,
+use super::call::{
+    endpoint, find_in, find_then_act, http_client, live_policy, segment, send, send_json, settled,
+    then, with_retries, BuildContext, Listed, RollbackError,
 };
+use super::problem::{check_present, check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
@@ -105,7 +105,7 @@ impl Heroku {
     }
 
     /// After an interrupted call: lists the releases and says where the bad
-    /// one stands (see [`super::settled`]; a rollback is a new release).
+    /// one stands (see [`super::call::settled`]; a rollback is a new release).
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))

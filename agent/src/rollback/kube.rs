@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{check_timeout, check_url, http_client_with, with_detail, Problem, RollbackError};
+use super::call::{http_client_with, with_detail, RollbackError};
+use super::problem::{check_timeout, check_url, Problem};
 use crate::retry::{classify_error, classify_status, Attempt};
 use crate::secret::Secret;
 

@@ -17,11 +17,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::call::{with_retries, BuildContext, RollbackError};
 use super::kube::{
     annotation, check_name, controlled_by, label, label_selector, meta, CallError, Cluster,
     ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE,
 };
-use super::{with_retries, BuildContext, Problem, RollbackError};
+use super::problem::Problem;
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
@@ -174,7 +175,7 @@ impl Kubernetes {
             &self.client,
             &DEPLOYMENT,
             &self.deployment,
-            super::live_policy(self.policy),
+            super::call::live_policy(self.policy),
         )
         .await
     }

@@ -2,7 +2,7 @@
 //!
 //! It lists the service's recent deployments in the environment
 //! (`deployments(input: {projectId, serviceId, environmentId}, first: 20)`),
-//! picks the one to return to (see [`super::choose`]: `SUCCESS`, or
+//! picks the one to return to (see [`super::call::choose`]: `SUCCESS`, or
 //! `REMOVED` with `canRollback: true`), and calls
 //! `mutation deploymentRollback(id: String!): Boolean!`. An HTTP 200 with
 //! `errors[]` is a failure: "not authorized" is final, a rate limit is
@@ -14,11 +14,11 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    check_present, check_timeout, check_url, default_attempt_timeout, find_in, find_then_act,
-    http_client, live_policy, send_json, settled, then, with_retries, BuildContext, Listed,
-    Problem, RollbackError,
+use super::call::{
+    find_in, find_then_act, http_client, live_policy, send_json, settled, then, with_retries,
+    BuildContext, Listed, RollbackError,
 };
+use super::problem::{check_present, check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
@@ -131,7 +131,7 @@ impl Railway {
     }
 
     /// After an interrupted call: lists the deployments and says where the
-    /// bad one stands (see [`super::settled`]).
+    /// bad one stands (see [`super::call::settled`]).
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))
@@ -233,7 +233,7 @@ impl Railway {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
-            let message = super::scrub(&super::truncate(message, 200), &[token]);
+            let message = super::call::scrub(&super::call::truncate(message, 200), &[token]);
             let lower = message.to_ascii_lowercase();
             let reason = format!("{what}: GraphQL error: {message}");
             return if lower.contains("rate limit") || lower.contains("too many requests") {

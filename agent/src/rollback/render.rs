@@ -2,7 +2,7 @@
 //!
 //! It lists the service's recent deploys (`GET /services/{serviceId}/deploys`,
 //! newest first, each item `{"deploy": {...}, "cursor": ...}`), picks the
-//! one to return to (see [`super::choose`]: a deploy that was live, now
+//! one to return to (see [`super::call::choose`]: a deploy that was live, now
 //! `live` or `deactivated`), and calls `POST /services/{serviceId}/rollback`
 //! with `{"deployId": ...}`, which starts a new deploy from that deploy's
 //! build.
@@ -23,11 +23,11 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, live_policy, segment, send, send_json, settled, then, with_retries,
-    BuildContext, Listed, Problem, RollbackError,
+use super::call::{
+    endpoint, find_in, find_then_act, http_client, live_policy, segment, send, send_json, settled,
+    then, with_retries, BuildContext, Listed, RollbackError,
 };
+use super::problem::{check_present, check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};
@@ -104,7 +104,7 @@ impl Render {
     }
 
     /// After an interrupted call: lists the deploys and says where the bad
-    /// one stands (see [`super::settled`]; a rollback is a new deploy).
+    /// one stands (see [`super::call::settled`]; a rollback is a new deploy).
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let list = with_retries(NAME, self.policy, |_| self.list()).await?;
         Ok(settled(NAME, &list, &req.deployment))

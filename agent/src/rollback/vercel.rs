@@ -2,7 +2,7 @@
 //!
 //! It lists the project's recent production deployments
 //! (`GET /v6/deployments?projectId=…&target=production`), picks the one to
-//! return to (see [`super::choose`]: `READY`; when the current id is not
+//! return to (see [`super::call::choose`]: `READY`; when the current id is not
 //! listed, the newest `READY` one counts as current), and calls
 //! `POST /v1/projects/{projectId}/rollback/{deploymentId}` with the reason as
 //! `description`, which points the production domains at it. `teamId` is
@@ -19,11 +19,11 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    check_present, check_timeout, check_url, default_attempt_timeout, endpoint, find_in,
-    find_then_act, http_client, live_policy, segment, send, send_json, then, truncate,
-    with_retries, BuildContext, Listed, Problem, RollbackError,
+use super::call::{
+    endpoint, find_in, find_then_act, http_client, live_policy, segment, send, send_json, then,
+    truncate, with_retries, BuildContext, Listed, RollbackError,
 };
+use super::problem::{check_present, check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};

@@ -21,10 +21,8 @@ use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use serde::Deserialize;
 
-use super::{
-    check_timeout, check_url, default_attempt_timeout, http_client, send, with_retries,
-    BuildContext, Problem, RollbackError,
-};
+use super::call::{http_client, send, with_retries, BuildContext, RollbackError};
+use super::problem::{check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::retry::{Attempt, RetryPolicy};

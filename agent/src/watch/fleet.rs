@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::fleet_call::{self, FleetEnded};
+use super::fleet_call;
+use super::job::FleetEnded;
 use super::job::ManualReply;
 use super::types::{summarize, to_text, ManualOutcome, RuleStatus};
 use super::Watcher;

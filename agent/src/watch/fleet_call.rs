@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::job::{Done, ManualReply};
+use super::job::{Done, FleetEnded, ManualReply};
 use super::types::{Clock, ManualOutcome, Rollbacker};
-use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
+use crate::evidence::{Reconciled, RollbackRequest};
 use crate::fleet::{Coordination, Lease};
 use crate::store::{RollbackRecord, RollbackStatus};
 
@@ -28,33 +28,6 @@ pub(super) struct FleetCall {
     pub clock: Clock,
     /// A rollback asked for by hand, answered once the lease is settled.
     pub reply: Option<ManualReply>,
-}
-
-/// How a fleet's try ended.
-pub(super) enum FleetEnded {
-    /// The coordination store failed: nothing more was done.
-    StoreFailed(String),
-    /// Another agent holds the lease (it is calling).
-    Taken,
-    /// The fleet's record of the deployment is finished already: shown.
-    Found(RollbackRecord),
-    /// The call of a holder that stopped took effect, as the platform
-    /// shows: recorded as done (fenced), no call.
-    FoundDone {
-        rec: RollbackRecord,
-        target: &'static str,
-    },
-    /// The lease was taken over before the intent was written: no call.
-    Overtaken,
-    /// Dry run: the intent is the record, no call.
-    DryRun(RollbackRecord),
-    /// The platform was called once; its answer, and whether the outcome
-    /// was recorded (the lease still the deployment's newest).
-    Called {
-        rec: RollbackRecord,
-        target: &'static str,
-        result: Result<RollbackDone, String>,
-    },
 }
 
 /// One try: see the module's documentation. The lease is released however

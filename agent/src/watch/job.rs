@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
+use super::types::WatchView;
 use super::types::{ManualOutcome, Rollbacker};
-use super::view::WatchView;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
 use crate::store::{Claim, DeploymentRecord, RollbackRecord, Store};
 
@@ -40,7 +40,7 @@ pub(super) enum Done {
     /// A rollback's claim and call ended.
     Rollback(Ended),
     /// A fleet's rollback ended (see `fleet_call`).
-    Fleet(super::fleet_call::FleetEnded),
+    Fleet(FleetEnded),
     /// A fleet's rollback wrote its intent and is calling: a report on the
     /// way, not the end of a job.
     Intent(RollbackRecord),
@@ -68,6 +68,33 @@ pub(super) enum Ended {
         target: Option<&'static str>,
         found: Reconciled,
         call: Option<Result<RollbackDone, String>>,
+    },
+}
+
+/// How a fleet's try ended.
+pub(super) enum FleetEnded {
+    /// The coordination store failed: nothing more was done.
+    StoreFailed(String),
+    /// Another agent holds the lease (it is calling).
+    Taken,
+    /// The fleet's record of the deployment is finished already: shown.
+    Found(RollbackRecord),
+    /// The call of a holder that stopped took effect, as the platform
+    /// shows: recorded as done (fenced), no call.
+    FoundDone {
+        rec: RollbackRecord,
+        target: &'static str,
+    },
+    /// The lease was taken over before the intent was written: no call.
+    Overtaken,
+    /// Dry run: the intent is the record, no call.
+    DryRun(RollbackRecord),
+    /// The platform was called once; its answer, and whether the outcome
+    /// was recorded (the lease still the deployment's newest).
+    Called {
+        rec: RollbackRecord,
+        target: &'static str,
+        result: Result<RollbackDone, String>,
     },
 }
 

@@ -42,8 +42,9 @@ use backstop_judge::rules::Verdict;
 use job::{Done, Jobs};
 
 pub use fleet::FLEET_READ_EVERY;
-pub use types::{Call, Clock, Guard, Held, ManualOutcome, Notifier, Rollbacker, RuleStatus};
-pub use view::{RuleView, WatchView};
+pub use types::{
+    Call, Clock, Guard, Held, ManualOutcome, Notifier, Rollbacker, RuleStatus, RuleView, WatchView,
+};
 
 /// How long a step waits for what the store knows of a deployment just
 /// seen before going on without it (the read goes on, off its path).

@@ -7,10 +7,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::evidence::{Event, Reconciled, RollbackDone, RollbackRequest};
 use crate::rule_config::Action;
+use crate::store::{DeploymentRecord, RollbackRecord};
 use backstop_judge::evidence::Evidence;
 use backstop_judge::rules::Verdict;
 
@@ -176,4 +178,33 @@ pub(super) fn to_text(return_to: &Option<String>) -> String {
         Some(r) => format!(" to {r}"),
         None => String::new(),
     }
+}
+
+/// What the watch shows in `/status`, refreshed on every step.
+#[derive(Debug, Clone, Default)]
+pub struct WatchView {
+    pub deployment: Option<DeploymentRecord>,
+    pub last_stable: Option<String>,
+    pub paused: bool,
+    pub rules: Vec<RuleView>,
+    pub last_rollback: Option<RollbackRecord>,
+    pub held: Option<String>,
+    pub notes: Vec<String>,
+    /// The fleet as this replica sees it; `None` without `[fleet]`.
+    pub fleet: Option<Value>,
+}
+
+/// One rule as `/status` shows it: kept as it is and written as JSON only
+/// when `/status` is asked for (a JSON value per rule, rebuilt on every
+/// judgement, cost kilobytes per rule).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleView {
+    pub name: String,
+    pub probe: String,
+    pub action: &'static str,
+    pub armed: bool,
+    pub verdict: &'static str,
+    pub reason: Option<String>,
+    pub summary: Option<String>,
+    pub detail: backstop_judge::rules::Detail,
 }

@@ -1,44 +1,14 @@
 //! What `/status` shows of the watch: [`WatchView`], refreshed on every
 //! step, and one [`RuleView`] per rule.
 
-use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use super::job::Done;
-use super::types::{summarize, RuleStatus};
+use super::types::{summarize, RuleStatus, RuleView};
 use super::Watcher;
-use crate::store::{DeploymentRecord, RollbackRecord, WatchState};
+use crate::store::WatchState;
 use backstop_judge::rules::Verdict;
-
-/// What the watch shows in `/status`, refreshed on every step.
-#[derive(Debug, Clone, Default)]
-pub struct WatchView {
-    pub deployment: Option<DeploymentRecord>,
-    pub last_stable: Option<String>,
-    pub paused: bool,
-    pub rules: Vec<RuleView>,
-    pub last_rollback: Option<RollbackRecord>,
-    pub held: Option<String>,
-    pub notes: Vec<String>,
-    /// The fleet as this replica sees it; `None` without `[fleet]`.
-    pub fleet: Option<Value>,
-}
-
-/// One rule as `/status` shows it: kept as it is and written as JSON only
-/// when `/status` is asked for (a JSON value per rule, rebuilt on every
-/// judgement, cost kilobytes per rule).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RuleView {
-    pub name: String,
-    pub probe: String,
-    pub action: &'static str,
-    pub armed: bool,
-    pub verdict: &'static str,
-    pub reason: Option<String>,
-    pub summary: Option<String>,
-    pub detail: backstop_judge::rules::Detail,
-}
 
 /// How often `/status` reads a rollback record of the current deployment
 /// that it does not show yet (one recorded before a restart, or by another
