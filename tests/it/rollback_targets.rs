@@ -943,12 +943,21 @@ fn vercel_project(production: &str) -> Reply {
 /// `GET /v9/projects/{id}` whose last alias request, a rollback to `to`,
 /// has `status`.
 fn vercel_project_job(production: &str, to: &str, status: &str) -> Reply {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    vercel_project_job_at(production, to, status, now)
+}
+
+/// [`vercel_project_job`], the alias request made at `requested_at` (ms).
+fn vercel_project_job_at(production: &str, to: &str, status: &str, requested_at: u64) -> Reply {
     Reply::json(
         200,
         json!({"id": "prj_1", "name": "web",
                "targets": {"production": {"id": production, "readyState": "READY", "target": "production"}},
                "lastAliasRequest": {"fromDeploymentId": "dpl_new", "toDeploymentId": to,
-                                    "jobStatus": status, "requestedAt": 1_700_000_000_000u64, "type": "rollback"}}),
+                                    "jobStatus": status, "requestedAt": requested_at, "type": "rollback"}}),
     )
 }
 
@@ -1428,6 +1437,15 @@ async fn vercel_with_job(statuses: &'static [&'static str]) -> (HttpServer, Arc<
                 // An earlier request, to another deployment.
                 return vercel_project_job("dpl_new", "dpl_older", "succeeded");
             }
+            if status == "stale" {
+                // An earlier rollback to the same deployment, long done.
+                return vercel_project_job_at(
+                    "dpl_new",
+                    "dpl_good",
+                    "succeeded",
+                    1_700_000_000_000,
+                );
+            }
             return vercel_project_job("dpl_new", "dpl_good", status);
         }
         p.listing(r)
@@ -1439,13 +1457,14 @@ async fn vercel_with_job(statuses: &'static [&'static str]) -> (HttpServer, Arc<
 #[tokio::test]
 async fn vercel_waits_for_the_alias_job_of_the_queued_rollback() {
     let p = PLATFORMS[3];
-    let (server, reads) = vercel_with_job(&["", "pending", "in-progress", "succeeded"]).await;
+    let (server, reads) =
+        vercel_with_job(&["", "stale", "pending", "in-progress", "succeeded"]).await;
     let done = target(&p.config(&server, "10s"))
         .rollback(&request("dpl_new", None))
         .await
         .unwrap();
     assert_eq!(done.returned_to.as_deref(), Some("dpl_good"));
-    assert_eq!(reads.load(Ordering::SeqCst), 4);
+    assert_eq!(reads.load(Ordering::SeqCst), 5);
     assert!(
         done.detail.contains("do not go live until one is promoted"),
         "{}",

@@ -263,6 +263,12 @@ mod tests {
                 .unwrap();
         assert_eq!(l.aliases, ["41", "v41"]);
         assert!(l.eligible && !l.active);
+        let held = |e: Value| {
+            listed(&json!({"id": "r-1", "version": 1, "status": "succeeded", "eligible_for_rollback": e}))
+                .unwrap()
+                .eligible
+        };
+        assert!(held(json!(true)) && held(Value::Null) && !held(json!(false)));
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //! path and `teamId`, `GetProjectResponseBody.targets` and
 //! `GetProjectTargets.id` under `src/models/`).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -53,6 +53,10 @@ const HISTORY: u32 = 20;
 
 /// How often the alias job of a queued rollback is read.
 const POLL: Duration = Duration::from_millis(250);
+
+/// How much older than the call an alias request may look and still be
+/// its own (clocks differ); the CLI counts the last 3 minutes as recent.
+const RECENT_MS: u64 = 3 * 60 * 1000;
 
 /// What the outcome of every rollback adds: production stays put.
 const HELD: &str = "vercel turned off the automatic assignment of production domains: \
@@ -114,6 +118,9 @@ pub struct Vercel {
 impl Vercel {
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
         let start = Instant::now();
+        let asked_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let done = find_then_act(
             NAME,
             self.policy,
@@ -129,7 +136,7 @@ impl Vercel {
             deadline: self.policy.deadline.saturating_sub(start.elapsed()),
             ..self.policy
         };
-        let status = with_retries(NAME, policy, |_| self.alias_job(&id)).await?;
+        let status = with_retries(NAME, policy, |_| self.alias_job(&id, asked_ms)).await?;
         Ok(RollbackDone {
             detail: format!("{} ({status}); {HELD}", done.detail),
             returned_to: done.returned_to,
@@ -138,12 +145,18 @@ impl Vercel {
 
     /// The alias job of the rollback to `id`, read once: done when it
     /// `succeeded` (or was `skipped`), failed for good when it `failed`,
-    /// read again while `pending` or `in-progress` or not yet shown.
-    async fn alias_job(&self, id: &str) -> Attempt<String> {
+    /// read again while `pending` or `in-progress` or not yet shown. An
+    /// alias request to `id` from well before the call (`requestedAt`, in
+    /// milliseconds) is an earlier one, not this one.
+    async fn alias_job(&self, id: &str, asked_ms: u64) -> Attempt<String> {
         then(self.project().await, |doc| {
-            let job = doc
-                .get("lastAliasRequest")
-                .filter(|j| j.get("toDeploymentId").and_then(Value::as_str) == Some(id));
+            let job = doc.get("lastAliasRequest").filter(|j| {
+                let recent = j
+                    .get("requestedAt")
+                    .and_then(Value::as_u64)
+                    .is_none_or(|at| at + RECENT_MS >= asked_ms);
+                j.get("toDeploymentId").and_then(Value::as_str) == Some(id) && recent
+            });
             let status = job
                 .and_then(|j| j.get("jobStatus"))
                 .and_then(Value::as_str)
