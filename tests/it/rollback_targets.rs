@@ -10,12 +10,20 @@
 //! github.com/render-oss/cli has it (`pkg/client/types_gen.go`:
 //! `DeployWithCursor`, `DeployStatus`, `ListDeploysParams` with `status`
 //! and `limit`); Vercel's OpenAPI spec as its SDK github.com/vercel/sdk has
-//! it (`GET /v6/deployments`, `GET /v9/projects/{idOrName}` with
-//! `targets.production.id`, `POST /v1/projects/{projectId}/rollback/
-//! {deploymentId}`); Heroku's Platform API schema (`v6/schema.json` of
-//! github.com/heroku/heroku-go, downloaded from api.heroku.com/schema: a
-//! release's `id`, `version`, `status` and `current`), with the `Range`
-//! header of Heroku's Platform API reference.
+//! it (`GET /v6/deployments` with a deployment's `isRollbackCandidate`,
+//! `GET /v9/projects/{idOrName}` with `targets.production.id` and
+//! `lastAliasRequest` — `toDeploymentId`, `jobStatus`, `requestedAt`,
+//! `type` —, `POST /v1/projects/{projectId}/rollback/{deploymentId}`), with
+//! the body `{}` and the polling of `lastAliasRequest.jobStatus` of
+//! Vercel's CLI (github.com/vercel/vercel `packages/cli/src/commands/
+//! rollback/request-rollback.ts` and `status.ts`); Heroku's Platform API
+//! schema (`v6/schema.json` of github.com/heroku/heroku-go, downloaded from
+//! api.heroku.com/schema: a release's `id`, `version`, `status`, `current`
+//! and `eligible_for_rollback`), with the `Range` and `Next-Range` headers
+//! of Heroku's Platform API reference (a `206` carries `Next-Range`, sent
+//! back as the next `Range`); Render's `PATCH /services/{serviceId}` with
+//! `autoDeploy` `yes` or `no` (`ServicePATCH`, `AutoDeploy` in the same
+//! generated client).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -204,18 +212,24 @@ impl Platform {
             "vercel" if r.path == "/v6/deployments" => Reply::json(
                 200,
                 json!({"deployments": [
-                    {"uid": "dpl_good", "readyState": "READY", "created": 1000, "target": "production"},
-                    {"uid": "dpl_new", "readyState": "READY", "created": 3000, "target": "production"},
-                    {"uid": "dpl_err", "readyState": "ERROR", "created": 2000, "target": "production"}
-                ], "pagination": {"count": 3, "next": null, "prev": null}}),
+                    {"uid": "dpl_good", "readyState": "READY", "created": 1000, "target": "production", "isRollbackCandidate": true},
+                    {"uid": "dpl_new", "readyState": "READY", "created": 3000, "target": "production", "isRollbackCandidate": true},
+                    {"uid": "dpl_err", "readyState": "ERROR", "created": 2000, "target": "production", "isRollbackCandidate": false},
+                    // Ready, but Vercel will not roll back to it.
+                    {"uid": "dpl_stale", "readyState": "READY", "created": 2500, "target": "production", "isRollbackCandidate": false}
+                ], "pagination": {"count": 4, "next": null, "prev": null}}),
             ),
             "heroku" if r.path == "/apps/web-app/releases" => Reply::json(
                 206,
                 json!([
-                    {"id": "r-42", "version": 42, "status": "succeeded", "current": true},
-                    {"id": "r-41", "version": 41, "status": "failed", "current": false},
-                    {"id": "r-40", "version": 40, "status": "succeeded", "current": false}
+                    {"id": "r-42", "version": 42, "status": "succeeded", "current": true, "eligible_for_rollback": true},
+                    {"id": "r-41", "version": 41, "status": "failed", "current": false, "eligible_for_rollback": false},
+                    {"id": "r-40", "version": 40, "status": "succeeded", "current": false, "eligible_for_rollback": true}
                 ]),
+            ),
+            "render" if r.method == "PATCH" && r.path == "/v1/services/srv-1" => Reply::json(
+                200,
+                json!({"id": "srv-1", "type": "web_service", "autoDeploy": r.json()["autoDeploy"]}),
             ),
             _ => Reply::json(404, json!({"message": "no such route"})),
         }
@@ -454,6 +468,13 @@ async fn render_finds_the_previous_live_deploy_and_posts_its_id() {
         .unwrap();
     assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
     assert!(done.detail.contains("dep-rb"), "{}", done.detail);
+    // Auto-deploy is left alone, and the outcome says what that means.
+    assert!(
+        done.detail
+            .contains("if it is on, the next push deploys the bad commit again"),
+        "{}",
+        done.detail
+    );
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].method, "GET");
@@ -496,8 +517,14 @@ async fn vercel_lists_production_deployments_and_rolls_back_with_the_team() {
         .await
         .unwrap();
     assert_eq!(done.returned_to.as_deref(), Some("dpl_good"));
+    assert!(
+        done.detail.contains("alias job succeeded")
+            && done.detail.contains("do not go live until one is promoted"),
+        "{}",
+        done.detail
+    );
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].method, "GET");
     assert_eq!(reqs[0].path, "/v6/deployments");
     assert_eq!(
@@ -510,6 +537,12 @@ async fn vercel_lists_production_deployments_and_rolls_back_with_the_team() {
         reqs[1].query.as_deref(),
         Some("description=health%3A+3+consecutive+failures&teamId=team_1")
     );
+    // The body the CLI sends.
+    assert_eq!(reqs[1].json(), json!({}));
+    // The queued rollback's alias job, read until it is done.
+    assert_eq!(reqs[2].method, "GET");
+    assert_eq!(reqs[2].path, "/v9/projects/prj_1");
+    assert_eq!(reqs[2].query.as_deref(), Some("teamId=team_1"));
     for r in &reqs {
         assert_eq!(
             r.header("authorization"),
@@ -902,10 +935,29 @@ impl Platform {
 }
 
 /// `GET /v9/projects/{id}`, with the deployment production points at.
+/// Its `lastAliasRequest` is the rollback to `dpl_good`, done.
 fn vercel_project(production: &str) -> Reply {
+    vercel_project_job(production, "dpl_good", "succeeded")
+}
+
+/// `GET /v9/projects/{id}` whose last alias request, a rollback to `to`,
+/// has `status`.
+fn vercel_project_job(production: &str, to: &str, status: &str) -> Reply {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    vercel_project_job_at(production, to, status, now)
+}
+
+/// [`vercel_project_job`], the alias request made at `requested_at` (ms).
+fn vercel_project_job_at(production: &str, to: &str, status: &str, requested_at: u64) -> Reply {
     Reply::json(
         200,
-        json!({"id": "prj_1", "name": "web", "targets": {"production": {"id": production, "readyState": "READY", "target": "production"}}}),
+        json!({"id": "prj_1", "name": "web",
+               "targets": {"production": {"id": production, "readyState": "READY", "target": "production"}},
+               "lastAliasRequest": {"fromDeploymentId": "dpl_new", "toDeploymentId": to,
+                                    "jobStatus": status, "requestedAt": requested_at, "type": "rollback"}}),
     )
 }
 
@@ -1363,4 +1415,302 @@ async fn a_webhook_or_a_command_cannot_say_which_deployment_is_live() {
             "{err}"
         );
     }
+}
+
+// What each platform does after its rollback call: Vercel's alias job,
+// Heroku's pages of releases, Render's auto-deploy.
+
+/// A Vercel stand-in whose project shows the alias job of the rollback as
+/// `statuses` (one read each, the last one from then on).
+async fn vercel_with_job(statuses: &'static [&'static str]) -> (HttpServer, Arc<AtomicUsize>) {
+    let p = PLATFORMS[3];
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counter = reads.clone();
+    let server = HttpServer::start(move |r| {
+        if p.is_rollback_call(r) {
+            return p.accepted();
+        }
+        if r.path == "/v9/projects/prj_1" {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let status = statuses[n.min(statuses.len() - 1)];
+            if status.is_empty() {
+                // An earlier request, to another deployment.
+                return vercel_project_job("dpl_new", "dpl_older", "succeeded");
+            }
+            if status == "stale" {
+                // An earlier rollback to the same deployment, long done.
+                return vercel_project_job_at(
+                    "dpl_new",
+                    "dpl_good",
+                    "succeeded",
+                    1_700_000_000_000,
+                );
+            }
+            return vercel_project_job("dpl_new", "dpl_good", status);
+        }
+        p.listing(r)
+    })
+    .await;
+    (server, reads)
+}
+
+#[tokio::test]
+async fn vercel_waits_for_the_alias_job_of_the_queued_rollback() {
+    let p = PLATFORMS[3];
+    let (server, reads) =
+        vercel_with_job(&["", "stale", "pending", "in-progress", "succeeded"]).await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("dpl_new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dpl_good"));
+    assert_eq!(reads.load(Ordering::SeqCst), 5);
+    assert!(
+        done.detail.contains("do not go live until one is promoted"),
+        "{}",
+        done.detail
+    );
+    assert_eq!(rollback_calls(p, &server).len(), 1);
+}
+
+#[tokio::test]
+async fn vercel_a_failed_alias_job_fails_the_rollback_without_calling_again() {
+    let p = PLATFORMS[3];
+    let (server, _) = vercel_with_job(&["pending", "failed"]).await;
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("dpl_new", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("alias job for the rollback to dpl_good failed"),
+        "{err}"
+    );
+    assert_eq!(rollback_calls(p, &server).len(), 1);
+    assert_hidden(p, &err.to_string());
+}
+
+#[tokio::test]
+async fn vercel_an_alias_job_that_never_ends_gives_up_at_the_deadline() {
+    let p = PLATFORMS[3];
+    let (server, reads) = vercel_with_job(&["in-progress"]).await;
+    let start = Instant::now();
+    let err = target(&p.config(&server, "2s"))
+        .rollback(&request("dpl_new", None))
+        .await
+        .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(err, RollbackError::Exhausted { .. }), "{err:?}");
+    assert!(err.to_string().contains("in-progress"), "{err}");
+    assert!(reads.load(Ordering::SeqCst) >= 2);
+    assert_eq!(rollback_calls(p, &server).len(), 1);
+}
+
+#[tokio::test]
+async fn vercel_never_rolls_back_to_a_deployment_that_is_not_a_candidate() {
+    let p = PLATFORMS[3];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    // Between the current deployment and dpl_good, dpl_stale is READY but
+    // marked isRollbackCandidate: false: it is passed over.
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("dpl_new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dpl_good"));
+    // Asked for by name, it is refused without a call.
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("dpl_new", Some("dpl_stale")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    assert!(err.to_string().contains("dpl_stale"), "{err}");
+    assert_eq!(rollback_calls(p, &server).len(), 1);
+}
+
+/// A release of Heroku's list.
+fn release(v: u64, status: &str, current: bool, eligible: bool) -> Value {
+    json!({"id": format!("r-{v}"), "version": v, "status": status, "current": current,
+           "eligible_for_rollback": eligible})
+}
+
+#[tokio::test]
+async fn heroku_follows_next_range_and_skips_releases_not_eligible_for_rollback() {
+    let p = PLATFORMS[4];
+    const NEXT: &str = "version ]41..; order=desc, max=20";
+    let server = HttpServer::start(move |r| {
+        if r.method == "POST" {
+            return p.accepted();
+        }
+        match r.header("range") {
+            Some("version ..; order=desc, max=20") => Reply::json(
+                206,
+                json!([
+                    release(42, "succeeded", true, true),
+                    // Succeeded, but Heroku will not roll back to it.
+                    release(41, "succeeded", false, false)
+                ]),
+            )
+            .header("next-range", NEXT),
+            Some(NEXT) => Reply::json(
+                200,
+                json!([
+                    release(40, "succeeded", false, true),
+                    release(39, "succeeded", false, true)
+                ]),
+            ),
+            other => Reply::json(
+                416,
+                json!({"id": "requested_range_not_satisfiable", "message": format!("{other:?}")}),
+            ),
+        }
+    })
+    .await;
+    let done = target(&p.config(&server, "10s"))
+        .rollback(&request("v42", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("r-40"));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[1].method, "GET");
+    assert_eq!(reqs[1].header("range"), Some(NEXT));
+    assert_eq!(reqs[2].json(), json!({"release": "r-40"}));
+
+    // Asked for by name, the ineligible release is refused without a call.
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("v42", Some("r-41")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn heroku_reads_a_bounded_number_of_pages() {
+    let p = PLATFORMS[4];
+    let pages = Arc::new(AtomicUsize::new(0));
+    let counter = pages.clone();
+    // Every page says there is another; none holds a release to return to.
+    let server = HttpServer::start(move |r| {
+        if r.method == "POST" {
+            return p.accepted();
+        }
+        let n = counter.fetch_add(1, Ordering::SeqCst) as u64;
+        let rel = if n == 0 {
+            release(1000, "succeeded", true, true)
+        } else {
+            release(1000 - n, "failed", false, false)
+        };
+        Reply::json(206, json!([rel])).header(
+            "next-range",
+            &format!("version ]{}..; order=desc, max=20", 1000 - n),
+        )
+    })
+    .await;
+    let err = target(&p.config(&server, "10s"))
+        .rollback(&request("v1000", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    assert_eq!(pages.load(Ordering::SeqCst), 5);
+    assert!(server.requests().iter().all(|r| r.method == "GET"));
+
+    // The live release is on the first page: one read.
+    pages.store(0, Ordering::SeqCst);
+    let live = target(&p.config(&server, "10s"))
+        .live_deployment()
+        .await
+        .unwrap();
+    assert_eq!(live, "v1000");
+    assert_eq!(pages.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn render_turns_auto_deploy_off_only_when_asked() {
+    let p = PLATFORMS[2];
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let asked = format!("{}disable_autodeploy = true\n", p.config(&server, "10s"));
+    let done = target(&asked)
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
+    assert!(
+        done.detail
+            .contains("auto-deploy for the service is now off"),
+        "{}",
+        done.detail
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[1].path, "/v1/services/srv-1/rollback");
+    assert_eq!(reqs[2].method, "PATCH");
+    assert_eq!(reqs[2].path, "/v1/services/srv-1");
+    assert_eq!(reqs[2].json(), json!({"autoDeploy": "no"}));
+    assert_eq!(
+        reqs[2].header("authorization"),
+        Some(&*format!("Bearer {}", p.token))
+    );
+
+    // Not asked: no PATCH (`false` is the default, and can be said).
+    let (server, _) = p.start(then_ok(vec![])).await;
+    let not_asked = format!("{}disable_autodeploy = false\n", p.config(&server, "10s"));
+    target(&not_asked)
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert!(server.requests().iter().all(|r| r.method != "PATCH"));
+}
+
+#[tokio::test]
+async fn render_a_refused_auto_deploy_change_leaves_the_rollback_done_and_says_so() {
+    let p = PLATFORMS[2];
+    let server = HttpServer::start(move |r| {
+        if r.method == "PATCH" {
+            return error_reply(403);
+        }
+        if p.is_rollback_call(r) {
+            return p.accepted();
+        }
+        p.listing(r)
+    })
+    .await;
+    let asked = format!("{}disable_autodeploy = true\n", p.config(&server, "10s"));
+    let done = target(&asked)
+        .rollback(&request("dep-new", None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("dep-good"));
+    assert!(
+        done.detail
+            .contains("turning the service's auto-deploy off failed")
+            && done.detail.contains("403")
+            && done
+                .detail
+                .contains("the next push deploys the bad commit again"),
+        "{}",
+        done.detail
+    );
+    assert_hidden(p, &done.detail);
+    // A refusal is final: one PATCH.
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count(),
+        1
+    );
 }

@@ -255,6 +255,17 @@ pub async fn send(
     what: &str,
     secrets: &[&str],
 ) -> Attempt<bytes::Bytes> {
+    then(send_with_headers(req, what, secrets).await, |(_, body)| {
+        Attempt::Done(body)
+    })
+}
+
+/// [`send`], with the answer's headers as well as its body.
+pub async fn send_with_headers(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    secrets: &[&str],
+) -> Attempt<(reqwest::header::HeaderMap, bytes::Bytes)> {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => return classify_error(e, what),
@@ -264,7 +275,7 @@ pub async fn send(
     // A 2xx whose body cannot be read still means the platform accepted.
     let body = resp.bytes().await.unwrap_or_default();
     match classify_status(status, &headers, what) {
-        Attempt::Done(()) => Attempt::Done(body),
+        Attempt::Done(()) => Attempt::Done((headers, body)),
         Attempt::Retry { reason, after } => Attempt::Retry {
             reason: with_detail(reason, &body, secrets),
             after,

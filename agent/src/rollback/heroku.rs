@@ -1,10 +1,14 @@
 //! The `heroku` target: Heroku's Platform API (version 3).
 //!
 //! It lists the app's recent releases (`GET /apps/{app}/releases` with
-//! `Range: version ..; order=desc, max=20`), picks the one to return to (see
-//! [`super::call::choose`]: `succeeded`, older than the current release; a
-//! deployment id may be the release's id, its version or `v` and its
-//! version), and rolls back with `POST /apps/{app}/releases` and
+//! `Range: version ..; order=desc, max=20`; while the answer carries a
+//! `Next-Range` header, that value is sent back as the next request's
+//! `Range`, up to [`PAGES`] pages — the Platform API reference's ranges, as
+//! github.com/heroku/heroku-go and the CLI's client follow them), picks the
+//! one to return to (see [`super::call::choose`]: `succeeded` and, when the
+//! release says so, `eligible_for_rollback`, older than the current
+//! release; a deployment id may be the release's id, its version or `v`
+//! and its version), and rolls back with `POST /apps/{app}/releases` and
 //! `{"release": "<id>"}`, which creates a new release from that one.
 //!
 //! The live release is the current one from the same list: the release
@@ -13,7 +17,8 @@
 //! `release` definition of `v6/schema.json` in github.com/heroku/heroku-go,
 //! generated from `GET https://api.heroku.com/schema`) gives a release
 //! `current` ("indicates this release as being the current one for the
-//! app"), `status` (`failed`, `pending`, `succeeded`, `expired`) and
+//! app"), `eligible_for_rollback` ("indicates if this release is eligible
+//! for rollback"; a release marked `false` is never chosen), `status` (`failed`, `pending`, `succeeded`, `expired`) and
 //! `version`; a release whose release phase is still running (`pending`)
 //! or failed (`failed`) never became current, while one whose dynos crash
 //! stays current.
@@ -22,8 +27,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::call::{
-    endpoint, find_in, find_then_act, http_client, live_policy, segment, send, send_json, settled,
-    then, with_retries, BuildContext, Listed, RollbackError,
+    endpoint, find_in, find_then_act, http_client, json_body, live_policy, segment, send,
+    send_with_headers, settled, then, with_retries, BuildContext, Listed, RollbackError,
 };
 use super::problem::{check_present, check_timeout, check_url, default_attempt_timeout, Problem};
 use crate::duration::Dur;
@@ -36,8 +41,12 @@ const NAME: &str = "heroku";
 /// The Platform API's version header.
 pub const ACCEPT: &str = "application/vnd.heroku+json; version=3";
 
-/// The releases searched: the 20 newest.
+/// The first page of releases: the 20 newest.
 const RANGE: &str = "version ..; order=desc, max=20";
+
+/// The most pages of releases read for a rollback (the live release is on
+/// the first).
+pub const PAGES: usize = 5;
 
 /// `[rollback.heroku]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,7 +124,7 @@ impl Heroku {
     /// has no version). Reads only.
     pub async fn live_deployment(&self) -> Result<String, RollbackError> {
         with_retries(NAME, live_policy(self.policy), |_| async {
-            then(self.releases().await, |items| match current(&items) {
+            then(self.releases(1).await, |items| match current(&items) {
                 Some(id) => Attempt::Done(id),
                 None => Attempt::Fail(format!(
                     "none of the {} newest releases is current or succeeded",
@@ -128,26 +137,47 @@ impl Heroku {
 
     /// The app's recent releases, newest first.
     async fn list(&self) -> Attempt<Vec<Listed>> {
-        then(self.releases().await, |items| {
+        then(self.releases(PAGES).await, |items| {
             Attempt::Done(items.iter().filter_map(listed).collect())
         })
     }
 
-    /// The app's recent releases as Heroku gives them, newest first.
-    async fn releases(&self) -> Attempt<Vec<Value>> {
+    /// The app's recent releases as Heroku gives them, newest first: up to
+    /// `pages` pages, each asked for with the `Next-Range` of the one
+    /// before.
+    async fn releases(&self, pages: usize) -> Attempt<Vec<Value>> {
         let key = self.config.api_key.expose();
-        let r = self
-            .client
-            .get(self.releases_url())
-            .bearer_auth(key)
-            .header("accept", ACCEPT)
-            .header("range", RANGE);
         let what = "listing releases";
-        let mut items: Vec<Value> = match send_json(r, what, &[key]).await {
-            Attempt::Done(v) => v,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
+        let mut items: Vec<Value> = Vec::new();
+        let mut range = RANGE.to_string();
+        for _ in 0..pages {
+            let r = self
+                .client
+                .get(self.releases_url())
+                .bearer_auth(key)
+                .header("accept", ACCEPT)
+                .header("range", &range);
+            let (headers, body) = match send_with_headers(r, what, &[key]).await {
+                Attempt::Done(v) => v,
+                Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+                Attempt::Fail(r) => return Attempt::Fail(r),
+            };
+            let page: Vec<Value> = match json_body(&body, what) {
+                Attempt::Done(v) => v,
+                Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
+                Attempt::Fail(r) => return Attempt::Fail(r),
+            };
+            let empty = page.is_empty();
+            items.extend(page);
+            let next = headers
+                .get("next-range")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.trim().is_empty());
+            match next {
+                Some(next) if !empty => range = next.to_string(),
+                _ => break,
+            }
+        }
         items.sort_by_key(|r| std::cmp::Reverse(r.get("version").and_then(Value::as_u64)));
         Attempt::Done(items)
     }
@@ -211,11 +241,13 @@ fn listed(r: &Value) -> Option<Listed> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    // Absent says nothing; `false` rules the release out.
+    let eligible = r.get("eligible_for_rollback").and_then(Value::as_bool) != Some(false);
     Some(Listed {
         id,
         aliases,
         active: r.get("current").and_then(Value::as_bool) == Some(true),
-        eligible: status == "succeeded",
+        eligible: status == "succeeded" && eligible,
         status,
     })
 }
@@ -231,6 +263,12 @@ mod tests {
                 .unwrap();
         assert_eq!(l.aliases, ["41", "v41"]);
         assert!(l.eligible && !l.active);
+        let held = |e: Value| {
+            listed(&json!({"id": "r-1", "version": 1, "status": "succeeded", "eligible_for_rollback": e}))
+                .unwrap()
+                .eligible
+        };
+        assert!(held(json!(true)) && held(Value::Null) && !held(json!(false)));
     }
 
     #[test]

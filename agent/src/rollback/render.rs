@@ -19,6 +19,16 @@
 //! updating) never goes live, and the one before it stays `live`; a deploy
 //! that went live and crashes afterwards stays `live` while Render restarts
 //! it.
+//!
+//! A rollback leaves the service's auto-deploy as it was: when it is on,
+//! the next push to the branch deploys the bad commit again, and the
+//! outcome says so. With `disable_autodeploy = true`, after a rollback
+//! Render accepted, the service's auto-deploy is turned off with
+//! `PATCH /services/{serviceId}` and `{"autoDeploy": "no"}` (the spec's
+//! `ServicePATCH.autoDeploy`, `AutoDeploy` being `yes` or `no`, in the same
+//! generated client), and the outcome says that it was.
+
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -52,7 +62,15 @@ pub struct RenderConfig {
     /// How long one request may take. Default `30s`.
     #[serde(default = "default_attempt_timeout")]
     pub timeout: Dur,
+    /// After a rollback, turn the service's auto-deploy off, so that the
+    /// next push does not deploy the bad commit again. Default false.
+    #[serde(default)]
+    pub disable_autodeploy: bool,
 }
+
+/// What the outcome says when auto-deploy is left alone.
+const STILL_ON: &str = "a rollback leaves the service's auto-deploy as it was: \
+if it is on, the next push deploys the bad commit again";
 
 fn default_api_url() -> String {
     "https://api.render.com/v1".into()
@@ -87,13 +105,55 @@ pub struct Render {
 
 impl Render {
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
-        find_then_act(
+        let start = Instant::now();
+        let done = find_then_act(
             NAME,
             self.policy,
             || find_in(self.list(), req),
             |id| self.roll_back_to(id),
         )
-        .await
+        .await?;
+        if !self.config.disable_autodeploy {
+            return Ok(RollbackDone {
+                detail: format!("{}; {STILL_ON}", done.detail),
+                returned_to: done.returned_to,
+            });
+        }
+        // The rollback stands whatever happens next: within the rest of
+        // the deadline, auto-deploy is turned off, and the outcome says
+        // whether it was.
+        let policy = RetryPolicy {
+            deadline: self.policy.deadline.saturating_sub(start.elapsed()),
+            ..self.policy
+        };
+        let off = match with_retries(NAME, policy, |_| self.autodeploy_off()).await {
+            Ok(()) => "render's auto-deploy for the service is now off (disable_autodeploy): \
+a push no longer deploys until it is turned back on"
+                .to_string(),
+            Err(e) => format!(
+                "turning the service's auto-deploy off failed ({}): if it is on, \
+the next push deploys the bad commit again",
+                e.reason()
+            ),
+        };
+        Ok(RollbackDone {
+            detail: format!("{}; {off}", done.detail),
+            returned_to: done.returned_to,
+        })
+    }
+
+    /// `PATCH /services/{serviceId}` with `{"autoDeploy": "no"}`.
+    async fn autodeploy_off(&self) -> Attempt<()> {
+        let key = self.config.api_key.expose();
+        let r = self
+            .client
+            .patch(self.url(""))
+            .bearer_auth(key)
+            .header("accept", "application/json")
+            .json(&json!({ "autoDeploy": "no" }));
+        then(send(r, "turning auto-deploy off", &[key]).await, |_| {
+            Attempt::Done(())
+        })
     }
 
     fn url(&self, tail: &str) -> String {

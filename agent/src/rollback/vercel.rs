@@ -2,11 +2,26 @@
 //!
 //! It lists the project's recent production deployments
 //! (`GET /v6/deployments?projectId=…&target=production`), picks the one to
-//! return to (see [`super::call::choose`]: `READY`; when the current id is not
-//! listed, the newest `READY` one counts as current), and calls
-//! `POST /v1/projects/{projectId}/rollback/{deploymentId}` with the reason as
-//! `description`, which points the production domains at it. `teamId` is
+//! return to (see [`super::call::choose`]: `READY` and, when the list says
+//! so, `isRollbackCandidate`; one marked `isRollbackCandidate: false` is never
+//! chosen; when the current id is not listed, the newest `READY` one counts
+//! as current), and calls `POST /v1/projects/{projectId}/rollback/{deploymentId}`
+//! with the reason as `description` and the body `{}` (the official CLI,
+//! github.com/vercel/vercel `packages/cli/src/commands/rollback/
+//! request-rollback.ts`, sends `body: {}`, marked required). `teamId` is
 //! added to every request when configured.
+//!
+//! A `201` only queues the rollback: the production domains move in an
+//! alias job. As the CLI does (`commands/rollback/status.ts`), the project
+//! is read again (`GET /v9/projects/{idOrName}`) until its
+//! `lastAliasRequest` for the deployment (`toDeploymentId`) has the
+//! `jobStatus` `succeeded` (or `skipped`), or `failed`, within the
+//! `[rollback] deadline`; `pending` and `in-progress` are waited out. The
+//! SDK has the same shape (`GetProjectLastAliasRequest` under
+//! `src/models/`: `fromDeploymentId`, `toDeploymentId`, `jobStatus`,
+//! `requestedAt`, `type`). After an Instant Rollback Vercel turns off the
+//! automatic assignment of production domains: new production deployments
+//! do not go live until one is promoted. The outcome says so.
 //!
 //! The live deployment is the project's production deployment
 //! (`GET /v9/projects/{idOrName}`, `targets.production.id`): the one its
@@ -16,8 +31,10 @@
 //! path and `teamId`, `GetProjectResponseBody.targets` and
 //! `GetProjectTargets.id` under `src/models/`).
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::call::{
     endpoint, find_in, find_then_act, http_client, live_policy, segment, send, send_json, then,
@@ -33,6 +50,17 @@ const NAME: &str = "vercel";
 
 /// How many recent production deployments are searched.
 const HISTORY: u32 = 20;
+
+/// How often the alias job of a queued rollback is read.
+const POLL: Duration = Duration::from_millis(250);
+
+/// How much older than the call an alias request may look and still be
+/// its own (clocks differ); the CLI counts the last 3 minutes as recent.
+const RECENT_MS: u64 = 3 * 60 * 1000;
+
+/// What the outcome of every rollback adds: production stays put.
+const HELD: &str = "vercel turned off the automatic assignment of production domains: \
+new production deployments do not go live until one is promoted";
 
 /// `[rollback.vercel]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,13 +117,65 @@ pub struct Vercel {
 
 impl Vercel {
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<RollbackDone, RollbackError> {
-        find_then_act(
+        let start = Instant::now();
+        let asked_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let done = find_then_act(
             NAME,
             self.policy,
             || find_in(self.list(), req),
             |id| self.roll_back_to(id, req),
         )
-        .await
+        .await?;
+        let Some(id) = done.returned_to.clone() else {
+            return Ok(done);
+        };
+        // The rest of the deadline, read every `POLL`.
+        let policy = RetryPolicy {
+            deadline: self.policy.deadline.saturating_sub(start.elapsed()),
+            ..self.policy
+        };
+        let status = with_retries(NAME, policy, |_| self.alias_job(&id, asked_ms)).await?;
+        Ok(RollbackDone {
+            detail: format!("{} ({status}); {HELD}", done.detail),
+            returned_to: done.returned_to,
+        })
+    }
+
+    /// The alias job of the rollback to `id`, read once: done when it
+    /// `succeeded` (or was `skipped`), failed for good when it `failed`,
+    /// read again while `pending` or `in-progress` or not yet shown. An
+    /// alias request to `id` from well before the call (`requestedAt`, in
+    /// milliseconds) is an earlier one, not this one.
+    async fn alias_job(&self, id: &str, asked_ms: u64) -> Attempt<String> {
+        then(self.project().await, |doc| {
+            let job = doc.get("lastAliasRequest").filter(|j| {
+                let recent = j
+                    .get("requestedAt")
+                    .and_then(Value::as_u64)
+                    .is_none_or(|at| at + RECENT_MS >= asked_ms);
+                j.get("toDeploymentId").and_then(Value::as_str) == Some(id) && recent
+            });
+            let status = job
+                .and_then(|j| j.get("jobStatus"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match status {
+                "succeeded" | "skipped" => Attempt::Done(format!("alias job {status}")),
+                "failed" => Attempt::Fail(format!(
+                    "vercel's alias job for the rollback to {id} failed (lastAliasRequest.jobStatus)"
+                )),
+                "" => Attempt::Retry {
+                    reason: format!("vercel shows no alias job for the rollback to {id} yet"),
+                    after: Some(POLL),
+                },
+                other => Attempt::Retry {
+                    reason: format!("vercel's alias job for the rollback to {id} is {other}"),
+                    after: Some(POLL),
+                },
+            }
+        })
     }
 
     fn team(&self) -> Vec<(&'static str, String)> {
@@ -181,6 +261,17 @@ impl Vercel {
 
     /// The deployment the project's production domains point at.
     async fn production(&self) -> Attempt<Option<String>> {
+        then(self.project().await, |doc| {
+            Attempt::Done(
+                doc.pointer("/targets/production/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            )
+        })
+    }
+
+    /// The project (`GET /v9/projects/{idOrName}`).
+    async fn project(&self) -> Attempt<Value> {
         let token = self.config.token.expose();
         let path = format!("/v9/projects/{}", segment(&self.config.project_id));
         let r = self
@@ -188,17 +279,7 @@ impl Vercel {
             .get(endpoint(&self.config.api_url, &path))
             .query(&self.team())
             .bearer_auth(token);
-        let what = "reading the project";
-        let doc: Value = match send_json(r, what, &[token]).await {
-            Attempt::Done(v) => v,
-            Attempt::Retry { reason, after } => return Attempt::Retry { reason, after },
-            Attempt::Fail(r) => return Attempt::Fail(r),
-        };
-        Attempt::Done(
-            doc.pointer("/targets/production/id")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        )
+        send_json(r, "reading the project", &[token]).await
     }
 
     async fn roll_back_to(&self, id: String, req: &RollbackRequest) -> Attempt<RollbackDone> {
@@ -213,7 +294,8 @@ impl Vercel {
             .post(endpoint(&self.config.api_url, &path))
             .query(&[("description", truncate(&req.reason, 200))])
             .query(&self.team())
-            .bearer_auth(token);
+            .bearer_auth(token)
+            .json(&json!({}));
         match send(r, "the rollback call", &[token]).await {
             Attempt::Done(_) => Attempt::Done(RollbackDone {
                 detail: format!("vercel points production at deployment {id}"),
@@ -238,11 +320,13 @@ fn listed(d: &Value) -> Option<Listed> {
         .unwrap_or("")
         .to_string();
     let ready = status == "READY";
+    // Absent (or null) says nothing; `false` rules the deployment out.
+    let candidate = d.get("isRollbackCandidate").and_then(Value::as_bool) != Some(false);
     Some(Listed {
         id,
         aliases: vec![],
         active: ready,
-        eligible: ready,
+        eligible: ready && candidate,
         status,
     })
 }
