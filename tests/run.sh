@@ -13,6 +13,8 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 [ -n "$pg_bin" ] && [ -x "$pg_bin/pg_ctl" ] || need_pkgs+=(postgresql)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# The email notifier's tests run a real SMTP server (tests/smtp_server.py) on Debian's Python.
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_pkgs+=(python3-aiosmtpd)
 # Debian's package may also start its own service on :9090 when installed; the
 # tests neither use nor stop it, they start a Prometheus of their own below.
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)

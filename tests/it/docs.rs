@@ -153,6 +153,11 @@ const SECTIONS: &[Section] = &[
         "agent/src/notify/webhook.rs",
         "WebhookNotifyConfig",
     ),
+    s(
+        "[[notify]] type = \"email\"",
+        "agent/src/notify/email.rs",
+        "EmailConfig",
+    ),
 ];
 
 const INTRO: &str = "# Configuration reference

@@ -15,6 +15,7 @@ mod from_platform;
 mod layout;
 mod manifests;
 mod notify;
+mod notify_email;
 mod packaging;
 mod probe_http;
 mod probe_postgres;

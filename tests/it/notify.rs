@@ -598,7 +598,7 @@ fn notify_configuration_problems_name_their_key_and_line() {
     let cases = [
         (
             "type = \"teams\"",
-            "notify[0].type: unknown notifier type \"teams\", expected one of slack, pagerduty, webhook (line 5)",
+            "notify[0].type: unknown notifier type \"teams\", expected one of slack, pagerduty, webhook, email (line 5)",
         ),
         (
             "url = \"https://hooks.slack.com/x\"",

@@ -28,6 +28,7 @@ const EXEC_ARG_TOKEN: &str = "execarg-S3CR3T-9a8b7c";
 const ADMIN_TOKEN: &str = "admintok-S3CR3T-e5f6a7b8";
 const RAILWAY_TOKEN: &str = "railtok-S3CR3T-3c4d5e";
 const KUBE_TOKEN: &str = "k8stok-S3CR3T-6f7a8b";
+const SMTP_PASSWORD: &str = "smtppw-S3CR3T-1d2e3f";
 
 /// Every secret above; the fragment `S3CR3T` is searched for as well, so a
 /// secret cut short or re-encoded still shows.
@@ -46,6 +47,7 @@ const SECRETS: &[&str] = &[
     ADMIN_TOKEN,
     RAILWAY_TOKEN,
     KUBE_TOKEN,
+    SMTP_PASSWORD,
     "S3CR3T",
 ];
 
@@ -171,6 +173,13 @@ fn env(server: &HttpServer) -> Vec<(&'static str, String)> {
         ("EXEC_ARG_TOKEN", EXEC_ARG_TOKEN.into()),
         ("BACKSTOP_ADMIN_TOKEN", ADMIN_TOKEN.into()),
         ("RAILWAY_TOKEN", RAILWAY_TOKEN.into()),
+        (
+            "SMTP_URL",
+            format!(
+                "smtp://backstop:{SMTP_PASSWORD}@127.0.0.1:{}",
+                closed_port()
+            ),
+        ),
     ]
 }
 
@@ -291,6 +300,14 @@ deadline = "1s"
 type = "webhook"
 url = "{notify}"
 headers = {{ Authorization = "Bearer ${{NOTIFY_TOKEN}}" }}
+timeout = "500ms"
+deadline = "1s"
+
+[[notify]]
+type = "email"
+url = "${{SMTP_URL}}"
+from = "backstop@web.example"
+to = ["ops@web.example"]
 timeout = "500ms"
 deadline = "1s"
 "#,
@@ -455,6 +472,10 @@ async fn run_and_search(rollback: impl Fn(&std::path::Path) -> String, log_forma
     );
     assert_no_secret(&format!("the {log_format} log"), &log);
     assert!(
+        log.contains("email: SMTP"),
+        "the email notifier's failure is logged:\n{log}"
+    );
+    assert!(
         status["last_rollback"]["detail"].as_str().is_some()
             || status["last_rollback"]["reason"].as_str().is_some(),
         "{status:#}"
@@ -581,6 +602,8 @@ fn configuration_errors_show_no_secret() {
         format!("[[notify]]\ntype = \"pagerduty\"\nrouting_key = 12\napi_url = \"http://x/{ROUTING_KEY}\"\nextra = 1\n"),
         format!("[[notify]]\ntype = \"pagerduty\"\nrouting_key = \"{ROUTING_KEY}\"\napi_url = \"nope\"\n"),
         format!("[[notify]]\ntype = \"webhook\"\nurl = \"http://h/\"\nheaders = {{ \"bad header\" = \"{NOTIFY_HEADER_TOKEN}\" }}\n"),
+        format!("[[notify]]\ntype = \"email\"\nurl = \"http://u:{SMTP_PASSWORD}@mail.example\"\nfrom = \"a@b.example\"\nto = [\"c@d.example\"]\n"),
+        format!("[[notify]]\ntype = \"email\"\nurl = \"smtp://u:{SMTP_PASSWORD}@mail.example\"\nfrom = \"a@b.example\"\nto = [\"not an address\"]\n"),
         format!("[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"hooks/{HOOK_PATH_TOKEN}\"\n"),
         format!("[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"http://h/{HOOK_PATH_TOKEN}\"\nheaders = {{ X-Token = \"{{{{{HOOK_HEADER_TOKEN}\" }}\n"),
         format!("[rollback]\ntarget = \"webhook\"\n[rollback.webhook]\nurl = \"http://h/{HOOK_PATH_TOKEN}\"\nbody = \"{{ {HOOK_HEADER_TOKEN}\"\n"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::email::EmailConfig;
 use super::pagerduty::PagerDutyConfig;
 use super::slack::SlackConfig;
 use super::spec::NotifySpec;
@@ -17,7 +18,7 @@ use crate::evidence::EventKind;
 use crate::problems::{join, Problems};
 
 /// The notifier types, as written in `type`.
-pub const NOTIFY_TYPES: &[&str] = &["slack", "pagerduty", "webhook"];
+pub const NOTIFY_TYPES: &[&str] = &["slack", "pagerduty", "webhook", "email"];
 
 /// The keys every `[[notify]]` table may have, whatever its type; the rest
 /// belong to the type's own settings.
@@ -38,7 +39,7 @@ const ALL_EVENTS: &[EventKind] = &[
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyCommon {
-    /// `slack`, `pagerduty` or `webhook`. Required.
+    /// `slack`, `pagerduty`, `webhook` or `email`. Required.
     #[serde(rename = "type")]
     pub kind: String,
     /// The notifier's name in metrics and logs. Default: its type.
@@ -185,6 +186,9 @@ const KINDS: &[(&str, ReadSpec)] = &[
     ("webhook", |cx, path, v| {
         cx.section::<WebhookNotifyConfig>(path, v)
             .map(NotifySpec::Webhook)
+    }),
+    ("email", |cx, path, v| {
+        cx.section::<EmailConfig>(path, v).map(NotifySpec::Email)
     }),
 ];
 

@@ -11,6 +11,12 @@ pub(super) struct Outgoing {
     pub body: Value,
 }
 
+/// What a notifier delivers for one event: an HTTP request, or an email.
+pub(super) enum Delivery {
+    Http(Outgoing),
+    Email(Box<lettre::Message>),
+}
+
 /// Hides every secret value in `text`.
 pub(super) fn redact(mut text: String, secrets: &[String]) -> String {
     for s in secrets {

@@ -1,10 +1,11 @@
 //! Notifiers tell people what the agent saw and did, with the evidence:
-//! Slack, PagerDuty or a generic webhook, one file each. Delivery never
+//! Slack, PagerDuty, a generic webhook or email, one file each. Delivery never
 //! blocks the caller: each notifier has its own queue and worker task, so a
 //! slow or failing notifier delays neither a rollback nor the other
 //! notifiers, and one notifier's messages arrive in the order they were sent
 //! (a PagerDuty resolve never overtakes its trigger).
 
+mod email;
 mod message;
 mod pagerduty;
 mod slack;
@@ -26,8 +27,9 @@ use crate::evidence::{Event, EventKind};
 use crate::retry::{classify_error, classify_status, retry, Attempt, RetryPolicy};
 
 pub use self::config::{EventName, NotifyCommon, NotifyConfig, NOTIFY_COMMON_KEYS, NOTIFY_TYPES};
-use self::message::{redact, truncate, Outgoing};
+use self::message::{redact, truncate, Delivery, Outgoing};
 pub use self::spec::NotifySpec;
+pub use email::EmailConfig;
 pub use pagerduty::PagerDutyConfig;
 pub use slack::SlackConfig;
 pub use webhook::WebhookNotifyConfig;
@@ -82,6 +84,8 @@ struct Target {
     spec: NotifySpec,
     secrets: Vec<String>,
     client: reqwest::Client,
+    /// The SMTP client of an email notifier.
+    mailer: Option<email::Mailer>,
     sent: Counter,
     failed: Counter,
 }
@@ -137,11 +141,18 @@ impl Notifiers {
             .context("building the notifiers' HTTP client")?;
         let notifiers = configs
             .iter()
-            .map(|c| {
+            .map(|c| -> anyhow::Result<Notifier> {
                 let counter = |outcome: &'static str| {
                     metrics::counter!(NOTIFICATIONS_TOTAL, "notifier" => c.name.clone(), "outcome" => outcome)
                 };
-                Notifier {
+                let mailer = match &c.spec {
+                    NotifySpec::Email(e) => Some(
+                        e.mailer(c.timeout)
+                            .map_err(|why| anyhow::anyhow!("notifier {}: {why}", c.name))?,
+                    ),
+                    _ => None,
+                };
+                Ok(Notifier {
                     target: Arc::new(Target {
                         label: c.name.clone(),
                         events: c.events.clone(),
@@ -150,13 +161,14 @@ impl Notifiers {
                         secrets: c.spec.secrets(),
                         spec: c.spec.clone(),
                         client: client.clone(),
+                        mailer,
                         sent: counter("sent"),
                         failed: counter("failed"),
                     }),
                     queue: OnceLock::new(),
-                }
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self { notifiers })
     }
 
@@ -245,7 +257,10 @@ async fn work(target: Arc<Target>, mut rx: mpsc::Receiver<Job>) {
 impl Target {
     /// Delivers one event with retries, all within the deadline.
     async fn deliver(&self, event: &Event) -> Result<(), String> {
-        let out = self.spec.request(event);
+        let out = self
+            .spec
+            .request(event)
+            .map_err(|e| redact(e, &self.secrets))?;
         let policy = RetryPolicy {
             deadline: self.deadline,
             ..RetryPolicy::default()
@@ -263,9 +278,36 @@ impl Target {
         result.map_err(|e| redact(e, &self.secrets))
     }
 
+    /// One attempt: a POST, or an email through SMTP.
+    async fn attempt(&self, out: &Delivery) -> Attempt<()> {
+        match (out, &self.mailer) {
+            (Delivery::Http(out), _) => self.post(out).await,
+            (Delivery::Email(m), Some(mailer)) => {
+                let sent = tokio::time::timeout(self.timeout, email::send(mailer, m, &self.label));
+                match sent.await {
+                    Ok(Attempt::Done(())) => Attempt::Done(()),
+                    Ok(Attempt::Retry { reason, after }) => Attempt::Retry {
+                        reason: redact(reason, &self.secrets),
+                        after,
+                    },
+                    Ok(Attempt::Fail(reason)) => Attempt::Fail(redact(reason, &self.secrets)),
+                    Err(_) => Attempt::Retry {
+                        reason: format!(
+                            "{}: SMTP server did not answer within {}",
+                            self.label,
+                            duration::format(self.timeout)
+                        ),
+                        after: None,
+                    },
+                }
+            }
+            (Delivery::Email(_), None) => Attempt::Fail(format!("{}: no SMTP client", self.label)),
+        }
+    }
+
     /// One POST, classified for the retry policy; a refusal carries what
     /// the server said, shortened.
-    async fn attempt(&self, out: &Outgoing) -> Attempt<()> {
+    async fn post(&self, out: &Outgoing) -> Attempt<()> {
         let sent = self
             .client
             .post(&out.url)

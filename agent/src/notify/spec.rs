@@ -1,7 +1,8 @@
 //! What a notifier of each type needs, a closed set dispatched with
 //! `match`: its problems, the request it makes of an event, its secrets.
 
-use super::message::Outgoing;
+use super::email::EmailConfig;
+use super::message::Delivery;
 use super::pagerduty::PagerDutyConfig;
 use super::slack::SlackConfig;
 use super::url::url_secrets;
@@ -14,6 +15,7 @@ pub enum NotifySpec {
     Slack(SlackConfig),
     Pagerduty(PagerDutyConfig),
     Webhook(WebhookNotifyConfig),
+    Email(EmailConfig),
 }
 
 impl NotifySpec {
@@ -22,6 +24,7 @@ impl NotifySpec {
             Self::Slack(_) => "slack",
             Self::Pagerduty(_) => "pagerduty",
             Self::Webhook(_) => "webhook",
+            Self::Email(_) => "email",
         }
     }
 
@@ -32,16 +35,18 @@ impl NotifySpec {
             Self::Slack(c) => c.problems(),
             Self::Pagerduty(c) => c.problems(),
             Self::Webhook(c) => c.problems(),
+            Self::Email(c) => c.problems(),
         }
     }
 
-    /// The request that tells this service about `event`.
-    pub(super) fn request(&self, event: &Event) -> Outgoing {
-        match self {
-            Self::Slack(c) => c.request(event),
-            Self::Pagerduty(c) => c.request(event, std::time::SystemTime::now()),
-            Self::Webhook(c) => c.request(event),
-        }
+    /// The request or message that tells this service about `event`.
+    pub(super) fn request(&self, event: &Event) -> Result<Delivery, String> {
+        Ok(match self {
+            Self::Slack(c) => Delivery::Http(c.request(event)),
+            Self::Pagerduty(c) => Delivery::Http(c.request(event, std::time::SystemTime::now())),
+            Self::Webhook(c) => Delivery::Http(c.request(event)),
+            Self::Email(c) => Delivery::Email(Box::new(c.message(event)?)),
+        })
     }
 
     /// Every secret value, so that no message from a server that echoes
@@ -55,6 +60,7 @@ impl NotifySpec {
                 s.extend(c.headers.values().map(|v| v.expose().to_string()));
                 s
             }
+            Self::Email(c) => url_secrets(&c.url),
         };
         out.retain(|s| !s.is_empty());
         // Longest first, so a whole URL is hidden before its parts are.
