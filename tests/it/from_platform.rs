@@ -166,6 +166,23 @@ fn assert_rolled_back(s: &Value, deployment: &str, returned_to: &str) {
     );
 }
 
+/// `[rollback]` through the Railway stand-in at `api_url`: `common` goes
+/// into `[rollback]` itself, `timeout` is each call's.
+fn railway_rollback(token: &str, api_url: &str, common: &str, timeout: &str) -> String {
+    format!(
+        r#"[rollback]
+target = "railway"
+{common}  [rollback.railway]
+  token = "{token}"
+  project_id = "prj-1"
+  service_id = "svc-1"
+  environment_id = "env-1"
+  api_url = "{api_url}"
+  timeout = "{timeout}"
+"#
+    )
+}
+
 /// Railway's deployments of the service, newest first: (id, status).
 type Listing = Arc<Mutex<Vec<(&'static str, &'static str)>>>;
 
@@ -220,19 +237,11 @@ async fn a_railway_deployment_that_takes_the_service_down_is_seen_and_rolled_bac
             dir.path(),
             port,
             &service,
-            &format!(
-                r#"[rollback]
-target = "railway"
-deadline = "5s"
-  [rollback.railway]
-  token = "{token}"
-  project_id = "prj-1"
-  service_id = "svc-1"
-  environment_id = "env-1"
-  api_url = "{}"
-  timeout = "2s"
-"#,
-                platform.url("/graphql/v2")
+            &railway_rollback(
+                token,
+                &platform.url("/graphql/v2"),
+                "deadline = \"5s\"\n",
+                "2s",
             ),
         ),
     );
@@ -488,18 +497,11 @@ async fn a_platform_api_that_stops_answering_does_not_hold_the_watch() {
             dir.path(),
             port,
             &service,
-            &format!(
-                r#"[rollback]
-target = "railway"
-  [rollback.railway]
-  token = "railway-e2e-token-0123"
-  project_id = "prj-1"
-  service_id = "svc-1"
-  environment_id = "env-1"
-  api_url = "{}"
-  timeout = "150s"
-"#,
-                platform.url("/graphql/v2")
+            &railway_rollback(
+                "railway-e2e-token-0123",
+                &platform.url("/graphql/v2"),
+                "",
+                "150s",
             ),
         ),
     );

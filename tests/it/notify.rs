@@ -24,7 +24,7 @@ fn notifiers(notify: &str) -> Notifiers {
     Notifiers::build(&config(notify).notify).unwrap()
 }
 
-fn event(kind: EventKind) -> Event {
+pub(crate) fn event(kind: EventKind) -> Event {
     Event {
         kind,
         service: "web".into(),

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use backstop::config::Config;
 use backstop::evidence::{Event, EventKind};
 use backstop::notify::Notifiers;
-use backstop_judge::evidence::Evidence;
 
 const USER: &str = "mailer";
 const PASSWORD: &str = "sm7p-pa55w0rd-s3cret";
@@ -102,25 +101,10 @@ fn email(url: &str, to: &str, extra: &str) -> String {
 
 fn event() -> Event {
     Event {
-        kind: EventKind::RollbackPerformed,
         service: "shop".into(),
         deployment: "v2".into(),
-        rule: Some("latency regression".into()),
-        summary: "p95 latency doubled against the last good deployment".into(),
-        evidence: vec![Evidence {
-            rule: "latency regression".into(),
-            probe: "app".into(),
-            expression: "p95_ms > 2x baseline for 5m".into(),
-            signal: Some("p95_ms".into()),
-            observed: Some(480.0),
-            threshold: Some(400.0),
-            window: Some("5m".into()),
-            baseline: Some(200.0),
-            ratio: None,
-            p_value: None,
-            summary: "p95 480ms against 200ms".into(),
-        }],
         return_to: Some("v1".into()),
+        ..crate::notify::event(EventKind::RollbackPerformed)
     }
 }
 
