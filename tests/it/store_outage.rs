@@ -178,8 +178,10 @@ async fn a_bad_deployment_during_a_store_outage(fault: Fault) {
     let body = calls[0].json();
     assert_eq!(body["deployment"], "v2", "{body}");
     assert_eq!(body["return_to"], "v1", "{body}");
-    let s = until(port, "v2's rollback shown", |s| {
-        s["last_rollback"]["deployment"] == "v2"
+    // The claim (`intent`) is written before the call and its outcome
+    // after it, so /status may show the call in flight for a moment.
+    let s = until(port, "v2's rollback shown with its outcome", |s| {
+        s["last_rollback"]["deployment"] == "v2" && s["last_rollback"]["status"] != "intent"
     })
     .await;
     assert_eq!(s["last_rollback"]["status"], "succeeded", "{s:#}");
