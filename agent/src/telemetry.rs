@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use metrics::{describe_counter, describe_gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use backstop_judge::observe::{Observation, Outcome};
 
@@ -18,10 +18,26 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of `backstop_detection_seconds` and `backstop_recovery_seconds`:
+/// from a few seconds (a health check failing at once) to an hour (a
+/// sustained rule over a long watch, a slow platform).
+pub const DELIVERY_BUCKETS: &[f64] = &[
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+];
+
 /// Builds the recorder and its render handle, and installs it as the
 /// process's global recorder.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(DETECTION_SECONDS.to_string()),
+            DELIVERY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(RECOVERY_SECONDS.to_string()),
+            DELIVERY_BUCKETS,
+        )?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
@@ -61,7 +77,51 @@ pub fn describe() {
         "backstop_fleet_agreeing",
         "With [fleet]: the live replicas whose own verdict on the rollback rule holds, as read last."
     );
+    describe_counter!(
+        DEPLOYMENTS_TOTAL,
+        "Deployments this agent watched to an end, by outcome: stable or rolled_back."
+    );
+    describe_histogram!(
+        DETECTION_SECONDS,
+        Unit::Seconds,
+        "From a deployment first seen to its automatic rollback decided, for each rollback called."
+    );
+    describe_histogram!(
+        RECOVERY_SECONDS,
+        Unit::Seconds,
+        "From a deployment first seen to its rollback taking effect: the agent sees another deployment running after the platform accepted the call."
+    );
     crate::notify::describe();
+}
+
+/// Delivery figures: change-failure rate and time to recover are one
+/// PromQL query each. In a fleet every agent counts what it watched, so
+/// each replica's series tell the same story.
+pub const DEPLOYMENTS_TOTAL: &str = "backstop_deployments_total";
+pub const DETECTION_SECONDS: &str = "backstop_detection_seconds";
+pub const RECOVERY_SECONDS: &str = "backstop_recovery_seconds";
+
+/// A deployment's watch ended with `outcome`: `stable` or `rolled_back`.
+pub fn deployment_ended(outcome: &'static str) {
+    metrics::counter!(DEPLOYMENTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// The seconds from `from_ms` to `to_ms` (Unix milliseconds), never
+/// negative (a clock stepped back gives 0).
+fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
+    to_ms.saturating_sub(from_ms) as f64 / 1000.0
+}
+
+/// A deployment first seen at `first_seen_ms` was found bad and its
+/// automatic rollback decided at `decided_ms`.
+pub fn detected(first_seen_ms: u64, decided_ms: u64) {
+    metrics::histogram!(DETECTION_SECONDS).record(seconds_between(first_seen_ms, decided_ms));
+}
+
+/// A deployment first seen at `first_seen_ms` was rolled back and another
+/// deployment is running at `now_ms`.
+pub fn recovered(first_seen_ms: u64, now_ms: u64) {
+    metrics::histogram!(RECOVERY_SECONDS).record(seconds_between(first_seen_ms, now_ms));
 }
 
 /// How often histogram samples are folded into their buckets between

@@ -186,6 +186,47 @@ async fn a_deployment_that_goes_bad_is_rolled_back_exactly_once_even_across_a_re
             "{s:#}"
         );
         until(port, "v1 again", |s| s["deployment"]["id"] == "v1").await;
+
+        // The delivery figures the run implies: one deployment stable (v1),
+        // one rolled back (v2), one detection and one recovery, the
+        // recovery no sooner than the detection.
+        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |series: &str| -> f64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in /metrics:\n{m}"))
+        };
+        assert_eq!(
+            value(r#"backstop_deployments_total{outcome="stable"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"backstop_deployments_total{outcome="rolled_back"}"#),
+            1.0
+        );
+        assert_eq!(value("backstop_detection_seconds_count"), 1.0);
+        assert_eq!(value("backstop_recovery_seconds_count"), 1.0);
+        let (detect, recover) = (
+            value("backstop_detection_seconds_sum"),
+            value("backstop_recovery_seconds_sum"),
+        );
+        // v2's rules are armed after its 1 s warm-up; its health fails at
+        // once, so the rollback is decided after at least that.
+        assert!(detect >= 1.0, "detection {detect} s:\n{m}");
+        assert!(
+            recover >= detect,
+            "recovery {recover} s, detection {detect} s:\n{m}"
+        );
+        assert_eq!(
+            value(r#"backstop_detection_seconds_bucket{le="+Inf"}"#),
+            1.0,
+            "a histogram with buckets, not a summary:\n{m}"
+        );
     }
     let calls = platform.requests();
     assert_eq!(calls.len(), 1, "exactly one rollback call: {calls:?}");

@@ -86,6 +86,7 @@ fn every_alert_has_a_unit_test_and_queries_only_exported_metrics() {
         "BackstopProbeFailing",
         "BackstopRollbackPerformed",
         "BackstopRollbackFailed",
+        "BackstopRollbackNotEffective",
     ] {
         assert!(alerts.contains(want), "no {want} alert");
     }
@@ -115,6 +116,9 @@ fn the_grafana_dashboard_queries_only_exported_metrics() {
         "backstop_probe_duration_seconds_bucket",
         "backstop_rollbacks_total",
         "backstop_deployment_info",
+        "backstop_deployments_total",
+        "backstop_detection_seconds_count",
+        "backstop_recovery_seconds_bucket",
     ] {
         assert!(used.contains(want), "the dashboard does not show {want}");
     }

@@ -409,7 +409,7 @@ impl Watcher {
                 let dep = rec.deployment.clone();
                 match result {
                     Ok(done) => {
-                        self.mark_rolled_back(&dep);
+                        self.mark_rolled_back(&rec);
                         metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "succeeded").increment(1);
                         tracing::warn!(deployment = %dep, target, returned_to = ?rec.returned_to, detail = %done.detail, "fleet rollback accepted by the platform");
                         if let Some(verify) = self.guard.verify {
@@ -456,6 +456,7 @@ impl Watcher {
                 if cur.state != WatchState::RolledBack {
                     tracing::info!(deployment = %rec.deployment, by = ?rec.by, "the fleet rolled this deployment back");
                     cur.state = WatchState::RolledBack;
+                    super::lone::rolled_back_figures(cur, &rec);
                 }
             }
         }

@@ -113,7 +113,7 @@ impl Watcher {
                 rec.detail = done.detail.clone();
                 rec.returned_to = done.returned_to.clone().or(rec.return_to.clone());
                 self.writer.write(Write::Rollback(rec.clone()));
-                self.mark_rolled_back(&dep);
+                self.mark_rolled_back(&rec);
                 metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "succeeded").increment(1);
                 tracing::warn!(deployment = %dep, target, returned_to = ?rec.returned_to, detail = %done.detail, "rollback accepted by the platform");
                 if let Some(verify) = self.guard.verify {
@@ -206,11 +206,15 @@ impl Watcher {
     }
 
     /// Deployment `dep`, if current, was rolled back: so recorded.
-    pub(super) fn mark_rolled_back(&mut self, dep: &str) {
-        if let Some(cur) = self.current.as_mut().filter(|c| c.id == dep) {
+    pub(super) fn mark_rolled_back(&mut self, rec: &RollbackRecord) {
+        if let Some(cur) = self.current.as_mut().filter(|c| c.id == rec.deployment) {
+            let changed = cur.state != WatchState::RolledBack;
             cur.state = WatchState::RolledBack;
             let cur = cur.clone();
             self.persist(&cur);
+            if changed {
+                rolled_back_figures(&cur, rec);
+            }
         }
     }
 
@@ -240,6 +244,7 @@ impl Watcher {
             ..cur
         };
         self.persist(&next);
+        crate::telemetry::deployment_ended("stable");
         tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
         self.last_stable = Some(next.id.clone());
         let id = next.id.clone();
@@ -570,5 +575,14 @@ impl Watcher {
             );
             self.known(r);
         }
+    }
+}
+
+/// Deployment `cur` has just been seen rolled back by `rec`: counted, and
+/// the time to detect an automatic rollback recorded.
+pub(super) fn rolled_back_figures(cur: &DeploymentRecord, rec: &RollbackRecord) {
+    crate::telemetry::deployment_ended("rolled_back");
+    if rec.rule != "manual" {
+        crate::telemetry::detected(cur.first_seen_ms, rec.intent_at_ms);
     }
 }

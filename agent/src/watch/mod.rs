@@ -192,6 +192,14 @@ impl Watcher {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             return;
         }
+        if let Some(prev) = self.current.as_ref() {
+            let accepted = self.recorded.as_ref().is_some_and(|r| {
+                r.deployment == prev.id && r.status == RollbackStatus::Succeeded && !r.not_effective
+            });
+            if prev.state == WatchState::RolledBack && accepted {
+                crate::telemetry::recovered(prev.first_seen_ms, self.clock.now_ms());
+            }
+        }
         if let Some((bad, _)) = &self.verify_pending {
             if bad != id {
                 tracing::info!(from = %bad, to = %id, "rollback took effect: the deployment changed");
