@@ -3,6 +3,7 @@
 mod agent;
 mod attribution;
 mod cli;
+mod compose;
 mod daemon;
 mod docs;
 mod e2e;
