@@ -207,8 +207,9 @@ impl Watcher {
 
     /// Deployment `dep`, if current, was rolled back: so recorded.
     pub(super) fn mark_rolled_back(&mut self, dep: &str) {
+        let now = self.clock.now_ms();
         if let Some(cur) = self.current.as_mut().filter(|c| c.id == dep) {
-            cur.state = WatchState::RolledBack;
+            cur.enter(WatchState::RolledBack, now);
             let cur = cur.clone();
             self.persist(&cur);
         }
@@ -234,11 +235,9 @@ impl Watcher {
     /// The deployment turns stable: the baseline and the deployment to
     /// return to from now on.
     pub(super) fn become_stable(&mut self, cur: DeploymentRecord, now: u64) -> String {
-        let next = DeploymentRecord {
-            state: WatchState::Stable,
-            stable_at_ms: Some(now),
-            ..cur
-        };
+        let mut next = cur;
+        next.enter(WatchState::Stable, now);
+        next.stable_at_ms = Some(now);
         self.persist(&next);
         tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
         self.last_stable = Some(next.id.clone());
@@ -256,10 +255,8 @@ impl Watcher {
         rule: String,
         evidence: Vec<Evidence>,
     ) {
-        let next = DeploymentRecord {
-            state: WatchState::Unhealthy,
-            ..cur
-        };
+        let mut next = cur;
+        next.enter(WatchState::Unhealthy, self.clock.now_ms());
         self.persist(&next);
         let dep = next.id.clone();
         self.current = Some(next);
