@@ -61,8 +61,10 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     pub view: Option<Arc<std::sync::Mutex<WatchView>>>,
     pub commands: Option<tokio::sync::mpsc::Sender<Command>>,
-    /// The store, for the ledger's reads (`/v1/deployments`).
-    pub store: Option<Arc<Store>>,
+    /// The store, for the ledger's reads (`/v1/deployments`). Weak: a
+    /// connection still open after a stop (a reload) must not keep the
+    /// embedded store's lock from the next run.
+    pub store: Option<std::sync::Weak<Store>>,
     /// What a pipeline registered of the deployment `/status` shows.
     pub current_meta: std::sync::Mutex<SeenMeta>,
 }
@@ -106,7 +108,12 @@ impl App {
         };
         let fresh = matches!(&*self.current_meta.lock().expect("meta lock"),
             Some((seen, _, at)) if *seen == id && at.elapsed() < META_FRESH);
-        let Some(store) = self.store.as_ref().filter(|_| !fresh) else {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| !fresh)
+            .and_then(|s| s.upgrade())
+        else {
             return;
         };
         let read = tokio::time::timeout(

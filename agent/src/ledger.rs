@@ -164,8 +164,8 @@ pub fn document(service: &str, entries: &[LedgerEntry]) -> Value {
     json!({ "service": service, "deployments": entries })
 }
 
-fn store_of(app: &App) -> Result<&Arc<Store>, (StatusCode, Value)> {
-    app.store.as_ref().ok_or((
+fn store_of(app: &App) -> Result<Arc<Store>, (StatusCode, Value)> {
+    app.store.as_ref().and_then(|s| s.upgrade()).ok_or((
         StatusCode::SERVICE_UNAVAILABLE,
         json!({ "error": "the store is not open" }),
     ))

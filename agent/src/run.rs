@@ -178,7 +178,7 @@ pub async fn run(
         metrics,
         view: Some(view),
         commands: Some(cmd_tx),
-        store: Some(store.clone()),
+        store: Some(Arc::downgrade(&store)),
         current_meta: Default::default(),
     });
     tracing::info!(

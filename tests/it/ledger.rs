@@ -417,7 +417,7 @@ async fn the_rows_of_an_older_schema_show_in_the_ledger_after_the_migration() {
     .unwrap();
 
     let config = StoreConfig {
-        url: Secret::new(&postgres_url()),
+        url: Secret::new(postgres_url()),
         schema: schema.clone(),
         pool_size: 2,
         timeout: Duration::from_secs(5),
