@@ -99,11 +99,10 @@ impl App {
     /// a store that does not answer within half a second leaves it as it
     /// was.
     pub async fn refresh_meta(&self) {
-        let Some(id) = self
-            .view
-            .as_ref()
-            .and_then(|v| read(v).deployment.map(|d| d.id))
-        else {
+        let Some(id) = self.view.as_ref().and_then(|v| {
+            let view = v.lock().expect("view lock");
+            view.deployment.as_ref().map(|d| d.id.clone())
+        }) else {
             return;
         };
         let fresh = matches!(&*self.current_meta.lock().expect("meta lock"),

@@ -14,7 +14,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::{read, App, Command, Registered};
+use crate::app::{App, Command, Registered};
 use crate::store::{now_ms, DeploymentMeta, LedgerEntry, Store, WatchState};
 
 /// How many deployments `GET /v1/deployments` and `backstop history`
@@ -132,14 +132,21 @@ pub fn parse_limit(query: Option<&str>) -> Result<usize, String> {
 /// Shows the deployment being watched as the watch knows it now (its
 /// record may still be on its way to the store), and its rollback.
 fn overlay(app: &App, entries: &mut Vec<LedgerEntry>, only: Option<&str>, limit: usize) {
-    let Some(view) = app.view.as_ref().map(|v| read(v)) else {
+    // Only what it needs of the view: not its rules.
+    let Some((cur, rollback)) = app.view.as_ref().and_then(|v| {
+        let view = v.lock().expect("view lock");
+        let cur = view.deployment.clone()?;
+        let rollback = view
+            .last_rollback
+            .clone()
+            .filter(|r| r.deployment == cur.id);
+        Some((cur, rollback))
+    }) else {
         return;
     };
-    let Some(cur) = view.deployment else { return };
     if only.is_some_and(|id| id != cur.id) {
         return;
     }
-    let rollback = view.last_rollback.filter(|r| r.deployment == cur.id);
     match entries.iter_mut().find(|e| e.id == cur.id) {
         Some(e) => {
             e.first_seen_ms = Some(cur.first_seen_ms);
