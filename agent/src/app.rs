@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::schedule::ProbeSlot;
-use crate::store::RollbackRecord;
+use crate::store::{DeploymentMeta, RollbackRecord, StateAt, Store};
 use crate::watch::{ManualOutcome, RuleView, WatchView};
 
 /// What the admin API asks of the watch loop.
@@ -23,7 +23,31 @@ pub enum Command {
         reply: tokio::sync::oneshot::Sender<anyhow::Result<ManualOutcome>>,
     },
     Pause(bool, tokio::sync::oneshot::Sender<anyhow::Result<()>>),
+    /// A pipeline registered a deployment (`POST /v1/deployments`);
+    /// `seen`: the store knows it already.
+    Register {
+        meta: Box<DeploymentMeta>,
+        seen: bool,
+        reply: tokio::sync::oneshot::Sender<Registered>,
+    },
 }
+
+/// What a registration did to the watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// A new id: its watch started at once.
+    Started,
+    /// The deployment being watched.
+    Current,
+    /// A deployment seen before: only its metadata is kept.
+    Known,
+}
+
+/// The metadata of the deployment `/status` shows, and when it was read.
+type SeenMeta = Option<(String, Option<DeploymentMeta>, Instant)>;
+
+/// How long `/status` trusts the metadata it read of its deployment.
+const META_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A lock helper for views shared with the HTTP server.
 pub fn read<T: Clone>(m: &std::sync::Mutex<T>) -> T {
@@ -37,6 +61,12 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     pub view: Option<Arc<std::sync::Mutex<WatchView>>>,
     pub commands: Option<tokio::sync::mpsc::Sender<Command>>,
+    /// The store, for the ledger's reads (`/v1/deployments`). Weak: a
+    /// connection still open after a stop (a reload) must not keep the
+    /// embedded store's lock from the next run.
+    pub store: Option<std::sync::Weak<Store>>,
+    /// What a pipeline registered of the deployment `/status` shows.
+    pub current_meta: std::sync::Mutex<SeenMeta>,
 }
 
 impl App {
@@ -48,6 +78,60 @@ impl App {
     pub fn alive(&self) -> bool {
         let now = Instant::now();
         self.slots.iter().all(|s| s.alive(self.epoch, now))
+    }
+
+    /// The metadata known of deployment `id`, as last read or registered.
+    pub fn meta_of(&self, id: &str) -> Option<DeploymentMeta> {
+        match &*self.current_meta.lock().expect("meta lock") {
+            Some((seen, meta, _)) if seen == id => meta.clone(),
+            _ => None,
+        }
+    }
+
+    /// A registration made through this agent, shown at once.
+    pub fn remember_meta(&self, meta: &DeploymentMeta) {
+        *self.current_meta.lock().expect("meta lock") =
+            Some((meta.id.clone(), Some(meta.clone()), Instant::now()));
+    }
+
+    /// Reads what a pipeline registered of the current deployment (maybe
+    /// through another replica) when it is not known or no longer fresh;
+    /// a store that does not answer within half a second leaves it as it
+    /// was.
+    pub async fn refresh_meta(&self) {
+        let Some(id) = self.view.as_ref().and_then(|v| {
+            let view = v.lock().expect("view lock");
+            view.deployment.as_ref().map(|d| d.id.clone())
+        }) else {
+            return;
+        };
+        let fresh = matches!(&*self.current_meta.lock().expect("meta lock"),
+            Some((seen, _, at)) if *seen == id && at.elapsed() < META_FRESH);
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| !fresh)
+            .and_then(|s| s.upgrade())
+        else {
+            return;
+        };
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            store.ledger_entry(&id),
+        )
+        .await;
+        let mut cached = self.current_meta.lock().expect("meta lock");
+        match read {
+            Ok(Ok(entry)) => *cached = Some((id, entry.and_then(|e| e.meta()), Instant::now())),
+            // Kept as it was, tried again once no longer fresh.
+            _ => {
+                let kept = match cached.take() {
+                    Some((seen, meta, _)) if seen == id => meta,
+                    _ => None,
+                };
+                *cached = Some((id, kept, Instant::now()));
+            }
+        }
     }
 
     pub fn render_metrics(&self) -> String {
@@ -88,11 +172,21 @@ impl App {
             })
             .collect();
         let view = self.view.as_ref().map(|v| read(v)).unwrap_or_default();
+        let meta = view
+            .deployment
+            .as_ref()
+            .and_then(|d| self.meta_of(&d.id))
+            .unwrap_or_default();
         let deployment = view.deployment.as_ref().map(|d| DeploymentStatus {
+            annotations: &meta.annotations,
+            commit: meta.commit.as_deref(),
+            environment: meta.environment.as_deref(),
             first_seen: d.first_seen_ms / 1000,
             id: &d.id,
             stable_at: d.stable_at_ms.map(|ms| ms / 1000),
             state: d.state.as_str(),
+            states: d.history(None),
+            triggered_by: meta.triggered_by.as_deref(),
             warmup_s: self.config.deployment.warmup.as_secs_f64(),
             watch_s: self.config.deployment.watch.as_secs_f64(),
         });
@@ -221,10 +315,17 @@ struct BaselineStatus<'a> {
 
 #[derive(Serialize)]
 struct DeploymentStatus<'a> {
+    /// What a pipeline registered of it (`POST /v1/deployments`).
+    annotations: &'a std::collections::BTreeMap<String, String>,
+    commit: Option<&'a str>,
+    environment: Option<&'a str>,
     first_seen: u64,
     id: &'a str,
     stable_at: Option<u64>,
     state: &'static str,
+    /// Each state it entered, with its time in Unix milliseconds.
+    states: Vec<StateAt>,
+    triggered_by: Option<&'a str>,
     warmup_s: f64,
     watch_s: f64,
 }

@@ -12,6 +12,8 @@ pub mod duration;
 pub mod evaluation;
 pub mod evidence;
 pub mod fleet;
+pub mod history;
+pub mod ledger;
 pub mod notify;
 pub mod probe_config;
 pub mod problems;

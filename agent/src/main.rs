@@ -58,6 +58,36 @@ enum Command {
     },
     /// Check a configuration file without touching the network.
     Validate(ConfigArg),
+    /// List the deployments the store knows, newest first: state, when it
+    /// became stable or was rolled back, the rollback's rule and reason.
+    /// Reads the store, or the running agent's /v1/deployments when it holds
+    /// the store; exit 2 when neither can be read.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// How many deployments, the newest (1-1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+    },
+    /// Ask the running agent for a deployment's verdict: exit 0 when it
+    /// became stable, 1 when it was rolled back or is unhealthy, 2 when there
+    /// is none (still watching without --wait, a time-out, an error).
+    Verdict {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The deployment's id; default the one the agent watches now.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// Wait until the deployment has a verdict (or the time-out).
+        #[arg(long)]
+        wait: bool,
+        /// The longest wait (250ms, 5s, 15m, ...).
+        #[arg(long, default_value = "30m", value_parser = backstop::duration::parse)]
+        timeout: Duration,
+    },
     /// A self-contained demonstration: a service goes bad and is rolled back.
     Demo,
     /// Ask a running agent's /healthz once; exit 0 when it answers 2xx, else 1
@@ -174,6 +204,30 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Format::Json => println!("{}", backstop::check::to_json(&results)),
             }
             Ok(backstop::check::exit_code(&results))
+        }
+        Command::History {
+            config,
+            format,
+            limit,
+        } => {
+            let config = load(&config)?;
+            let json = matches!(format, Format::Json);
+            Ok(runtime()?.block_on(backstop::history::history(
+                &config,
+                usize::from(limit),
+                json,
+            )))
+        }
+        Command::Verdict {
+            config,
+            deployment,
+            wait,
+            timeout,
+        } => {
+            let config = load(&config)?;
+            Ok(runtime()?.block_on(backstop::history::verdict(
+                &config, deployment, wait, timeout,
+            )))
         }
         Command::Demo => runtime()?.block_on(backstop::demo::run()),
         Command::Run(arg) => {

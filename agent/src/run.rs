@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::app::{App, Command};
+use crate::app::{App, Command, Registered};
 use crate::config::Config;
 use crate::deployment::{DeploymentSource, IdSource};
 use crate::evaluation::{window_span, Evaluation};
 use crate::schedule::{run_probe, ProbeSlot, Wake};
-use crate::store::Store;
+use crate::store::writer::Write;
+use crate::store::{DeploymentMeta, Retention, Store};
 use crate::telemetry::{self, ProbeMetrics};
 use crate::watch::{Clock, Notifier, Rollbacker, Watcher};
 
@@ -143,6 +144,8 @@ pub async fn run(
         }),
         None => None,
     };
+    let retention = config.agent.retention;
+    watcher.writer().write(Write::Prune(retention));
     tasks.spawn(watch_loop(
         WatchLoop {
             watcher,
@@ -156,6 +159,9 @@ pub async fn run(
                 baseline,
             ),
             store_failing: false,
+            retention,
+            pushed: None,
+            source_said: None,
         },
         wake,
         cmd_rx,
@@ -172,6 +178,8 @@ pub async fn run(
         metrics,
         view: Some(view),
         commands: Some(cmd_tx),
+        store: Some(Arc::downgrade(&store)),
+        current_meta: Default::default(),
     });
     tracing::info!(
         listen = %addr,
@@ -256,6 +264,14 @@ struct WatchLoop {
     eval: Evaluation,
     /// Whether the last step failed on the store.
     store_failing: bool,
+    /// How much of the ledger the store keeps; pruned at start and on
+    /// each new deployment.
+    retention: Retention,
+    /// A deployment a pipeline registered (`POST /v1/deployments`) and
+    /// whose watch it started, until the id source reports a new one.
+    pushed: Option<String>,
+    /// What the id source reported last.
+    source_said: Option<String>,
 }
 
 impl WatchLoop {
@@ -295,9 +311,48 @@ impl WatchLoop {
     async fn observe(&mut self, id: &str) {
         let before = self.watcher.deployment().map(str::to_string);
         self.watcher.observe_deployment(id).await;
-        if before.is_some_and(|b| b != id) {
+        if before.as_deref().is_some_and(|b| b != id) {
             self.eval.forget_windows();
         }
+        if before.as_deref() != Some(id) {
+            self.watcher.writer().write(Write::Prune(self.retention));
+        }
+    }
+
+    /// A pipeline registered a deployment: its metadata is stored, and an
+    /// id never seen that is not the current one is watched at once. The
+    /// id source still decides what runs: once it reports a deployment
+    /// other than the one it reported before, that one is watched.
+    async fn register(&mut self, meta: DeploymentMeta, seen: bool) -> Registered {
+        let id = meta.id.clone();
+        self.watcher.writer().write(Write::Meta(Box::new(meta)));
+        if self.watcher.deployment() == Some(id.as_str()) {
+            return Registered::Current;
+        }
+        if seen {
+            return Registered::Known;
+        }
+        tracing::info!(deployment = %id, "deployment registered by a pipeline: watching it now");
+        self.pushed = Some(id.clone());
+        self.observe(&id).await;
+        Registered::Started
+    }
+
+    /// The id source reported `id`: the deployment running now, unless a
+    /// registered deployment is watched and the source still reports what
+    /// it reported before the registration (it has not seen the switch yet).
+    async fn reported(&mut self, id: &str) {
+        let changed = self.source_said.as_deref() != Some(id);
+        if changed {
+            self.source_said = Some(id.to_string());
+        }
+        if self.pushed.is_some() {
+            if !changed {
+                return;
+            }
+            self.pushed = None;
+        }
+        self.observe(id).await;
     }
 
     /// The id read has come: the deployment running now, or why it could
@@ -313,7 +368,7 @@ impl WatchLoop {
                 if id_error.take().is_some() {
                     tracing::info!("deployment id readable again");
                 }
-                self.observe(&id).await;
+                self.reported(&id).await;
             }
             Err(e) => {
                 if id_error.as_deref() != Some(e.as_str()) {
@@ -405,6 +460,9 @@ async fn watch_loop(
                     Command::Pause(paused, reply) => {
                         wl.watcher.set_paused(paused);
                         let _ = reply.send(Ok(()));
+                    }
+                    Command::Register { meta, seen, reply } => {
+                        let _ = reply.send(wl.register(*meta, seen).await);
                     }
                 }
                 continue;
@@ -602,6 +660,9 @@ interval = "1s"
                 None,
             ),
             store_failing: false,
+            retention: Retention::default(),
+            pushed: None,
+            source_said: None,
         }
     }
 
@@ -898,5 +959,46 @@ depends_on = ["db"]
         wl.watcher.settle_all().await;
         wl.advance();
         watch_to_stable(&mut wl, "v5", 8.0).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registered_deployment_is_watched_at_once_until_the_source_reports_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut wl = watch_loop_over(store.clone()).await;
+        let meta = |id: &str| DeploymentMeta {
+            id: id.into(),
+            commit: Some(format!("commit-{id}")),
+            registered_at_ms: 1,
+            ..Default::default()
+        };
+        wl.reported("v1").await;
+        wl.watcher.settle_all().await;
+        assert_eq!(wl.watcher.deployment(), Some("v1"));
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(wl.register(meta("v2"), false).await, Registered::Started);
+        wl.watcher.settle_all().await;
+        assert_eq!(wl.watcher.deployment(), Some("v2"));
+        // The source has not seen the switch yet: it still says v1.
+        wl.reported("v1").await;
+        assert_eq!(wl.watcher.deployment(), Some("v2"));
+        assert_eq!(wl.register(meta("v2"), true).await, Registered::Current);
+        // Metadata of a deployment seen before changes nothing else.
+        assert_eq!(wl.register(meta("v1"), true).await, Registered::Known);
+        assert_eq!(wl.watcher.deployment(), Some("v2"));
+
+        // The source reports a new deployment: it wins.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        wl.reported("v3").await;
+        wl.watcher.settle_all().await;
+        assert_eq!(wl.watcher.deployment(), Some("v3"));
+        assert_eq!(wl.pushed, None);
+
+        let ledger = store.ledger(10).await.unwrap();
+        let ids: Vec<&str> = ledger.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["v3", "v2", "v1"]);
+        assert_eq!(ledger[1].commit.as_deref(), Some("commit-v2"));
+        assert_eq!(ledger[2].commit.as_deref(), Some("commit-v1"));
     }
 }

@@ -83,7 +83,20 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 )
             }
         }
-        (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", app.status_json()),
+        (&Method::GET, "/status") => {
+            app.refresh_meta().await;
+            reply(StatusCode::OK, "application/json", app.status_json())
+        }
+        (&Method::GET, "/v1/deployments") => {
+            let (status, value) = crate::ledger::list(app, req.uri().query()).await;
+            json(status, &value)
+        }
+        (&Method::GET, p) if p.starts_with("/v1/deployments/") => {
+            let raw = &p["/v1/deployments/".len()..];
+            let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+            let (status, value) = crate::ledger::one(app, &id).await;
+            json(status, &value)
+        }
         (&Method::GET, "/metrics") => {
             // Rendering many probes' series takes tens of milliseconds of
             // CPU: on a blocking thread, so the probe loops keep their time.
@@ -97,7 +110,7 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed"),
             }
         }
-        (&Method::POST, "/v1/rollback" | "/v1/pause" | "/v1/resume") => {
+        (&Method::POST, "/v1/rollback" | "/v1/pause" | "/v1/resume" | "/v1/deployments") => {
             let Some(token) = app.admin_token() else {
                 return error(StatusCode::NOT_FOUND, "not found");
             };
@@ -115,10 +128,16 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             };
-            let (status, value) = app.admin(&path, &body).await;
+            let (status, value) = if path == "/v1/deployments" {
+                crate::ledger::register(app, &body).await
+            } else {
+                app.admin(&path, &body).await
+            };
             json(status, &value)
         }
-        (_, "/healthz" | "/status" | "/metrics" | "/v1/rollback" | "/v1/pause" | "/v1/resume") => {
+        (_, "/healthz" | "/status" | "/metrics" | "/v1/rollback" | "/v1/pause" | "/v1/resume")
+        | (_, "/v1/deployments") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, p) if p.starts_with("/v1/deployments/") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

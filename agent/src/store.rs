@@ -17,7 +17,10 @@ pub use self::config::StoreConfig;
 
 use backstop_judge::baseline::Baseline;
 
-pub use records::{now_ms, Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
+pub use records::{
+    now_ms, Claim, DeploymentMeta, DeploymentRecord, LedgerEntry, Retention, RollbackRecord,
+    RollbackStatus, StateAt, WatchState,
+};
 
 /// The store the agent uses. Every method means the same on both back ends;
 /// an error is an error — never read as "nothing recorded".
@@ -172,6 +175,43 @@ impl Store {
             Self::Postgres(s) => s.baseline(deployment).await,
         }
     }
+
+    /// Keeps what a pipeline registered of a deployment; a later
+    /// registration of the same id replaces it.
+    pub async fn save_meta(&self, meta: &DeploymentMeta) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(s) => s.save_meta(meta),
+            Self::Postgres(s) => s.save_meta(meta).await,
+        }
+    }
+
+    /// The ledger: the deployments seen or registered, newest first, at
+    /// most `limit` of them.
+    pub async fn ledger(&self, limit: usize) -> anyhow::Result<Vec<LedgerEntry>> {
+        match self {
+            Self::Embedded(s) => s.ledger(None, limit),
+            Self::Postgres(s) => s.ledger(None, limit).await,
+        }
+    }
+
+    /// One deployment of the ledger.
+    pub async fn ledger_entry(&self, id: &str) -> anyhow::Result<Option<LedgerEntry>> {
+        let found = match self {
+            Self::Embedded(s) => s.ledger(Some(id), 1)?,
+            Self::Postgres(s) => s.ledger(Some(id), 1).await?,
+        };
+        Ok(found.into_iter().next())
+    }
+
+    /// Forgets the deployments the retention no longer keeps (their record,
+    /// metadata, rollback record and baseline), never the current one nor
+    /// the one to return to. Returns how many were forgotten.
+    pub async fn prune(&self, retention: &Retention, now_ms: u64) -> anyhow::Result<usize> {
+        match self {
+            Self::Embedded(s) => s.prune(retention, now_ms),
+            Self::Postgres(s) => s.prune(retention, now_ms).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +273,7 @@ mod tests {
                     first_seen_ms: 1,
                     state: WatchState::Stable,
                     stable_at_ms: Some(2),
+                    states: vec![],
                 })
                 .await
                 .unwrap();

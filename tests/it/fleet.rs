@@ -67,6 +67,7 @@ async fn seed(store_url: &str, schema: &str) {
             first_seen_ms: t,
             state: WatchState::Stable,
             stable_at_ms: Some(t + 900_000),
+            states: vec![],
         })
         .await
         .unwrap();

@@ -14,6 +14,7 @@ mod fleet_postgres;
 mod fleet_redis;
 mod from_platform;
 mod layout;
+mod ledger;
 mod manifests;
 mod notify;
 mod notify_email;

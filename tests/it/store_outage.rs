@@ -191,7 +191,14 @@ async fn a_bad_deployment_during_a_store_outage(fault: Fault) {
     let s = status(port).await;
     assert_eq!(s["deployment"]["id"], "v1", "back on v1: {s:#}");
     assert_eq!(s["last_stable"], "v1", "{s:#}");
-    let m = metrics(port).await;
+    // The writes queued during the outage are retried with a backoff of
+    // up to 5 s each: the store is reported up once the first is taken.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut m = metrics(port).await;
+    while !m.lines().any(|l| l == "backstop_store_up 1") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m = metrics(port).await;
+    }
     assert!(
         m.lines().any(|l| l == "backstop_store_up 1"),
         "the store is reported up again:\n{m}"

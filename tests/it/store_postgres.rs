@@ -128,7 +128,7 @@ async fn migrations_run_twice_are_harmless_and_agents_migrating_together_are_saf
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3], "one row per version applied");
+    assert_eq!(versions, vec![1, 2, 3, 4], "one row per version applied");
 }
 
 async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
@@ -182,19 +182,11 @@ async fn every_record_round_trips_and_services_keep_to_their_own_rows() {
     assert_eq!(store.rollback("v2").await.unwrap(), None);
     assert_eq!(store.baseline("v1").await.unwrap(), None);
 
-    let v1 = DeploymentRecord {
-        id: "v1".into(),
-        first_seen_ms: 1_700_000_000_123,
-        state: WatchState::Warming,
-        stable_at_ms: None,
-    };
+    let v1 = DeploymentRecord::new("v1", 1_700_000_000_123);
     store.save_deployment(&v1).await.unwrap();
     assert_eq!(store.deployment("v1").await.unwrap().as_ref(), Some(&v1));
-    let stable = DeploymentRecord {
-        state: WatchState::Stable,
-        stable_at_ms: Some(1_700_000_930_456),
-        ..v1.clone()
-    };
+    let mut stable = v1.clone();
+    stable.enter(WatchState::Stable, 1_700_000_930_456);
     store.mark_stable(&stable).await.unwrap();
     assert_eq!(store.deployment("v1").await.unwrap(), Some(stable));
     assert_eq!(store.last_stable().await.unwrap().as_deref(), Some("v1"));
@@ -243,6 +235,7 @@ async fn every_record_round_trips_and_services_keep_to_their_own_rows() {
             first_seen_ms: now_ms(),
             state: WatchState::RolledBack,
             stable_at_ms: None,
+            states: vec![],
         })
         .await
         .unwrap();

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::problems::Problems;
+use crate::store::Retention;
 
 /// `[agent]`: the agent's own listener and storage.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +26,19 @@ struct AgentSection {
     /// Add the default rule set (see `defaults.rs`) for the probes. Default `true`.
     #[serde(default = "yes")]
     default_rules: bool,
+    /// How long the deployment ledger (`/v1/deployments`, `backstop history`) keeps a deployment after it was first seen; at least `1h`. Default `90d`.
+    #[serde(default = "default_history_retention")]
+    history_retention: crate::duration::Dur,
+    /// The most deployments the ledger keeps, the newest; at least `2`. The current deployment and the one to return to are always kept. Default `1000`.
+    #[serde(default = "default_history_max")]
+    history_max: usize,
+}
+
+fn default_history_retention() -> crate::duration::Dur {
+    crate::duration::Dur(Retention::default().max_age)
+}
+fn default_history_max() -> usize {
+    Retention::default().max_count
 }
 
 fn yes() -> bool {
@@ -38,6 +52,8 @@ impl Default for AgentSection {
             state_dir: default_state_dir(),
             admin_token: String::new(),
             default_rules: true,
+            history_retention: default_history_retention(),
+            history_max: default_history_max(),
         }
     }
 }
@@ -64,6 +80,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// `None` when empty: the admin endpoints are then absent.
     pub admin_token: Option<String>,
+    /// How much of the deployment ledger the store keeps.
+    pub retention: Retention,
 }
 
 /// `[agent]`, validated, and whether to add the default rules
@@ -112,9 +130,35 @@ fn validate(cx: &mut Problems, a: AgentSection) -> Option<Agent> {
             "must be at least 16 characters (or empty to disable the admin endpoints)",
         );
     }
-    Some(Agent {
+    let mut ok = true;
+    if a.history_retention.0 < std::time::Duration::from_secs(3600) {
+        cx.report(
+            "agent.history_retention",
+            format!(
+                "must be at least 1h (got {}); the default is 90d",
+                crate::duration::format(a.history_retention.0)
+            ),
+        );
+        ok = false;
+    }
+    if a.history_max < 2 {
+        cx.report(
+            "agent.history_max",
+            format!(
+                "must be at least 2 (got {}); the default is 1000",
+                a.history_max
+            ),
+        );
+        ok = false;
+    }
+    let agent = Agent {
         listen: listen?,
         state_dir: a.state_dir,
         admin_token: token,
-    })
+        retention: Retention {
+            max_age: a.history_retention.0,
+            max_count: a.history_max,
+        },
+    };
+    ok.then_some(agent)
 }

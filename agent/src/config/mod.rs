@@ -287,7 +287,9 @@ requests = "http_requests_total"
     fn each_problem_names_its_key_and_line() {
         let cases: &[(&str, &str)] = &[
             ("interval = \"10x\"", r#"probe[0].interval: invalid duration "10x" (use a number and a unit: 250ms, 5s, 15m, 1h) (line 9)"#),
-            ("[agent]\nbogus = 1", "agent.bogus: unknown key, expected one of listen, state_dir, admin_token, default_rules (line 10)"),
+            ("[agent]\nbogus = 1", "agent.bogus: unknown key, expected one of listen, state_dir, admin_token, default_rules, history_retention, history_max (line 10)"),
+            ("[agent]\nhistory_retention = \"10m\"", "agent.history_retention: must be at least 1h (got 10m); the default is 90d (line 10)"),
+            ("[agent]\nhistory_max = 1", "agent.history_max: must be at least 2 (got 1); the default is 1000 (line 10)"),
             ("[[probe]]\nname = \"p\"\nlevel = 1\ntype = \"tcp\"\naddress = \"h:1\"\nurl = \"x\"", "probe[1].url: unknown key, expected address (line 14)"),
             ("timeout = \"20s\"", "probe[0].timeout: 20s is longer than interval 10s (line 9)"),
             ("[[probe]]\nname = \"p\"\nlevel = 9\ntype = \"tcp\"\naddress = \"h:1\"", "probe[1].level: must be 1, 2, 3 or 4 (line 11)"),

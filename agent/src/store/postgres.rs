@@ -17,20 +17,41 @@ use deadpool_postgres::{
 };
 use tokio_postgres::{NoTls, Row};
 
+mod ledger;
+
 use super::config::{check_url, StoreConfig};
 use super::records::{Claim, DeploymentRecord, RollbackRecord, RollbackStatus, WatchState};
 use backstop_judge::baseline::Baseline;
 
 /// The newest schema version this build knows; `backstop_schema_version`
 /// holds one row per version applied.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The advisory lock class of migrations; the schema's name picks the lock.
 const MIGRATION_LOCK: i32 = 0x6273_7470; // "bstp"
 
 /// Each version's statements, `{s}` standing for the quoted schema. Applied
 /// in order, each once, all in one transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+
+/// The deployment ledger: each deployment's states with their times (rows
+/// of older versions keep `[]`, and their states are derived from the
+/// other columns when read), and what pipelines registered of deployments.
+const V4: &str = r#"
+ALTER TABLE {s}.backstop_deployments
+    ADD COLUMN IF NOT EXISTS states jsonb NOT NULL DEFAULT '[]'::jsonb;
+CREATE TABLE IF NOT EXISTS {s}.backstop_deployment_meta (
+    service          text        NOT NULL,
+    deployment       text        NOT NULL,
+    commit_id        text,
+    triggered_by     text,
+    environment      text,
+    annotations      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    registered_at_ms bigint      NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service, deployment)
+);
+"#;
 
 /// The `unhealthy` state of a deployment.
 const V3: &str = r#"
@@ -354,7 +375,7 @@ impl Postgres {
     pub async fn deployment(&self, id: &str) -> anyhow::Result<Option<DeploymentRecord>> {
         let c = self.client().await?;
         let sql = format!(
-            "SELECT deployment, first_seen_ms, state, stable_at_ms
+            "SELECT deployment, first_seen_ms, state, stable_at_ms, states::text
              FROM {}.backstop_deployments WHERE service = $1 AND deployment = $2",
             self.schema
         );
@@ -371,11 +392,12 @@ impl Postgres {
         let c = self.client().await?;
         let sql = format!(
             "INSERT INTO {}.backstop_deployments
-                 (service, deployment, first_seen_ms, state, stable_at_ms)
-             VALUES ($1, $2, $3, $4, $5)
+                 (service, deployment, first_seen_ms, state, stable_at_ms, states)
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
              ON CONFLICT (service, deployment) DO UPDATE SET
                  first_seen_ms = EXCLUDED.first_seen_ms, state = EXCLUDED.state,
-                 stable_at_ms = EXCLUDED.stable_at_ms, updated_at = now()",
+                 stable_at_ms = EXCLUDED.stable_at_ms, states = EXCLUDED.states,
+                 updated_at = now()",
             self.schema
         );
         self.timed(
@@ -388,6 +410,7 @@ impl Postgres {
                     &ms(rec.first_seen_ms),
                     &rec.state.as_str(),
                     &rec.stable_at_ms.map(ms),
+                    &serde_json::to_string(&rec.states)?,
                 ],
             ),
         )
@@ -402,11 +425,12 @@ impl Postgres {
         let sql = format!(
             "WITH d AS (
                  INSERT INTO {s}.backstop_deployments
-                     (service, deployment, first_seen_ms, state, stable_at_ms)
-                 VALUES ($1, $2, $3, $4, $5)
+                     (service, deployment, first_seen_ms, state, stable_at_ms, states)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
                  ON CONFLICT (service, deployment) DO UPDATE SET
                      first_seen_ms = EXCLUDED.first_seen_ms, state = EXCLUDED.state,
-                     stable_at_ms = EXCLUDED.stable_at_ms, updated_at = now()
+                     stable_at_ms = EXCLUDED.stable_at_ms, states = EXCLUDED.states,
+                     updated_at = now()
              )
              INSERT INTO {s}.backstop_services (service, last_stable) VALUES ($1, $2)
              ON CONFLICT (service) DO UPDATE SET
@@ -422,6 +446,7 @@ impl Postgres {
                     &ms(rec.first_seen_ms),
                     &rec.state.as_str(),
                     &rec.stable_at_ms.map(ms),
+                    &serde_json::to_string(&rec.states)?,
                 ],
             ),
         )
@@ -661,14 +686,19 @@ fn join(summary: &str, reservoir: &str) -> Result<Baseline, serde_json::Error> {
     Ok(baseline)
 }
 
+/// A deployment from the columns `deployment, first_seen_ms, state,
+/// stable_at_ms, states::text`.
 fn deployment_from(r: &Row) -> anyhow::Result<DeploymentRecord> {
     let state: String = r.try_get(2)?;
+    let states: String = r.try_get(4)?;
     Ok(DeploymentRecord {
         id: r.try_get(0)?,
         first_seen_ms: unms(r.try_get(1)?),
         state: WatchState::parse(&state)
             .ok_or_else(|| anyhow!("unknown deployment state {state:?} in the store"))?,
         stable_at_ms: r.try_get::<_, Option<i64>>(3)?.map(unms),
+        states: serde_json::from_str(&states)
+            .map_err(|e| anyhow!("the states of a deployment record are unreadable: {e}"))?,
     })
 }
 

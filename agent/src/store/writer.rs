@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::records::{DeploymentRecord, RollbackRecord};
+use super::records::{DeploymentMeta, DeploymentRecord, Retention, RollbackRecord};
 use super::Store;
 use backstop_judge::baseline::Baseline;
 
@@ -27,6 +27,10 @@ pub enum Write {
     /// A stable deployment's baseline; the reply is the baseline to judge
     /// against: this one, or the one another agent kept first.
     Baseline(Box<Baseline>, Option<oneshot::Sender<Baseline>>),
+    /// What a pipeline registered of a deployment.
+    Meta(Box<DeploymentMeta>),
+    /// Forget what the retention no longer keeps.
+    Prune(Retention),
 }
 
 impl Write {
@@ -38,6 +42,8 @@ impl Write {
             Self::Rollback(_) => "a rollback's record",
             Self::Paused(_) => "the pause switch",
             Self::Baseline(..) => "a baseline",
+            Self::Meta(_) => "a deployment's metadata",
+            Self::Prune(_) => "the ledger's pruning",
         }
     }
 }
@@ -194,6 +200,17 @@ async fn apply(store: &Store, write: &mut Write) -> anyhow::Result<()> {
         Write::Current(id) => store.set_current(id).await,
         Write::Rollback(rec) => store.update_rollback(rec).await,
         Write::Paused(p) => store.set_paused(*p).await,
+        Write::Meta(m) => store.save_meta(m).await,
+        Write::Prune(r) => {
+            let n = store.prune(r, super::now_ms()).await?;
+            if n > 0 {
+                tracing::info!(
+                    deployments = n,
+                    "ledger pruned: older deployments forgotten"
+                );
+            }
+            Ok(())
+        }
         Write::Baseline(b, reply) => {
             let kept = if store.save_baseline(b).await? {
                 tracing::info!(deployment = %b.deployment, "baseline recorded");
@@ -226,6 +243,7 @@ mod tests {
             first_seen_ms: 1,
             state,
             stable_at_ms: None,
+            states: vec![],
         }
     }
 

@@ -452,10 +452,11 @@ impl Watcher {
         if rec.status == RollbackStatus::Succeeded
             && self.deployment() == Some(rec.deployment.as_str())
         {
+            let now = self.clock.now_ms();
             if let Some(cur) = self.current.as_mut() {
                 if cur.state != WatchState::RolledBack {
                     tracing::info!(deployment = %rec.deployment, by = ?rec.by, "the fleet rolled this deployment back");
-                    cur.state = WatchState::RolledBack;
+                    cur.enter(WatchState::RolledBack, now);
                     super::lone::rolled_back_figures(cur, &rec);
                 }
             }

@@ -207,9 +207,10 @@ impl Watcher {
 
     /// Deployment `dep`, if current, was rolled back: so recorded.
     pub(super) fn mark_rolled_back(&mut self, rec: &RollbackRecord) {
+        let now = self.clock.now_ms();
         if let Some(cur) = self.current.as_mut().filter(|c| c.id == rec.deployment) {
             let changed = cur.state != WatchState::RolledBack;
-            cur.state = WatchState::RolledBack;
+            cur.enter(WatchState::RolledBack, now);
             let cur = cur.clone();
             self.persist(&cur);
             if changed {
@@ -238,11 +239,9 @@ impl Watcher {
     /// The deployment turns stable: the baseline and the deployment to
     /// return to from now on.
     pub(super) fn become_stable(&mut self, cur: DeploymentRecord, now: u64) -> String {
-        let next = DeploymentRecord {
-            state: WatchState::Stable,
-            stable_at_ms: Some(now),
-            ..cur
-        };
+        let mut next = cur;
+        next.enter(WatchState::Stable, now);
+        next.stable_at_ms = Some(now);
         self.persist(&next);
         crate::telemetry::deployment_ended("stable");
         tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
@@ -261,10 +260,8 @@ impl Watcher {
         rule: String,
         evidence: Vec<Evidence>,
     ) {
-        let next = DeploymentRecord {
-            state: WatchState::Unhealthy,
-            ..cur
-        };
+        let mut next = cur;
+        next.enter(WatchState::Unhealthy, self.clock.now_ms());
         self.persist(&next);
         let dep = next.id.clone();
         self.current = Some(next);

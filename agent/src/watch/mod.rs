@@ -213,12 +213,7 @@ impl Watcher {
         self.rollback_read_at = None;
         self.recorded = None;
         self.unsure = None;
-        self.current = Some(DeploymentRecord {
-            id: id.to_string(),
-            first_seen_ms: self.clock.now_ms(),
-            state: WatchState::Warming,
-            stable_at_ms: None,
-        });
+        self.current = Some(DeploymentRecord::new(id, self.clock.now_ms()));
         self.settling = Some(id.to_string());
         let mut read = tokio::spawn(read_seen(self.store.clone(), id.to_string()));
         match tokio::time::timeout(SETTLE_AT_ONCE, &mut read).await {
@@ -425,10 +420,8 @@ impl Watcher {
         let cur = self.current.clone()?;
         let age = Duration::from_millis(now.saturating_sub(cur.first_seen_ms));
         if cur.state == WatchState::Warming && age >= self.warmup {
-            let next = DeploymentRecord {
-                state: WatchState::Watching,
-                ..cur.clone()
-            };
+            let mut next = cur.clone();
+            next.enter(WatchState::Watching, now);
             self.persist(&next);
             tracing::info!(deployment = %cur.id, "warm-up over: rules armed");
             self.current = Some(next);
