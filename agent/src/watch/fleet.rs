@@ -208,8 +208,10 @@ impl Watcher {
                     "this replica decides on its own verdicts until it works again"
                 }
             };
-            self.tell(
+            let dep = self.deployment().unwrap_or("").to_string();
+            self.tell_about(
                 EventKind::Alert,
+                &dep,
                 Some("fleet".into()),
                 format!("the fleet's coordination store {shown} is failing; {then}: {message}"),
                 vec![],
@@ -225,8 +227,10 @@ impl Watcher {
         let f = self.fleet.as_mut().expect("fleet");
         if f.up.replace(true) == Some(false) {
             tracing::info!("the fleet's coordination store works again");
-            self.tell(
+            let dep = self.deployment().unwrap_or("").to_string();
+            self.tell_about(
                 EventKind::Resolved,
+                &dep,
                 Some("fleet".into()),
                 "the fleet's coordination store works again: fleet rollbacks are possible again"
                     .into(),
@@ -428,6 +432,7 @@ impl Watcher {
                             ),
                             rec.evidence.clone(),
                         );
+                        self.incidents_end(&dep, "was rolled back", &Default::default());
                     }
                     Err(err) => {
                         metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "failed").increment(1);
@@ -452,11 +457,16 @@ impl Watcher {
         if rec.status == RollbackStatus::Succeeded
             && self.deployment() == Some(rec.deployment.as_str())
         {
+            let mut ended = false;
             if let Some(cur) = self.current.as_mut() {
                 if cur.state != WatchState::RolledBack {
                     tracing::info!(deployment = %rec.deployment, by = ?rec.by, "the fleet rolled this deployment back");
                     cur.state = WatchState::RolledBack;
+                    ended = true;
                 }
+            }
+            if ended {
+                self.incidents_end(&rec.deployment, "was rolled back", &Default::default());
             }
         }
         if rec.status != RollbackStatus::Intent
