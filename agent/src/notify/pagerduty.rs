@@ -35,7 +35,20 @@ use crate::secret::Secret;
 const SUMMARY_MAX: usize = 1024;
 const DEDUP_KEY_MAX: usize = 255;
 
-/// `type = "pagerduty"`.
+/// Through PagerDuty's Events API v2. An alert, a held, failed or
+/// ineffective rollback, or an unhealthy deployment opens an incident (a
+/// `trigger`) whose `dedup_key` is `backstop/<service>/<deployment>/<rule>`;
+/// a performed rollback is a change event, which pages no one. The
+/// incident is resolved, with the same key, when its rule no longer holds,
+/// or when its deployment is rolled back, replaced by another deployment, or
+/// becomes stable with the rule no longer holding. A PagerDuty notifier is
+/// told what resolves an incident even when its `events` leave out
+/// `resolved`, as long as it is told of something that opens one. An agent
+/// that restarted resolves what it may have opened before it stopped, once
+/// the rule is judged clear or the deployment has ended (PagerDuty accepts
+/// the resolve of an incident that is not open, and changes nothing). In a
+/// fleet, every replica names an incident with the same key, so any
+/// replica's resolve closes it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {

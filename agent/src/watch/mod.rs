@@ -70,7 +70,8 @@ pub struct Watcher {
     last_stable: Option<String>,
     paused: bool,
     firing: HashSet<String>,
-    /// (rule, reason) pairs already told as held for the current deployment.
+    /// (rule, reason) pairs already told as held for the current deployment
+    /// since the rule last cleared (its clearing is told as resolved).
     held_told: HashSet<(String, String)>,
     /// The first rollback rule that held at the last judgement, with its
     /// evidence: a watch that ends with one is not promoted.
@@ -532,6 +533,8 @@ impl Watcher {
                     vec![],
                 );
                 self.incident_resolved(&r.name);
+                // Told over: should it hold again, it is told again.
+                self.held_told.retain(|(rule, _)| *rule != r.name);
             }
             if holds && self.rolls_back(r, state) {
                 let ev = r.evidence.clone();

@@ -273,3 +273,27 @@ async fn a_restart_closes_once_what_each_clear_rule_may_have_opened() {
         [ev(EventKind::Closed, "v1", "health failing")]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_held_rollback_resolved_when_its_rule_cleared_is_told_again_when_it_holds_again() {
+    let rig = Rig::new(false);
+    let mut w = rig.watcher(guard()).await;
+    step(&mut w, "v1", Verdict::Clear).await;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for v in [
+        Verdict::Holds,
+        Verdict::Holds,
+        Verdict::Clear,
+        Verdict::Holds,
+    ] {
+        step(&mut w, "v1", v).await;
+    }
+    assert_eq!(
+        rig.told.kinds(),
+        [
+            EventKind::RollbackHeld,
+            EventKind::Resolved,
+            EventKind::RollbackHeld
+        ]
+    );
+}
