@@ -208,13 +208,10 @@ impl Watcher {
                     "this replica decides on its own verdicts until it works again"
                 }
             };
-            let dep = self.deployment().unwrap_or("").to_string();
-            self.tell_about(
+            self.tell_agent(
                 EventKind::Alert,
-                &dep,
-                Some("fleet".into()),
+                "fleet",
                 format!("the fleet's coordination store {shown} is failing; {then}: {message}"),
-                vec![],
             );
         } else {
             // Said once at error level; `backstop_fleet_up` says the rest.
@@ -227,14 +224,11 @@ impl Watcher {
         let f = self.fleet.as_mut().expect("fleet");
         if f.up.replace(true) == Some(false) {
             tracing::info!("the fleet's coordination store works again");
-            let dep = self.deployment().unwrap_or("").to_string();
-            self.tell_about(
+            self.tell_agent(
                 EventKind::Resolved,
-                &dep,
-                Some("fleet".into()),
+                "fleet",
                 "the fleet's coordination store works again: fleet rollbacks are possible again"
                     .into(),
-                vec![],
             );
         }
     }

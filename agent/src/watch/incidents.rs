@@ -12,6 +12,10 @@
 //! deployment that was replaced while the agent was down has all of its
 //! rules closed. `closed` goes to PagerDuty only, where closing an incident
 //! never opened changes nothing.
+//!
+//! The agent's own trouble (the store, the fleet's coordination store) is
+//! not the deployment's: it is told over when it ends, for the deployment
+//! it was first told for.
 
 use std::collections::BTreeSet;
 
@@ -46,6 +50,10 @@ pub(super) struct Incidents {
     /// The deployment watched before the restart, when another one runs
     /// now: all its rules are closed at the next judgement.
     replaced_while_down: Option<String>,
+    /// The agent's own trouble told and not yet over (`store`, `fleet`),
+    /// with the deployment it was told for: it is told over for that
+    /// deployment, so under the same key, whatever runs by then.
+    agent_open: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Incidents {
@@ -94,6 +102,23 @@ impl Watcher {
             evidence,
             return_to: self.last_stable.clone(),
         });
+    }
+
+    /// Tells people of the agent's own trouble `what` (`store`, `fleet`),
+    /// not of the deployment's: its `resolved` names the deployment its
+    /// alert named, even when another deployment runs by then.
+    pub(super) fn tell_agent(&mut self, kind: EventKind, what: &'static str, summary: String) {
+        let current = self.deployment().unwrap_or("").to_string();
+        let dep = if kind == EventKind::Resolved {
+            self.incidents.agent_open.remove(what).unwrap_or(current)
+        } else {
+            self.incidents
+                .agent_open
+                .entry(what)
+                .or_insert(current)
+                .clone()
+        };
+        self.tell_about(kind, &dep, Some(what.to_string()), summary, vec![]);
     }
 
     /// A new deployment is watched from the start: nothing is open for it.

@@ -563,8 +563,7 @@ impl Watcher {
 
     /// Tells people that the store stopped (or started again) working:
     /// while it fails, no rollback is made.
-    pub fn tell_store(&self, works: bool, detail: &str) {
-        let dep = self.deployment().unwrap_or("").to_string();
+    pub fn tell_store(&mut self, works: bool, detail: &str) {
         let (kind, summary) = if works {
             (
                 EventKind::Resolved,
@@ -576,7 +575,7 @@ impl Watcher {
                 format!("the store is failing; no rollback until it works again: {detail}"),
             )
         };
-        self.tell_about(kind, &dep, Some("store".into()), summary, vec![]);
+        self.tell_agent(kind, "store", summary);
     }
 }
 

@@ -297,3 +297,21 @@ async fn a_held_rollback_resolved_when_its_rule_cleared_is_told_again_when_it_ho
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_stores_trouble_is_told_over_for_the_deployment_it_was_told_for() {
+    let rig = Rig::new(false);
+    let mut w = rig.watcher(guard()).await;
+    step(&mut w, "v1", Verdict::Clear).await;
+    w.tell_store(false, "disk full");
+    step(&mut w, "v2", Verdict::Clear).await;
+    w.tell_store(true, "");
+    assert_eq!(
+        told_since(&rig, 0),
+        [
+            ev(EventKind::Alert, "v1", "store"),
+            ev(EventKind::Resolved, "v1", "store"),
+        ],
+        "one key, whatever runs when the store works again"
+    );
+}
