@@ -100,11 +100,19 @@ pub enum EventKind {
     RollbackFailed,
     /// The platform accepted the call but the deployment did not change.
     RollbackNotEffective,
-    /// The condition behind an earlier alert no longer holds.
+    /// What an earlier event reported is over: its rule no longer holds, or
+    /// the deployment it was about was rolled back, replaced, or became
+    /// stable (with the rule no longer holding).
     Resolved,
     /// The watch ended while a rollback rule held and a guard rail kept the
     /// rollback back: the deployment is `unhealthy`, not the baseline.
     Unhealthy,
+    /// Not a name in `events`: an incident the agent may have opened for
+    /// this deployment and rule before it restarted (it keeps no list of
+    /// them across a restart) is closed. Told only to notifiers that keep
+    /// incidents open (PagerDuty), for which closing one never opened is
+    /// harmless.
+    Closed,
 }
 
 impl EventKind {
@@ -117,7 +125,22 @@ impl EventKind {
             Self::RollbackNotEffective => "rollback_not_effective",
             Self::Resolved => "resolved",
             Self::Unhealthy => "unhealthy",
+            Self::Closed => "closed",
         }
+    }
+
+    /// Whether PagerDuty opens an incident for it (an Events API
+    /// `trigger`), which a later `resolved` (or `closed`) of the same
+    /// service, deployment and rule closes.
+    pub fn opens_incident(self) -> bool {
+        matches!(
+            self,
+            Self::Alert
+                | Self::RollbackHeld
+                | Self::RollbackFailed
+                | Self::RollbackNotEffective
+                | Self::Unhealthy
+        )
     }
 }
 

@@ -663,3 +663,308 @@ fn notify_configuration_problems_name_their_key_and_line() {
         assert!(!errors.to_string().contains("sekrit"));
     }
 }
+
+/// PagerDuty's Events API v2 on loopback, as the agent meets it end to end:
+/// it keeps the alerts open by `dedup_key`. Shapes from PagerDuty's own Go
+/// client, github.com/PagerDuty/go-pagerduty, `event_v2.go`: a `V2Event`
+/// has `routing_key`, `event_action` (`trigger`, `acknowledge`,
+/// `resolve`), `dedup_key` and a `payload` left out when empty (a resolve
+/// needs none; a trigger's has `summary`, `source` and `severity`:
+/// `critical`, `error`, `warning` or `info`); the answer, `V2EventResponse`,
+/// is `{"status","message","dedup_key"}`, 202 `success` / `Event processed`
+/// when accepted, 400 for an invalid event (`BadRequest`), 429 when
+/// throttled (`RateLimited`). `change_events.go`: a change event
+/// (`/v2/change/enqueue`) is `routing_key` and a `payload` with `summary`.
+/// A resolve of a `dedup_key` with no open alert is accepted and changes
+/// nothing, as PagerDuty does.
+struct PagerDuty {
+    server: HttpServer,
+    /// Every event accepted at `/v2/enqueue`, as (action, dedup_key).
+    events: Arc<Mutex<Vec<(String, String)>>>,
+    /// The alerts open now, by dedup_key.
+    open: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Answers refused with 400, as said.
+    refused: Arc<Mutex<Vec<String>>>,
+}
+
+impl PagerDuty {
+    /// `throttle_first_resolve`: the first resolve is answered 429 with a
+    /// `Retry-After`, as when events arrive too fast.
+    async fn start(throttle_first_resolve: bool) -> Self {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let throttle = Arc::new(Mutex::new(throttle_first_resolve));
+        let (e, o, x) = (events.clone(), open.clone(), refused.clone());
+        let server = HttpServer::start(move |r| {
+            let body = r.json();
+            let invalid = |why: &str| {
+                x.lock().unwrap().push(why.to_string());
+                Reply::json(
+                    400,
+                    json!({"status": "invalid event", "message": "Event object is invalid", "errors": [why]}),
+                )
+            };
+            if r.method != "POST" || r.header("content-type") != Some("application/json") {
+                return invalid("not a JSON POST");
+            }
+            if body["routing_key"].as_str().is_none_or(|k| k.len() != 32) {
+                return invalid("'routing_key' is invalid");
+            }
+            if r.path == "/v2/change/enqueue" {
+                if body["payload"]["summary"].as_str().is_none_or(str::is_empty) {
+                    return invalid("'payload.summary' is missing");
+                }
+                return Reply::json(
+                    202,
+                    json!({"status": "success", "message": "Change event processed"}),
+                );
+            }
+            if r.path != "/v2/enqueue" {
+                return Reply::status(404);
+            }
+            let action = body["event_action"].as_str().unwrap_or("").to_string();
+            let key = body["dedup_key"].as_str().unwrap_or("").to_string();
+            if key.is_empty() || key.chars().count() > 255 {
+                return invalid("'dedup_key' is invalid");
+            }
+            match action.as_str() {
+                "trigger" => {
+                    let p = &body["payload"];
+                    for field in ["summary", "source"] {
+                        if p[field].as_str().is_none_or(str::is_empty) {
+                            return invalid(&format!("'payload.{field}' is missing"));
+                        }
+                    }
+                    let severities = ["critical", "error", "warning", "info"];
+                    if !p["severity"].as_str().is_some_and(|s| severities.contains(&s)) {
+                        return invalid("'payload.severity' is invalid");
+                    }
+                    o.lock().unwrap().insert(key.clone());
+                }
+                "resolve" => {
+                    if std::mem::take(&mut *throttle.lock().unwrap()) {
+                        return Reply::json(
+                            429,
+                            json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly.  Please retry later."}),
+                        )
+                        .header("retry-after", "1");
+                    }
+                    o.lock().unwrap().remove(&key);
+                }
+                "acknowledge" => {}
+                _ => return invalid("'event_action' is invalid"),
+            }
+            e.lock().unwrap().push((action, key.clone()));
+            Reply::json(
+                202,
+                json!({"status": "success", "message": "Event processed", "dedup_key": key}),
+            )
+        })
+        .await;
+        Self {
+            server,
+            events,
+            open,
+            refused,
+        }
+    }
+
+    fn notify_section(&self) -> String {
+        format!(
+            "[[notify]]\ntype = \"pagerduty\"\nrouting_key = \"{ROUTING_KEY}\"\napi_url = \"{}\"\n",
+            self.server.url("")
+        )
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn open(&self) -> Vec<String> {
+        self.open.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Waits (up to 30 s) until `f` holds of the events accepted.
+    async fn until(&self, what: &str, f: impl Fn(&[(String, String)]) -> bool) {
+        for _ in 0..300 {
+            if f(&self.events()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; PagerDuty got {:#?}",
+            self.events()
+        );
+    }
+}
+
+fn has(events: &[(String, String)], action: &str, key: &str) -> bool {
+    events.iter().any(|(a, k)| a == action && k == key)
+}
+
+/// The agent's `backstop_notifications_total` for `outcome`.
+async fn notifications(port: u16, outcome: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("backstop_notifications_total")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An alert rule on the health probe: it fires at the first failure.
+const HEALTH_ALERT: &str = r#"
+[[rule]]
+name = "health alert"
+probe = "health"
+when = "consecutive_failures >= 1"
+action = "alert"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_an_incident_opened_for_a_bad_deployment_is_resolved_once_it_is_rolled_back() {
+    use crate::e2e::{config_with, service, until, Agent};
+    let pd = PagerDuty::start(true).await;
+    let (svc, server) = service().await;
+    let switch = svc.clone();
+    let platform = HttpServer::start(move |r| {
+        let to = r.json()["return_to"].as_str().unwrap_or("v1").to_string();
+        switch.set(&to, true);
+        Reply::json(200, json!({ "ok": true }))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = backstop_tests::closed_port();
+    let extra = format!("{HEALTH_ALERT}\n{}", pd.notify_section());
+    let cfg = config_with(dir.path(), port, &server, &platform, "2s", &extra);
+    let _agent = Agent::start(&cfg, port);
+    until(port, "v1 stable", |s| {
+        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
+    })
+    .await;
+
+    svc.set("v2", false);
+    let key = "backstop/shop/v2/health alert";
+    pd.until("the alert on v2 resolved", |e| has(e, "resolve", key))
+        .await;
+    let s = crate::e2e::status(port).await;
+    assert_eq!(s["last_rollback"]["deployment"], "v2", "{s:#}");
+    let events = pd.events();
+    let trigger = events.iter().position(|(a, k)| a == "trigger" && k == key);
+    let resolve = events.iter().position(|(a, k)| a == "resolve" && k == key);
+    assert!(trigger < resolve, "triggered, then resolved: {events:#?}");
+    assert!(trigger.is_some(), "{events:#?}");
+    // Back on v1 nothing is open, the throttled resolve was sent again,
+    // and no notification failed.
+    until(port, "back on v1", |s| s["deployment"]["id"] == "v1").await;
+    assert_eq!(pd.open(), Vec::<String>::new(), "{:#?}", pd.events());
+    assert_eq!(*pd.refused.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(notifications(port, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_a_held_rollback_is_resolved_once_its_rule_clears_or_its_deployment_is_replaced()
+{
+    use crate::e2e::{config_with, service, Agent};
+    let pd = PagerDuty::start(false).await;
+    let (svc, server) = service().await;
+    let platform = HttpServer::start(|_| Reply::json(200, json!({ "ok": true }))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = backstop_tests::closed_port();
+    // A long watch: v1 is never stable, so there is nothing to return to
+    // and a rollback of v1 is held back.
+    let cfg = config_with(
+        dir.path(),
+        port,
+        &server,
+        &platform,
+        "10m",
+        &pd.notify_section(),
+    );
+    let _agent = Agent::start(&cfg, port);
+    crate::e2e::until(port, "v1 watched", |s| {
+        s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "watching"
+    })
+    .await;
+
+    // The rule holds: held back and paged; it clears: resolved.
+    let v1 = "backstop/shop/v1/health failing";
+    svc.set("v1", false);
+    pd.until("the held rollback of v1", |e| has(e, "trigger", v1))
+        .await;
+    assert_eq!(pd.open(), [v1]);
+    svc.set("v1", true);
+    pd.until("v1's rule clears", |e| has(e, "resolve", v1))
+        .await;
+    assert_eq!(pd.open(), Vec::<String>::new());
+
+    // It holds again; then v2 replaces v1 while it does: resolved.
+    svc.set("v1", false);
+    pd.until("v1 held again", |e| {
+        e.iter().filter(|(a, k)| a == "trigger" && k == v1).count() == 2
+    })
+    .await;
+    assert_eq!(pd.open(), [v1]);
+    svc.set("v2", true);
+    pd.until("v1 replaced", |e| {
+        e.iter().filter(|(a, k)| a == "resolve" && k == v1).count() == 2
+    })
+    .await;
+    assert_eq!(pd.open(), Vec::<String>::new(), "{:#?}", pd.events());
+    assert_eq!(platform.requests().len(), 0, "never rolled back");
+    assert_eq!(notifications(port, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_an_incident_opened_before_a_restart_is_resolved_by_the_restarted_agent() {
+    use crate::e2e::{config_with, service, Agent};
+    let pd = PagerDuty::start(false).await;
+    let (svc, server) = service().await;
+    let platform = HttpServer::start(|_| Reply::json(200, json!({ "ok": true }))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = backstop_tests::closed_port();
+    let cfg = config_with(
+        dir.path(),
+        port,
+        &server,
+        &platform,
+        "10m",
+        &pd.notify_section(),
+    );
+    let v1 = "backstop/shop/v1/health failing";
+    {
+        let _agent = Agent::start(&cfg, port);
+        crate::e2e::until(port, "v1 watched", |s| {
+            s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "watching"
+        })
+        .await;
+        svc.set("v1", false);
+        pd.until("the held rollback of v1", |e| has(e, "trigger", v1))
+            .await;
+    }
+    // The agent is killed; v2 replaces v1 meanwhile.
+    svc.set("v2", true);
+    let _agent = Agent::start(&cfg, port);
+    pd.until("v1's incident resolved after the restart", |e| {
+        has(e, "resolve", v1)
+    })
+    .await;
+    assert_eq!(pd.open(), Vec::<String>::new(), "{:#?}", pd.events());
+    // What v1 may have opened is closed too, `manual` among it, which was
+    // never opened: accepted, and no notification failed.
+    pd.until("v1's manual key closed", |e| {
+        has(e, "resolve", "backstop/shop/v1/manual")
+    })
+    .await;
+    assert_eq!(notifications(port, "failed").await, 0.0);
+    assert_eq!(*pd.refused.lock().unwrap(), Vec::<String>::new());
+}

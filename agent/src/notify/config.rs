@@ -47,7 +47,10 @@ pub struct NotifyCommon {
     pub name: Option<String>,
     /// The events it is told about, by name (`alert`, `rollback_held`,
     /// `rollback`, `rollback_failed`, `rollback_not_effective`, `unhealthy`,
-    /// `resolved`).
+    /// `resolved`). `resolved` says that what an earlier event reported is
+    /// over: its rule no longer holds, or its deployment was rolled back,
+    /// replaced or became stable. A `pagerduty` notifier told of any event
+    /// that opens an incident is told `resolved` too.
     /// Default: all of them.
     #[serde(default)]
     pub events: Option<Vec<EventName>>,

@@ -166,7 +166,7 @@ fn subject(event: &Event) -> String {
         EventKind::RollbackFailed => "rollback failed",
         EventKind::RollbackNotEffective => "rollback not effective",
         EventKind::Unhealthy => "unhealthy",
-        EventKind::Resolved => "resolved",
+        EventKind::Resolved | EventKind::Closed => "resolved",
     };
     one_line(&format!(
         "[backstop] {}: {what} for {}",

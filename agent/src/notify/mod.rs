@@ -189,11 +189,7 @@ impl Notifiers {
     pub fn send(&self, event: Event) -> Deliveries {
         let event = Arc::new(event);
         let mut pending = Vec::new();
-        for n in self
-            .notifiers
-            .iter()
-            .filter(|n| n.target.events.contains(&event.kind))
-        {
+        for n in self.notifiers.iter().filter(|n| n.target.wants(event.kind)) {
             let (done, rx) = oneshot::channel();
             let job = Job {
                 event: event.clone(),
@@ -255,6 +251,17 @@ async fn work(target: Arc<Target>, mut rx: mpsc::Receiver<Job>) {
 }
 
 impl Target {
+    /// Whether this notifier is told of `kind`: the events it asks for; and
+    /// a PagerDuty notifier told of anything that opens an incident is also
+    /// told what resolves it (`resolved`, and `closed`, never a name in
+    /// `events`), so that no incident the agent opened stays open.
+    fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+            || (matches!(self.spec, NotifySpec::Pagerduty(_))
+                && matches!(kind, EventKind::Resolved | EventKind::Closed)
+                && self.events.iter().any(|k| k.opens_incident()))
+    }
+
     /// Delivers one event with retries, all within the deadline.
     async fn deliver(&self, event: &Event) -> Result<(), String> {
         let out = self
@@ -424,6 +431,62 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(number(v), want, "{v}");
         }
+    }
+
+    /// How many of the notifiers configured as `toml` are told of `kind`.
+    /// Outside a runtime every delivery fails at once; only the count is
+    /// read.
+    fn told(toml: &str, kind: EventKind) -> usize {
+        let text = format!("[service]\nname = \"web\"\n\n{toml}");
+        let config = crate::config::Config::parse(&text, |_| None).unwrap();
+        let n = Notifiers::build(&config.notify).unwrap();
+        let event = crate::evidence::Event {
+            kind,
+            service: "web".into(),
+            deployment: "v2".into(),
+            rule: Some("r".into()),
+            summary: String::new(),
+            evidence: vec![],
+            return_to: None,
+        };
+        n.send(event).len()
+    }
+
+    #[test]
+    fn pagerduty_is_told_what_resolves_an_incident_whatever_its_events_and_others_only_if_asked() {
+        let pd = |events: &str| {
+            format!("[[notify]]\ntype = \"pagerduty\"\nrouting_key = \"k\"\n{events}\n")
+        };
+        let slack = |events: &str| {
+            format!("[[notify]]\ntype = \"slack\"\nurl = \"https://hooks.slack.com/services/T/B/X\"\n{events}\n")
+        };
+        let cases = [
+            // PagerDuty told of a trigger is told what resolves it.
+            (pd(""), EventKind::Resolved, 1),
+            (pd(""), EventKind::Closed, 1),
+            (pd("events = [\"rollback_held\"]"), EventKind::Resolved, 1),
+            (pd("events = [\"unhealthy\"]"), EventKind::Closed, 1),
+            (pd("events = [\"rollback_held\"]"), EventKind::Alert, 0),
+            // One that opens nothing has nothing to resolve.
+            (pd("events = [\"rollback\"]"), EventKind::Resolved, 0),
+            (pd("events = [\"rollback\"]"), EventKind::Closed, 0),
+            // Other notifiers: what they ask for; `closed` never.
+            (slack(""), EventKind::Resolved, 1),
+            (slack(""), EventKind::Closed, 0),
+            (slack("events = [\"alert\"]"), EventKind::Resolved, 0),
+        ];
+        for (toml, kind, want) in cases {
+            assert_eq!(told(&toml, kind), want, "{kind:?}\n{toml}");
+        }
+    }
+
+    #[test]
+    fn closed_is_not_a_name_in_events() {
+        let text = "[service]\nname = \"web\"\n\n[[notify]]\ntype = \"pagerduty\"\nrouting_key = \"k\"\nevents = [\"closed\"]\n";
+        let err = crate::config::Config::parse(text, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown event \"closed\""), "{err}");
     }
 
     #[test]

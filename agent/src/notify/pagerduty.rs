@@ -1,10 +1,20 @@
 //! PagerDuty, through the Events API v2. An alert, a held, failed or
-//! ineffective rollback triggers an alert (`POST /v2/enqueue`, `event_action
-//! = "trigger"`); `resolved` resolves it with the same `dedup_key`; a
-//! performed rollback is a change event (`POST /v2/change/enqueue`), shown
-//! beside the service's incidents without paging anyone. PagerDuty answers
-//! 202 with `{"status":"success","dedup_key":...}`; 400 (an invalid event)
-//! is final, 429 and 5xx are retried.
+//! ineffective rollback, or an unhealthy deployment triggers an alert
+//! (`POST /v2/enqueue`, `event_action = "trigger"`) whose `dedup_key` is
+//! made of the service, the deployment and the rule alone, so any replica,
+//! before or after a restart, names the same incident. `resolved` (and the
+//! internal `closed`) resolves it with the same `dedup_key` and no payload:
+//! when the rule no longer holds, or the deployment was rolled back,
+//! replaced or became stable. A PagerDuty notifier is told these whatever
+//! its `events`, as long as it is told of something that triggers: an
+//! incident the agent opened, the agent resolves. Resolving an alert that
+//! is not open is accepted and changes nothing, so a resolve sent by every
+//! replica of a fleet, or after a restart for what may have been opened
+//! before it, is harmless. A performed rollback is a change event (`POST
+//! /v2/change/enqueue`), shown beside the service's incidents without
+//! paging anyone. PagerDuty answers 202 with
+//! `{"status":"success","message":"Event processed","dedup_key":...}`;
+//! 400 (an invalid event) is final, 429 and 5xx are retried.
 //!
 //! Severity, our mapping: `rollback_failed` and `rollback_not_effective` are
 //! `critical` (the bad deployment is still serving), `alert` is `error`,
@@ -25,7 +35,20 @@ use crate::secret::Secret;
 const SUMMARY_MAX: usize = 1024;
 const DEDUP_KEY_MAX: usize = 255;
 
-/// `type = "pagerduty"`.
+/// Through PagerDuty's Events API v2. An alert, a held, failed or
+/// ineffective rollback, or an unhealthy deployment opens an incident (a
+/// `trigger`) whose `dedup_key` is `backstop/<service>/<deployment>/<rule>`;
+/// a performed rollback is a change event, which pages no one. The
+/// incident is resolved, with the same key, when its rule no longer holds,
+/// or when its deployment is rolled back, replaced by another deployment, or
+/// becomes stable with the rule no longer holding. A PagerDuty notifier is
+/// told what resolves an incident even when its `events` leave out
+/// `resolved`, as long as it is told of something that opens one. An agent
+/// that restarted resolves what it may have opened before it stopped, once
+/// the rule is judged clear or the deployment has ended (PagerDuty accepts
+/// the resolve of an incident that is not open, and changes nothing). In a
+/// fleet, every replica names an incident with the same key, so any
+/// replica's resolve closes it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {
@@ -116,7 +139,8 @@ impl PagerDutyConfig {
 }
 
 /// The severity of a triggering event; `None` for those that trigger
-/// nothing (`resolved`, and a performed rollback, sent as a change event).
+/// nothing (`resolved` and `closed`, sent as a resolve, and a performed
+/// rollback, sent as a change event).
 fn severity(kind: EventKind) -> Option<&'static str> {
     match kind {
         EventKind::RollbackFailed | EventKind::RollbackNotEffective | EventKind::Unhealthy => {
@@ -124,12 +148,13 @@ fn severity(kind: EventKind) -> Option<&'static str> {
         }
         EventKind::Alert => Some("error"),
         EventKind::RollbackHeld => Some("warning"),
-        EventKind::RollbackPerformed | EventKind::Resolved => None,
+        EventKind::RollbackPerformed | EventKind::Resolved | EventKind::Closed => None,
     }
 }
 
 /// One alert per service, deployment and rule: a later trigger for the same
-/// rule updates it, `resolved` closes it.
+/// rule updates it, `resolved` closes it. Nothing else goes in (no replica,
+/// no time), so that whoever resolves it, whenever, names the same alert.
 fn dedup_key(event: &Event) -> String {
     let mut key = format!("backstop/{}/{}", event.service, event.deployment);
     if let Some(rule) = &event.rule {
@@ -177,6 +202,71 @@ mod tests {
         ];
         for (ms, want) in cases {
             assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(ms)), want);
+        }
+    }
+
+    fn config() -> PagerDutyConfig {
+        PagerDutyConfig {
+            routing_key: Secret::new("R0UT1NGKEY0123456789abcdef012345"),
+            api_url: "https://events.pagerduty.com/".into(),
+        }
+    }
+
+    fn event(kind: EventKind, rule: &str) -> Event {
+        Event {
+            kind,
+            service: "web".into(),
+            deployment: "v2".into(),
+            rule: Some(rule.into()),
+            summary: "v2 was rolled back".into(),
+            evidence: vec![],
+            return_to: Some("v1".into()),
+        }
+    }
+
+    #[test]
+    fn whatever_opened_an_incident_a_resolve_or_close_of_its_rule_names_the_same_one() {
+        let triggers = [
+            EventKind::Alert,
+            EventKind::RollbackHeld,
+            EventKind::RollbackFailed,
+            EventKind::RollbackNotEffective,
+            EventKind::Unhealthy,
+        ];
+        for kind in triggers {
+            assert!(kind.opens_incident(), "{kind:?}");
+            let t = config().request(&event(kind, "health failing"), UNIX_EPOCH);
+            assert_eq!(t.url, "https://events.pagerduty.com/v2/enqueue");
+            assert_eq!(t.body["event_action"], "trigger", "{kind:?}");
+            assert_eq!(t.body["dedup_key"], "backstop/web/v2/health failing");
+            for over in [EventKind::Resolved, EventKind::Closed] {
+                let r = config().request(&event(over, "health failing"), UNIX_EPOCH);
+                assert_eq!(r.url, t.url);
+                assert_eq!(
+                    r.body["dedup_key"], t.body["dedup_key"],
+                    "{kind:?} {over:?}"
+                );
+            }
+        }
+        // Another rule, or another deployment, is another incident.
+        let other = config().request(&event(EventKind::Resolved, "errors up"), UNIX_EPOCH);
+        assert_eq!(other.body["dedup_key"], "backstop/web/v2/errors up");
+    }
+
+    #[test]
+    fn a_resolve_carries_the_routing_key_the_action_and_the_dedup_key_only() {
+        for kind in [EventKind::Resolved, EventKind::Closed] {
+            assert!(!kind.opens_incident());
+            let r = config().request(&event(kind, "health failing"), UNIX_EPOCH);
+            assert_eq!(
+                r.body,
+                json!({
+                    "routing_key": "R0UT1NGKEY0123456789abcdef012345",
+                    "event_action": "resolve",
+                    "dedup_key": "backstop/web/v2/health failing",
+                }),
+                "{kind:?}"
+            );
         }
     }
 

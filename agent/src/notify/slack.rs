@@ -121,7 +121,7 @@ fn icon(kind: EventKind) -> &'static str {
         EventKind::RollbackFailed | EventKind::RollbackNotEffective | EventKind::Unhealthy => {
             ":rotating_light:"
         }
-        EventKind::Resolved => ":white_check_mark:",
+        EventKind::Resolved | EventKind::Closed => ":white_check_mark:",
     }
 }
 

@@ -208,11 +208,10 @@ impl Watcher {
                     "this replica decides on its own verdicts until it works again"
                 }
             };
-            self.tell(
+            self.tell_agent(
                 EventKind::Alert,
-                Some("fleet".into()),
+                "fleet",
                 format!("the fleet's coordination store {shown} is failing; {then}: {message}"),
-                vec![],
             );
         } else {
             // Said once at error level; `backstop_fleet_up` says the rest.
@@ -225,12 +224,11 @@ impl Watcher {
         let f = self.fleet.as_mut().expect("fleet");
         if f.up.replace(true) == Some(false) {
             tracing::info!("the fleet's coordination store works again");
-            self.tell(
+            self.tell_agent(
                 EventKind::Resolved,
-                Some("fleet".into()),
+                "fleet",
                 "the fleet's coordination store works again: fleet rollbacks are possible again"
                     .into(),
-                vec![],
             );
         }
     }
@@ -428,6 +426,7 @@ impl Watcher {
                             ),
                             rec.evidence.clone(),
                         );
+                        self.incidents_end(&dep, "was rolled back", &Default::default());
                     }
                     Err(err) => {
                         metrics::counter!("backstop_rollbacks_total", "target" => target, "outcome" => "failed").increment(1);
@@ -453,12 +452,17 @@ impl Watcher {
             && self.deployment() == Some(rec.deployment.as_str())
         {
             let now = self.clock.now_ms();
+            let mut ended = false;
             if let Some(cur) = self.current.as_mut() {
                 if cur.state != WatchState::RolledBack {
                     tracing::info!(deployment = %rec.deployment, by = ?rec.by, "the fleet rolled this deployment back");
                     cur.enter(WatchState::RolledBack, now);
                     super::lone::rolled_back_figures(cur, &rec);
+                    ended = true;
                 }
+            }
+            if ended {
+                self.incidents_end(&rec.deployment, "was rolled back", &Default::default());
             }
         }
         if rec.status != RollbackStatus::Intent

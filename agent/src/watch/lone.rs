@@ -130,6 +130,7 @@ impl Watcher {
                     ),
                     rec.evidence.clone(),
                 );
+                self.incidents_end(&dep, "was rolled back", &Default::default());
             }
             Err(err) => {
                 rec.status = RollbackStatus::Failed;
@@ -245,6 +246,8 @@ impl Watcher {
         self.persist(&next);
         crate::telemetry::deployment_ended("stable");
         tracing::info!(deployment = %next.id, "watch over: deployment is stable and becomes the baseline");
+        let holding = self.firing.iter().cloned().collect();
+        self.incidents_end(&next.id, "became stable", &holding);
         self.last_stable = Some(next.id.clone());
         let id = next.id.clone();
         self.current = Some(next);

@@ -19,6 +19,7 @@
 
 mod fleet;
 mod fleet_call;
+mod incidents;
 mod job;
 mod lone;
 #[cfg(test)]
@@ -26,14 +27,14 @@ mod tests;
 mod types;
 mod view;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::evidence::{Event, EventKind};
+use crate::evidence::EventKind;
 use crate::rule_config::Action;
 use crate::store::writer::{Write, Writer};
 use crate::store::{DeploymentRecord, RollbackRecord, RollbackStatus, Store, WatchState};
@@ -69,7 +70,8 @@ pub struct Watcher {
     last_stable: Option<String>,
     paused: bool,
     firing: HashSet<String>,
-    /// (rule, reason) pairs already told as held for the current deployment.
+    /// (rule, reason) pairs already told as held for the current deployment
+    /// since the rule last cleared (its clearing is told as resolved).
     held_told: HashSet<(String, String)>,
     /// The first rollback rule that held at the last judgement, with its
     /// evidence: a watch that ends with one is not promoted.
@@ -106,6 +108,8 @@ pub struct Watcher {
     verify_pending: Option<(String, u64)>,
     info_labels: Option<(String, &'static str)>,
     fleet: Option<fleet::Fleet>,
+    /// The rules told of that stay open until told over (see `incidents`).
+    incidents: incidents::Incidents,
     pub view: Arc<Mutex<WatchView>>,
 }
 
@@ -125,6 +129,7 @@ impl Watcher {
         let last_stable = store.last_stable().await?;
         let paused = store.paused().await?;
         let recent = store.rollbacks().await?;
+        let previous = store.current().await?;
         let writer = Writer::start(store.clone());
         Ok(Self {
             service,
@@ -158,6 +163,7 @@ impl Watcher {
             verify_pending: None,
             info_labels: None,
             fleet: None,
+            incidents: incidents::Incidents::new(previous),
             view: Arc::new(Mutex::new(WatchView::default())),
         })
     }
@@ -206,6 +212,10 @@ impl Watcher {
                 self.verify_pending = None;
             }
         }
+        if let Some(old) = self.deployment().map(str::to_string) {
+            self.incidents_end(&old, &format!("was replaced by {id}"), &BTreeSet::new());
+        }
+        self.incidents_start(id);
         self.firing.clear();
         self.held_told.clear();
         self.holding = None;
@@ -366,6 +376,7 @@ impl Watcher {
             Some(rec) => {
                 tracing::info!(deployment = %id, state = rec.state.as_str(), "resuming the watch of a known deployment");
                 self.current = Some(rec);
+                self.incidents_resumed();
             }
             None => {
                 let cur = self.current.clone().expect("the deployment being settled");
@@ -477,6 +488,7 @@ impl Watcher {
             .iter()
             .find(|r| r.action == Action::Rollback && r.verdict == Verdict::Holds)
             .map(|r| (r.name.clone(), r.evidence.clone()));
+        self.incidents_judged(rules);
         if self.fleet.is_some() {
             self.fleet_step(rules, state).await;
         }
@@ -521,6 +533,9 @@ impl Watcher {
                     format!("rule {} no longer holds", r.name),
                     vec![],
                 );
+                self.incident_resolved(&r.name);
+                // Told over: should it hold again, it is told again.
+                self.held_told.retain(|(rule, _)| *rule != r.name);
             }
             if holds && self.rolls_back(r, state) {
                 let ev = r.evidence.clone();
@@ -549,7 +564,7 @@ impl Watcher {
 
     /// Tells people that the store stopped (or started again) working:
     /// while it fails, no rollback is made.
-    pub fn tell_store(&self, works: bool, detail: &str) {
+    pub fn tell_store(&mut self, works: bool, detail: &str) {
         let (kind, summary) = if works {
             (
                 EventKind::Resolved,
@@ -561,25 +576,7 @@ impl Watcher {
                 format!("the store is failing; no rollback until it works again: {detail}"),
             )
         };
-        self.tell(kind, Some("store".into()), summary, vec![]);
-    }
-
-    fn tell(
-        &self,
-        kind: EventKind,
-        rule: Option<String>,
-        summary: String,
-        evidence: Vec<Evidence>,
-    ) {
-        self.notifier.notify(Event {
-            kind,
-            service: self.service.clone(),
-            deployment: self.deployment().unwrap_or("").to_string(),
-            rule,
-            summary,
-            evidence,
-            return_to: self.last_stable.clone(),
-        });
+        self.tell_agent(kind, "store", summary);
     }
 }
 

@@ -3,10 +3,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
+use crate::evidence::{Event, Reconciled, RollbackDone, RollbackRequest};
 use backstop_judge::evidence::Evidence;
 
 mod fleet;
+mod incidents;
 
 #[derive(Default)]
 struct Platform {

@@ -409,3 +409,30 @@ async fn a_manual_rollback_in_a_fleet_is_made_once() {
         assert_eq!(r.w.state(), Some(WatchState::RolledBack));
     }
 }
+
+/// A replica that told of a held rollback resolves it once the fleet rolls
+/// the deployment back, whichever replica called: with the same deployment
+/// and rule, so the same PagerDuty incident, which any replica may resolve.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_held_below_quorum_is_resolved_once_the_fleet_rolls_back() {
+    let mut f = Fleet::on_v2(ABC, None).await;
+    for _ in 0..15 {
+        f.round("v2", &["a"]).await;
+    }
+    assert_eq!(f.replica("a").told(EventKind::RollbackHeld).len(), 1);
+    for _ in 0..8 {
+        f.round("v2", ABC).await;
+    }
+    assert_eq!(f.calls(), 1);
+    let resolved = f.replica("a").told(EventKind::Resolved);
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0].deployment, "v2");
+    assert_eq!(resolved[0].rule.as_deref(), Some("health failing"));
+    assert!(resolved[0].summary.contains("v2 was rolled back"));
+    for r in ["b", "c"] {
+        assert!(
+            f.replica(r).told(EventKind::Resolved).is_empty(),
+            "{r} told of nothing that stays open"
+        );
+    }
+}
