@@ -119,13 +119,16 @@ pub struct ArgoRolloutsConfig {
     /// The Rollout to roll back, in `namespace`. Required.
     pub rollout: String,
     /// `"abort"`, `"undo"`, or both in the order given, such as
-    /// `["abort", "undo"]`. Default `"abort"`.
+    /// `["abort", "undo"]`. A Rollout with `spec.workloadRef` (its pod
+    /// template in a Deployment) cannot be undone: with `"abort"` listed
+    /// too the undo is skipped, and `"undo"` alone is refused. Default
+    /// `"abort"`.
     #[serde(default)]
     pub action: Actions,
-    /// The API server. Default, as client-go's `rest.InClusterConfig` does:
+    /// The API server. Default
     /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when both
-    /// variables are set (an IPv6 host in brackets), else
-    /// `https://kubernetes.default.svc`.
+    /// variables are set (an IPv6 host in brackets, as client-go's
+    /// `rest.InClusterConfig` does), else `https://kubernetes.default.svc`.
     pub api_url: Option<String>,
     /// The service account's token, read again before every request since
     /// projected tokens rotate. Default
@@ -147,7 +150,7 @@ pub struct ArgoRolloutsConfig {
     /// or `ca_file`; `namespace` overrides the context's (default
     /// `default`). Users with `exec` or `auth-provider`, and clusters with
     /// `insecure-skip-tls-verify`, are refused. The `KUBECONFIG` variable
-    /// is not read.
+    /// is not read. Default: none, the in-cluster settings.
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig's context. Default its `current-context`.
     pub context: Option<String>,
