@@ -10,6 +10,11 @@
 //! `auth-provider`), and what would weaken or change the connection
 //! (`insecure-skip-tls-verify`, `tls-server-name`, `proxy-url`,
 //! impersonation, basic auth) is refused, with what would work instead.
+//!
+//! Only the file the `kubeconfig` key names is read, never `KUBECONFIG` or
+//! `~/.kube/config`: what the agent rolls back stays what its configuration
+//! file says, whatever the environment it is started in (and `KUBECONFIG`
+//! may list several files that kubectl merges, which this reader does not).
 
 use std::path::{Path, PathBuf};
 
