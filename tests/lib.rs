@@ -324,15 +324,78 @@ pub struct HttpServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
+    https: bool,
+}
+
+/// Serves one connection of a [`HttpServer`]: records every request and
+/// answers it with `handler`'s reply.
+async fn serve_recorded<I>(io: I, handler: Arc<Handler>, recs: Arc<Mutex<Vec<Recorded>>>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let handler = handler.clone();
+        let recs = recs.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let rec = Recorded {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().map(str::to_string),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect(),
+                body,
+            };
+            let reply = handler(&rec);
+            recs.lock().unwrap().push(rec);
+            if !reply.delay.is_zero() {
+                tokio::time::sleep(reply.delay).await;
+            }
+            let mut resp = hyper::Response::builder().status(reply.status);
+            for (k, v) in &reply.headers {
+                resp = resp.header(k, v);
+            }
+            Ok::<_, Infallible>(resp.body(Full::new(reply.body)).unwrap())
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
 }
 
 impl HttpServer {
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_with(None, handler).await
+    }
+
+    /// Like [`HttpServer::start`], but HTTPS with `tls`, which may require
+    /// and verify a client certificate: a connection whose handshake fails
+    /// is dropped and records nothing. Its [`HttpServer::url`] is `https`.
+    pub async fn start_tls(
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(tls)), handler).await
+    }
+
+    async fn start_with(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let recs = requests.clone();
+        let https = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -340,47 +403,16 @@ impl HttpServer {
                 };
                 let handler = handler.clone();
                 let recs = recs.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let handler = handler.clone();
-                            let recs = recs.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let rec = Recorded {
-                                    method: parts.method.to_string(),
-                                    path: parts.uri.path().to_string(),
-                                    query: parts.uri.query().map(str::to_string),
-                                    headers: parts
-                                        .headers
-                                        .iter()
-                                        .map(|(k, v)| {
-                                            (k.to_string(), v.to_str().unwrap_or("").to_string())
-                                        })
-                                        .collect(),
-                                    body,
-                                };
-                                let reply = handler(&rec);
-                                recs.lock().unwrap().push(rec);
-                                if !reply.delay.is_zero() {
-                                    tokio::time::sleep(reply.delay).await;
-                                }
-                                let mut resp = hyper::Response::builder().status(reply.status);
-                                for (k, v) in &reply.headers {
-                                    resp = resp.header(k, v);
-                                }
-                                Ok::<_, Infallible>(resp.body(Full::new(reply.body)).unwrap())
+                    match tls {
+                        None => serve_recorded(TokioIo::new(stream), handler, recs).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_recorded(TokioIo::new(stream), handler, recs).await;
                             }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        }
+                    }
                 });
             }
         });
@@ -388,11 +420,13 @@ impl HttpServer {
             addr,
             requests,
             task,
+            https,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// Every request received so far.

@@ -23,6 +23,8 @@ use backstop::rollback::argo_rollouts::{ArgoRollouts, ArgoRolloutsConfig};
 use backstop::rollback::kubernetes::{Kubernetes, KubernetesConfig};
 use backstop::rollback::{BuildContext, RollbackError};
 use backstop_tests::{closed_port, HttpServer, Recorded, Reply};
+
+use crate::daemon::{run_cli, Daemon};
 use serde_json::{json, Value};
 
 pub(crate) const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLW9uZQ.sig";
@@ -235,11 +237,18 @@ fn throttled(retry_after: &'static str) -> Answer {
 }
 
 async fn stand_in(routes: Vec<(&'static str, &'static str, Vec<Answer>)>) -> HttpServer {
+    HttpServer::start(router(routes)).await
+}
+
+/// The stand-in's handler: the routes' answers in turn, else a 404.
+fn router(
+    routes: Vec<(&'static str, &'static str, Vec<Answer>)>,
+) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
     let routes: Vec<_> = routes
         .into_iter()
         .map(|(method, path, answers)| (method, path, answers, AtomicUsize::new(0)))
         .collect();
-    HttpServer::start(move |r: &Recorded| {
+    move |r: &Recorded| {
         for (method, path, answers, seen) in &routes {
             if *method == r.method && *path == r.path {
                 let n = seen.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
@@ -254,8 +263,7 @@ async fn stand_in(routes: Vec<(&'static str, &'static str, Vec<Answer>)>) -> Htt
                 "the server could not find the requested resource",
             ),
         )
-    })
-    .await
+    }
 }
 
 fn calls(server: &HttpServer, method: &str, path: &str) -> Vec<Recorded> {
@@ -1299,4 +1307,555 @@ async fn a_live_read_gives_up_at_the_deadline() {
         }
         other => panic!("expected exhaustion, got {other}"),
     }
+}
+
+// Outside the cluster: a kubeconfig file, over TLS with the cluster's own
+// CA. The kubeconfig's shape is client-go's `clientcmd/api/v1` `Config`
+// (`tools/clientcmd/api/v1/types.go` of github.com/kubernetes/client-go:
+// `clusters[].cluster.server`, `certificate-authority(-data)`,
+// `users[].user.token`, `tokenFile`, `client-certificate(-data)`,
+// `client-key(-data)`, `contexts[].context.namespace`, `current-context`).
+// An API server authenticates a client certificate signed by its client CA
+// (`--client-ca-file`) and rejects the handshake of any other.
+
+/// A cluster's certificates, made when the test runs: a CA, the API
+/// server's certificate for 127.0.0.1 signed by it, a client certificate
+/// signed by it, and a client certificate of another CA.
+struct Pki {
+    ca_pem: String,
+    ca_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    server_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    server_key_der: Vec<u8>,
+    client_pem: String,
+    client_key_pem: String,
+    stranger_pem: String,
+    stranger_key_pem: String,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn client_cert(issuer: &rcgen::Certificate, issuer_key: &rcgen::KeyPair) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    // The API server takes the user from the CN and the groups from O.
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "backstop");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "deployers");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn pki() -> Pki {
+    let (ca_cert, ca_key) = ca("kubernetes-ca");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kube-apiserver");
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = params.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+    let (client_pem, client_key_pem) = client_cert(&ca_cert, &ca_key);
+    let (other, other_key) = ca("someone-else");
+    let (stranger_pem, stranger_key_pem) = client_cert(&other, &other_key);
+    Pki {
+        ca_pem: ca_cert.pem(),
+        ca_der: ca_cert.der().clone(),
+        server_der: server.der().clone(),
+        server_key_der: server_key.serialize_der(),
+        client_pem,
+        client_key_pem,
+        stranger_pem,
+        stranger_key_pem,
+    }
+}
+
+/// The stand-in over TLS; with `client_ca`, it requires a client
+/// certificate signed by the cluster's CA, as `--client-ca-file` does.
+async fn tls_stand_in(
+    pki: &Pki,
+    client_ca: bool,
+    routes: Vec<(&'static str, &'static str, Vec<Answer>)>,
+) -> HttpServer {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        pki.server_key_der.clone(),
+    ));
+    let config = builder
+        .with_single_cert(vec![pki.server_der.clone()], key)
+        .unwrap();
+    HttpServer::start_tls(Arc::new(config), router(routes)).await
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Writes `dir/kubeconfig`: one cluster at `server` with the CA inline,
+/// the context `ci` (current, namespace `prod`) and the user `deployer`
+/// whose fields are `user` (already indented).
+fn write_kubeconfig(dir: &Path, server: &str, ca_pem: &str, user: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+preferences: {{}}
+clusters:
+- name: staging
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+contexts:
+- name: ci
+  context:
+    cluster: staging
+    user: deployer
+    namespace: prod
+current-context: ci
+users:
+- name: deployer
+  user:
+{user}",
+            ca = b64(ca_pem),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn from_kubeconfig(path: &Path, policy: RetryPolicy) -> Kubernetes {
+    let config: KubernetesConfig = serde_json::from_value(json!({
+        "deployment": "web",
+        "kubeconfig": path,
+        "timeout": "2s"
+    }))
+    .unwrap();
+    config.build(&BuildContext { policy }).unwrap()
+}
+
+#[tokio::test]
+async fn a_kubeconfig_with_a_token_reaches_the_api_server_over_tls_in_its_namespace() {
+    let pki = pki();
+    let server = tls_stand_in(
+        &pki,
+        false,
+        vec![
+            (
+                "GET",
+                DEPLOYMENT,
+                vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+            ),
+            ("GET", REPLICA_SETS, vec![ok(history())]),
+            (
+                "PATCH",
+                DEPLOYMENT,
+                vec![ok(deployment(5, "registry.example/web:2", "48230"))],
+            ),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_kubeconfig(
+        dir.path(),
+        &server.url(""),
+        &pki.ca_pem,
+        &format!("    token: {TOKEN}\n"),
+    );
+    // No api_url, token_file, ca_file nor namespace: all from the context.
+    let target = from_kubeconfig(&path, quick());
+    assert_eq!(target.live_deployment().await.unwrap(), "4");
+    let done = target.rollback(&request(None)).await.unwrap();
+    assert_eq!(
+        done.returned_to.as_deref(),
+        Some("revision 2 (web-5d8f7c9b6)")
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r.header("authorization"), Some(&*format!("Bearer {TOKEN}")));
+    }
+
+    // A kubeconfig whose CA is not the cluster's: the handshake fails, and
+    // the token never leaves.
+    let other = self::pki();
+    let path = write_kubeconfig(
+        dir.path(),
+        &server.url(""),
+        &other.ca_pem,
+        &format!("    token: {TOKEN}\n"),
+    );
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let err = from_kubeconfig(&path, policy)
+        .live_deployment()
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains(TOKEN), "{err}");
+    assert_eq!(server.requests().len(), 4, "nothing more was received");
+}
+
+#[tokio::test]
+async fn a_kubeconfig_with_a_client_certificate_authenticates_by_mutual_tls() {
+    let pki = pki();
+    let server = tls_stand_in(
+        &pki,
+        true,
+        vec![(
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        )],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The certificate as a file beside the kubeconfig (a relative path),
+    // the key inline.
+    std::fs::write(dir.path().join("client.crt"), &pki.client_pem).unwrap();
+    let path = write_kubeconfig(
+        dir.path(),
+        &server.url(""),
+        &pki.ca_pem,
+        &format!(
+            "    client-certificate: client.crt\n    client-key-data: {}\n",
+            b64(&pki.client_key_pem)
+        ),
+    );
+    assert_eq!(
+        from_kubeconfig(&path, quick())
+            .live_deployment()
+            .await
+            .unwrap(),
+        "4"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].header("authorization"),
+        None,
+        "the certificate alone authenticates"
+    );
+
+    // A certificate of another CA: the API server ends the handshake.
+    let path = write_kubeconfig(
+        dir.path(),
+        &server.url(""),
+        &pki.ca_pem,
+        &format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&pki.stranger_pem),
+            b64(&pki.stranger_key_pem)
+        ),
+    );
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let err = from_kubeconfig(&path, policy)
+        .live_deployment()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RollbackError::Exhausted { .. } | RollbackError::Final { .. }
+        ),
+        "{err:?}"
+    );
+    // Without any certificate (a token file instead), likewise.
+    let token = token();
+    let path = write_kubeconfig(
+        dir.path(),
+        &server.url(""),
+        &pki.ca_pem,
+        &format!("    tokenFile: {}\n", token.path.display()),
+    );
+    let err = from_kubeconfig(&path, policy)
+        .live_deployment()
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains(TOKEN), "{err}");
+    assert_eq!(server.requests().len(), 1, "no other request got through");
+}
+
+#[test]
+fn validate_refuses_a_kubeconfig_whose_user_runs_an_exec_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(
+        dir.path(),
+        "https://203.0.113.10:6443",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: aws\n      args: [eks, get-token, --cluster-name, prod]\n",
+    );
+    let config = Daemon::write_config(
+        dir.path(),
+        &format!(
+            r#"[service]
+name = "shop"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "http://127.0.0.1:9/health"
+
+[rollback]
+target = "kubernetes"
+  [rollback.kubernetes]
+  deployment = "web"
+  kubeconfig = "{}"
+  token_file = "/var/run/token"
+"#,
+            kubeconfig.display()
+        ),
+    );
+    let (code, out) = run_cli(&["validate", "--config", config.to_str().unwrap()], &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("rollback.kubernetes.kubeconfig:") && out.contains("exec plugin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("what works: a token, a tokenFile, or client-certificate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rollback.kubernetes.token_file: cannot be set with `kubeconfig`"),
+        "{out}"
+    );
+}
+
+// In the cluster: the API server's address from the environment the
+// kubelet gives every container, as client-go's `rest.InClusterConfig`
+// reads it. The real binary runs with the variables set (setting them in
+// this multi-threaded test process would race other tests).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_cluster_the_address_comes_from_kubernetes_service_host_and_port() {
+    let pki = pki();
+    let api = tls_stand_in(
+        &pki,
+        false,
+        vec![(
+            "GET",
+            DEPLOYMENT,
+            vec![ok(deployment(4, "registry.example/web:4", "48213"))],
+        )],
+    )
+    .await;
+    let health = HttpServer::start(|_| Reply::text(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let port = closed_port();
+    let path = Daemon::write_config(
+        dir.path(),
+        &format!(
+            r#"[agent]
+listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+
+[service]
+name = "shop"
+
+[deployment]
+from_platform = true
+poll_interval = "200ms"
+
+[[probe]]
+name = "health"
+level = 1
+type = "http"
+url = "{health}"
+interval = "300ms"
+
+[rollback]
+target = "kubernetes"
+  [rollback.kubernetes]
+  deployment = "web"
+  namespace = "prod"
+  token_file = "{token}"
+  ca_file = "{ca}"
+"#,
+            state = dir.path().join("state").display(),
+            health = health.url("/health"),
+            token = token.path.display(),
+            ca = ca_file.display(),
+        ),
+    );
+    let api_port = api.addr.port().to_string();
+    let agent = Daemon::start(
+        &path,
+        port,
+        "json",
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &api_port),
+        ],
+    );
+    agent
+        .until("revision 4 read from the API server", |s| {
+            s["deployment"]["id"] == "4"
+        })
+        .await;
+    let reads = calls(&api, "GET", DEPLOYMENT);
+    assert!(!reads.is_empty());
+    assert_eq!(
+        reads[0].header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+}
+
+// A Rollout that takes its pod template from a Deployment
+// (`spec.workloadRef`, `ObjectRef` in `pkg/apis/rollouts/v1alpha1/types.go`
+// of github.com/argoproj/argo-rollouts; its `spec.template` stays empty, as
+// `pkg/apis/rollouts/validation` requires). Abort is the same merge patch
+// as for any Rollout (`abortPatch` in
+// `pkg/kubectl-argo-rollouts/cmd/abort/abort.go`); undo cannot apply.
+
+fn rollout_with_ref(revision: u32) -> Value {
+    let mut r = rollout(revision, "unused");
+    let spec = r["spec"].as_object_mut().unwrap();
+    spec.remove("template");
+    spec.insert(
+        "workloadRef".into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-app", "scaleDown": "onsuccess"}),
+    );
+    r["status"]["workloadObservedGeneration"] = json!("3");
+    r
+}
+
+#[tokio::test]
+async fn argo_undo_alone_is_refused_on_a_rollout_with_a_workload_ref() {
+    let server = stand_in(vec![("GET", ROLLOUT, vec![ok(rollout_with_ref(4))])]).await;
+    let token = token();
+    let err = argo(&server, &token.path, json!("undo"))
+        .rollback(&request(None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RollbackError::Final { attempts: 1, .. }),
+        "{err:?}"
+    );
+    let reason = err.reason();
+    assert!(
+        reason.contains("rollout prod/web takes its pod template from Deployment prod/web-app (spec.workloadRef), so undo cannot apply"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("set action = \"abort\" in [rollback.argo_rollouts]"),
+        "{reason}"
+    );
+    let methods: Vec<String> = server.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["GET"], "nothing listed, nothing patched");
+}
+
+#[tokio::test]
+async fn argo_abort_then_undo_aborts_and_skips_the_undo_of_a_workload_ref_rollout() {
+    let server = stand_in(vec![(
+        "PATCH",
+        ROLLOUT_STATUS,
+        vec![ok(aborted(rollout_with_ref(4)))],
+    )])
+    .await;
+    let token = token();
+    let done = argo(&server, &token.path, json!(["abort", "undo"]))
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert_eq!(done.returned_to.as_deref(), Some("web-5d8f7c9b6"));
+    assert!(
+        done.detail.contains("rollout prod/web aborted")
+            && done.detail.contains("undo skipped: rollout prod/web takes its pod template from Deployment prod/web-app")
+            && done.detail.contains("set action = \"abort\""),
+        "{}",
+        done.detail
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "the abort only: {requests:?}");
+    assert_eq!(requests[0].json(), json!({"status": {"abort": true}}));
+
+    // Undo listed first: its read sees the workloadRef, then the abort.
+    let server = stand_in(vec![
+        ("GET", ROLLOUT, vec![ok(rollout_with_ref(4))]),
+        (
+            "PATCH",
+            ROLLOUT_STATUS,
+            vec![ok(aborted(rollout_with_ref(4)))],
+        ),
+    ])
+    .await;
+    let done = argo(&server, &token.path, json!(["undo", "abort"]))
+        .rollback(&request(None))
+        .await
+        .unwrap();
+    assert!(
+        done.detail.starts_with("undo skipped: ") && done.detail.contains("aborted"),
+        "{}",
+        done.detail
+    );
+    let order: Vec<(String, String)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("GET".to_string(), ROLLOUT.to_string()),
+            ("PATCH".to_string(), ROLLOUT_STATUS.to_string())
+        ]
+    );
+
+    // After a restart, such a Rollout is done once aborted: it never
+    // carries the undo's mark.
+    let server = stand_in(vec![(
+        "GET",
+        ROLLOUT,
+        vec![ok(aborted(rollout_with_ref(4)))],
+    )])
+    .await;
+    let found = argo(&server, &token.path, json!(["abort", "undo"]))
+        .reconcile(&request(None))
+        .await
+        .unwrap();
+    assert!(matches!(found, Reconciled::Done(_)), "{found:?}");
 }

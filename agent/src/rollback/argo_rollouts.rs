@@ -8,6 +8,12 @@
 //! does both, in that order: traffic leaves the bad version at once, then
 //! the spec follows.
 //!
+//! A Rollout with `spec.workloadRef` takes its pod template from another
+//! workload (a Deployment) and has no `spec.template` of its own, so undo
+//! cannot apply to it: with `abort` among the actions the undo is skipped
+//! and the outcome says why; with `undo` alone the rollback is refused,
+//! nothing changed, and the error says to set `action = "abort"`.
+//!
 //! ```toml
 //! [rollback]
 //! target = "argo_rollouts"
@@ -26,7 +32,10 @@ use tokio::time::Instant;
 
 use super::call::{with_retries, BuildContext, RollbackError};
 use super::kube::{Cluster, ClusterSettings, KubeClient, PatchType, DEFAULT_NAMESPACE_FILE};
-use super::kubernetes::{check_cluster, marked, read, revision, undo, Workload};
+use super::kubernetes::{
+    check_cluster, marked, read, revision, undo, workload_ref_refusal, Workload,
+    WORKLOAD_REF_REFUSAL,
+};
 use super::problem::Problem;
 use crate::duration::Dur;
 use crate::evidence::{Reconciled, RollbackDone, RollbackRequest};
@@ -110,10 +119,16 @@ pub struct ArgoRolloutsConfig {
     /// The Rollout to roll back, in `namespace`. Required.
     pub rollout: String,
     /// `"abort"`, `"undo"`, or both in the order given, such as
-    /// `["abort", "undo"]`. Default `"abort"`.
+    /// `["abort", "undo"]`. A Rollout with `spec.workloadRef` (its pod
+    /// template in a Deployment) cannot be undone: with `"abort"` listed
+    /// too the undo is skipped, and `"undo"` alone is refused. Default
+    /// `"abort"`.
     #[serde(default)]
     pub action: Actions,
-    /// The API server. Default `https://kubernetes.default.svc`.
+    /// The API server. Default
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when both
+    /// variables are set (an IPv6 host in brackets, as client-go's
+    /// `rest.InClusterConfig` does), else `https://kubernetes.default.svc`.
     pub api_url: Option<String>,
     /// The service account's token, read again before every request since
     /// projected tokens rotate. Default
@@ -123,11 +138,22 @@ pub struct ArgoRolloutsConfig {
     /// the file exists (an explicitly set file must exist). Default
     /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`.
     pub ca_file: Option<PathBuf>,
-    /// The Rollout's namespace. Default: the pod's own, read from
+    /// The Rollout's namespace. Default: the kubeconfig context's, else the
+    /// pod's own, read from
     /// `/var/run/secrets/kubernetes.io/serviceaccount/namespace`.
     pub namespace: Option<String>,
     /// How long one request may take. Default `10s`.
     pub timeout: Option<Dur>,
+    /// A kubeconfig file, for an agent outside the cluster: its context's
+    /// server, CA, credentials (a token, a token file, or a client
+    /// certificate and key) and namespace. Not with `api_url`, `token_file`
+    /// or `ca_file`; `namespace` overrides the context's (default
+    /// `default`). Users with `exec` or `auth-provider`, and clusters with
+    /// `insecure-skip-tls-verify`, are refused. The `KUBECONFIG` variable
+    /// is not read. Default: none, the in-cluster settings.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context. Default its `current-context`.
+    pub context: Option<String>,
 }
 
 impl ArgoRolloutsConfig {
@@ -138,6 +164,8 @@ impl ArgoRolloutsConfig {
             ca_file: self.ca_file.clone(),
             namespace: self.namespace.clone(),
             timeout: self.timeout.map(Into::into),
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
         }
     }
 
@@ -213,13 +241,24 @@ impl ArgoRollouts {
         let ns = self.client.namespace();
         let mut details = Vec::new();
         let mut returned_to = None;
+        // What the abort's answer (the Rollout) says of spec.workloadRef.
+        let mut workload_ref: Option<Value> = None;
+        let aborts = self.actions.contains(&Action::Abort);
         for (i, action) in self.actions.iter().enumerate() {
             let policy = RetryPolicy {
                 deadline: self.policy.deadline.saturating_sub(start.elapsed()),
                 ..self.policy
             };
+            if let (Action::Undo, Some(r)) = (action, &workload_ref) {
+                details.push(format!(
+                    "undo skipped: {}",
+                    workload_ref_refusal(ns, &self.rollout, r)
+                ));
+                continue;
+            }
             let result = match action {
                 Action::Abort => self.abort(policy).await.map(|rollout| {
+                    workload_ref = rollout.pointer("/spec/workloadRef").cloned();
                     let stable = rollout
                         .pointer("/status/stableRS")
                         .and_then(Value::as_str)
@@ -243,6 +282,10 @@ impl ArgoRollouts {
                 Ok((to, detail)) => {
                     returned_to = to.or(returned_to);
                     details.push(detail);
+                }
+                // Undo first, abort after it: the undo is skipped as above.
+                Err(e) if aborts && e.reason().contains(WORKLOAD_REF_REFUSAL) => {
+                    details.push(format!("undo skipped: {}", e.reason()));
                 }
                 Err(e) => {
                     let done: Vec<&str> = self.actions[..i].iter().map(|a| a.as_str()).collect();
@@ -285,11 +328,13 @@ impl ArgoRollouts {
     /// After an interrupted call. With `undo` among the actions: whether the
     /// Rollout carries this rollback's mark, which only the undo's patch puts
     /// there (an abort done before it is harmless to do again). With `abort`
-    /// alone: whether the Rollout is aborted.
+    /// alone, or a Rollout with `spec.workloadRef` (never undone): whether
+    /// the Rollout is aborted.
     pub async fn reconcile(&self, req: &RollbackRequest) -> Result<Reconciled, RollbackError> {
         let obj = read(&self.client, &ROLLOUT, &self.rollout, self.policy).await?;
         let ns = self.client.namespace();
-        if self.actions.contains(&Action::Undo) {
+        // A Rollout with a workloadRef is never undone, so never marked.
+        if self.actions.contains(&Action::Undo) && obj.pointer("/spec/workloadRef").is_none() {
             return Ok(marked(&ROLLOUT, ns, &self.rollout, &obj, req));
         }
         Ok(

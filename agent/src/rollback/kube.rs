@@ -1,6 +1,7 @@
 //! A minimal client of the Kubernetes API for the rollback targets: the
-//! in-cluster configuration (service-account token, cluster CA, namespace),
-//! checked by [`ClusterSettings::check`] without touching the network, and
+//! in-cluster configuration (service-account token, cluster CA, namespace)
+//! or a kubeconfig file's context (`super::kubeconfig`), checked by
+//! [`ClusterSettings::check`] without touching the network, and
 //! single GET, LIST and PATCH calls, each classified for `crate::retry`.
 //! The token is read again before every call, because projected tokens
 //! rotate, and it never appears in an error or a log line.
@@ -11,11 +12,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::call::{http_client_with, with_detail, RollbackError};
+use super::kubeconfig::{self, Auth};
 use super::problem::{check_timeout, check_url, Problem};
 use crate::retry::{classify_error, classify_status, Attempt};
 use crate::secret::Secret;
 
-/// The API server inside a cluster.
+/// The API server inside a cluster, when the environment does not say
+/// (see [`in_cluster_api_url`]).
 pub const DEFAULT_API_URL: &str = "https://kubernetes.default.svc";
 /// Where the kubelet mounts the service account's (projected) token.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -30,7 +33,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// takes the default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterSettings {
-    /// Default [`DEFAULT_API_URL`].
+    /// Default [`in_cluster_api_url`].
     pub api_url: Option<String>,
     /// Default [`DEFAULT_TOKEN_FILE`].
     pub token_file: Option<PathBuf>,
@@ -40,6 +43,32 @@ pub struct ClusterSettings {
     pub namespace: Option<String>,
     /// Default [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,
+    /// A kubeconfig file, instead of the in-cluster settings.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context; default its `current-context`.
+    pub context: Option<String>,
+}
+
+/// The API server's address as client-go's `rest.InClusterConfig` makes it
+/// (`rest/config.go` of github.com/kubernetes/client-go):
+/// `"https://" + net.JoinHostPort(host, port)` from `KUBERNETES_SERVICE_HOST`
+/// and `KUBERNETES_SERVICE_PORT`, which the kubelet sets in every container;
+/// `JoinHostPort` brackets a host with a colon (IPv6). Where client-go
+/// refuses to go on without both (`ErrNotInCluster`), this falls back to
+/// [`DEFAULT_API_URL`], the cluster DNS name. `env` looks a variable up.
+pub fn in_cluster_api_url(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty());
+    let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty());
+    match (host, port) {
+        (Some(host), Some(port)) if host.contains(':') => format!("https://[{host}]:{port}"),
+        (Some(host), Some(port)) => format!("https://{host}:{port}"),
+        _ => DEFAULT_API_URL.to_string(),
+    }
+}
+
+/// The process's environment, for [`in_cluster_api_url`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// How a PATCH body is to be read by the API server.
@@ -121,29 +150,45 @@ pub struct Cluster {
     base: String,
     namespace: String,
     timeout: Duration,
-    token_file: PathBuf,
+    auth: Auth,
     /// The cluster's CA, to be trusted alone; `None` for the system's roots.
     ca: Option<Vec<reqwest::Certificate>>,
+    /// A client certificate and key (mutual TLS), from a kubeconfig.
+    identity: Option<reqwest::Identity>,
 }
 
 impl ClusterSettings {
     /// Checks every key and reads what the client will need: the namespace
-    /// file when `namespace` is not set, the CA file for `https`. Never
-    /// touches the network; problems are keyed relative to the subtable.
+    /// file when `namespace` is not set, the CA file for `https`, or the
+    /// kubeconfig. Never touches the network; problems are keyed relative
+    /// to the subtable. The API server's address without `api_url` comes
+    /// from the process's environment ([`in_cluster_api_url`]).
     pub fn check(&self, namespace_file: &Path) -> Result<Cluster, Vec<Problem>> {
+        self.check_with(namespace_file, &process_env)
+    }
+
+    /// [`ClusterSettings::check`] with the environment looked up by `env`.
+    pub fn check_with(
+        &self,
+        namespace_file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Cluster, Vec<Problem>> {
+        if let Some(path) = &self.kubeconfig {
+            return self.check_kubeconfig(path);
+        }
         let mut problems = Vec::new();
-        let api_url = self.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-        check_url(&mut problems, "api_url", api_url, false);
-        let url = url::Url::parse(api_url).ok();
-        if url
-            .as_ref()
-            .is_some_and(|u| u.query().is_some() || u.fragment().is_some())
-        {
+        if self.context.is_some() {
             problems.push(Problem::new(
-                "api_url",
-                "must not have a query or a fragment",
+                "context",
+                "names a context of a kubeconfig file, but `kubeconfig` is not set: set it, or remove `context`",
             ));
         }
+        let api_url = self
+            .api_url
+            .clone()
+            .unwrap_or_else(|| in_cluster_api_url(env));
+        check_base(&mut problems, "api_url", &api_url);
+        let url = url::Url::parse(&api_url).ok();
         let namespace = match resolve_namespace(self.namespace.as_deref(), namespace_file) {
             Ok(ns) => Some(ns),
             Err(p) => {
@@ -167,14 +212,90 @@ impl ClusterSettings {
                 base: api_url.trim_end_matches('/').to_string(),
                 namespace,
                 timeout,
-                token_file: self
-                    .token_file
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+                auth: Auth::TokenFile(
+                    self.token_file
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+                ),
                 ca,
+                identity: None,
             }),
             _ => Err(problems),
         }
+    }
+
+    /// The settings with a kubeconfig: its context gives the server, the
+    /// CA and the credentials, so `api_url`, `token_file` and `ca_file`
+    /// would contradict it; `namespace` overrides the context's, which
+    /// defaults to `default` as for kubectl.
+    fn check_kubeconfig(&self, path: &Path) -> Result<Cluster, Vec<Problem>> {
+        let mut problems = Vec::new();
+        for (key, set) in [
+            ("api_url", self.api_url.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+        ] {
+            if set {
+                problems.push(Problem::new(
+                    key,
+                    "cannot be set with `kubeconfig`, whose context gives the server, its CA and the credentials: remove one of them",
+                ));
+            }
+        }
+        let namespace = match &self.namespace {
+            Some(ns) => check_label("namespace", ns).map(|()| Some(ns.clone())),
+            None => Ok(None),
+        }
+        .unwrap_or_else(|p| {
+            problems.push(p);
+            None
+        });
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        check_timeout(&mut problems, "timeout", timeout);
+        let resolved = match kubeconfig::load(path, self.context.as_deref()) {
+            Ok(r) => Some(r),
+            Err(more) => {
+                problems.extend(more);
+                None
+            }
+        };
+        if let Some(r) = &resolved {
+            check_base(&mut problems, "kubeconfig", &r.server);
+            if self.namespace.is_none() {
+                if let Some(ns) = &r.namespace {
+                    if let Err(p) = check_label("kubeconfig", ns) {
+                        problems.push(Problem::new(
+                            "kubeconfig",
+                            format!("the context's namespace: {}", p.message),
+                        ));
+                    }
+                }
+            }
+        }
+        match resolved {
+            Some(r) if problems.is_empty() => Ok(Cluster {
+                base: r.server,
+                namespace: namespace
+                    .or(r.namespace)
+                    .unwrap_or_else(|| "default".to_string()),
+                timeout,
+                auth: r.auth,
+                ca: r.ca,
+                identity: r.identity,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Checks the API server's base URL: http(s), no query, no fragment.
+fn check_base(problems: &mut Vec<Problem>, key: &str, raw: &str) {
+    check_url(problems, key, raw, false);
+    if url::Url::parse(raw)
+        .ok()
+        .is_some_and(|u| u.query().is_some() || u.fragment().is_some())
+    {
+        problems.push(Problem::new(key, "must not have a query or a fragment"));
     }
 }
 
@@ -196,17 +317,9 @@ fn read_ca(ca_file: Option<&Path>) -> Result<Option<Vec<reqwest::Certificate>>, 
         // Outside a cluster, without a CA file: the system's roots.
         Err(_) => return Ok(None),
     };
-    match reqwest::Certificate::from_pem_bundle(&pem) {
-        Ok(certs) if !certs.is_empty() => Ok(Some(certs)),
-        Ok(_) => Err(Problem::new(
-            "ca_file",
-            format!("{} holds no PEM certificate", path.display()),
-        )),
-        Err(e) => Err(Problem::new(
-            "ca_file",
-            format!("{} is not a PEM certificate ({e})", path.display()),
-        )),
-    }
+    kubeconfig::parse_ca(&pem, &path.display().to_string())
+        .map(Some)
+        .map_err(|m| Problem::new("ca_file", m))
 }
 
 /// A client of one namespace of the API server.
@@ -214,7 +327,7 @@ fn read_ca(ca_file: Option<&Path>) -> Result<Option<Vec<reqwest::Certificate>>, 
 pub struct KubeClient {
     http: reqwest::Client,
     base: String,
-    token_file: PathBuf,
+    auth: Auth,
     namespace: String,
 }
 
@@ -225,8 +338,9 @@ impl KubeClient {
             base,
             namespace,
             timeout,
-            token_file,
+            auth,
             ca,
+            identity,
         } = cluster;
         // The API server never redirects; the shared client follows no
         // redirect, so the token is never carried elsewhere.
@@ -238,12 +352,15 @@ impl KubeClient {
                     builder = builder.add_root_certificate(cert);
                 }
             }
+            if let Some(identity) = identity {
+                builder = builder.identity(identity);
+            }
             builder
         })?;
         Ok(Self {
             http,
             base,
-            token_file,
+            auth,
             namespace,
         })
     }
@@ -294,32 +411,39 @@ impl KubeClient {
         format!("{}{}", self.base, path)
     }
 
-    /// Reads the token again: the kubelet rotates projected tokens.
-    async fn token(&self) -> Result<Secret, CallError> {
-        let text = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| {
-                CallError::refuse(format!(
-                    "cannot read token_file {} ({})",
-                    self.token_file.display(),
-                    e.kind()
-                ))
-            })?;
+    /// The bearer token, if any; a token file is read again every time:
+    /// the kubelet rotates projected tokens.
+    async fn token(&self) -> Result<Option<Secret>, CallError> {
+        let file = match &self.auth {
+            Auth::TokenFile(file) => file,
+            Auth::Token(token) => return Ok(Some(token.clone())),
+            Auth::None => return Ok(None),
+        };
+        let text = tokio::fs::read_to_string(file).await.map_err(|e| {
+            CallError::refuse(format!(
+                "cannot read token_file {} ({})",
+                file.display(),
+                e.kind()
+            ))
+        })?;
         let token = text.trim();
         if token.is_empty() {
             return Err(CallError::refuse(format!(
                 "token_file {} is empty",
-                self.token_file.display()
+                file.display()
             )));
         }
-        Ok(Secret::new(token))
+        Ok(Some(Secret::new(token)))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value, CallError> {
         let token = self.token().await?;
-        let secrets = [token.expose()];
+        let secrets: Vec<&str> = token.iter().map(Secret::expose).collect();
+        let req = match &token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        };
         let resp = req
-            .bearer_auth(token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await;
@@ -615,6 +739,98 @@ mod tests {
         let client = KubeClient::new("kubernetes", ok.check(&ns).unwrap()).unwrap();
         assert_eq!(client.namespace(), "default");
         assert_eq!(client.url("/api"), "http://127.0.0.1:6443/api");
+    }
+
+    #[test]
+    fn the_api_server_address_comes_from_the_environment_as_in_client_go() {
+        let env = |host: Option<&'static str>, port: Option<&'static str>| {
+            move |name: &str| match name {
+                "KUBERNETES_SERVICE_HOST" => host.map(str::to_string),
+                "KUBERNETES_SERVICE_PORT" => port.map(str::to_string),
+                _ => None,
+            }
+        };
+        let cases = [
+            (Some("10.96.0.1"), Some("443"), "https://10.96.0.1:443"),
+            (
+                Some("fd00:10:96::1"),
+                Some("443"),
+                "https://[fd00:10:96::1]:443",
+            ),
+            (Some("10.96.0.1"), None, DEFAULT_API_URL),
+            (None, Some("443"), DEFAULT_API_URL),
+            (Some(""), Some("443"), DEFAULT_API_URL),
+            (None, None, DEFAULT_API_URL),
+        ];
+        for (host, port, want) in cases {
+            assert_eq!(
+                in_cluster_api_url(&env(host, port)),
+                want,
+                "{host:?} {port:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("namespace");
+        std::fs::write(&ns, "default").unwrap();
+        let unset = ClusterSettings::default();
+        let cluster = unset
+            .check_with(&ns, &env(Some("fd00:10:96::1"), Some("6443")))
+            .unwrap();
+        assert_eq!(cluster.base, "https://[fd00:10:96::1]:6443");
+        // api_url still wins.
+        let set = ClusterSettings {
+            api_url: Some("http://127.0.0.1:8001".into()),
+            ..Default::default()
+        };
+        let cluster = set
+            .check_with(&ns, &env(Some("10.96.0.1"), Some("443")))
+            .unwrap();
+        assert_eq!(cluster.base, "http://127.0.0.1:8001");
+    }
+
+    #[test]
+    fn a_kubeconfig_excludes_the_in_cluster_keys_and_context_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("config");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\ncurrent-context: ci\n\
+             clusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:6443\n\
+             contexts:\n- name: ci\n  context:\n    cluster: c\n    user: u\n\
+             users:\n- name: u\n  user:\n    token: abc\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("namespace");
+        let with = ClusterSettings {
+            kubeconfig: Some(kubeconfig.clone()),
+            api_url: Some("https://10.0.0.1".into()),
+            token_file: Some("/t".into()),
+            ca_file: Some("/ca".into()),
+            ..Default::default()
+        };
+        let err = with.check(&missing).err().unwrap();
+        let keys: Vec<&str> = err.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["api_url", "token_file", "ca_file"], "{err:?}");
+        assert!(err[0].message.contains("cannot be set with `kubeconfig`"));
+        // No namespace file is needed: the context's, else `default`.
+        let ok = ClusterSettings {
+            kubeconfig: Some(kubeconfig),
+            ..Default::default()
+        };
+        let cluster = ok.check(&missing).unwrap();
+        assert_eq!(
+            (cluster.base.as_str(), cluster.namespace.as_str()),
+            ("http://127.0.0.1:6443", "default")
+        );
+        let stray = ClusterSettings {
+            context: Some("ci".into()),
+            namespace: Some("prod".into()),
+            api_url: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let err = stray.check(&missing).err().unwrap();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(err[0].key, "context");
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub const ROLLBACK_KEY: &str = "backstop/rollback-key";
 pub struct KubernetesConfig {
     /// The Deployment to roll back, in `namespace`. Required.
     pub deployment: String,
-    /// The API server. Default `https://kubernetes.default.svc`.
+    /// The API server. Default
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when both
+    /// variables are set (an IPv6 host in brackets, as client-go's
+    /// `rest.InClusterConfig` does), else `https://kubernetes.default.svc`.
     pub api_url: Option<String>,
     /// The service account's token, read again before every request since
     /// projected tokens rotate. Default
@@ -51,11 +54,22 @@ pub struct KubernetesConfig {
     /// the file exists (an explicitly set file must exist). Default
     /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`.
     pub ca_file: Option<PathBuf>,
-    /// The Deployment's namespace. Default: the pod's own, read from
+    /// The Deployment's namespace. Default: the kubeconfig context's, else
+    /// the pod's own, read from
     /// `/var/run/secrets/kubernetes.io/serviceaccount/namespace`.
     pub namespace: Option<String>,
     /// How long one request may take. Default `10s`.
     pub timeout: Option<Dur>,
+    /// A kubeconfig file, for an agent outside the cluster: its context's
+    /// server, CA, credentials (a token, a token file, or a client
+    /// certificate and key) and namespace. Not with `api_url`, `token_file`
+    /// or `ca_file`; `namespace` overrides the context's (default
+    /// `default`). Users with `exec` or `auth-provider`, and clusters with
+    /// `insecure-skip-tls-verify`, are refused. The `KUBECONFIG` variable
+    /// is not read. Default: none, the in-cluster settings.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context. Default its `current-context`.
+    pub context: Option<String>,
 }
 
 impl KubernetesConfig {
@@ -66,6 +80,8 @@ impl KubernetesConfig {
             ca_file: self.ca_file.clone(),
             namespace: self.namespace.clone(),
             timeout: self.timeout.map(Into::into),
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
         }
     }
 
@@ -456,6 +472,9 @@ async fn attempt(
             w.noun
         )));
     }
+    if let Some(r) = obj.pointer("/spec/workloadRef") {
+        return Err(CallError::refuse(workload_ref_refusal(ns, name, r)));
+    }
     let Some(current_template) = obj.pointer("/spec/template") else {
         return Err(CallError::refuse(format!(
             "{} {ns}/{name} has no spec.template to roll back",
@@ -524,6 +543,34 @@ async fn attempt(
         }
         Err(e) => Err(e),
     }
+}
+
+/// What every refusal of an undo on a Rollout with `spec.workloadRef`
+/// says: the target recognises it by these words.
+pub(super) const WORKLOAD_REF_REFUSAL: &str = "(spec.workloadRef), so undo cannot apply";
+
+/// Why an undo cannot apply to a Rollout whose pod template lives in the
+/// workload `spec.workloadRef` names (`WorkloadRef *ObjectRef` of
+/// `RolloutSpec` in `pkg/apis/rollouts/v1alpha1/types.go` of
+/// github.com/argoproj/argo-rollouts: `apiVersion`, `kind`, `name`,
+/// `scaleDown`): its own `spec.template` must stay empty ("template must be
+/// empty for workload reference rollout", `pkg/apis/rollouts/validation`).
+/// The Argo plugin's `undo` patches the referenced workload instead
+/// (`undoWorkloadRef` in `pkg/kubectl-argo-rollouts/cmd/undo/undo.go`);
+/// this target changes no object but the Rollout it is configured for, so
+/// it says what to set instead.
+pub(super) fn workload_ref_refusal(ns: &str, name: &str, r: &Value) -> String {
+    let field = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("?");
+    format!(
+        "rollout {ns}/{name} takes its pod template from {} {ns}/{} {WORKLOAD_REF_REFUSAL}: \
+         undo copies an earlier ReplicaSet's template into the Rollout's own spec.template, \
+         which a Rollout with a workloadRef does not have; set action = \"abort\" in \
+         [rollback.argo_rollouts] (abort sends every replica and all traffic back to the \
+         stable ReplicaSet), and put the {}'s template back where it is kept",
+        field("kind"),
+        field("name"),
+        field("kind"),
+    )
 }
 
 fn show(revision: Option<i64>) -> String {
@@ -746,6 +793,8 @@ mod tests {
             ca_file: None,
             namespace: namespace.map(str::to_string),
             timeout: None,
+            kubeconfig: None,
+            context: None,
         };
         // Set explicitly, no service-account file is needed to build.
         let built = config(Some("prod")).build_with(&cx, &missing).unwrap();

@@ -44,6 +44,7 @@ pub mod config;
 pub mod exec;
 pub mod heroku;
 pub mod kube;
+pub mod kubeconfig;
 pub mod kubernetes;
 pub mod problem;
 pub mod railway;
@@ -450,7 +451,7 @@ mod tests {
             (
                 "unknown key",
                 argo("actions = \"undo\""),
-                "rollback.argo_rollouts.actions: unknown key, expected one of rollout, action, api_url, token_file, ca_file, namespace, timeout (line 9)",
+                "rollback.argo_rollouts.actions: unknown key, expected one of rollout, action, api_url, token_file, ca_file, namespace, timeout, kubeconfig, context (line 9)",
             ),
         ];
         for (name, text, want) in bad {
