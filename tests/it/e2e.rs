@@ -246,7 +246,12 @@ async fn a_deployment_that_goes_bad_is_rolled_back_exactly_once_even_across_a_re
     // rolled back once already, so no second call is made.
     svc.set("v2", false);
     let _agent = Agent::start(&cfg, port);
-    let s = until(port, "v2 seen again", |s| s["deployment"]["id"] == "v2").await;
+    // What the store knows of v2 (its rollback) is read off the watch's
+    // path: until it comes (a moment under load) v2 shows as warming.
+    let s = until(port, "v2 seen again, known as rolled back", |s| {
+        s["deployment"]["id"] == "v2" && s["deployment"]["state"] != "warming"
+    })
+    .await;
     assert_eq!(s["deployment"]["state"], "rolled_back");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(

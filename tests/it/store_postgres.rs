@@ -323,7 +323,12 @@ async fn an_agent_with_a_fresh_state_dir_resumes_from_the_store_and_never_calls_
     let second_dir = tempfile::tempdir().unwrap();
     let cfg = config_with(second_dir.path(), port, &server, &platform, "3s", &store);
     let _agent = Agent::start(&cfg, port);
-    let s = until(port, "v2 seen again", |s| s["deployment"]["id"] == "v2").await;
+    // What the store knows of v2 (its rollback) is read off the watch's
+    // path: until it comes (a moment under load) v2 shows as warming.
+    let s = until(port, "v2 seen again, known as rolled back", |s| {
+        s["deployment"]["id"] == "v2" && s["deployment"]["state"] != "warming"
+    })
+    .await;
     assert_eq!(s["deployment"]["state"], "rolled_back", "{s:#}");
     assert_eq!(s["last_stable"], "v1", "{s:#}");
     let s = until(port, "v2's rollback shown", |s| {
