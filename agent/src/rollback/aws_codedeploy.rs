@@ -41,8 +41,11 @@ pub const PREFIX: &str = "CodeDeploy_20141006";
 /// The statuses of a deployment that has not finished (`DeploymentStatus`).
 pub const UNFINISHED: &[&str] = &["Created", "Queued", "InProgress", "Ready"];
 
-/// `[rollback.aws_codedeploy]`. Credentials come from the AWS credential
-/// chain (SECURITY.md), never from this table.
+/// `[rollback.aws_codedeploy]`: the group's unfinished deployment is
+/// stopped with `autoRollbackEnabled`, and CodeDeploy redeploys its last
+/// successful revision. With `from_platform`, the deployment id is the
+/// unfinished deployment's, else the last successful one's. Credentials
+/// come from the AWS credential chain (SECURITY.md), never from this table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCodeDeployConfig {

@@ -35,8 +35,11 @@ pub const NAME: &str = "aws_ecs";
 /// The JSON 1.1 target prefix of the ECS API.
 pub const PREFIX: &str = "AmazonEC2ContainerServiceV20141113";
 
-/// `[rollback.aws_ecs]`. Credentials come from the AWS credential chain
-/// (SECURITY.md), never from this table.
+/// `[rollback.aws_ecs]`: a service deployment in progress is stopped with
+/// `ROLLBACK`; otherwise the service is updated to the last stable task
+/// definition. With `from_platform`, the deployment id is the PRIMARY
+/// deployment's task definition ARN. Credentials come from the AWS
+/// credential chain (SECURITY.md), never from this table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsEcsConfig {

@@ -36,8 +36,11 @@ use crate::retry::{Attempt, RetryPolicy};
 
 pub const NAME: &str = "aws_lambda";
 
-/// `[rollback.aws_lambda]`. Credentials come from the AWS credential
-/// chain (SECURITY.md), never from this table.
+/// `[rollback.aws_lambda]`: the alias is pointed back at the last stable
+/// version (`UpdateAlias`, refused by Lambda if the alias changed since it
+/// was read); with `from_platform`, the deployment id is the version the
+/// alias serves. Credentials come from the AWS credential chain
+/// (SECURITY.md), never from this table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsLambdaConfig {
