@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 
 use crate::aws_standin::{aws_error, AwsServer, Key, ACCESS_KEY, SECRET_KEY};
 
-const REGION: &str = "eu-west-1";
+pub(crate) const REGION: &str = "eu-west-1";
 
 /// An environment with only the given variables.
 fn env(vars: &[(&str, &str)]) -> AwsEnv {
@@ -111,10 +111,10 @@ fn request(deployment: &str, return_to: Option<&str>) -> RollbackRequest {
 
 /// A Lambda alias: the version it serves, its revision, its weights.
 #[derive(Debug, Clone)]
-struct Alias {
-    version: String,
-    revision: u32,
-    weights: Value,
+pub(crate) struct Alias {
+    pub(crate) version: String,
+    pub(crate) revision: u32,
+    pub(crate) weights: Value,
 }
 
 impl Alias {
@@ -134,7 +134,7 @@ const ALIAS_PATH: &str = "/2015-03-31/functions/web-fn/aliases/live";
 
 /// The Lambda API's alias endpoint: `GetAlias` and a conditional
 /// `UpdateAlias`, as Lambda makes them.
-fn lambda_answer(r: &Recorded, alias: &Mutex<Alias>) -> Reply {
+pub(crate) fn lambda_answer(r: &Recorded, alias: &Mutex<Alias>) -> Reply {
     if r.path != ALIAS_PATH {
         return aws_error(404, "ResourceNotFoundException", "Function not found");
     }
@@ -168,7 +168,7 @@ async fn lambda_server(keys: Vec<Key>, alias: Arc<Mutex<Alias>>) -> AwsServer {
     AwsServer::start("lambda", REGION, keys, move |r| lambda_answer(r, &alias)).await
 }
 
-fn alias(version: &str) -> Arc<Mutex<Alias>> {
+pub(crate) fn alias(version: &str) -> Arc<Mutex<Alias>> {
     Arc::new(Mutex::new(Alias {
         version: version.into(),
         revision: 1,

@@ -145,7 +145,14 @@ impl AwsEcs {
                     })
                     .map(str::to_string),
             ),
-            Attempt::Fail(r) if r.contains("UnknownOperationException") => Attempt::Done(None),
+            // An endpoint without the operation, or a region without the
+            // feature: there is no service deployment to stop.
+            Attempt::Fail(r)
+                if r.contains("UnknownOperationException")
+                    || r.contains("UnsupportedFeatureException") =>
+            {
+                Attempt::Done(None)
+            }
             Attempt::Retry { reason, after } => Attempt::Retry { reason, after },
             Attempt::Fail(r) => Attempt::Fail(r),
         }
