@@ -812,3 +812,108 @@ async fn container_credentials_are_read_with_their_authorization_token() {
     );
     assert!(!msg.contains("wrong-auth-value"), "{msg}");
 }
+
+/// STS `AssumeRoleWithWebIdentity` as the query protocol answers it (the
+/// STS API reference, botocore's `botocore/data/sts/2011-06-15/
+/// service-2.json`: `AssumeRoleWithWebIdentityResponse` with `Credentials`
+/// — `AccessKeyId`, `SecretAccessKey`, `SessionToken`, `Expiration` —,
+/// `SubjectFromWebIdentityToken`, `AssumedRoleUser`, `Audience`; an error as
+/// `<ErrorResponse><Error><Type>`, `<Code>`, `<Message>`).
+fn sts_answer(r: &Recorded, token: &str) -> Reply {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&r.body).into_owned().collect();
+    assert_eq!(r.method, "POST");
+    assert_eq!(form["Action"], "AssumeRoleWithWebIdentity");
+    assert_eq!(form["Version"], "2011-06-15");
+    assert_eq!(form["RoleArn"], "arn:aws:iam::123456789012:role/backstop");
+    assert_eq!(form["RoleSessionName"], "backstop");
+    if form["WebIdentityToken"] != token {
+        let mut reply = Reply::text(
+            400,
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key from your identity provider</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>",
+        );
+        reply.headers = vec![("content-type".into(), "text/xml".into())];
+        return reply;
+    }
+    let k = temp_key(1);
+    let mut reply = Reply::text(
+        200,
+        &format!(
+            "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">
+  <AssumeRoleWithWebIdentityResult>
+    <SubjectFromWebIdentityToken>system:serviceaccount:prod:backstop</SubjectFromWebIdentityToken>
+    <Audience>sts.amazonaws.com</Audience>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::123456789012:assumed-role/backstop/backstop</Arn>
+      <AssumedRoleId>AROACLKWSDQRAOEXAMPLE:backstop</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <SessionToken>{}</SessionToken>
+      <SecretAccessKey>{}</SecretAccessKey>
+      <Expiration>{}</Expiration>
+      <AccessKeyId>{}</AccessKeyId>
+    </Credentials>
+    <Provider>oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE</Provider>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata><RequestId>ad4156e9-bce1-11e2-82e6-6b6efEXAMPLE</RequestId></ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>",
+            k.token.unwrap(),
+            k.secret,
+            expiration(Duration::from_secs(3600)),
+            k.access
+        ),
+    );
+    reply.headers = vec![("content-type".into(), "text/xml".into())];
+    reply
+}
+
+#[tokio::test]
+async fn a_web_identity_token_is_exchanged_with_sts_for_temporary_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "eyJhbGciOiJSUzI1NiJ9.web-identity-SECRET.sig";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let sts = HttpServer::start(move |r| sts_answer(r, token)).await;
+    let g = Arc::new(Mutex::new(Group {
+        active: Some("d-BAD".into()),
+        stopped: vec![],
+    }));
+    let gg = g.clone();
+    let aws = AwsServer::start("codedeploy", REGION, vec![temp_key(1)], move |r| {
+        codedeploy_answer(r, &gg)
+    })
+    .await;
+    let web_identity = |file: &str| {
+        env(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", file),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/backstop"),
+            ("AWS_ENDPOINT_URL_STS", &sts.url("")),
+        ])
+    };
+    let t = target(
+        &codedeploy_config(&aws.url()),
+        web_identity(token_file.to_str().unwrap()),
+    );
+    assert_eq!(t.live_deployment().await.unwrap(), "d-BAD");
+    t.rollback(&request("d-BAD", None)).await.unwrap();
+    assert_eq!(sts.requests().len(), 1, "the credentials are kept");
+    assert!(aws.refused().is_empty(), "{:?}", aws.refused());
+
+    // A token the identity provider does not vouch for: STS's refusal,
+    // named and final, without the token.
+    let other = dir.path().join("other");
+    std::fs::write(&other, "eyJ-another-token-SECRET").unwrap();
+    let t = target(
+        &codedeploy_config(&aws.url()),
+        web_identity(other.to_str().unwrap()),
+    );
+    let err = t.live_deployment().await.unwrap_err();
+    assert!(matches!(err, RollbackError::Final { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(
+            "STS AssumeRoleWithWebIdentity answered 400 Bad Request, InvalidIdentityToken"
+        ),
+        "{msg}"
+    );
+    assert!(!msg.contains("SECRET"), "{msg}");
+}
