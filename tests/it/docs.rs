@@ -124,6 +124,21 @@ const SECTIONS: &[Section] = &[
         "HerokuConfig",
     ),
     s(
+        "[rollback.aws_lambda]",
+        "agent/src/rollback/aws_lambda.rs",
+        "AwsLambdaConfig",
+    ),
+    s(
+        "[rollback.aws_ecs]",
+        "agent/src/rollback/aws_ecs.rs",
+        "AwsEcsConfig",
+    ),
+    s(
+        "[rollback.aws_codedeploy]",
+        "agent/src/rollback/aws_codedeploy.rs",
+        "AwsCodeDeployConfig",
+    ),
+    s(
         "[rollback.webhook]",
         "agent/src/rollback/webhook.rs",
         "WebhookTargetConfig",

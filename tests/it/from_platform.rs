@@ -16,7 +16,9 @@ use std::time::Duration;
 use backstop_tests::{closed_port, wait_for_port, HttpServer, Recorded, Reply};
 use serde_json::{json, Value};
 
+use crate::aws_standin::{AwsServer, Key, ACCESS_KEY, SECRET_KEY};
 use crate::daemon::Daemon;
+use crate::rollback_aws::{alias, lambda_answer, REGION};
 use crate::rollback_kubernetes::{
     deployment, replica_set, replica_set_list, DEPLOYMENT, DEPLOYMENT_UID, REPLICA_SETS, TOKEN,
 };
@@ -293,6 +295,84 @@ async fn a_railway_deployment_that_takes_the_service_down_is_seen_and_rolled_bac
     assert!(
         !agent.output().contains(token),
         "the token shows in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_version_that_takes_the_service_down_is_seen_and_the_alias_returned_once() {
+    let service = Service::start();
+    let state = alias("7");
+    let (s, up) = (state.clone(), service.switch());
+    // The Lambda API (see rollback_aws.rs), every request's SigV4 signature
+    // verified; the alias pointed back at 7 brings the service back.
+    let aws = AwsServer::start("lambda", REGION, vec![Key::example()], move |r| {
+        let reply = lambda_answer(r, &s);
+        if r.method == "PUT" && reply.status == 200 && s.lock().unwrap().version == "7" {
+            up.store(true, Ordering::SeqCst);
+        }
+        reply
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let rollback = format!(
+        "[rollback]\ntarget = \"aws_lambda\"\ndeadline = \"5s\"\n  [rollback.aws_lambda]\n  function = \"web-fn\"\n  alias = \"live\"\n  region = \"{REGION}\"\n  api_url = \"{}\"\n  timeout = \"2s\"\n",
+        aws.url()
+    );
+    let path = Daemon::write_config(dir.path(), &config(dir.path(), port, &service, &rollback));
+    // Credentials only from the environment: the standard chain's first link.
+    let agent = Daemon::start(
+        &path,
+        port,
+        "json",
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    agent
+        .until("version 7 stable", |s| {
+            s["deployment"]["id"] == "7" && s["deployment"]["state"] == "stable"
+        })
+        .await;
+
+    // Version 8 is published and the alias moved to it: the service is down.
+    service.set_up(false);
+    {
+        let mut a = state.lock().unwrap();
+        a.version = "8".into();
+        a.revision += 1;
+    }
+    agent
+        .until("version 8 seen", |s| s["deployment"]["id"] == "8")
+        .await;
+    let s = agent
+        .until("the rollback of 8", |s| {
+            s["last_rollback"]["deployment"] == "8" && s["last_rollback"]["status"] != "intent"
+        })
+        .await;
+    assert_rolled_back(&s, "8", "7");
+    let puts: Vec<Recorded> = aws
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1, "one UpdateAlias");
+    assert_eq!(puts[0].json()["FunctionVersion"], "7");
+    assert_eq!(puts[0].json()["RevisionId"], "rev-2");
+    agent
+        .until("version 7 again", |s| s["deployment"]["id"] == "7")
+        .await;
+    assert!(aws.refused().is_empty(), "{:?}", aws.refused());
+    assert_eq!(
+        aws.requests().iter().filter(|r| r.method == "PUT").count(),
+        1,
+        "exactly one rollback call"
+    );
+    assert!(
+        !agent.output().contains(SECRET_KEY),
+        "the secret key shows in the log"
     );
 }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod attribution;
+mod aws_standin;
 mod cli;
 mod compose;
 mod daemon;
@@ -29,6 +30,7 @@ mod probe_scrape;
 mod prometheus;
 mod proxy;
 mod reload;
+mod rollback_aws;
 mod rollback_kubernetes;
 mod rollback_targets;
 mod secrets;

@@ -427,3 +427,126 @@ fn the_embedded_configuration_passes_backstop_validate() {
         );
     }
 }
+
+/// The ECS example in `deploy/aws-ecs/`: the task definition (its field
+/// names are those of `RegisterTaskDefinition` in the ECS API reference,
+/// botocore's `botocore/data/ecs/2014-11-13/service-2.json`), the
+/// configuration its sidecar's image carries, and the two agreeing.
+#[test]
+fn the_ecs_task_definition_runs_backstop_as_a_sidecar_wired_to_its_configuration() {
+    let dir = repo().join("deploy/aws-ecs");
+    let text = std::fs::read_to_string(dir.join("task-definition.json")).unwrap();
+    let td: Value = serde_json::from_str(&text).unwrap();
+    let containers = td["containerDefinitions"].as_array().unwrap();
+    let by_name = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no container {n}"))
+    };
+    let (web, agent) = (by_name("web"), by_name("backstop"));
+    assert_eq!(containers.len(), 2);
+    assert_eq!(web["essential"], true);
+    // The agent is a guard: its failure does not stop the service, and ECS
+    // restarts it.
+    assert_eq!(agent["essential"], false);
+    assert_eq!(agent["restartPolicy"]["enabled"], true);
+    assert_eq!(
+        agent["dependsOn"],
+        serde_json::json!([{"containerName": "web", "condition": "START"}])
+    );
+    // Health by the agent's own check (the image has no shell).
+    assert_eq!(
+        agent["healthCheck"]["command"],
+        serde_json::json!([
+            "CMD",
+            "/usr/local/bin/backstop",
+            "healthcheck",
+            "--timeout",
+            "3s"
+        ])
+    );
+    assert_eq!(agent["readonlyRootFilesystem"], true);
+    assert_eq!(agent["user"], "65532:65532");
+    // The state directory is a task volume.
+    let volume = str_at(agent, "/mountPoints/0/sourceVolume");
+    assert!(td["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == volume));
+    assert_eq!(
+        str_at(agent, "/mountPoints/0/containerPath"),
+        "/var/lib/backstop"
+    );
+    // Credentials come from the task role only: no key in the task definition.
+    assert!(str_at(&td, "/taskRoleArn").starts_with("arn:aws:iam::"));
+    for c in containers {
+        for e in c["environment"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                !name.starts_with("AWS_ACCESS_KEY") && !name.starts_with("AWS_SECRET"),
+                "{name}"
+            );
+        }
+    }
+    let command: Vec<&str> = agent["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let config_at = command.iter().position(|a| *a == "--config").unwrap() + 1;
+    assert_eq!(command[config_at], "/etc/backstop/backstop.toml");
+    // The image carries the configuration at that path.
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY backstop.toml /etc/backstop/backstop.toml"));
+
+    // The configuration: the aws_ecs target, the deployment from the
+    // platform, the probe on the web container's port, the agent's port
+    // mapped.
+    let config_text = std::fs::read_to_string(dir.join("backstop.toml")).unwrap();
+    let config = toml_value(&config_text);
+    assert_eq!(config["rollback"]["target"], "aws_ecs");
+    assert_eq!(config["deployment"]["from_platform"], true);
+    let port = web["portMappings"][0]["containerPort"].as_u64().unwrap();
+    assert!(str_at(&config, "/probe/0/url").starts_with(&format!("http://127.0.0.1:{port}/")));
+    let listen = str_at(&config, "/agent/listen");
+    assert!(listen.ends_with(&format!(":{}", agent["portMappings"][0]["containerPort"])));
+
+    // It passes `backstop validate` with exactly the variables the task
+    // gives the container (its environment and secrets), and they name the
+    // cluster and service the task definition is for.
+    let mut cmd = Command::new(backstop_bin());
+    cmd.args(["validate", "--config"])
+        .arg(dir.join("backstop.toml"))
+        .env_clear();
+    let mut vars = BTreeMap::new();
+    for e in agent["environment"].as_array().unwrap() {
+        vars.insert(
+            e["name"].as_str().unwrap().to_string(),
+            e["value"].as_str().unwrap().to_string(),
+        );
+    }
+    for s in agent["secrets"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        vars.insert(name.to_string(), stand_in(name).to_string());
+    }
+    assert_eq!(vars["BACKSTOP_ECS_SERVICE"], str_at(&td, "/family"));
+    assert_eq!(
+        vars["AWS_REGION"],
+        str_at(web, "/logConfiguration/options/awslogs-region")
+    );
+    cmd.envs(&vars);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TOML document as JSON.
+fn toml_value(text: &str) -> Value {
+    toml_edit::de::from_str(text).unwrap()
+}

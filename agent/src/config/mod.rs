@@ -342,7 +342,7 @@ requests = "http_requests_total"
         assert_eq!(c.deployment.source, DeploymentSource::Platform);
         assert!(c.rollback.unwrap().target.can_tell_live());
 
-        let platforms = "railway, kubernetes, argo_rollouts, render, vercel, heroku";
+        let platforms = "railway, kubernetes, argo_rollouts, render, vercel, heroku, aws_lambda, aws_ecs, aws_codedeploy";
         let cases = [
             (
                 String::new(),

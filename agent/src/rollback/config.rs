@@ -7,7 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::problem::Problem;
-use super::{argo_rollouts, exec, heroku, kubernetes, railway, render, vercel, webhook};
+use super::{
+    argo_rollouts, aws_codedeploy, aws_ecs, aws_lambda, exec, heroku, kubernetes, railway, render,
+    vercel, webhook,
+};
 use crate::duration::Dur;
 use crate::problems::Problems;
 
@@ -19,6 +22,9 @@ pub const TARGETS: &[&str] = &[
     "render",
     "vercel",
     "heroku",
+    "aws_lambda",
+    "aws_ecs",
+    "aws_codedeploy",
     "webhook",
     "exec",
 ];
@@ -64,6 +70,9 @@ pub enum TargetConfig {
     Heroku(heroku::HerokuConfig),
     Kubernetes(kubernetes::KubernetesConfig),
     ArgoRollouts(argo_rollouts::ArgoRolloutsConfig),
+    AwsLambda(aws_lambda::AwsLambdaConfig),
+    AwsEcs(aws_ecs::AwsEcsConfig),
+    AwsCodeDeploy(aws_codedeploy::AwsCodeDeployConfig),
 }
 
 impl TargetConfig {
@@ -78,6 +87,9 @@ impl TargetConfig {
             Self::Heroku(_) => "heroku",
             Self::Kubernetes(_) => kubernetes::NAME,
             Self::ArgoRollouts(_) => argo_rollouts::NAME,
+            Self::AwsLambda(_) => aws_lambda::NAME,
+            Self::AwsEcs(_) => aws_ecs::NAME,
+            Self::AwsCodeDeploy(_) => aws_codedeploy::NAME,
         }
     }
 
@@ -98,6 +110,9 @@ impl TargetConfig {
             Self::Heroku(c) => c.validate(),
             Self::Kubernetes(c) => c.validate(),
             Self::ArgoRollouts(c) => c.validate(),
+            Self::AwsLambda(c) => c.validate(),
+            Self::AwsEcs(c) => c.validate(),
+            Self::AwsCodeDeploy(c) => c.validate(),
         }
     }
 }
@@ -108,7 +123,7 @@ impl TargetConfig {
 struct CommonSection {
     /// The platform to call, configured in the subtable of the same name:
     /// `railway`, `kubernetes`, `argo_rollouts`, `render`, `vercel`, `heroku`,
-    /// `webhook` or `exec` (see [`TARGETS`]). Required.
+    /// `aws_lambda`, `aws_ecs`, `aws_codedeploy`, `webhook` or `exec` (see [`TARGETS`]). Required.
     target: TargetKind,
     /// Record what would be done instead of calling. Default `false`.
     #[serde(default)]
@@ -148,6 +163,10 @@ enum TargetKind {
     Render,
     Vercel,
     Heroku,
+    AwsLambda,
+    AwsEcs,
+    #[serde(rename = "aws_codedeploy")]
+    AwsCodeDeploy,
     Webhook,
     Exec,
 }
@@ -161,6 +180,9 @@ impl TargetKind {
             Self::Render => "render",
             Self::Vercel => "vercel",
             Self::Heroku => "heroku",
+            Self::AwsLambda => "aws_lambda",
+            Self::AwsEcs => "aws_ecs",
+            Self::AwsCodeDeploy => "aws_codedeploy",
             Self::Webhook => "webhook",
             Self::Exec => "exec",
         }
@@ -244,6 +266,9 @@ pub fn read(cx: &mut Problems, value: Value) -> Option<RollbackConfig> {
             TargetKind::Heroku => cx.section(&path, v).map(TargetConfig::Heroku),
             TargetKind::Kubernetes => cx.section(&path, v).map(TargetConfig::Kubernetes),
             TargetKind::ArgoRollouts => cx.section(&path, v).map(TargetConfig::ArgoRollouts),
+            TargetKind::AwsLambda => cx.section(&path, v).map(TargetConfig::AwsLambda),
+            TargetKind::AwsEcs => cx.section(&path, v).map(TargetConfig::AwsEcs),
+            TargetKind::AwsCodeDeploy => cx.section(&path, v).map(TargetConfig::AwsCodeDeploy),
         },
     };
     if let Some(t) = &target {

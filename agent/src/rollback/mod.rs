@@ -39,6 +39,10 @@
 //! asked ([`TargetConfig::can_tell_live`]).
 
 pub mod argo_rollouts;
+pub mod aws;
+pub mod aws_codedeploy;
+pub mod aws_ecs;
+pub mod aws_lambda;
 pub mod call;
 pub mod config;
 pub mod exec;
@@ -83,6 +87,9 @@ impl RollbackConfig {
             TargetConfig::Heroku(c) => Target::Heroku(c.build(&cx)?),
             TargetConfig::Kubernetes(c) => Target::Kubernetes(c.build(&cx)?),
             TargetConfig::ArgoRollouts(c) => Target::ArgoRollouts(c.build(&cx)?),
+            TargetConfig::AwsLambda(c) => Target::AwsLambda(c.build(&cx)?),
+            TargetConfig::AwsEcs(c) => Target::AwsEcs(c.build(&cx)?),
+            TargetConfig::AwsCodeDeploy(c) => Target::AwsCodeDeploy(c.build(&cx)?),
         })
     }
 }
@@ -98,6 +105,9 @@ pub enum Target {
     Heroku(heroku::Heroku),
     Kubernetes(kubernetes::Kubernetes),
     ArgoRollouts(argo_rollouts::ArgoRollouts),
+    AwsLambda(aws_lambda::AwsLambda),
+    AwsEcs(aws_ecs::AwsEcs),
+    AwsCodeDeploy(aws_codedeploy::AwsCodeDeploy),
 }
 
 impl Target {
@@ -112,6 +122,9 @@ impl Target {
             Self::Heroku(_) => "heroku",
             Self::Kubernetes(_) => kubernetes::NAME,
             Self::ArgoRollouts(_) => argo_rollouts::NAME,
+            Self::AwsLambda(_) => aws_lambda::NAME,
+            Self::AwsEcs(_) => aws_ecs::NAME,
+            Self::AwsCodeDeploy(_) => aws_codedeploy::NAME,
         }
     }
 
@@ -128,6 +141,9 @@ impl Target {
             Self::Heroku(t) => t.rollback(req).await,
             Self::Kubernetes(t) => t.rollback(req).await,
             Self::ArgoRollouts(t) => t.rollback(req).await,
+            Self::AwsLambda(t) => t.rollback(req).await,
+            Self::AwsEcs(t) => t.rollback(req).await,
+            Self::AwsCodeDeploy(t) => t.rollback(req).await,
         }
     }
 
@@ -144,6 +160,9 @@ impl Target {
             Self::Heroku(t) => t.reconcile(req).await,
             Self::Kubernetes(t) => t.reconcile(req).await,
             Self::ArgoRollouts(t) => t.reconcile(req).await,
+            Self::AwsLambda(t) => t.reconcile(req).await,
+            Self::AwsEcs(t) => t.reconcile(req).await,
+            Self::AwsCodeDeploy(t) => t.reconcile(req).await,
         };
         found.unwrap_or_else(|e| Reconciled::Unknown(format!("asking failed: {e}")))
     }
@@ -152,7 +171,9 @@ impl Target {
     /// calls' retries within [`LIVE_DEADLINE`]: Railway's latest deployment
     /// that serves (a crashing one included), the Deployment's or Rollout's
     /// revision, Render's live deploy, Vercel's production deployment,
-    /// Heroku's current release (`v` and its version). A webhook or a
+    /// Heroku's current release (`v` and its version), the Lambda alias's
+    /// version, the ECS service's PRIMARY task definition, the CodeDeploy
+    /// group's unfinished or last successful deployment. A webhook or a
     /// command cannot be asked: that is a `Setup` error, and the
     /// configuration refuses `from_platform` with them.
     pub async fn live_deployment(&self) -> Result<String, RollbackError> {
@@ -167,6 +188,9 @@ impl Target {
             Self::Heroku(t) => t.live_deployment().await,
             Self::Kubernetes(t) => t.live_deployment().await,
             Self::ArgoRollouts(t) => t.live_deployment().await,
+            Self::AwsLambda(t) => t.live_deployment().await,
+            Self::AwsEcs(t) => t.live_deployment().await,
+            Self::AwsCodeDeploy(t) => t.live_deployment().await,
         }
     }
 }
@@ -333,19 +357,19 @@ mod tests {
             (
                 "unknown key in [rollback]",
                 "[rollback]\ntarget = \"exec\"\nretries = 3\n[rollback.exec]\ncommand = [\"true\"]\n",
-                "rollback.retries: unknown key, expected one of target, dry_run, cooldown, max_per_hour, verify, deadline, or a target's table: railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 6)",
+                "rollback.retries: unknown key, expected one of target, dry_run, cooldown, max_per_hour, verify, deadline, or a target's table: railway, kubernetes, argo_rollouts, render, vercel, heroku, aws_lambda, aws_ecs, aws_codedeploy, webhook, exec (line 6)",
                 "",
             ),
             (
                 "unknown target",
                 "[rollback]\ntarget = \"aws\"\n",
-                "rollback.target: unknown value \"aws\", expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 5)",
+                "rollback.target: unknown value \"aws\", expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, aws_lambda, aws_ecs, aws_codedeploy, webhook, exec (line 5)",
                 "",
             ),
             (
                 "missing target",
                 "[rollback]\ndry_run = true\n",
-                "rollback.target: required key is missing, expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, webhook, exec (line 4)",
+                "rollback.target: required key is missing, expected one of railway, kubernetes, argo_rollouts, render, vercel, heroku, aws_lambda, aws_ecs, aws_codedeploy, webhook, exec (line 4)",
                 "",
             ),
             (
@@ -365,6 +389,30 @@ mod tests {
                 "[rollback]\ntarget = \"exec\"\n[rollback.exec]\ncommand = []\n",
                 "rollback.exec.command: must name a program, e.g. [\"/usr/local/bin/rollback\", \"--now\"] (line 7)",
                 "",
+            ),
+            (
+                "aws region",
+                "[rollback]\ntarget = \"aws_lambda\"\n[rollback.aws_lambda]\nfunction = \"f\"\nalias = \"live\"\nregion = \"useast1\"\n",
+                "rollback.aws_lambda.region: expected an AWS region such as \"us-east-1\", got \"useast1\" (line 9)",
+                "",
+            ),
+            (
+                "aws missing key",
+                "[rollback]\ntarget = \"aws_ecs\"\n[rollback.aws_ecs]\nservice = \"web\"\nregion = \"eu-west-1\"\n",
+                "rollback.aws_ecs.cluster: required key is missing (line 6)",
+                "",
+            ),
+            (
+                "aws api URL",
+                "[rollback]\ntarget = \"aws_codedeploy\"\n[rollback.aws_codedeploy]\napplication = \"a\"\ndeployment_group = \"g\"\nregion = \"us-east-1\"\napi_url = \"codedeploy\"\n",
+                "rollback.aws_codedeploy.api_url: invalid URL (relative URL without a base), got \"codedeploy\" (line 10)",
+                "",
+            ),
+            (
+                "aws credentials in the table",
+                "[rollback]\ntarget = \"aws_lambda\"\n[rollback.aws_lambda]\nfunction = \"f\"\nalias = \"live\"\nregion = \"us-east-1\"\nsecret_access_key = \"wJalr-SECRET\"\n",
+                "rollback.aws_lambda.secret_access_key: unknown key, expected one of function, alias, region, api_url, timeout (line 10)",
+                "wJalr-SECRET",
             ),
         ];
         for (name, text, want, hidden) in cases {
