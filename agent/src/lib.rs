@@ -13,6 +13,7 @@ pub mod evaluation;
 pub mod evidence;
 pub mod fleet;
 pub mod notify;
+pub mod page;
 pub mod probe_config;
 pub mod problems;
 pub mod retry;
