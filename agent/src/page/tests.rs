@@ -216,3 +216,39 @@ fn numbers_read_plainly() {
     assert_eq!(num(1234.4), "1234");
     assert_eq!(num(0.00012), "1.200e-4");
 }
+
+#[test]
+fn a_fleet_shows_its_replicas_votes_and_lease_holder() {
+    let view = WatchView {
+        fleet: Some(serde_json::json!({
+            "replica": "web-1",
+            "coordinator": "redis://127.0.0.1:6379/0",
+            "up": true,
+            "quorum": 2,
+            "deployment": "v2",
+            "live": [
+                {"replica": "web-1", "deployment": "v2", "at_ms": 1_796_557_648_000u64,
+                 "votes": [{"rule": "health failing", "verdict": "holds", "summary": ""}]},
+                {"replica": "web-<2>", "deployment": "v2", "at_ms": 1_796_557_648_000u64,
+                 "votes": [{"rule": "health failing", "verdict": "clear\" onclick=\"x", "summary": ""}]}
+            ],
+            "tally": [{"rule": "health failing", "agree": 1, "live": 2, "reaches_quorum": false}],
+            "lease_holder": "web-1",
+            "rollback": null
+        })),
+        ..WatchView::default()
+    };
+    let page = render(&app(view));
+    let fleet = page
+        .split("<section id=\"fleet\">")
+        .nth(1)
+        .expect("a fleet section");
+    assert!(fleet.contains("<dt>lease holder</dt><dd>web-1</dd>"));
+    assert!(fleet.contains("<dt>quorum</dt><dd>2</dd>"));
+    assert!(fleet.contains("web-&lt;2&gt;"));
+    assert!(fleet.contains("health failing <span class=\"b holds\">holds</span>"));
+    assert!(fleet.contains("clear&quot; onclick=&quot;x"));
+    assert!(!fleet.contains("onclick=\"x"));
+    assert!(fleet.contains("2026-12-06 11:47:28 UTC"));
+    assert!(!render(&app(WatchView::default())).contains("id=\"fleet\""));
+}
