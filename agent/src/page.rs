@@ -193,10 +193,13 @@ fn num(v: f64) -> String {
         format!("{v:.3e}")
     } else if a >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
     } else {
-        format!("{v:.4}")
+        let s = if a >= 1.0 {
+            format!("{v:.2}")
+        } else {
+            format!("{v:.4}")
+        };
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 

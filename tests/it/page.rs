@@ -165,7 +165,7 @@ action = "alert"
         ("the health probe", "<h3>health"),
         ("the version probe", "<h3>version"),
         ("the baseline's band", "class=\"band\""),
-        ("the latency line", "<polyline class=\"line\""),
+        ("the latency line", "<path class=\"line\" d=\"M"),
     ] {
         assert!(
             dom.contains(needle),

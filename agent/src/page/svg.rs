@@ -266,13 +266,15 @@ pub fn chart(
         );
     }
     // The outcome strip: the worst outcome of each bucket, one cell per
-    // run of buckets of the same outcome.
+    // run of buckets of the same outcome (buckets without a check between
+    // two of one outcome are part of its run: a probe checked less often
+    // than a bucket's width still draws one cell).
     let cell = span / buckets.max(1) as f64;
     let mut i = 0;
     while i < marks.len() {
         let (start, m) = marks[i];
         let mut end = start;
-        while i + 1 < marks.len() && marks[i + 1].1 == m && (end - marks[i + 1].0) <= cell * 1.5 {
+        while i + 1 < marks.len() && marks[i + 1].1 == m {
             i += 1;
             end = marks[i].0;
         }
@@ -581,6 +583,29 @@ mod tests {
             1,
             "one run of failures, one cell"
         );
+    }
+
+    #[test]
+    fn a_strip_of_sparse_checks_of_one_outcome_is_one_cell() {
+        let marks: Vec<_> = (0..30)
+            .map(|i| {
+                (
+                    60.0 - 2.0 * i as f64,
+                    if i < 20 { Mark::Ok } else { Mark::Failed },
+                )
+            })
+            .collect();
+        let svg = chart(
+            "x",
+            "ms",
+            60.0,
+            MAX_POINTS,
+            &[(1.0, 1.0)],
+            &marks,
+            Band::default(),
+        );
+        assert_eq!(svg.matches(r#"class="ok""#).count(), 1);
+        assert_eq!(svg.matches(r#"class="fl""#).count(), 1);
     }
 
     #[test]

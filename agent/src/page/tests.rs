@@ -211,7 +211,9 @@ fn times_are_written_in_utc() {
 #[test]
 fn numbers_read_plainly() {
     assert_eq!(num(3.0), "3");
-    assert_eq!(num(0.25), "0.2500");
+    assert_eq!(num(0.25), "0.25");
+    assert_eq!(num(0.677), "0.677");
+    assert_eq!(num(12.5), "12.5");
     assert_eq!(num(12.3456), "12.35");
     assert_eq!(num(1234.4), "1234");
     assert_eq!(num(0.00012), "1.200e-4");
