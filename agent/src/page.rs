@@ -45,8 +45,9 @@ svg.chart{background:#fafbfc}.band{fill:#bcd7f5;fill-opacity:.6}.mid{stroke:#3f7
 .ev{margin:4px 0 0 0;padding-left:18px}code{font-size:12px;background:#eef0f3;padding:0 3px;border-radius:3px}footer{margin-top:24px;font-size:12px;color:#666}";
 
 /// The Content-Security-Policy of the page: nothing but its own stylesheet
-/// (by hash) and inline SVG; no script, no frame, no form, no base.
-pub const CSP: &str = "default-src 'none'; style-src 'sha256-hg4TwNqrv1pUTyKAfAlAz3cb4VLrahADgY4bmOLmJ10='; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// (by hash) and its inline SVG, which is markup, not a fetched image; no
+/// script, no image, no frame, no form, no base.
+pub const CSP: &str = "default-src 'none'; style-src 'sha256-hg4TwNqrv1pUTyKAfAlAz3cb4VLrahADgY4bmOLmJ10='; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The response headers of the page, besides its status.
 pub const HEADERS: [(&str, &str); 5] = [

@@ -254,3 +254,63 @@ fn a_fleet_shows_its_replicas_votes_and_lease_holder() {
     assert!(fleet.contains("2026-12-06 11:47:28 UTC"));
     assert!(!render(&app(WatchView::default())).contains("id=\"fleet\""));
 }
+
+#[test]
+fn a_probe_with_a_baseline_and_an_error_rate_draws_both_with_the_band() {
+    let mut view = rolled_back_view();
+    let mut bands = crate::watch::ProbeBands {
+        error_rate: Some(0.01),
+        ..Default::default()
+    };
+    bands.signals.insert(
+        "latency_ms".into(),
+        backstop_judge::baseline::Summary {
+            count: 100,
+            mean: 10.0,
+            min: 4.0,
+            max: 30.0,
+            p50: 9.0,
+            p95: 20.0,
+            p99: 28.0,
+        },
+    );
+    view.baseline = Some(Arc::new(BaselineView {
+        generation: 1,
+        deployment: "v1".into(),
+        probes: [("health".to_string(), bands)].into(),
+    }));
+    let app = app(view);
+    let now = Instant::now();
+    for i in 0..30 {
+        let obs = Observation::from_check(
+            Outcome::Ok,
+            vec![
+                ("latency_ms".into(), 10.0),
+                ("requests".into(), 100.0),
+                ("errors".into(), f64::from(i % 5)),
+            ],
+            None,
+            Duration::from_millis(10),
+            None,
+        );
+        app.slots[0].state.lock().unwrap().record(obs, now);
+    }
+    let page = render(&app);
+    let health = page
+        .split("<h3>health")
+        .nth(1)
+        .unwrap()
+        .split("<div class=\"probe")
+        .next()
+        .unwrap();
+    assert_eq!(
+        health.matches("<svg class=\"chart\"").count(),
+        2,
+        "{health}"
+    );
+    assert_eq!(health.matches("class=\"band\"").count(), 1, "{health}");
+    assert_eq!(health.matches("class=\"mid\"").count(), 2, "{health}");
+    assert!(health.contains("baseline 4–20 ms (min–p95), median 9 ms"));
+    assert!(health.contains("error rate; baseline 0.01"));
+    assert!(page.contains("the rules compare with the baseline of <b>v1</b>"));
+}
