@@ -192,6 +192,21 @@ action = "alert"
         "the threshold 3 in the rule's row:\n{rule}"
     );
 
+    // And in the rollback's evidence: what was observed against what.
+    let rollback = dom
+        .split("<section id=\"rollback\">")
+        .nth(1)
+        .expect("the rollback")
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(
+        rollback.contains("<dt>rule</dt><dd>health failing</dd>")
+            && rollback.contains("; observed ")
+            && rollback.contains(", threshold 3)"),
+        "the rule and its numbers in the rollback:\n{rollback}"
+    );
+
     let shot = dir.path().join("page.png");
     browse(
         profile.path(),
