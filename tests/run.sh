@@ -18,6 +18,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 # Debian's package may also start its own service on :9090 when installed; the
 # tests neither use nor stop it, they start a Prometheus of their own below.
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
+# The agent's page (tests/it/page.rs) is read in a headless browser.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

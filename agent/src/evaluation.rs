@@ -31,6 +31,9 @@ pub struct Evaluation {
     warmup: Duration,
     /// The baseline rules compare with: the last stable deployment's.
     pub baseline: Option<Baseline>,
+    /// Counts the changes of `baseline`, so that what shows it (the page)
+    /// copies its figures once per baseline.
+    pub baseline_generation: u64,
     /// The baseline the store kept for the deployment that turned stable
     /// last, once it answers.
     baseline_kept: Option<oneshot::Receiver<Baseline>>,
@@ -87,6 +90,7 @@ impl Evaluation {
             settings,
             warmup,
             baseline,
+            baseline_generation: 0,
             baseline_kept: None,
             statuses: Vec::new(),
             seen: Vec::new(),
@@ -112,6 +116,7 @@ impl Evaluation {
             Ok(kept) => {
                 if self.baseline.as_ref() != Some(&kept) {
                     self.baseline = Some(kept);
+                    self.baseline_generation += 1;
                     self.rejudge = true;
                 }
                 self.baseline_kept = None;
@@ -386,6 +391,7 @@ impl Evaluation {
         writer.write(Write::Baseline(Box::new(baseline.clone()), Some(tx)));
         self.baseline_kept = Some(rx);
         self.baseline = Some(baseline);
+        self.baseline_generation += 1;
         self.rejudge = true;
     }
 }

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod history;
 pub mod ledger;
 pub mod notify;
+pub mod page;
 pub mod probe_config;
 pub mod problems;
 pub mod retry;

@@ -395,6 +395,22 @@ impl WatchLoop {
         };
         let age = Duration::from_millis(self.watcher.age_ms());
         self.eval.feed_baseline(watched, age);
+        self.show_baseline();
+    }
+
+    /// Gives the page the figures of the baseline the rules compare with,
+    /// once per baseline.
+    fn show_baseline(&self) {
+        let generation = self.eval.baseline_generation;
+        let mut view = self.watcher.view.lock().expect("view lock");
+        let shown = view.baseline.as_ref().map(|b| b.generation);
+        match &self.eval.baseline {
+            Some(b) if shown != Some(generation) => {
+                view.baseline = Some(Arc::new(crate::watch::BaselineView::new(generation, b)));
+            }
+            None if shown.is_some() => view.baseline = None,
+            _ => {}
+        }
     }
 }
 

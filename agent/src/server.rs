@@ -1,4 +1,4 @@
-//! The agent's HTTP listener: `/healthz`, `/status`, `/metrics` and the
+//! The agent's HTTP listener: `/` (the page), `/healthz`, `/status`, `/metrics` and the
 //! admin endpoints under `/v1/`. The admin endpoints exist only when an
 //! admin token is configured, and answer 401 without it.
 
@@ -83,6 +83,22 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 )
             }
         }
+        (&Method::GET, "/") => {
+            // Copies the probes' windows down to their pictures: on a
+            // blocking thread, like /metrics.
+            let app = app.clone();
+            match tokio::task::spawn_blocking(move || crate::page::render(&app)).await {
+                Ok(html) => {
+                    let mut r = Response::builder().status(StatusCode::OK);
+                    for (k, v) in crate::page::HEADERS {
+                        r = r.header(k, v);
+                    }
+                    r.body(Full::new(html.into()))
+                        .expect("static response parts are valid")
+                }
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed"),
+            }
+        }
         (&Method::GET, "/status") => {
             app.refresh_meta().await;
             reply(StatusCode::OK, "application/json", app.status_json())
@@ -135,7 +151,10 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             };
             json(status, &value)
         }
-        (_, "/healthz" | "/status" | "/metrics" | "/v1/rollback" | "/v1/pause" | "/v1/resume")
+        (
+            _,
+            "/" | "/healthz" | "/status" | "/metrics" | "/v1/rollback" | "/v1/pause" | "/v1/resume",
+        )
         | (_, "/v1/deployments") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, p) if p.starts_with("/v1/deployments/") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

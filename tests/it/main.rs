@@ -20,6 +20,7 @@ mod manifests;
 mod notify;
 mod notify_email;
 mod packaging;
+mod page;
 mod probe_http;
 mod probe_postgres;
 mod probe_promql;

@@ -4,8 +4,8 @@
 //! fail in every way it can (`validate`, `check`, `run` with failing probes,
 //! a rollback and notifications through stand-ins that answer errors and
 //! echo what they were sent, configuration errors). Every byte it prints,
-//! logs (human and JSON, at debug level), serves on `/status` and
-//! `/metrics` is then searched for every secret.
+//! logs (human and JSON, at debug level), serves on `/status`, `/` (the
+//! page) and `/metrics` is then searched for every secret.
 
 use std::time::Duration;
 
@@ -463,6 +463,9 @@ async fn run_and_search(rollback: impl Fn(&std::path::Path) -> String, log_forma
 
     let (_, status_text) = agent.get("/status").await;
     let (_, metrics) = agent.get("/metrics").await;
+    let (_, page) = agent.get("/").await;
+    assert!(page.contains("<section id=\"rollback\">"), "{page}");
+    assert_no_secret("/", &page);
     assert_no_secret("/status", &status_text);
     assert_no_secret("/metrics", &metrics);
     let log = agent.output();

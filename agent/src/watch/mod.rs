@@ -44,7 +44,8 @@ use job::{Done, Jobs};
 
 pub use fleet::FLEET_READ_EVERY;
 pub use types::{
-    Call, Clock, Guard, Held, ManualOutcome, Notifier, Rollbacker, RuleStatus, RuleView, WatchView,
+    BaselineView, Call, Clock, Guard, Held, ManualOutcome, Notifier, ProbeBands, Rollbacker,
+    RuleStatus, RuleView, WatchView,
 };
 
 /// How long a step waits for what the store knows of a deployment just

@@ -192,6 +192,52 @@ pub struct WatchView {
     pub notes: Vec<String>,
     /// The fleet as this replica sees it; `None` without `[fleet]`.
     pub fleet: Option<Value>,
+    /// The figures of the baseline rules compare with, which the page
+    /// (`page.rs`) draws behind each probe's series; set by the watch loop
+    /// when the baseline changes.
+    pub baseline: Option<std::sync::Arc<BaselineView>>,
+}
+
+/// A baseline's figures without its samples: per probe, each signal's
+/// summary and the pooled error rate of the watch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BaselineView {
+    /// Which baseline of the watch loop's it shows (see
+    /// `Evaluation::baseline_generation`).
+    pub generation: u64,
+    pub deployment: String,
+    pub probes: std::collections::BTreeMap<String, ProbeBands>,
+}
+
+/// One probe's part of a [`BaselineView`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeBands {
+    pub signals: std::collections::BTreeMap<String, backstop_judge::baseline::Summary>,
+    pub error_rate: Option<f64>,
+}
+
+impl BaselineView {
+    pub fn new(generation: u64, baseline: &backstop_judge::baseline::Baseline) -> Self {
+        Self {
+            generation,
+            deployment: baseline.deployment.clone(),
+            probes: baseline
+                .probes
+                .iter()
+                .map(|(name, p)| {
+                    let bands = ProbeBands {
+                        signals: p
+                            .signals
+                            .iter()
+                            .map(|(s, b)| (s.clone(), b.summary))
+                            .collect(),
+                        error_rate: p.error_rate(),
+                    };
+                    (name.clone(), bands)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One rule as `/status` shows it: kept as it is and written as JSON only
