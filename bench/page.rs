@@ -163,7 +163,11 @@ fn main() {
         .unwrap();
     let _guard = rt.enter();
     if let Ok(path) = std::env::var("PAGE_OUT") {
-        std::fs::write(path, backstop::page::render(&agent(200, 300))).unwrap();
+        std::fs::write(
+            path,
+            backstop::page::render(&agent(200, 300), &Ok(Vec::new())),
+        )
+        .unwrap();
     }
     println!("| probes | samples per window | render (median of 50) | min | bytes |");
     println!("|---|---|---|---|---|");
@@ -173,7 +177,7 @@ fn main() {
         let mut bytes = 0;
         for _ in 0..51 {
             let t = StdInstant::now();
-            let page = backstop::page::render(&app);
+            let page = backstop::page::render(&app, &Ok(Vec::new()));
             times.push(t.elapsed());
             bytes = page.len();
             std::hint::black_box(page);

@@ -214,6 +214,25 @@ pub async fn list(app: &App, query: Option<&str>) -> (StatusCode, Value) {
     }
 }
 
+/// The newest `limit` deployments for the page at `/`, waiting at most
+/// `wait` for the store: the page is drawn without them, saying why, when
+/// the store does not answer.
+pub async fn recent(app: &App, limit: usize, wait: Duration) -> Result<Vec<LedgerEntry>, String> {
+    let store =
+        store_of(app).map_err(|(_, v)| v["error"].as_str().unwrap_or_default().to_string())?;
+    match tokio::time::timeout(wait, store.ledger(limit)).await {
+        Ok(Ok(mut entries)) => {
+            overlay(app, &mut entries, None, limit);
+            Ok(entries)
+        }
+        Ok(Err(e)) => Err(format!("the store failed: {e:#}")),
+        Err(_) => Err(format!(
+            "the store did not answer within {}",
+            crate::duration::format(wait)
+        )),
+    }
+}
+
 /// `GET /v1/deployments/{id}`.
 pub async fn one(app: &App, id: &str) -> (StatusCode, Value) {
     let store = match store_of(app) {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::app::{read, App};
-use crate::store::{RollbackRecord, WatchState};
+use crate::store::{LedgerEntry, RollbackRecord, RollbackStatus, WatchState};
 use crate::watch::{BaselineView, RuleView, WatchView};
 use backstop_judge::observe::{Outcome, SignalId};
 use backstop_judge::rules::Verdict;
@@ -24,6 +24,15 @@ use svg::{escape, escape_into, Band, Mark, Point, Row, Series, Stretch};
 
 /// How often the browser reloads the page.
 pub const REFRESH_S: u32 = 10;
+
+/// How many of the newest deployments of the ledger the page lists, and
+/// how long it waits for the store to read them: past that it is drawn
+/// without them, saying why.
+pub const LEDGER_ROWS: usize = 10;
+pub const LEDGER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The newest deployments of the ledger, or why they could not be read.
+pub type Ledger = Result<Vec<LedgerEntry>, String>;
 
 /// The page's one stylesheet. Its hash is in [`CSP`]; a test checks it.
 pub const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1240px;padding:0 16px 32px;color:#1d232a;background:#f6f7f9}\
@@ -74,8 +83,8 @@ struct ProbeShown {
     series: Series,
 }
 
-/// The page for `app` now.
-pub fn render(app: &App) -> String {
+/// The page for `app` now, with the newest deployments of its ledger.
+pub fn render(app: &App, ledger: &Ledger) -> String {
     let view = app.view.as_ref().map(|v| read(v)).unwrap_or_default();
     let now = Instant::now();
     let buckets = svg::points_per_series(app.slots.len());
@@ -122,6 +131,7 @@ pub fn render(app: &App) -> String {
         now: unix_now(),
         view: &view,
         probes: &probes,
+        ledger,
     };
     page.write()
 }
@@ -211,6 +221,7 @@ struct Page<'a> {
     now: f64,
     view: &'a WatchView,
     probes: &'a [ProbeShown],
+    ledger: &'a Ledger,
 }
 
 impl Page<'_> {
@@ -232,6 +243,7 @@ impl Page<'_> {
         );
         self.deployment(&mut out);
         self.rollback(&mut out);
+        self.history(&mut out);
         self.rules(&mut out);
         self.probes(&mut out);
         self.fleet(&mut out);
@@ -319,7 +331,18 @@ impl Page<'_> {
             .filter(|r| r.deployment != d.id)
             .filter(|r| (seen - r.intent_at_ms as f64 / 1e3).abs() < 3600.0);
         if let Some(r) = rolled {
-            rows.push(rollback_row(r));
+            let mut row = rollback_row(r);
+            // Its own warm-up and watch, from the ledger, up to the
+            // deployment that replaced it.
+            let kept = self.ledger.as_ref().ok().and_then(|l| {
+                l.iter()
+                    .find(|e| e.id == r.deployment)
+                    .map(|e| state_stretches(e, seen))
+            });
+            if let Some(stretches) = kept.filter(|s| !s.is_empty()) {
+                row.stretches = stretches;
+            }
+            rows.push(row);
         }
         let mut stretches = vec![Stretch {
             from: seen,
@@ -404,6 +427,103 @@ impl Page<'_> {
         out.push_str("</dl>");
         self.last_stable(out);
         out.push_str("</section>");
+    }
+
+    /// The newest deployments of the ledger: who deployed what, each
+    /// state with its time, and each rollback with its rule, reason, the
+    /// target's answer and whether it took effect.
+    fn history(&self, out: &mut String) {
+        out.push_str("<section id=\"history\"><h2>Recent deployments</h2>");
+        let entries = match self.ledger {
+            Ok(e) if e.is_empty() => {
+                out.push_str(
+                    "<p class=\"muted\">The ledger holds no deployment yet.</p></section>",
+                );
+                return;
+            }
+            Ok(e) => e,
+            Err(why) => {
+                out.push_str("<p class=\"muted\">The ledger could not be read: ");
+                escape_into(out, why);
+                out.push_str(" (the rest of the page is the agent's own view).</p></section>");
+                return;
+            }
+        };
+        out.push_str("<table><tr><th>deployment</th><th>state</th><th>first seen</th><th>states</th><th>rollback</th></tr>");
+        for e in entries {
+            out.push_str("<tr><td><b>");
+            escape_into(out, &e.id);
+            out.push_str("</b>");
+            let who: Vec<(&str, &str)> = [
+                ("commit", e.commit.as_deref()),
+                ("by", e.triggered_by.as_deref()),
+                ("in", e.environment.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            for (k, v) in who {
+                let _ = write!(out, "<br><span class=\"muted\">{k}</span> ");
+                escape_into(out, v);
+            }
+            out.push_str("</td><td>");
+            match e.state {
+                Some(st) => {
+                    let _ = write!(
+                        out,
+                        "<span class=\"b {}\">{}</span>",
+                        st.as_str(),
+                        state_words(st)
+                    );
+                }
+                None => out.push_str("<span class=\"b\">registered</span>"),
+            }
+            out.push_str("</td><td>");
+            match e.first_seen_ms {
+                Some(ms) => out.push_str(&utc(ms as f64 / 1e3)),
+                None => out.push_str("not seen yet"),
+            }
+            out.push_str("</td><td>");
+            escape_into(out, &states_text(e));
+            out.push_str("</td><td>");
+            match &e.rollback {
+                None => out.push('—'),
+                Some(r) => {
+                    let _ = write!(
+                        out,
+                        "<span class=\"b {}\">{}</span> {} · rule <b>",
+                        r.status.as_str(),
+                        r.status.as_str().replace('_', " "),
+                        utc(r.intent_at_ms as f64 / 1e3)
+                    );
+                    escape_into(out, &r.rule);
+                    out.push_str("</b><br>");
+                    escape_into(out, &r.reason);
+                    if !r.detail.is_empty() {
+                        out.push_str("<br><span class=\"muted\">target's answer</span> ");
+                        escape_into(out, &r.detail);
+                    }
+                    out.push_str("<br><span class=\"muted\">took effect</span> ");
+                    match (&r.returned_to, r.not_effective) {
+                        _ if r.status == RollbackStatus::Failed => {
+                            out.push_str("no: the call failed")
+                        }
+                        (_, true) => out.push_str("no: the deployment had not changed"),
+                        (Some(to), false) => {
+                            out.push_str("returned to ");
+                            escape_into(out, to);
+                        }
+                        (None, false) => out.push_str("not known"),
+                    }
+                    if let Some(by) = &r.by {
+                        out.push_str("<br><span class=\"muted\">by replica</span> ");
+                        escape_into(out, by);
+                    }
+                }
+            }
+            out.push_str("</td></tr>");
+        }
+        out.push_str("</table></section>");
     }
 
     fn last_stable(&self, out: &mut String) {
@@ -619,6 +739,44 @@ fn state_words(s: WatchState) -> &'static str {
         WatchState::RolledBack => "rolled back",
         WatchState::Unhealthy => "unhealthy",
     }
+}
+
+/// A deployment's states from the ledger as stretches of the timeline,
+/// each up to the next, the last up to `end` (Unix seconds).
+fn state_stretches(e: &LedgerEntry, end: f64) -> Vec<Stretch> {
+    let mut out = Vec::with_capacity(e.states.len());
+    for (i, st) in e.states.iter().enumerate() {
+        let from = st.at_ms as f64 / 1e3;
+        let to = e
+            .states
+            .get(i + 1)
+            .map(|n| n.at_ms as f64 / 1e3)
+            .unwrap_or(end)
+            .max(from);
+        out.push(Stretch {
+            from,
+            to,
+            class: st.state.as_str(),
+            label: format!("{} from {}", state_words(st.state), utc(from)),
+        });
+    }
+    out
+}
+
+/// A ledger entry's states as a person reads them: `warming 12:01:02 →
+/// watching 12:01:32 → rolled back 12:03:10`.
+fn states_text(e: &LedgerEntry) -> String {
+    e.states
+        .iter()
+        .map(|st| {
+            format!(
+                "{} {}",
+                st.state.as_str().replace('_', " "),
+                clock(st.at_ms as f64 / 1e3)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 /// The timeline row of a rolled-back deployment: when its rollback was

@@ -86,8 +86,11 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         (&Method::GET, "/") => {
             // Copies the probes' windows down to their pictures: on a
             // blocking thread, like /metrics.
+            let ledger =
+                crate::ledger::recent(app, crate::page::LEDGER_ROWS, crate::page::LEDGER_WAIT)
+                    .await;
             let app = app.clone();
-            match tokio::task::spawn_blocking(move || crate::page::render(&app)).await {
+            match tokio::task::spawn_blocking(move || crate::page::render(&app, &ledger)).await {
                 Ok(html) => {
                     let mut r = Response::builder().status(StatusCode::OK);
                     for (k, v) in crate::page::HEADERS {

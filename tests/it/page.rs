@@ -105,6 +105,21 @@ action = "alert"
         s["deployment"]["id"] == "v1" && s["deployment"]["state"] == "stable"
     })
     .await;
+    // The pipeline says what it deploys, then deploys it.
+    let registered = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/deployments"))
+        .bearer_auth("page-admin-token-s3cret")
+        .json(&serde_json::json!({
+            "id": "v2", "commit": "4f2a9c1", "triggered_by": "release-bot",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        registered.status().is_success(),
+        "{:?}",
+        registered.status()
+    );
     svc.set("v2", false);
     until(port, "the rollback of v2", |s| {
         s["last_rollback"]["deployment"] == "v2"
@@ -206,6 +221,32 @@ action = "alert"
             && rollback.contains(", threshold 3)"),
         "the rule and its numbers in the rollback:\n{rollback}"
     );
+
+    // The ledger: both deployments, who deployed v2, its states, and its
+    // rollback's rule.
+    let history = dom
+        .split("<section id=\"history\">")
+        .nth(1)
+        .expect("the recent deployments")
+        .split("</section>")
+        .next()
+        .unwrap();
+    for (what, needle) in [
+        ("v2's row", "<b>v2</b>"),
+        ("v1's row", "<b>v1</b>"),
+        ("v2's commit", "4f2a9c1"),
+        ("who deployed v2", "release-bot"),
+        ("v2 rolled back", "class=\"b rolled_back\""),
+        ("v1 stable", "class=\"b stable\""),
+        ("v2's states", "warming "),
+        ("the rule of v2's rollback", "rule <b>health failing</b>"),
+        ("that it took effect", "returned to v1"),
+    ] {
+        assert!(
+            history.contains(needle),
+            "no {what} ({needle}) among the recent deployments:\n{history}"
+        );
+    }
 
     let shot = dir.path().join("page.png");
     browse(

@@ -142,7 +142,7 @@ fn a_page_escapes_what_comes_from_the_configuration_and_platforms_and_shows_no_s
             .unwrap()
             .record(check(outcome, 5.0 + f64::from(i)), now);
     }
-    let page = render(&app);
+    let page = render(&app, &Ok(Vec::new()));
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert!(page.ends_with("</html>\n"));
     assert!(page.contains("shop &lt;&amp;&gt; &quot;co&quot;"));
@@ -170,14 +170,14 @@ fn a_page_escapes_what_comes_from_the_configuration_and_platforms_and_shows_no_s
 #[test]
 fn a_page_without_any_data_still_renders() {
     let app = app(WatchView::default());
-    let page = render(&app);
+    let page = render(&app, &Ok(Vec::new()));
     assert!(page.contains("No deployment seen yet"));
     assert!(page.contains("No rollback recorded"));
     assert!(page.contains("No rule judged yet"));
     assert!(page.contains("not checked yet"));
     assert_eq!(page.matches("no samples in the window").count(), 2);
     let app = App { view: None, ..app };
-    assert!(render(&app).contains("No deployment seen yet"));
+    assert!(render(&app, &Ok(Vec::new())).contains("No deployment seen yet"));
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn a_full_window_keeps_the_page_small() {
             state.record(check(Outcome::Ok, (i % 97) as f64), at);
         }
     }
-    let page = render(&app);
+    let page = render(&app, &Ok(Vec::new()));
     // Each series' path: a move and at most MAX_POINTS - 1 steps.
     for d in page.split("class=\"line\" d=\"").skip(1) {
         let d = d.split('"').next().unwrap();
@@ -243,7 +243,7 @@ fn a_fleet_shows_its_replicas_votes_and_lease_holder() {
         })),
         ..WatchView::default()
     };
-    let page = render(&app(view));
+    let page = render(&app(view), &Ok(Vec::new()));
     let fleet = page
         .split("<section id=\"fleet\">")
         .nth(1)
@@ -255,7 +255,7 @@ fn a_fleet_shows_its_replicas_votes_and_lease_holder() {
     assert!(fleet.contains("clear&quot; onclick=&quot;x"));
     assert!(!fleet.contains("onclick=\"x"));
     assert!(fleet.contains("2026-12-06 11:47:28 UTC"));
-    assert!(!render(&app(WatchView::default())).contains("id=\"fleet\""));
+    assert!(!render(&app(WatchView::default()), &Ok(Vec::new())).contains("id=\"fleet\""));
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn a_probe_with_a_baseline_and_an_error_rate_draws_both_with_the_band() {
         );
         app.slots[0].state.lock().unwrap().record(obs, now);
     }
-    let page = render(&app);
+    let page = render(&app, &Ok(Vec::new()));
     let health = page
         .split("<h3>health")
         .nth(1)
@@ -316,4 +316,71 @@ fn a_probe_with_a_baseline_and_an_error_rate_draws_both_with_the_band() {
     assert!(health.contains("baseline 4–20 ms (min–p95), median 9 ms"));
     assert!(health.contains("error rate; baseline 0.01"));
     assert!(page.contains("the rules compare with the baseline of <b>v1</b>"));
+}
+
+#[test]
+fn the_recent_deployments_show_the_ledger_escaped_with_their_states_and_rollback() {
+    use crate::store::StateAt;
+    let view = rolled_back_view();
+    let r = view.last_rollback.clone().unwrap();
+    let at = |state, at_ms| StateAt { state, at_ms };
+    let v2 = LedgerEntry {
+        id: "v2<img>".into(),
+        first_seen_ms: Some(r.intent_at_ms - 9_000),
+        state: Some(WatchState::RolledBack),
+        states: vec![
+            at(WatchState::Warming, r.intent_at_ms - 9_000),
+            at(WatchState::Watching, r.intent_at_ms - 8_000),
+            at(WatchState::RolledBack, r.intent_at_ms),
+        ],
+        stable_at_ms: None,
+        commit: Some("4f2a9c1".into()),
+        triggered_by: Some("<script>bot</script>".into()),
+        environment: None,
+        annotations: Default::default(),
+        registered_at_ms: None,
+        rollback: Some(r.clone()),
+    };
+    let page = render(&app(view), &Ok(vec![v2]));
+    let history = page
+        .split("<section id=\"history\">")
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(history.contains("<b>v2&lt;img&gt;</b>"), "{history}");
+    assert!(history.contains("4f2a9c1"), "{history}");
+    assert!(
+        history.contains("&lt;script&gt;bot&lt;/script&gt;"),
+        "{history}"
+    );
+    assert!(!page.contains("<script"), "no script");
+    assert!(history.contains("warming "), "{history}");
+    assert!(history.contains(" → watching "), "{history}");
+    assert!(history.contains(" → rolled back "), "{history}");
+    assert!(history.contains("rule <b>health-fails</b>"), "{history}");
+    assert!(history.contains("returned to v1"), "{history}");
+    // The rolled-back deployment's own warm-up and watch are on the timeline.
+    let timeline = page
+        .split("<svg class=\"timeline\"")
+        .nth(1)
+        .unwrap()
+        .split("</svg>")
+        .next()
+        .unwrap();
+    assert_eq!(
+        timeline.matches("class=\"warming\"").count(),
+        2,
+        "v1's warm-up and v2's: {timeline}"
+    );
+    assert!(timeline.contains("class=\"rolled_back\""), "{timeline}");
+
+    let page = render(
+        &app(WatchView::default()),
+        &Err("the store did not answer within 500ms".into()),
+    );
+    assert!(page.contains("The ledger could not be read: the store did not answer within 500ms"));
+    let page = render(&app(WatchView::default()), &Ok(Vec::new()));
+    assert!(page.contains("The ledger holds no deployment yet"));
 }
