@@ -130,6 +130,8 @@ fn verdict(
             probe: "app",
             state,
             baseline: Some(base),
+            live: None,
+            choice: backstop_judge::live::Choice::Auto,
             interval,
             now,
             latency_percentiles: true,

@@ -255,6 +255,8 @@ impl Evaluation {
                         probe: &rule.probe,
                         state: &state,
                         baseline: self.baseline.as_ref(),
+                        live: None,
+                        choice: backstop_judge::live::Choice::Auto,
                         interval: slot.cfg.interval,
                         now,
                         latency_percentiles: self.percentiles[si],

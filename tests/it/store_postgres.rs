@@ -67,6 +67,7 @@ fn rollback(dep: &str, by: &str) -> RollbackRecord {
             baseline: None,
             ratio: None,
             p_value: None,
+            judged_by: None,
             summary: "consecutive_failures 3 >= 3 on probe health".into(),
         }],
         target: "webhook".into(),
