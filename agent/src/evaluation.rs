@@ -256,7 +256,7 @@ impl Evaluation {
                         state: &state,
                         baseline: self.baseline.as_ref(),
                         live: None,
-                        choice: backstop_judge::live::Choice::Auto,
+                        choice: rule.baseline.unwrap_or_default(),
                         interval: slot.cfg.interval,
                         now,
                         latency_percentiles: self.percentiles[si],

@@ -45,7 +45,13 @@ pub async fn run(
     let wake = Arc::new(Wake::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let settings = backstop_judge::rules::Settings::default();
+    let settings = backstop_judge::rules::Settings {
+        live_min_peers: config
+            .fleet
+            .as_ref()
+            .map_or(2, |f| f.live_baseline_min_peers),
+        ..Default::default()
+    };
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one

@@ -39,6 +39,7 @@ async fn agent(schema: &str, replica: &str) -> Coordinator {
         expiry: Duration::from_secs(3),
         lease: Duration::from_secs(5),
         on_coordination_loss: LossPolicy::Hold,
+        live_baseline_min_peers: 2,
     };
     let c = Coordinator::connect(&cfg, &store, Duration::from_secs(5))
         .await
