@@ -136,8 +136,26 @@ pub async fn run(
     )
     .await
     .map_err(UnusableStore)?;
+    let mut eval = Evaluation::new(
+        slots.clone(),
+        config.rules.clone(),
+        settings.clone(),
+        config.deployment.warmup,
+        None,
+    );
     if let Some((coord, f)) = coordinator {
         tracing::info!(replica = %f.replica, coordinator = %coord.describe(), quorum = f.quorum, "deciding with the fleet");
+        let exchange = crate::fleet::live::Exchange {
+            coord: coord.clone(),
+            service: config.service.clone(),
+            cfg: f.clone(),
+            signals: crate::fleet::live::signals_to_share(&config.rules, &slots),
+            span: crate::fleet::live::span_to_share(&config.rules, &settings),
+            slots: slots.clone(),
+            shared: Default::default(),
+        };
+        eval = eval.with_live(exchange.shared.clone());
+        tasks.spawn(exchange.run(stop.clone()));
         watcher = watcher.with_fleet(coord, f);
     }
     let view = watcher.view.clone();
@@ -157,13 +175,7 @@ pub async fn run(
             watcher,
             ids: Arc::new(ids),
             poll_interval: config.deployment.poll_interval,
-            eval: Evaluation::new(
-                slots.clone(),
-                config.rules.clone(),
-                settings,
-                config.deployment.warmup,
-                baseline,
-            ),
+            eval: eval.with_baseline(baseline),
             store_failing: false,
             retention,
             pushed: None,
@@ -514,6 +526,8 @@ async fn watch_loop(
         wl.advance();
         if !after_change {
             last_judged = Instant::now();
+            wl.eval
+                .share_live(wl.watcher.deployment(), wl.watcher.last_stable());
             wl.eval.evaluate(all);
             wl.watcher.act(&wl.eval.statuses).await;
         }

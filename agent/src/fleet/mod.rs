@@ -10,6 +10,7 @@
 pub mod config;
 mod coordination;
 pub mod link;
+pub mod live;
 pub mod memory;
 pub mod postgres;
 mod protocol;

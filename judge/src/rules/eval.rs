@@ -493,6 +493,10 @@ fn reference<'a>(
     let need = settings.live_min_peers.max(1);
     if input.choice != Choice::Stored {
         let why = match input.live {
+            Some(live) if live.peers.is_empty() => format!(
+                "live baseline: no replica reports samples of {}, need {need}",
+                live.deployment
+            ),
             Some(live) => {
                 let pooled = live.pooled(input.probe, signal, since(input.now, span), input.now);
                 if pooled.replicas >= need {
