@@ -292,7 +292,7 @@ async fn samples_beside_the_heartbeat_are_read_per_deployment_with_their_age_and
     b.publish_samples("web", "c", &summary("d2", 12.0), long)
         .await
         .unwrap();
-    let got = a.live_samples("web", "d1").await.unwrap();
+    let got = a.live_samples("web", "d1", 100).await.unwrap();
     let replicas: Vec<&str> = got.iter().map(|p| p.replica.as_str()).collect();
     assert_eq!(replicas, ["a", "b"]);
     assert_eq!(got[1].summary, summary("d1", 11.0));
@@ -300,7 +300,7 @@ async fn samples_beside_the_heartbeat_are_read_per_deployment_with_their_age_and
     // The votes read as before: no samples in them.
     assert!(a.live("web", "d1").await.unwrap().is_empty());
     tokio::time::sleep(short * 2).await;
-    let got = a.live_samples("web", "d1").await.unwrap();
+    let got = a.live_samples("web", "d1", 100).await.unwrap();
     assert_eq!(got.len(), 1, "b's samples expired");
     assert!(
         got[0].age >= short,
@@ -311,8 +311,8 @@ async fn samples_beside_the_heartbeat_are_read_per_deployment_with_their_age_and
     a.publish_samples("web", "a", &summary("d2", 13.0), long)
         .await
         .unwrap();
-    assert!(a.live_samples("web", "d1").await.unwrap().is_empty());
-    assert_eq!(a.live_samples("web", "d2").await.unwrap().len(), 2);
+    assert!(a.live_samples("web", "d1", 100).await.unwrap().is_empty());
+    assert_eq!(a.live_samples("web", "d2", 100).await.unwrap().len(), 2);
     a.leave("web", "a").await.unwrap();
-    assert_eq!(a.live_samples("web", "d2").await.unwrap().len(), 1);
+    assert_eq!(a.live_samples("web", "d2", 100).await.unwrap().len(), 1);
 }

@@ -51,11 +51,13 @@ pub trait Coordination: Send + Sync {
     ) -> Pending<'a, ()>;
 
     /// The samples published and not expired of the replicas on
-    /// `deployment`, in the order of their names.
+    /// `deployment`, at most `limit` of them (the freshest), in the order
+    /// of their names.
     fn live_samples<'a>(
         &'a self,
         service: &'a str,
         deployment: &'a str,
+        limit: usize,
     ) -> Pending<'a, Vec<PeerSamples>>;
 
     /// Removes this replica's heartbeat (a clean shutdown), so the others
@@ -155,8 +157,9 @@ macro_rules! by_inherent_methods {
                 &'a self,
                 service: &'a str,
                 deployment: &'a str,
+                limit: usize,
             ) -> Pending<'a, Vec<PeerSamples>> {
-                Box::pin(<$ty>::live_samples(self, service, deployment))
+                Box::pin(<$ty>::live_samples(self, service, deployment, limit))
             }
 
             fn acquire<'a>(

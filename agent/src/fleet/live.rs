@@ -21,6 +21,12 @@ use super::coordination::Coordination;
 use crate::rule_config::RuleConfig;
 use crate::schedule::ProbeSlot;
 
+/// The most peers whose samples an agent reads once a heartbeat: the
+/// freshest. Enough for the tests at the sizes a live baseline needs (two
+/// peers of 50 samples decide as well as a stored baseline of 1,000), and
+/// it keeps a read's cost flat however large the fleet (`bench/README.md`).
+pub const PEERS_READ: usize = 20;
+
 /// What the watch loop and the exchange share.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -169,13 +175,18 @@ impl Exchange {
             }
             return Ok(());
         }
-        let peers = self.coord.live_samples(&self.service, &return_to).await?;
+        // One more than read, in case this replica's own are among them.
+        let peers = self
+            .coord
+            .live_samples(&self.service, &return_to, PEERS_READ + 1)
+            .await?;
         let now = Instant::now();
         let live = Live {
             deployment: return_to,
             peers: peers
                 .into_iter()
                 .filter(|p| p.replica != self.cfg.replica && p.age <= self.cfg.expiry)
+                .take(PEERS_READ)
                 .map(|p| p.summary.into_peer(p.replica, now, p.age))
                 .collect(),
         };

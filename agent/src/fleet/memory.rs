@@ -200,12 +200,13 @@ impl MemoryFleet {
         &self,
         service: &str,
         deployment: &str,
+        limit: usize,
     ) -> anyhow::Result<Vec<PeerSamples>> {
         self.answer("live_samples").await?;
         let now = Instant::now();
         let mut state = self.state();
         state.samples.retain(|_, (_, _, expires)| *expires > now);
-        Ok(state
+        let mut out: Vec<PeerSamples> = state
             .samples
             .iter()
             .filter(|((s, _), (sum, _, _))| s == service && sum.deployment == deployment)
@@ -214,7 +215,12 @@ impl MemoryFleet {
                 age: now.saturating_duration_since(*at),
                 summary: sum.clone(),
             })
-            .collect())
+            .collect();
+        // The freshest `limit`, in the order of their names.
+        out.sort_by_key(|p| p.age);
+        out.truncate(limit);
+        out.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(out)
     }
 
     pub async fn acquire(
@@ -436,19 +442,22 @@ mod tests {
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
-        let got = m.live_samples("web", "v1").await.unwrap();
+        let got = m.live_samples("web", "v1", 10).await.unwrap();
         assert_eq!(
             got.iter().map(|p| p.replica.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
         assert_eq!(got[0].age, Duration::from_secs(3));
         assert_eq!(got[0].summary, s);
-        assert!(m.live_samples("web", "v2").await.unwrap().is_empty());
-        assert!(m.live_samples("api", "v1").await.unwrap().is_empty());
+        assert!(m.live_samples("web", "v2", 10).await.unwrap().is_empty());
+        // At most `limit`, the freshest.
+        let one = m.live_samples("web", "v1", 1).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(m.live_samples("api", "v1", 10).await.unwrap().is_empty());
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert_eq!(m.live_samples("web", "v1").await.unwrap().len(), 1);
+        assert_eq!(m.live_samples("web", "v1", 10).await.unwrap().len(), 1);
         m.leave("web", "a").await.unwrap();
-        assert!(m.live_samples("web", "v1").await.unwrap().is_empty());
+        assert!(m.live_samples("web", "v1", 10).await.unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -116,8 +116,9 @@ impl Coordination for Coordinator {
         &'a self,
         service: &'a str,
         deployment: &'a str,
+        limit: usize,
     ) -> Pending<'a, Vec<PeerSamples>> {
-        self.back_end().live_samples(service, deployment)
+        self.back_end().live_samples(service, deployment, limit)
     }
 
     fn acquire<'a>(

@@ -175,21 +175,26 @@ impl PgFleet {
         &self,
         service: &str,
         deployment: &str,
+        limit: usize,
     ) -> anyhow::Result<Vec<PeerSamples>> {
         let c = self.pg.client().await?;
         let sql = format!(
-            "SELECT replica, samples::text,
-                    greatest(extract(epoch FROM now() - published_at) * 1000, 0)::float8
-             FROM {}.backstop_fleet_samples
-             WHERE service = $1 AND deployment = $2 AND expires_at > now()
-             ORDER BY replica",
-            self.s()
+            "SELECT s.replica, s.samples::text,
+                    greatest(extract(epoch FROM now() - s.published_at) * 1000, 0)::float8
+             FROM {s}.backstop_fleet_samples s
+             JOIN (SELECT replica FROM {s}.backstop_fleet_samples
+                   WHERE service = $1 AND deployment = $2 AND expires_at > now()
+                   ORDER BY published_at DESC LIMIT $3) freshest USING (replica)
+             WHERE s.service = $1
+             ORDER BY s.replica",
+            s = self.s()
         );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .pg
             .timed(
                 "reading the live replicas' samples",
-                c.query(&sql, &[&service, &deployment]),
+                c.query(&sql, &[&service, &deployment, &limit]),
             )
             .await?;
         rows.iter()

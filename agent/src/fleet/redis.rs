@@ -146,8 +146,9 @@ return now
 "#,
 );
 
-/// KEYS samples, sampled. The server's clock, then each replica whose
-/// samples have not expired and its `"<published>:<JSON>"`; prunes up to 500 expired ones on the way.
+/// KEYS samples, sampled; ARGV limit. The server's clock, then each of the
+/// `limit` replicas whose samples expire last (the freshest) and its
+/// `"<published>:<JSON>"`; prunes up to 500 expired ones on the way.
 static LIVE_SAMPLES: Script = Script::new(
     "live_samples",
     r#"
@@ -156,7 +157,9 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[1], unpack(dead))
 end
-local alive = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%d', now), '+inf')
+local all = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%d', now), '+inf')
+local alive = {}
+for i = math.max(1, #all - tonumber(ARGV[1]) + 1), #all do alive[#alive + 1] = all[i] end
 local out = {string.format('%d', now)}
 for i = 1, #alive, 500 do
   local part = redis.call('HMGET', KEYS[1], unpack(alive, i, math.min(i + 499, #alive)))
@@ -369,9 +372,13 @@ impl RedisFleet {
         &self,
         service: &str,
         deployment: &str,
+        limit: usize,
     ) -> anyhow::Result<Vec<PeerSamples>> {
         let keys = vec![key(service, "samples"), key(service, "sampled")];
-        let out = self.eval(&LIVE_SAMPLES, keys, Vec::new()).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let out = self
+            .eval(&LIVE_SAMPLES, keys, vec![Value::from(limit)])
+            .await?;
         let bad = |what: &str| anyhow!("{}: live_samples: {what}", self.shown);
         let mut items = expect_array(&self.shown, "live_samples", out)?.into_iter();
         let now: i64 = items
