@@ -5,8 +5,9 @@
 //! baseline was measured at 20 ms. All replicas slowing down together
 //! (load, not the deploy) is no regression against the live peers, though
 //! it is against the stored baseline; a canary 2.5× slower than its peers
-//! is rolled back, once; with no live peer the rule falls back to the
-//! stored baseline (`auto`) or stays inconclusive (`live`). Every scenario
+//! is rolled back, once; with no live peer, or once the peers are gone,
+//! the rule falls back to the stored baseline (`auto`) or stays
+//! inconclusive (`live`). Every scenario
 //! runs on PostgreSQL (the `[store]`) and on Redis (`[fleet] redis`).
 
 use std::process::{Child, Command, Stdio};
@@ -340,6 +341,49 @@ async fn without_live_peers_auto_uses_the_stored_baseline_and_live_stays_inconcl
         "{live:#}"
     );
     assert!(platform.requests().is_empty());
+}
+
+/// The peers stop (killed: no clean leave): once their samples expire, the
+/// canary's `auto` rule goes back to the stored baseline and its `live`
+/// rule turns inconclusive.
+async fn when_the_live_peers_are_gone_auto_falls_back_to_the_stored_baseline(backend: Backend) {
+    let platform = platform().await;
+    let mut rs = fleet(backend, &platform, BASE_MS, BASE_MS, 2).await;
+    until(&rs[0], "v2 judged clear against its live peers", |s| {
+        finding(s, "slower than v1")["baseline_source"] == "live"
+            && finding(s, "slower than v1")["verdict"] == "clear"
+            && finding(s, "slower than the live v1")["verdict"] == "clear"
+    })
+    .await;
+    rs.truncate(1);
+    let s = until(&rs[0], "v2 judged against the stored baseline again", |s| {
+        finding(s, "slower than v1")["baseline_source"] == "stored"
+            && finding(s, "slower than v1")["verdict"] == "clear"
+            && finding(s, "slower than the live v1")["verdict"] == "inconclusive"
+    })
+    .await;
+    assert_eq!(
+        finding(&s, "slower than v1")["baseline_replicas"],
+        Value::Null
+    );
+    // Their samples out of the window ("0 of 2 replicas … gave") or
+    // expired ("no replica reports"), whichever the step saw.
+    let why = finding(&s, "slower than the live v1")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.starts_with("live baseline: "), "{why}");
+    assert!(platform.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_when_the_live_peers_are_gone_auto_falls_back_to_the_stored_baseline() {
+    when_the_live_peers_are_gone_auto_falls_back_to_the_stored_baseline(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_when_the_live_peers_are_gone_auto_falls_back_to_the_stored_baseline() {
+    when_the_live_peers_are_gone_auto_falls_back_to_the_stored_baseline(Backend::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
