@@ -113,6 +113,7 @@ async fn main() {
         expiry: Duration::from_secs(15),
         lease: Duration::from_secs(30),
         on_coordination_loss: LossPolicy::Hold,
+        live_baseline_min_peers: 2,
     };
     let coord = Arc::new(
         Coordinator::connect(&cfg, &store, Duration::from_secs(10))

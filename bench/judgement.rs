@@ -130,6 +130,8 @@ fn verdict(
             probe: "app",
             state,
             baseline: Some(base),
+            live: None,
+            choice: backstop_judge::live::Choice::Auto,
             interval,
             now,
             latency_percentiles: true,
@@ -335,11 +337,181 @@ fn print(r: &Report) {
     );
 }
 
+/// The live baseline's rules (without `for`: the 50 samples 5 s apart of
+/// each side are the last 250 s of the 5 m baseline window).
+const LIVE_RULES: [&str; 3] = [
+    "latency_ms > 1.3x baseline",
+    "latency_ms > 1.5x baseline",
+    "p95_ms > 1.5x baseline",
+];
+
+/// Per rule of [`LIVE_RULES`]: every replica `load`× slower (1.3-2×) than
+/// when the stored baseline was measured, judged against the live peers
+/// and against the stored baseline; and a canary 2.5× slower than its
+/// peers, 50 samples a side.
+struct LiveReport {
+    shared_live: Vec<Tally>,
+    shared_stored: Vec<Tally>,
+    canary_live: Vec<Tally>,
+}
+
+/// `peers` replicas' samples of the same minutes as the canary's window.
+fn live_of(
+    rng: &mut StdRng,
+    dist: &LogNormal<f64>,
+    scale: f64,
+    peers: usize,
+    each: usize,
+    now: Instant,
+) -> backstop_judge::live::Live {
+    let every = Duration::from_secs(5) * 50 / each as u32;
+    backstop_judge::live::Live {
+        deployment: "stable".into(),
+        peers: (0..peers)
+            .map(|i| backstop_judge::live::LivePeer {
+                replica: format!("r{i}"),
+                probes: [(
+                    "app".to_string(),
+                    [(
+                        "latency_ms".to_string(),
+                        (0..each)
+                            .map(|k| (now - every * (k as u32 + 1), scale * dist.sample(rng)))
+                            .collect(),
+                    )]
+                    .into(),
+                )]
+                .into(),
+            })
+            .collect(),
+    }
+}
+
+fn live_verdict(expr: &Expr, state: &ProbeState, live: &backstop_judge::live::Live) -> Verdict {
+    rules::evaluate(
+        expr,
+        &Input {
+            probe: "app",
+            state,
+            baseline: None,
+            live: Some(live),
+            choice: backstop_judge::live::Choice::Live,
+            interval: Duration::from_secs(5),
+            now: now(),
+            latency_percentiles: true,
+        },
+        &Settings::default(),
+    )
+    .verdict
+}
+
+fn run_live(pairs: usize) -> LiveReport {
+    let mut rng = StdRng::seed_from_u64(SEED + 1);
+    let now = now();
+    let five_s = Duration::from_secs(5);
+    let exprs: Vec<Expr> = LIVE_RULES
+        .iter()
+        .map(|r| rules::parse(r).unwrap())
+        .collect();
+    let mut r = LiveReport {
+        shared_live: vec![Tally::default(); LIVE_RULES.len()],
+        shared_stored: vec![Tally::default(); LIVE_RULES.len()],
+        canary_live: vec![Tally::default(); LIVE_RULES.len()],
+    };
+    for _ in 0..pairs * SIGMAS.len() {
+        let sigma = SIGMAS[rng.gen_range(0..SIGMAS.len())];
+        let mu = rng.gen_range(5f64.ln()..500f64.ln());
+        let dist = LogNormal::new(mu, sigma).unwrap();
+        // Load, not the deploy: every replica, the canary too, slower by
+        // the same factor; two peers of 50 samples each.
+        let load = rng.gen_range(1.3..2.0);
+        let stored = baseline(latencies(&mut rng, &dist, 1.0, 1000), rng.gen());
+        let canary = state(latencies(&mut rng, &dist, load, 50), five_s, now);
+        let peers = live_of(&mut rng, &dist, load, 2, 50, now);
+        // A canary 2.5x slower than its peers: 50 samples a side (two
+        // peers of 25).
+        let slow = state(latencies(&mut rng, &dist, 2.5 * load, 50), five_s, now);
+        let peers50 = live_of(&mut rng, &dist, load, 2, 25, now);
+        for (i, e) in exprs.iter().enumerate() {
+            r.shared_live[i].add(&live_verdict(e, &canary, &peers));
+            r.shared_stored[i].add(&verdict(e, &canary, &stored, five_s, now));
+            r.canary_live[i].add(&live_verdict(e, &slow, &peers50));
+        }
+    }
+    r
+}
+
+fn print_live(r: &LiveReport) {
+    println!();
+    println!("Live baseline: every replica 1.3-2x slower together (load), canary 50 samples vs 2 peers x 50;");
+    println!(
+        "a canary 2.5x slower than its peers, 50 samples a side (2 peers x 25); sigma 0.2-1.0:"
+    );
+    println!(
+        "  {:30} {:>26} {:>26} {:>26}",
+        "rule", "shared, live (false)", "shared, stored (false)", "canary 2.5x, live (caught)"
+    );
+    for (i, rule) in LIVE_RULES.iter().enumerate() {
+        println!(
+            "  {rule:30} {:>26} {:>26} {:>26}",
+            r.shared_live[i].cell(),
+            r.shared_stored[i].cell(),
+            r.canary_live[i].cell()
+        );
+    }
+    // What one replica publishes per heartbeat: one signal of one probe,
+    // its newest LIVE_SAMPLES values as (age ms, value), JSON.
+    let mut rng = StdRng::seed_from_u64(SEED + 2);
+    let dist = LogNormal::new(3.0, 0.5).unwrap();
+    let mut s = backstop_judge::live::LiveSummary::new("stable-deployment-id");
+    let n = backstop_judge::live::LIVE_SAMPLES;
+    s.probes.insert(
+        "app".into(),
+        [(
+            "latency_ms".to_string(),
+            (0..n)
+                .map(|k| {
+                    ((k * 1000) as u32, {
+                        let v: f64 = dist.sample(&mut rng);
+                        (v * 1000.0).round() / 1000.0
+                    })
+                })
+                .collect(),
+        )]
+        .into(),
+    );
+    println!(
+        "  samples published per heartbeat, one signal of one probe, {n} values: {} bytes of JSON",
+        serde_json::to_string(&s).unwrap().len()
+    );
+}
+
 fn main() {
     let started = std::time::Instant::now();
     let r = run(1000);
     print(&r);
+    print_live(&run_live(1000));
     println!("\n({:.1}s)", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn the_live_baseline_ignores_a_shared_load_and_catches_a_slow_canary() {
+    let r = run_live(100);
+    print_live(&r);
+    for (i, rule) in LIVE_RULES.iter().enumerate() {
+        let t = &r.shared_live[i];
+        assert!(t.rate() < 0.015, "{rule}: false rollbacks {}", t.cell());
+        // A tail percentile of 50 samples is noisier (as against a
+        // stored baseline, above).
+        let least = if rule.starts_with("p95") { 0.93 } else { 0.97 };
+        let t = &r.canary_live[i];
+        assert!(t.rate() > least, "{rule}: detections {}", t.cell());
+    }
+    // The stored baseline, measured before the load, is fooled by it.
+    assert!(
+        r.shared_stored[0].rate() > 0.5,
+        "{}",
+        r.shared_stored[0].cell()
+    );
 }
 
 #[test]

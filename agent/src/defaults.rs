@@ -20,6 +20,7 @@ fn rule(name: String, probe: &str, when: &str, action: Action) -> RuleConfig {
         when: when.to_string(),
         action,
         after_stable: false,
+        baseline: None,
         default: true,
         expr: None,
     }

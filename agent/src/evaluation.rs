@@ -53,6 +53,9 @@ pub struct Evaluation {
     /// The deployment whose baseline the probes feed (`ProbeState::feed`)
     /// while it warms up or is watched.
     feeding: Option<String>,
+    /// With `[fleet]`: what this agent shares with the exchange of the live
+    /// baseline (`fleet::live`), and the peers' samples it read.
+    live: Option<crate::fleet::live::LiveHandle>,
 }
 
 /// How far back a probe's window reaches: far enough for every rule on it,
@@ -96,7 +99,54 @@ impl Evaluation {
             seen: Vec::new(),
             rejudge: true,
             feeding: None,
+            live: None,
         }
+    }
+
+    /// Starts with `baseline` as the stored baseline.
+    pub fn with_baseline(mut self, baseline: Option<Baseline>) -> Self {
+        self.baseline = baseline;
+        self
+    }
+
+    /// Judges `Nx baseline` rules against the live peers the exchange of
+    /// `handle` reads (`[fleet]`).
+    pub fn with_live(mut self, handle: crate::fleet::live::LiveHandle) -> Self {
+        self.live = Some(handle);
+        self
+    }
+
+    /// Tells the exchange of the live baseline this replica's deployment,
+    /// the one to return to, and whether this replica is failing (a
+    /// rollback rule holds on a comparison that is not with a baseline, or
+    /// a critical probe fails): then its samples are not shared. A
+    /// baseline comparison holding on the deployment to return to compares
+    /// it with its own older self — the shift every replica shares, which
+    /// the live baseline is there to tell apart — and is no sign that this
+    /// replica is sick.
+    pub fn share_live(&self, current: Option<&str>, return_to: Option<&str>) {
+        let Some(handle) = &self.live else { return };
+        let failing = self.statuses.iter().any(|s| {
+            s.verdict.holds()
+                && s.action == crate::config::Action::Rollback
+                && s.detail
+                    .findings
+                    .iter()
+                    .any(|f| f.verdict.holds() && !f.comparison.value.is_baseline())
+        }) || self.slots.iter().any(|slot| {
+            slot.cfg.critical
+                && slot
+                    .state
+                    .lock()
+                    .expect("probe state lock")
+                    .last
+                    .as_ref()
+                    .is_some_and(|o| o.outcome == backstop_judge::observe::Outcome::Failed)
+        });
+        let mut s = handle.lock().expect("live lock");
+        s.current = current.map(str::to_string);
+        s.return_to = return_to.map(str::to_string);
+        s.failing = failing;
     }
 
     /// The slots that slot `si`'s probe `depends_on`.
@@ -239,6 +289,10 @@ impl Evaluation {
     pub fn evaluate(&mut self, all: bool) {
         let now = Instant::now();
         let all = all || std::mem::take(&mut self.rejudge);
+        let live = self
+            .live
+            .as_ref()
+            .and_then(|h| h.lock().expect("live lock").live.clone());
         for (k, &(ri, si)) in self.plan.iter().enumerate() {
             let rule = &self.rules[ri];
             let slot = &self.slots[si];
@@ -260,6 +314,8 @@ impl Evaluation {
                         probe: &rule.probe,
                         state: &state,
                         baseline: self.baseline.as_ref(),
+                        live: live.as_deref(),
+                        choice: rule.baseline.unwrap_or_default(),
                         interval: slot.cfg.interval,
                         now,
                         latency_percentiles: self.percentiles[si],

@@ -26,6 +26,9 @@ pub struct RuleConfig {
     /// stable; otherwise it alerts then. Default `false`.
     #[serde(default)]
     pub after_stable: bool,
+    /// What its `Nx baseline` comparisons judge against: `"auto"` (the live replicas still running the deployment to return to, over the same minutes, when `[fleet] live_baseline_min_peers` of them report; else the stored baseline), `"live"` (those replicas only; inconclusive without them; needs `[fleet]`) or `"stored"` (the last stable deployment's, kept in the store). Only on a rule with an `Nx baseline` comparison. Default `"auto"`.
+    #[serde(default)]
+    pub baseline: Option<backstop_judge::live::Choice>,
     /// Whether this rule comes from the default rule set.
     #[serde(skip)]
     pub default: bool,
@@ -70,14 +73,35 @@ pub fn read(cx: &mut Problems, value: Option<Value>) -> Vec<RuleConfig> {
 
 /// Checks the rules against each other and against the probes: unique
 /// names, a probe that was written (`written`), and signals it yields.
+/// `fleet` says whether `[fleet]` was written.
 pub fn check(
     cx: &mut Problems,
     rules: &[RuleConfig],
     probes: &[ProbeConfig],
     written: &HashSet<String>,
+    fleet: bool,
 ) {
+    use backstop_judge::live::Choice;
     let mut rule_names = HashSet::new();
     for (i, r) in rules.iter().enumerate() {
+        if let (Some(choice), Some(expr)) = (r.baseline, &r.expr) {
+            if !expr.uses_baseline() {
+                cx.report(
+                    format!("rule[{i}].baseline"),
+                    format!(
+                        "{:?} applies only to a rule with an `Nx baseline` comparison, and {:?} has none: remove it",
+                        choice.as_str(),
+                        r.when
+                    ),
+                );
+            } else if choice == Choice::Live && !fleet {
+                cx.report(
+                    format!("rule[{i}].baseline"),
+                    "\"live\" compares with the other replicas' agents, which needs [fleet]; \
+                     without it use \"auto\" or \"stored\"",
+                );
+            }
+        }
         if !rule_names.insert(r.name.as_str()) {
             cx.report(
                 format!("rule[{i}].name"),

@@ -45,7 +45,13 @@ pub async fn run(
     let wake = Arc::new(Wake::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut slots = Vec::new();
-    let settings = backstop_judge::rules::Settings::default();
+    let settings = backstop_judge::rules::Settings {
+        live_min_peers: config
+            .fleet
+            .as_ref()
+            .map_or(2, |f| f.live_baseline_min_peers),
+        ..Default::default()
+    };
     // One HTTP client (and connection pool) per distinct client setting.
     let clients = backstop_probes::Clients::default();
     // Each probe's configuration moves into its slot: the agent keeps one
@@ -130,8 +136,26 @@ pub async fn run(
     )
     .await
     .map_err(UnusableStore)?;
+    let mut eval = Evaluation::new(
+        slots.clone(),
+        config.rules.clone(),
+        settings.clone(),
+        config.deployment.warmup,
+        None,
+    );
     if let Some((coord, f)) = coordinator {
         tracing::info!(replica = %f.replica, coordinator = %coord.describe(), quorum = f.quorum, "deciding with the fleet");
+        let exchange = crate::fleet::live::Exchange {
+            coord: coord.clone(),
+            service: config.service.clone(),
+            cfg: f.clone(),
+            signals: crate::fleet::live::signals_to_share(&config.rules, &slots),
+            span: crate::fleet::live::span_to_share(&config.rules, &settings),
+            slots: slots.clone(),
+            shared: Default::default(),
+        };
+        eval = eval.with_live(exchange.shared.clone());
+        tasks.spawn(exchange.run(stop.clone()));
         watcher = watcher.with_fleet(coord, f);
     }
     let view = watcher.view.clone();
@@ -151,13 +175,7 @@ pub async fn run(
             watcher,
             ids: Arc::new(ids),
             poll_interval: config.deployment.poll_interval,
-            eval: Evaluation::new(
-                slots.clone(),
-                config.rules.clone(),
-                settings,
-                config.deployment.warmup,
-                baseline,
-            ),
+            eval: eval.with_baseline(baseline),
             store_failing: false,
             retention,
             pushed: None,
@@ -524,6 +542,8 @@ async fn watch_loop(
         wl.advance();
         if !after_change {
             last_judged = Instant::now();
+            wl.eval
+                .share_live(wl.watcher.deployment(), wl.watcher.last_stable());
             wl.eval.evaluate(all);
             wl.watcher.act(&wl.eval.statuses).await;
         }

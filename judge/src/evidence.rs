@@ -30,6 +30,34 @@ pub struct Evidence {
     /// The one-sided p-value of a baseline comparison (see [`crate::stats`]).
     #[serde(default)]
     pub p_value: Option<f64>,
+    /// Which baseline judged an `Nx baseline` comparison, with the samples
+    /// on each side. Absent from records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged_by: Option<JudgedBy>,
     /// One sentence a person can read at 3 a.m.
     pub summary: String,
+}
+
+/// The baseline an `Nx baseline` comparison was judged against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgedBy {
+    /// `stored` (the last stable deployment's, kept in the store) or `live`
+    /// (the replicas still running it, over the same minutes).
+    pub source: String,
+    /// The deployment the baseline is of.
+    pub deployment: String,
+    /// For a live baseline, how many replicas' samples were pooled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
+    /// Samples of the new deployment judged.
+    pub samples: usize,
+    /// Samples of the baseline compared with (none for a comparison of
+    /// request counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_samples: Option<usize>,
+    /// Requests on each side, for a comparison of counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_requests: Option<f64>,
 }

@@ -18,6 +18,7 @@
 pub mod baseline;
 pub mod duration;
 pub mod evidence;
+pub mod live;
 pub mod observe;
 pub mod rules;
 pub mod stats;

@@ -39,6 +39,7 @@ async fn agent(schema: &str, replica: &str) -> Coordinator {
         expiry: Duration::from_secs(3),
         lease: Duration::from_secs(5),
         on_coordination_loss: LossPolicy::Hold,
+        live_baseline_min_peers: 2,
     };
     let c = Coordinator::connect(&cfg, &store, Duration::from_secs(5))
         .await
@@ -266,4 +267,52 @@ fn report_like(got: &Heartbeat, replica: &str, deployment: &str, holds: bool) ->
         at_ms: got.at_ms,
         ..report(replica, deployment, holds)
     }
+}
+
+#[tokio::test]
+async fn samples_beside_the_heartbeat_are_read_per_deployment_with_their_age_and_expire() {
+    let schema = unique_schema("samples");
+    let (a, b) = (agent(&schema, "a").await, agent(&schema, "b").await);
+    let summary = |deployment: &str, value: f64| {
+        let mut s = backstop_judge::live::LiveSummary::new(deployment);
+        s.probes.insert(
+            "app".into(),
+            [("latency_ms".to_string(), vec![(0, value), (500, value)])].into(),
+        );
+        s
+    };
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(300);
+    a.publish_samples("web", "a", &summary("d1", 10.0), long)
+        .await
+        .unwrap();
+    b.publish_samples("web", "b", &summary("d1", 11.0), short)
+        .await
+        .unwrap();
+    b.publish_samples("web", "c", &summary("d2", 12.0), long)
+        .await
+        .unwrap();
+    let got = a.live_samples("web", "d1", 100).await.unwrap();
+    let replicas: Vec<&str> = got.iter().map(|p| p.replica.as_str()).collect();
+    assert_eq!(replicas, ["a", "b"]);
+    assert_eq!(got[1].summary, summary("d1", 11.0));
+    assert!(got[0].age < long);
+    // The votes read as before: no samples in them.
+    assert!(a.live("web", "d1").await.unwrap().is_empty());
+    tokio::time::sleep(short * 2).await;
+    let got = a.live_samples("web", "d1", 100).await.unwrap();
+    assert_eq!(got.len(), 1, "b's samples expired");
+    assert!(
+        got[0].age >= short,
+        "aged by the server's clock: {:?}",
+        got[0].age
+    );
+    // Published again, a replica's row is replaced, not added.
+    a.publish_samples("web", "a", &summary("d2", 13.0), long)
+        .await
+        .unwrap();
+    assert!(a.live_samples("web", "d1", 100).await.unwrap().is_empty());
+    assert_eq!(a.live_samples("web", "d2", 100).await.unwrap().len(), 2);
+    a.leave("web", "a").await.unwrap();
+    assert_eq!(a.live_samples("web", "d2", 100).await.unwrap().len(), 1);
 }

@@ -548,6 +548,10 @@ async fn works_as_a_user_allowed_only_what_the_documentation_lists() {
         Some(record("d2", "a"))
     );
     c.release(&svc, &lease).await.unwrap();
+    c.publish_samples(&svc, "a", &live_summary("d2", 1.0), LONG)
+        .await
+        .unwrap();
+    assert_eq!(c.live_samples(&svc, "d2", 100).await.unwrap().len(), 1);
     c.leave(&svc, "a").await.unwrap();
     // The rule above is really applied: other keys and commands are refused.
     let as_user = raw_client(&format!("redis://{user}:acl-user-pw-1@127.0.0.1:{port}/0")).await;
@@ -570,4 +574,48 @@ async fn works_as_a_user_allowed_only_what_the_documentation_lists() {
         .await
         .unwrap();
     raw.quit().await.unwrap();
+}
+
+fn live_summary(deployment: &str, value: f64) -> backstop_judge::live::LiveSummary {
+    let mut s = backstop_judge::live::LiveSummary::new(deployment);
+    s.probes.insert(
+        "app".into(),
+        [("latency_ms".to_string(), vec![(0, value), (500, value)])].into(),
+    );
+    s
+}
+
+#[tokio::test]
+async fn samples_beside_the_heartbeat_are_read_per_deployment_with_their_age_and_expire() {
+    let url = redis_url();
+    let (a, b) = (fleet(&url).await, fleet(&url).await);
+    let svc = service("samples");
+    a.publish_samples(&svc, "a|1", &live_summary("d1", 10.0), LONG)
+        .await
+        .unwrap();
+    b.publish_samples(&svc, "b", &live_summary("d1", 11.0), SHORT)
+        .await
+        .unwrap();
+    a.publish_samples(&svc, "c", &live_summary("d2", 12.0), LONG)
+        .await
+        .unwrap();
+    let got = b.live_samples(&svc, "d1", 100).await.unwrap();
+    let replicas: Vec<&str> = got.iter().map(|p| p.replica.as_str()).collect();
+    assert_eq!(replicas, ["a|1", "b"]);
+    assert_eq!(got[0].summary, live_summary("d1", 10.0));
+    assert!(got[0].age < LONG);
+    // The votes read as before: no samples in them.
+    assert!(a.live(&svc, "d1").await.unwrap().is_empty());
+    tokio::time::sleep(SHORT * 2).await;
+    let got = b.live_samples(&svc, "d1", 100).await.unwrap();
+    assert_eq!(got.len(), 1, "b's samples expired");
+    assert!(
+        got[0].age >= SHORT,
+        "aged by the server's clock: {:?}",
+        got[0].age
+    );
+    a.leave(&svc, "a|1").await.unwrap();
+    assert!(b.live_samples(&svc, "d1", 100).await.unwrap().is_empty());
+    assert_eq!(b.live_samples(&svc, "d2", 100).await.unwrap().len(), 1);
+    a.leave(&svc, "c").await.unwrap();
 }

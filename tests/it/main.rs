@@ -11,6 +11,7 @@ mod e2e;
 mod e2e_l4;
 mod faults;
 mod fleet;
+mod fleet_live;
 mod fleet_postgres;
 mod fleet_redis;
 mod from_platform;

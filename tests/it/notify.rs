@@ -42,6 +42,7 @@ pub(crate) fn event(kind: EventKind) -> Event {
             baseline: Some(200.0),
             ratio: None,
             p_value: None,
+            judged_by: None,
             summary: "p95 480ms against 200ms".into(),
         }],
         return_to: Some("d1".into()),

@@ -61,6 +61,7 @@ fn request(deployment: &str, return_to: Option<&str>) -> RollbackRequest {
             baseline: None,
             ratio: None,
             p_value: None,
+            judged_by: None,
             summary: "health failed 3 times in a row".into(),
         }],
         fencing_token: None,

@@ -67,6 +67,7 @@ fn rollback(dep: &str, by: &str) -> RollbackRecord {
             baseline: None,
             ratio: None,
             p_value: None,
+            judged_by: None,
             summary: "consecutive_failures 3 >= 3 on probe health".into(),
         }],
         target: "webhook".into(),
@@ -128,7 +129,7 @@ async fn migrations_run_twice_are_harmless_and_agents_migrating_together_are_saf
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4], "one row per version applied");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5], "one row per version applied");
 }
 
 async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -205,6 +205,7 @@ fn compose(cx: &mut Problems, root: Value) -> Option<Config> {
         Some(v) => crate::store::config::read(cx, v).map(Some),
         None => Some(None),
     };
+    let fleet_written = root.contains_key("fleet");
     let fleet = match root.remove("fleet") {
         Some(v) => crate::fleet::config::read(cx, v, matches!(store, Some(Some(_)))).map(Some),
         None => Some(None),
@@ -215,7 +216,7 @@ fn compose(cx: &mut Problems, root: Value) -> Option<Config> {
     let deployment =
         crate::deployment::config::read(cx, root.remove("deployment"), rollback_target);
     crate::probe_config::check(cx, &probes, &written);
-    crate::rule_config::check(cx, &rules, &probes, &written);
+    crate::rule_config::check(cx, &rules, &probes, &written, fleet_written);
     if default_rules {
         rules = crate::defaults::with_defaults(rules, &probes);
     }
@@ -311,6 +312,10 @@ requests = "http_requests_total"
             ("[fleet]\nreplica = \"a\"\nredis = \"http://u:hunter2@r\"", r#"fleet.redis: expected a redis:// or rediss:// URL, got "http://u:***@r/" (line 11)"#),
             ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nheartbeat = \"5s\"\nexpiry = \"5s\"", "fleet.expiry: must be longer than heartbeat 5s (line 13)"),
             ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nlease = \"10ms\"", "fleet.lease: must be at least 300ms (line 12)"),
+            ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\nlive_baseline_min_peers = 0", "fleet.live_baseline_min_peers: must be at least 1 (the default is 2) (line 12)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"latency_ms > 500 for 1m\"\nbaseline = \"stored\"", "rule[0].baseline: \"stored\" applies only to a rule with an `Nx baseline` comparison, and \"latency_ms > 500 for 1m\" has none: remove it (line 13)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"latency_ms > 2x baseline for 1m\"\nbaseline = \"live\"", "rule[0].baseline: \"live\" compares with the other replicas' agents, which needs [fleet]; without it use \"auto\" or \"stored\" (line 13)"),
+            ("[[rule]]\nname = \"r\"\nprobe = \"health\"\nwhen = \"latency_ms > 2x baseline for 1m\"\nbaseline = \"peers\"", "rule[0].baseline: unknown value \"peers\", expected one of auto, live, stored (line 13)"),
             ("[fleet]\nreplica = \"a\"\nredis = \"redis://r:6379\"\non_coordination_loss = \"panic\"", "fleet.on_coordination_loss: unknown value \"panic\", expected hold or local (line 12)"),
             ("[store]\nschema = \"backstop\"", "store.url: required key is missing (line 9)"),
             ("[store]\nurl = \"mysql://app:hunter2@db/app\"", r#"store.url: scheme "mysql" is not postgres or postgresql (line 10)"#),
@@ -444,6 +449,7 @@ requests = "http_requests_total"
             )
         );
         assert_eq!(f.on_coordination_loss, crate::fleet::LossPolicy::Hold);
+        assert_eq!(f.live_baseline_min_peers, 2);
         let text = format!(
             "{BASE}[fleet]\nreplica = \"web-2\"\nredis = \"redis://:hunter2@r:6379\"\nquorum = 1\nheartbeat = \"2s\"\non_coordination_loss = \"local\"\n"
         );

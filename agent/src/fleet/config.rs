@@ -37,6 +37,10 @@ pub struct FleetConfig {
     /// How long a lease lasts unless renewed; renewed while the call runs.
     pub lease: Duration,
     pub on_coordination_loss: LossPolicy,
+    /// Fewest replicas on the deployment to return to whose samples of the
+    /// same minutes an `Nx baseline` rule compares with instead of the
+    /// stored baseline.
+    pub live_baseline_min_peers: usize,
 }
 
 /// `[fleet]`: several replicas of the service, one decision. Each agent
@@ -66,6 +70,13 @@ struct FleetSection {
     /// `"hold"` (no fleet rollback while the coordination store is unreachable) or `"local"` (decide on this replica's own verdicts). Default `"hold"`.
     #[serde(default)]
     on_coordination_loss: LossPolicy,
+    /// Fewest replicas still running the deployment to return to that must report their samples of the same minutes for an `Nx baseline` rule to compare with them (the live baseline) rather than with the stored baseline; at least 1. Default `2`.
+    #[serde(default = "default_live_baseline_min_peers")]
+    live_baseline_min_peers: usize,
+}
+
+fn default_live_baseline_min_peers() -> usize {
+    2
 }
 
 fn default_quorum() -> f64 {
@@ -132,6 +143,13 @@ pub fn read(cx: &mut Problems, value: Value, has_store: bool) -> Option<FleetCon
         cx.report("fleet.lease", "must be at least 300ms");
         ok = false;
     }
+    if f.live_baseline_min_peers == 0 {
+        cx.report(
+            "fleet.live_baseline_min_peers",
+            "must be at least 1 (the default is 2)",
+        );
+        ok = false;
+    }
     if f.redis.is_none() && !has_store {
         cx.report(
             "fleet",
@@ -147,5 +165,6 @@ pub fn read(cx: &mut Problems, value: Value, has_store: bool) -> Option<FleetCon
         expiry,
         lease: f.lease.0,
         on_coordination_loss: f.on_coordination_loss,
+        live_baseline_min_peers: f.live_baseline_min_peers,
     })
 }

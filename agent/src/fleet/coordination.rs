@@ -7,8 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::protocol::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease, PeerSamples};
 use crate::store::RollbackRecord;
+use backstop_judge::live::LiveSummary;
 
 /// What a [`Coordination`] method returns: a future that may borrow its
 /// arguments, so the trait can be used as `dyn Coordination`.
@@ -36,6 +37,28 @@ pub trait Coordination: Send + Sync {
     /// The heartbeats of the live replicas on `deployment`, one per
     /// replica, in the order of their names.
     fn live<'a>(&'a self, service: &'a str, deployment: &'a str) -> Pending<'a, Vec<Heartbeat>>;
+
+    /// Publishes this replica's samples of the recent minutes (of the
+    /// deployment `summary.deployment`), kept until `expiry` unless
+    /// replaced; beside the heartbeat, so reading the votes stays as light
+    /// as it was.
+    fn publish_samples<'a>(
+        &'a self,
+        service: &'a str,
+        replica: &'a str,
+        summary: &'a LiveSummary,
+        expiry: Duration,
+    ) -> Pending<'a, ()>;
+
+    /// The samples published and not expired of the replicas on
+    /// `deployment`, at most `limit` of them (the freshest), in the order
+    /// of their names.
+    fn live_samples<'a>(
+        &'a self,
+        service: &'a str,
+        deployment: &'a str,
+        limit: usize,
+    ) -> Pending<'a, Vec<PeerSamples>>;
 
     /// Removes this replica's heartbeat (a clean shutdown), so the others
     /// stop counting it at once instead of after `expiry`.
@@ -116,6 +139,27 @@ macro_rules! by_inherent_methods {
 
             fn leave<'a>(&'a self, service: &'a str, replica: &'a str) -> Pending<'a, ()> {
                 Box::pin(<$ty>::leave(self, service, replica))
+            }
+
+            fn publish_samples<'a>(
+                &'a self,
+                service: &'a str,
+                replica: &'a str,
+                summary: &'a LiveSummary,
+                expiry: Duration,
+            ) -> Pending<'a, ()> {
+                Box::pin(<$ty>::publish_samples(
+                    self, service, replica, summary, expiry,
+                ))
+            }
+
+            fn live_samples<'a>(
+                &'a self,
+                service: &'a str,
+                deployment: &'a str,
+                limit: usize,
+            ) -> Pending<'a, Vec<PeerSamples>> {
+                Box::pin(<$ty>::live_samples(self, service, deployment, limit))
             }
 
             fn acquire<'a>(

@@ -14,8 +14,9 @@ use anyhow::bail;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::protocol::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease, PeerSamples};
 use crate::store::RollbackRecord;
+use backstop_judge::live::LiveSummary;
 
 /// What the store does to every call while it is switched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub enum Fault {
 struct State {
     /// (service, replica) → its heartbeat and when it expires.
     reports: BTreeMap<(String, String), (Heartbeat, Instant)>,
+    /// (service, replica) → its samples, when published, and when they expire.
+    samples: BTreeMap<(String, String), (LiveSummary, Instant, Instant)>,
     /// service → the newest fencing token handed out.
     fences: HashMap<String, i64>,
     /// (service, deployment) → the lease.
@@ -170,10 +173,54 @@ impl MemoryFleet {
 
     pub async fn leave(&self, service: &str, replica: &str) -> anyhow::Result<()> {
         self.answer("leave").await?;
-        self.state()
-            .reports
-            .remove(&(service.to_string(), replica.to_string()));
+        let key = (service.to_string(), replica.to_string());
+        let mut state = self.state();
+        state.reports.remove(&key);
+        state.samples.remove(&key);
         Ok(())
+    }
+
+    pub async fn publish_samples(
+        &self,
+        service: &str,
+        replica: &str,
+        summary: &LiveSummary,
+        expiry: Duration,
+    ) -> anyhow::Result<()> {
+        self.answer("publish_samples").await?;
+        let now = Instant::now();
+        self.state().samples.insert(
+            (service.to_string(), replica.to_string()),
+            (summary.clone(), now, now + expiry),
+        );
+        Ok(())
+    }
+
+    pub async fn live_samples(
+        &self,
+        service: &str,
+        deployment: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<PeerSamples>> {
+        self.answer("live_samples").await?;
+        let now = Instant::now();
+        let mut state = self.state();
+        state.samples.retain(|_, (_, _, expires)| *expires > now);
+        let mut out: Vec<PeerSamples> = state
+            .samples
+            .iter()
+            .filter(|((s, _), (sum, _, _))| s == service && sum.deployment == deployment)
+            .map(|((_, replica), (sum, at, _))| PeerSamples {
+                replica: replica.clone(),
+                age: now.saturating_duration_since(*at),
+                summary: sum.clone(),
+            })
+            .collect();
+        // The freshest `limit`, in the order of their names.
+        out.sort_by_key(|p| p.age);
+        out.truncate(limit);
+        out.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(out)
     }
 
     pub async fn acquire(
@@ -378,6 +425,39 @@ mod tests {
         assert_eq!(names(m.live("web", "v2").await.unwrap()), ["a"]);
         m.leave("web", "a").await.unwrap();
         assert!(m.live("web", "v2").await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_are_read_per_deployment_with_their_age_and_expire() {
+        let m = MemoryFleet::default();
+        let mut s = LiveSummary::new("v1");
+        s.probes.insert(
+            "app".into(),
+            [("latency_ms".to_string(), vec![(0, 12.0), (1000, 13.0)])].into(),
+        );
+        m.publish_samples("web", "b", &s, Duration::from_secs(10))
+            .await
+            .unwrap();
+        m.publish_samples("web", "a", &s, Duration::from_secs(20))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let got = m.live_samples("web", "v1", 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|p| p.replica.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(got[0].age, Duration::from_secs(3));
+        assert_eq!(got[0].summary, s);
+        assert!(m.live_samples("web", "v2", 10).await.unwrap().is_empty());
+        // At most `limit`, the freshest.
+        let one = m.live_samples("web", "v1", 1).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(m.live_samples("api", "v1", 10).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(m.live_samples("web", "v1", 10).await.unwrap().len(), 1);
+        m.leave("web", "a").await.unwrap();
+        assert!(m.live_samples("web", "v1", 10).await.unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@
 pub mod config;
 mod coordination;
 pub mod link;
+pub mod live;
 pub mod memory;
 pub mod postgres;
 mod protocol;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use crate::store::RollbackRecord;
 
 pub use self::config::{FleetConfig, LossPolicy};
-pub use self::protocol::{tally, Heartbeat, Lease, Tally, Vote};
+pub use self::protocol::{tally, Heartbeat, Lease, PeerSamples, Tally, Vote};
 
 /// The coordination store `[fleet]` configures: PostgreSQL or Redis. Every
 /// operation is the [`Coordination`] trait's, which this implements by
@@ -98,6 +99,26 @@ impl Coordination for Coordinator {
 
     fn leave<'a>(&'a self, service: &'a str, replica: &'a str) -> Pending<'a, ()> {
         self.back_end().leave(service, replica)
+    }
+
+    fn publish_samples<'a>(
+        &'a self,
+        service: &'a str,
+        replica: &'a str,
+        summary: &'a backstop_judge::live::LiveSummary,
+        expiry: Duration,
+    ) -> Pending<'a, ()> {
+        self.back_end()
+            .publish_samples(service, replica, summary, expiry)
+    }
+
+    fn live_samples<'a>(
+        &'a self,
+        service: &'a str,
+        deployment: &'a str,
+        limit: usize,
+    ) -> Pending<'a, Vec<PeerSamples>> {
+        self.back_end().live_samples(service, deployment, limit)
     }
 
     fn acquire<'a>(

@@ -5,6 +5,9 @@
 //! - `backstop_fleet_reports`: one row per (service, replica), its latest
 //!   report and `expires_at`, set from the server's `now()` so the replicas'
 //!   clocks do not matter;
+//! - `backstop_fleet_samples`: one row per (service, replica), the samples
+//!   of the recent minutes it published for the live baseline, with when
+//!   (by the server's clock) and `expires_at`;
 //! - `backstop_fleet_leases`: one row per (service, deployment), the holder,
 //!   its fencing token and `expires_at`;
 //! - `backstop_fleet_fences`: the newest fencing token of each service;
@@ -21,12 +24,13 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::protocol::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease, PeerSamples};
 use crate::store::postgres::{
     rollback_from, unms, Postgres, RollbackRow, ROLLBACK_COLUMNS, ROLLBACK_INSERT_COLUMNS,
     ROLLBACK_INSERT_VALUES, ROLLBACK_UPDATE_SET,
 };
 use crate::store::RollbackRecord;
+use backstop_judge::live::LiveSummary;
 
 pub struct PgFleet {
     pg: Postgres,
@@ -118,14 +122,93 @@ impl PgFleet {
 
     pub async fn leave(&self, service: &str, replica: &str) -> anyhow::Result<()> {
         let c = self.pg.client().await?;
+        for table in ["backstop_fleet_reports", "backstop_fleet_samples"] {
+            let sql = format!(
+                "DELETE FROM {}.{table} WHERE service = $1 AND replica = $2",
+                self.s()
+            );
+            self.pg
+                .timed("leaving the fleet", c.execute(&sql, &[&service, &replica]))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn publish_samples(
+        &self,
+        service: &str,
+        replica: &str,
+        summary: &LiveSummary,
+        expiry: Duration,
+    ) -> anyhow::Result<()> {
+        let c = self.pg.client().await?;
         let sql = format!(
-            "DELETE FROM {}.backstop_fleet_reports WHERE service = $1 AND replica = $2",
+            "INSERT INTO {}.backstop_fleet_samples
+                 (service, replica, deployment, samples, published_at, expires_at)
+             VALUES ($1, $2, $3, $4::text::jsonb, now(),
+                     now() + $5::float8 * interval '1 millisecond')
+             ON CONFLICT (service, replica) DO UPDATE SET
+                 deployment = EXCLUDED.deployment, samples = EXCLUDED.samples,
+                 published_at = EXCLUDED.published_at, expires_at = EXCLUDED.expires_at",
             self.s()
         );
+        let json = serde_json::to_string(summary)?;
         self.pg
-            .timed("leaving the fleet", c.execute(&sql, &[&service, &replica]))
+            .timed(
+                "publishing this replica's samples",
+                c.execute(
+                    &sql,
+                    &[
+                        &service,
+                        &replica,
+                        &summary.deployment,
+                        &json,
+                        &millis(expiry),
+                    ],
+                ),
+            )
             .await?;
         Ok(())
+    }
+
+    pub async fn live_samples(
+        &self,
+        service: &str,
+        deployment: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<PeerSamples>> {
+        let c = self.pg.client().await?;
+        let sql = format!(
+            "SELECT s.replica, s.samples::text,
+                    greatest(extract(epoch FROM now() - s.published_at) * 1000, 0)::float8
+             FROM {s}.backstop_fleet_samples s
+             JOIN (SELECT replica FROM {s}.backstop_fleet_samples
+                   WHERE service = $1 AND deployment = $2 AND expires_at > now()
+                   ORDER BY published_at DESC LIMIT $3) freshest USING (replica)
+             WHERE s.service = $1
+             ORDER BY s.replica",
+            s = self.s()
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .pg
+            .timed(
+                "reading the live replicas' samples",
+                c.query(&sql, &[&service, &deployment, &limit]),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(1)?;
+                let age: f64 = r.try_get(2)?;
+                Ok(PeerSamples {
+                    replica: r.try_get(0)?,
+                    age: Duration::from_secs_f64(age.max(0.0) / 1e3),
+                    summary: serde_json::from_str(&text)
+                        .map_err(|e| anyhow!("a replica's samples are unreadable: {e}"))?,
+                })
+            })
+            .collect()
     }
 
     /// One statement: when no unexpired lease of the deployment is seen, the

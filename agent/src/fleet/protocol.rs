@@ -27,6 +27,17 @@ pub struct Heartbeat {
     pub votes: Vec<Vote>,
 }
 
+/// One replica's samples of the recent minutes, as published beside its
+/// heartbeat while it runs the deployment to return to (the live baseline,
+/// see `backstop_judge::live`), with how old they are by the store's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSamples {
+    pub replica: String,
+    /// How long ago they were published, when read.
+    pub age: std::time::Duration,
+    pub summary: backstop_judge::live::LiveSummary,
+}
+
 /// The right to call the platform for one deployment. `token` grows with
 /// every lease granted for the service, so a write carrying an older token
 /// than the store's newest is refused (fencing).

@@ -8,6 +8,10 @@
 //!   Redis server's clock (`TIME` inside the scripts), so the replicas'
 //!   clocks never matter. Both keys expire when the last heartbeat does;
 //!   `live` prunes the members that expired.
+//! - `…:samples`, a hash of replica → `"<published ms>:<JSON samples>"` (the
+//!   live baseline, beside the reports so reading the votes stays light),
+//!   and `…:sampled`, a sorted set of replica → the millisecond they expire;
+//!   kept and pruned as `…:reports` and `…:live` are.
 //! - `…:fence`, the counter the fencing tokens come from (`INCR`): strictly
 //!   increasing per service, never expiring. It starts at the server's
 //!   clock in milliseconds, so a server that lost its data (restarted
@@ -42,8 +46,9 @@ use fred::clients::WithOptions;
 use fred::prelude::{Builder, Client, ClientLike, Config, Options};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 
-use super::protocol::{Heartbeat, Lease};
+use super::protocol::{Heartbeat, Lease, PeerSamples};
 use crate::store::RollbackRecord;
+use backstop_judge::live::LiveSummary;
 
 /// The commands a Redis user restricted by ACL needs (with the keys
 /// `~backstop:*`): the ones sent, and the ones the scripts run.
@@ -115,13 +120,57 @@ return out
 "#,
 );
 
-/// KEYS reports, live; ARGV replica.
+/// KEYS reports, live, samples, sampled; ARGV replica.
 static LEAVE: Script = Script::new(
     "leave",
     r#"
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return now
+"#,
+);
+
+/// KEYS samples, sampled; ARGV replica, samples JSON, expiry ms. Kept as
+/// `"<now>:<JSON>"`, so a reader knows their age by the server's clock.
+static PUBLISH_SAMPLES: Script = Script::new(
+    "publish_samples",
+    r#"
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now) .. ':' .. ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+redis.call('PEXPIREAT', KEYS[2], last[2])
+return now
+"#,
+);
+
+/// KEYS samples, sampled; ARGV limit. The server's clock, then each of the
+/// `limit` replicas whose samples expire last (the freshest) and its
+/// `"<published>:<JSON>"`; prunes up to 500 expired ones on the way.
+static LIVE_SAMPLES: Script = Script::new(
+    "live_samples",
+    r#"
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+if #dead > 0 then
+  redis.call('ZREM', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[1], unpack(dead))
+end
+local all = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%d', now), '+inf')
+local alive = {}
+for i = math.max(1, #all - tonumber(ARGV[1]) + 1), #all do alive[#alive + 1] = all[i] end
+local out = {string.format('%d', now)}
+for i = 1, #alive, 500 do
+  local part = redis.call('HMGET', KEYS[1], unpack(alive, i, math.min(i + 499, #alive)))
+  for j = 1, #part do
+    if part[j] then
+      out[#out + 1] = alive[i + j - 1]
+      out[#out + 1] = part[j]
+    end
+  end
+end
+return out
 "#,
 );
 
@@ -302,8 +351,74 @@ impl RedisFleet {
         Ok(reports)
     }
 
+    pub async fn publish_samples(
+        &self,
+        service: &str,
+        replica: &str,
+        summary: &LiveSummary,
+        expiry: Duration,
+    ) -> anyhow::Result<()> {
+        let json = serde_json::to_string(summary)?;
+        let keys = vec![key(service, "samples"), key(service, "sampled")];
+        let args = vec![
+            Value::from(replica.to_string()),
+            Value::from(json),
+            Value::from(millis(expiry)),
+        ];
+        self.eval(&PUBLISH_SAMPLES, keys, args).await.map(|_| ())
+    }
+
+    pub async fn live_samples(
+        &self,
+        service: &str,
+        deployment: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<PeerSamples>> {
+        let keys = vec![key(service, "samples"), key(service, "sampled")];
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let out = self
+            .eval(&LIVE_SAMPLES, keys, vec![Value::from(limit)])
+            .await?;
+        let bad = |what: &str| anyhow!("{}: live_samples: {what}", self.shown);
+        let mut items = expect_array(&self.shown, "live_samples", out)?.into_iter();
+        let now: i64 = items
+            .next()
+            .and_then(|v| v.as_str()?.parse().ok())
+            .ok_or_else(|| bad("no clock in the answer"))?;
+        let mut peers = Vec::new();
+        while let (Some(name), Some(item)) = (items.next(), items.next()) {
+            let replica = name.as_str().ok_or_else(|| bad("a replica is not text"))?;
+            let text = item.as_str().ok_or_else(|| bad("an entry is not text"))?;
+            let (at, json) = text
+                .split_once(':')
+                .ok_or_else(|| bad("an entry has no time"))?;
+            let at: i64 = at
+                .parse()
+                .map_err(|_| bad("an entry's time is not a number"))?;
+            let summary: LiveSummary = serde_json::from_str(json).map_err(|e| {
+                bad(&format!(
+                    "the samples of replica {replica:?} are not readable: {e}"
+                ))
+            })?;
+            if summary.deployment == deployment {
+                peers.push(PeerSamples {
+                    replica: replica.to_string(),
+                    age: Duration::from_millis(now.saturating_sub(at).max(0) as u64),
+                    summary,
+                });
+            }
+        }
+        peers.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(peers)
+    }
+
     pub async fn leave(&self, service: &str, replica: &str) -> anyhow::Result<()> {
-        let keys = vec![key(service, "reports"), key(service, "live")];
+        let keys = vec![
+            key(service, "reports"),
+            key(service, "live"),
+            key(service, "samples"),
+            key(service, "sampled"),
+        ];
         self.eval(&LEAVE, keys, vec![Value::from(replica.to_string())])
             .await
             .map(|_| ())

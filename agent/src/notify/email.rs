@@ -240,6 +240,7 @@ mod tests {
                 baseline: Some(200.0),
                 ratio: None,
                 p_value: None,
+                judged_by: None,
                 summary: String::new(),
             }],
             return_to: Some("v1".into()),

@@ -149,6 +149,7 @@ mod tests {
                 baseline: Some(200.0),
                 ratio: None,
                 p_value: None,
+                judged_by: None,
                 summary: String::new(),
             }],
             return_to: None,

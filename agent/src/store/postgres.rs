@@ -25,14 +25,29 @@ use backstop_judge::baseline::Baseline;
 
 /// The newest schema version this build knows; `backstop_schema_version`
 /// holds one row per version applied.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The advisory lock class of migrations; the schema's name picks the lock.
 const MIGRATION_LOCK: i32 = 0x6273_7470; // "bstp"
 
 /// Each version's statements, `{s}` standing for the quoted schema. Applied
 /// in order, each once, all in one transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
+
+/// The live baseline (`fleet::postgres::PgFleet::publish_samples`): each
+/// replica's samples of the recent minutes, beside its report, so reading
+/// the votes stays as light as it was.
+const V5: &str = r#"
+CREATE TABLE IF NOT EXISTS {s}.backstop_fleet_samples (
+    service      text        NOT NULL,
+    replica      text        NOT NULL,
+    deployment   text        NOT NULL,
+    samples      jsonb       NOT NULL,
+    published_at timestamptz NOT NULL,
+    expires_at   timestamptz NOT NULL,
+    PRIMARY KEY (service, replica)
+);
+"#;
 
 /// The deployment ledger: each deployment's states with their times (rows
 /// of older versions keep `[]`, and their states are derived from the

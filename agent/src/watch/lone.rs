@@ -318,6 +318,7 @@ impl Watcher {
             baseline: None,
             ratio: None,
             p_value: None,
+            judged_by: None,
             summary: format!("manual rollback: {reason}"),
         }];
         if self.fleet.is_some() {

@@ -102,6 +102,7 @@ fn rule(verdict: Verdict) -> RuleStatus {
                 baseline: None,
                 ratio: None,
                 p_value: None,
+                judged_by: None,
                 summary: "consecutive_failures 3 >= 3 on probe health".into(),
             })
             .into_iter()

@@ -10,7 +10,8 @@ use super::{
     is_rate_signal, percentile_of, Comparison, Expr, Op, Value, CONSECUTIVE_FAILURES, LATENCY,
 };
 use crate::baseline::{self, Baseline, ERROR_RATE};
-use crate::evidence::Evidence;
+use crate::evidence::{Evidence, JudgedBy};
+use crate::live::{Choice, Live};
 use crate::observe::{Outcome, ProbeState, Sample, SignalId};
 use crate::stats::{self, Counts, Worse};
 
@@ -27,6 +28,9 @@ pub struct Settings {
     pub min_requests: f64,
     /// The current samples of a baseline comparison without `for`. Default 5m.
     pub baseline_window: Duration,
+    /// Fewest live peers whose samples of the same minutes an `Nx
+    /// baseline` comparison uses instead of the stored baseline. Default 2.
+    pub live_min_peers: usize,
 }
 
 impl Default for Settings {
@@ -36,6 +40,7 @@ impl Default for Settings {
             min_samples: stats::DEFAULT_MIN_SAMPLES,
             min_requests: 200.0,
             baseline_window: Duration::from_secs(300),
+            live_min_peers: 2,
         }
     }
 }
@@ -48,6 +53,11 @@ pub struct Input<'a> {
     pub state: &'a ProbeState,
     /// The last stable deployment's baseline, when there is one.
     pub baseline: Option<&'a Baseline>,
+    /// The replicas still running the deployment to return to, with their
+    /// samples of the last minutes, when a fleet reports them.
+    pub live: Option<&'a Live>,
+    /// Which of the two the rule's `Nx baseline` comparisons judge against.
+    pub choice: Choice,
     /// The probe's interval: how much short of a `for` window the oldest
     /// sample may be.
     pub interval: Duration,
@@ -107,6 +117,12 @@ pub struct Finding {
     pub requests: Option<f64>,
     /// Requests behind the baseline, for a comparison of counts.
     pub baseline_requests: Option<f64>,
+    /// Which baseline judged a baseline comparison: `stored` or `live`.
+    pub baseline_source: Option<&'static str>,
+    /// The deployment the baseline is of.
+    pub baseline_deployment: Option<String>,
+    /// For a live baseline, how many replicas' samples it pooled.
+    pub baseline_replicas: Option<usize>,
     #[serde(skip)]
     pub comparison: Comparison,
 }
@@ -325,6 +341,9 @@ fn comparison(c: &Comparison, input: &Input<'_>, settings: &Settings) -> Finding
         baseline_samples: None,
         requests: None,
         baseline_requests: None,
+        baseline_source: None,
+        baseline_deployment: None,
+        baseline_replicas: None,
         comparison: c.clone(),
     };
     let percentile = percentile_of(&c.signal).filter(|_| input.latency_percentiles);
@@ -405,8 +424,9 @@ fn percentile_against_baseline(
     let span = c.window.unwrap_or(settings.baseline_window);
     let pts = in_window(points(input.state, LATENCY), input.now, span);
     f.samples = pts.len();
-    let Some(base) = input.baseline else {
-        return inconclusive("no baseline yet");
+    let against = match reference(input, settings, LATENCY, span, f) {
+        Ok(a) => a,
+        Err(why) => return inconclusive(why),
     };
     if let Some(window) = c.window {
         if let Some(why) = uncovered(
@@ -420,18 +440,26 @@ fn percentile_against_baseline(
             return inconclusive(why);
         }
     }
-    let Some(before) = base.probe(input.probe).and_then(|p| p.signals.get(LATENCY)) else {
-        return inconclusive(format!(
-            "the baseline ({}) has no {LATENCY} for probe {}",
-            base.deployment, input.probe
-        ));
+    let before: &[f64] = match &against {
+        Against::Live(pooled) => &pooled.values,
+        Against::Stored(base) => {
+            match base.probe(input.probe).and_then(|p| p.signals.get(LATENCY)) {
+                Some(b) => &b.samples,
+                None => {
+                    return inconclusive(format!(
+                        "the baseline ({}) has no {LATENCY} for probe {}",
+                        base.deployment, input.probe
+                    ))
+                }
+            }
+        }
     };
     f.test = Some("quantile");
-    f.baseline_samples = Some(before.samples.len());
+    f.baseline_samples = Some(before.len());
     let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
     let result = stats::quantile_shift(
         &now,
-        &before.samples,
+        before,
         q,
         factor,
         worse,
@@ -440,6 +468,65 @@ fn percentile_against_baseline(
         settings.min_samples,
     );
     shifted(result, f)
+}
+
+/// What a baseline comparison judges against.
+enum Against<'a> {
+    /// The last stable deployment's baseline, kept in the store.
+    Stored(&'a Baseline),
+    /// The live peers' samples of the same minutes.
+    Live(crate::live::Pooled),
+}
+
+/// The baseline a comparison of `signal` over the last `span` judges
+/// against, noted in `f`, or why there is none: the live peers' samples of
+/// the same minutes when at least `live_min_peers` replicas gave some
+/// (unless the rule chose `stored`); otherwise the stored baseline (unless
+/// it chose `live`).
+fn reference<'a>(
+    input: &Input<'a>,
+    settings: &Settings,
+    signal: &str,
+    span: Duration,
+    f: &mut Finding,
+) -> Result<Against<'a>, String> {
+    let need = settings.live_min_peers.max(1);
+    if input.choice != Choice::Stored {
+        let why = match input.live {
+            Some(live) if live.peers.is_empty() => format!(
+                "live baseline: no replica reports samples of {}, need {need}",
+                live.deployment
+            ),
+            Some(live) => {
+                let pooled = live.pooled(input.probe, signal, since(input.now, span), input.now);
+                if pooled.replicas >= need {
+                    f.baseline_source = Some("live");
+                    f.baseline_deployment = Some(live.deployment.clone());
+                    f.baseline_replicas = Some(pooled.replicas);
+                    return Ok(Against::Live(pooled));
+                }
+                format!(
+                    "live baseline: {} of {} replicas on {} gave {signal} in the last {}, need {need}",
+                    pooled.replicas,
+                    live.peers.len(),
+                    live.deployment,
+                    crate::duration::format(span),
+                )
+            }
+            None => format!(
+                "live baseline: no replica reports the deployment to return to, need {need}"
+            ),
+        };
+        if input.choice == Choice::Live {
+            return Err(why);
+        }
+    }
+    let Some(base) = input.baseline else {
+        return Err("no baseline yet".into());
+    };
+    f.baseline_source = Some("stored");
+    f.baseline_deployment = Some(base.deployment.clone());
+    Ok(Against::Stored(base))
 }
 
 /// Which way is worse for a baseline comparison, and whether the threshold
@@ -564,12 +651,10 @@ fn against_baseline(
     f.samples = pts.len();
     let counts = sum_counts(&pts);
     f.requests = counts.map(|c| c.requests);
-    let Some(base) = input.baseline else {
-        return inconclusive("no baseline yet");
+    let against = match reference(input, settings, &c.signal, span, f) {
+        Ok(a) => a,
+        Err(why) => return inconclusive(why),
     };
-    let probe = base.probe(input.probe);
-    let traffic = probe.and_then(|p| p.traffic);
-    let samples = probe.and_then(|p| p.signals.get(&c.signal));
     if let Some(window) = c.window {
         if let Some(why) = uncovered(
             input.state,
@@ -582,6 +667,17 @@ fn against_baseline(
             return inconclusive(why);
         }
     }
+    let (traffic, before): (Option<Counts>, &[f64]) = match &against {
+        Against::Live(pooled) => (pooled.counts, &pooled.values),
+        Against::Stored(base) => {
+            let probe = base.probe(input.probe);
+            let samples = probe.and_then(|p| p.signals.get(&c.signal));
+            (
+                probe.and_then(|p| p.traffic),
+                samples.map(|s| s.samples.as_slice()).unwrap_or_default(),
+            )
+        }
+    };
     let result = match (c.signal == ERROR_RATE, counts, traffic) {
         (true, Some(now), Some(before)) => {
             f.test = Some("fisher");
@@ -597,18 +693,21 @@ fn against_baseline(
             )
         }
         _ => {
-            let Some(before) = samples else {
-                return inconclusive(format!(
-                    "the baseline ({}) has no {} for probe {}",
-                    base.deployment, c.signal, input.probe
-                ));
-            };
+            if let Against::Stored(base) = &against {
+                let probe = base.probe(input.probe);
+                if probe.and_then(|p| p.signals.get(&c.signal)).is_none() {
+                    return inconclusive(format!(
+                        "the baseline ({}) has no {} for probe {}",
+                        base.deployment, c.signal, input.probe
+                    ));
+                }
+            }
             f.test = Some("mann_whitney");
-            f.baseline_samples = Some(before.samples.len());
+            f.baseline_samples = Some(before.len());
             let now: Vec<f64> = pts.iter().map(|p| p.value).collect();
             stats::shift(
                 &now,
-                &before.samples,
+                before,
                 factor,
                 worse,
                 inclusive,
@@ -659,6 +758,18 @@ impl Finding {
                 (_, _, Some(b)) => notes.push(format!("{} vs {} samples", self.samples, b)),
                 _ => {}
             }
+            match (self.baseline_source, self.baseline_replicas) {
+                (Some("live"), Some(r)) => notes.push(format!(
+                    "live baseline: {r} {} on {}",
+                    if r == 1 { "replica" } else { "replicas" },
+                    self.baseline_deployment.as_deref().unwrap_or("?")
+                )),
+                (Some(source), _) => notes.push(format!(
+                    "{source} baseline {}",
+                    self.baseline_deployment.as_deref().unwrap_or("?")
+                )),
+                _ => {}
+            }
         } else if let Some(n) = self.requests {
             notes.push(format!("{} requests", num(n)));
         }
@@ -666,6 +777,20 @@ impl Finding {
             line.push_str(&format!(" ({})", notes.join(", ")));
         }
         line
+    }
+
+    /// Which baseline judged this comparison, if it is a baseline
+    /// comparison that got as far as choosing one.
+    pub fn judged_by(&self) -> Option<JudgedBy> {
+        Some(JudgedBy {
+            source: self.baseline_source?.to_string(),
+            deployment: self.baseline_deployment.clone().unwrap_or_default(),
+            replicas: self.baseline_replicas,
+            samples: self.samples,
+            baseline_samples: self.baseline_samples,
+            requests: self.baseline_requests.and(self.requests),
+            baseline_requests: self.baseline_requests,
+        })
     }
 
     /// The window as written, e.g. `5m`.
@@ -725,6 +850,7 @@ pub fn evidence(rule: RuleRef<'_>, judgement: &Judgement) -> Vec<Evidence> {
             baseline: f.baseline,
             ratio: f.ratio,
             p_value: f.p_value,
+            judged_by: f.judged_by(),
             summary: f.summary(rule.probe),
         })
         .collect()
@@ -767,3 +893,6 @@ fn trim(s: String) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod live_tests;

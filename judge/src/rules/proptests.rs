@@ -107,6 +107,8 @@ fn judge_values(when: &Expr, current: &[f64], baseline: &[f64]) -> Verdict {
             probe: "app",
             state: &state,
             baseline: Some(&base),
+            live: None,
+            choice: crate::live::Choice::Auto,
             interval: Duration::from_secs(5),
             now,
             latency_percentiles: false,

@@ -95,6 +95,8 @@ fn judge(
             probe: "app",
             state,
             baseline: base,
+            live: None,
+            choice: crate::live::Choice::Auto,
             interval: Duration::from_secs(5),
             now,
             latency_percentiles: false,

@@ -69,6 +69,7 @@ impl Fleet {
                 expiry,
                 lease,
                 on_coordination_loss: LossPolicy::Hold,
+                live_baseline_min_peers: 2,
             };
             let w = Watcher::new(
                 "web".into(),

@@ -51,6 +51,8 @@ fn judge(when: &str, s: &ProbeState, baseline: Option<&Baseline>) -> Judgement {
             probe: "app",
             state: s,
             baseline,
+            live: None,
+            choice: crate::live::Choice::Auto,
             interval: S30,
             now: Instant::now(),
             latency_percentiles: false,
@@ -636,7 +638,7 @@ async fn evidence_reads_as_a_sentence() {
         line.starts_with("p95_ms ")
             && line.contains(" > 2x baseline ")
             && line.contains("for 5m on probe app (")
-            && line.contains("p<0.0001, 60 vs 500 samples)"),
+            && line.contains("p<0.0001, 60 vs 500 samples, stored baseline v1)"),
         "{line}"
     );
     // And in the evidence's own fields, for whoever reads the rollback call.
@@ -728,6 +730,8 @@ fn judge_latency(when: &str, s: &ProbeState, baseline: Option<&Baseline>) -> Jud
             probe: "app",
             state: s,
             baseline,
+            live: None,
+            choice: crate::live::Choice::Auto,
             interval: Duration::from_secs(5),
             now: Instant::now(),
             latency_percentiles: true,
