@@ -912,9 +912,24 @@ fn numbers(out: &mut String, f: &backstop_judge::rules::Finding) {
         .ratio
         .map(|r| format!("{}×", num(r)))
         .unwrap_or_else(|| "—".into());
+    // Which baseline judged: the live replicas of the deployment to
+    // return to, over the same minutes, or the stored one.
+    let mut judged = String::new();
+    if let Some(source) = f.baseline_source {
+        judged.push_str("<br><span class=\"muted\">");
+        judged.push_str(&escape(source));
+        if let Some(n) = f.baseline_replicas {
+            let _ = write!(judged, ", {n} replica{}", if n == 1 { "" } else { "s" });
+        }
+        if let Some(d) = &f.baseline_deployment {
+            judged.push_str(" on ");
+            escape_into(&mut judged, d);
+        }
+        judged.push_str("</span>");
+    }
     let _ = write!(
         out,
-        "</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{ratio}</td><td class=\"n\">{p}</td><td class=\"n\">{samples}</td></tr>",
+        "</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}{judged}</td><td class=\"n\">{ratio}</td><td class=\"n\">{p}</td><td class=\"n\">{samples}</td></tr>",
         cell(f.observed),
         cell(f.threshold),
         cell(f.baseline),

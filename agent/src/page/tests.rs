@@ -96,6 +96,7 @@ fn rolled_back_view() -> WatchView {
                 ratio: None,
                 p_value: Some(0.00012),
                 summary: "health failed 4 times in a row".into(),
+                judged_by: None,
             }],
             target: "webhook".into(),
             status: RollbackStatus::Succeeded,
@@ -383,4 +384,56 @@ fn the_recent_deployments_show_the_ledger_escaped_with_their_states_and_rollback
     assert!(page.contains("The ledger could not be read: the store did not answer within 500ms"));
     let page = render(&app(WatchView::default()), &Ok(Vec::new()));
     assert!(page.contains("The ledger holds no deployment yet"));
+}
+
+#[test]
+fn a_rule_says_which_baseline_judged_it() {
+    use backstop_judge::rules::{Detail, Expr, Finding};
+    let cmp = match backstop_judge::rules::parse("latency_ms > 1.3x baseline for 5m").unwrap() {
+        Expr::Cmp(c) => c,
+        _ => unreachable!(),
+    };
+    let finding = |source: &'static str, replicas: Option<usize>| Finding {
+        condition: "latency_ms > 1.3x baseline for 5m".into(),
+        signal: "latency_ms".into(),
+        verdict: Verdict::Clear,
+        observed: Some(16.0),
+        threshold: Some(19.5),
+        baseline: Some(15.0),
+        ratio: Some(1.07),
+        p_value: Some(0.4),
+        test: Some("mann_whitney"),
+        samples: 60,
+        baseline_samples: Some(120),
+        baseline_source: Some(source),
+        baseline_deployment: Some("v1<b>".into()),
+        baseline_replicas: replicas,
+        requests: None,
+        baseline_requests: None,
+        comparison: cmp.clone(),
+    };
+    let rule = |name: &str, f: Finding| RuleView {
+        name: name.into(),
+        probe: "health".into(),
+        action: "rollback",
+        armed: true,
+        verdict: "clear",
+        reason: None,
+        summary: None,
+        detail: Detail {
+            when: "latency_ms > 1.3x baseline for 5m".into(),
+            default: false,
+            findings: vec![f],
+        },
+    };
+    let view = WatchView {
+        rules: vec![
+            rule("slow live", finding("live", Some(2))),
+            rule("slow stored", finding("stored", None)),
+        ],
+        ..WatchView::default()
+    };
+    let page = render(&app(view), &Ok(Vec::new()));
+    assert!(page.contains("live, 2 replicas on v1&lt;b&gt;"), "{page}");
+    assert!(page.contains("stored on v1&lt;b&gt;"), "{page}");
 }
