@@ -418,26 +418,9 @@ pub fn table(entries: &[LedgerEntry]) -> String {
     out
 }
 
-/// `2026-05-01 12:00:00Z`, from Unix milliseconds.
+/// `2026-05-01 12:00:00 UTC`, from Unix milliseconds.
 pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::utc::text(ms)
 }
 
 #[cfg(test)]
@@ -561,7 +544,7 @@ mod tests {
     fn a_verdict_says_stable_rolled_back_unhealthy_or_not_yet() {
         let v = verdict(&entry(Some(WatchState::Stable), false));
         assert_eq!(v.exit_code(), 0);
-        assert_eq!(v.message(), "v2: stable since 1970-01-02 01:02:03Z");
+        assert_eq!(v.message(), "v2: stable since 1970-01-02 01:02:03 UTC");
         let v = verdict(&entry(Some(WatchState::RolledBack), true));
         assert_eq!(v.exit_code(), 1);
         assert!(
@@ -607,8 +590,8 @@ mod tests {
 
     #[test]
     fn times_are_written_in_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
-        assert_eq!(utc(1_709_251_199_999), "2024-02-29 23:59:59Z");
-        assert_eq!(utc(1_735_689_600_000), "2025-01-01 00:00:00Z");
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199_999), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(1_735_689_600_000), "2025-01-01 00:00:00 UTC");
     }
 }

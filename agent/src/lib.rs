@@ -28,4 +28,5 @@ pub mod server;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;
+pub mod utc;
 pub mod watch;
