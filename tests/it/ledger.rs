@@ -16,7 +16,7 @@ use backstop::store::{DeploymentMeta, Retention, Store, WatchState};
 use backstop_tests::{backstop_bin, closed_port, postgres_url, HttpServer, Reply};
 use serde_json::{json, Value};
 
-use crate::e2e::{service, until, Agent};
+use crate::e2e::{config_with, service, until, Agent};
 
 const TOKEN: &str = "ledger-admin-token-0123";
 
@@ -31,53 +31,14 @@ fn config(
     agent_extra: &str,
     extra: &str,
 ) -> PathBuf {
-    let path = dir.join("backstop.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[agent]
-listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-admin_token = "{TOKEN}"
-{agent_extra}
-
-[service]
-name = "shop"
-
-[deployment]
-id_url = "{version}"
-id_pointer = "/version"
-poll_interval = "200ms"
-warmup = "1s"
-watch = "5s"
-
-[[probe]]
-name = "health"
-level = 1
-type = "http"
-url = "{health}"
-interval = "200ms"
-timeout = "150ms"
-critical = true
-
-[rollback]
-target = "webhook"
-cooldown = "1s"
-verify = "5s"
-deadline = "5s"
-
-[rollback.webhook]
-url = "{hook}"
-
-{extra}
-"#,
-            state = dir.join("state").display(),
-            version = svc.url("/version"),
-            health = svc.url("/health"),
-            hook = platform.url("/rollback"),
-        ),
-    )
-    .unwrap();
+    // The end-to-end tests' agent, with a 5 s watch and the admin token.
+    let path = config_with(dir, port, svc, platform, "5s", extra);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[agent]\n",
+        &format!("[agent]\nadmin_token = \"{TOKEN}\"\n{agent_extra}\n"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
     path
 }
 
