@@ -39,7 +39,7 @@ enum Backend {
 }
 
 /// A schema no other test uses.
-fn unique_schema(stem: &str) -> String {
+pub(crate) fn unique_schema(stem: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     format!("t_fleet_{stem}_{}_{n}", std::process::id())
@@ -47,8 +47,8 @@ fn unique_schema(stem: &str) -> String {
 
 /// The store's tables, with `v1` stable: the deployment to return to.
 /// The service is named after the schema, so no two tests share keys in
-/// Redis either.
-async fn seed(store_url: &str, schema: &str) {
+/// Redis either. Returns the store, for more seeding.
+pub(crate) async fn seed(store_url: &str, schema: &str) -> Store {
     let store = Store::connect(
         &StoreConfig {
             url: Secret::new(store_url),
@@ -71,6 +71,7 @@ async fn seed(store_url: &str, schema: &str) {
         })
         .await
         .unwrap();
+    store
 }
 
 /// One replica of the service: its health endpoint and its agent.

@@ -11,12 +11,12 @@
 //! runs on PostgreSQL (the `[store]`) and on Redis (`[fleet] redis`).
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backstop::config::StoreConfig;
 use backstop::secret::Secret;
-use backstop::store::{now_ms, DeploymentRecord, Store, WatchState};
+use backstop::store::Store;
 use backstop_judge::baseline::BaselineBuilder;
 use backstop_judge::observe::{Outcome, Sample};
 use backstop_tests::{
@@ -36,9 +36,7 @@ enum Backend {
 const BASE_MS: f64 = 20.0;
 
 fn unique_schema(stem: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    format!("t_live_{stem}_{}_{n}", std::process::id())
+    crate::fleet::unique_schema(&format!("live_{stem}"))
 }
 
 /// A spread of ±20 % around 1, the same sequence for every run.
@@ -52,28 +50,7 @@ fn jitter(state: &AtomicU64) -> f64 {
 
 /// `v1` stable, with a baseline measured at [`BASE_MS`].
 async fn seed(schema: &str) {
-    let store = Store::connect(
-        &StoreConfig {
-            url: Secret::new(postgres_url()),
-            schema: schema.to_string(),
-            pool_size: 2,
-            timeout: Duration::from_secs(5),
-        },
-        schema,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("seeding the store: {e:#}"));
-    let t = now_ms() - 3_600_000;
-    store
-        .mark_stable(&DeploymentRecord {
-            id: "v1".into(),
-            first_seen_ms: t,
-            state: WatchState::Stable,
-            stable_at_ms: Some(t + 900_000),
-            states: vec![],
-        })
-        .await
-        .unwrap();
+    let store = crate::fleet::seed(&postgres_url(), schema).await;
     let j = AtomicU64::new(7);
     let mut b = BaselineBuilder::with_capacity("v1", 1000, 1);
     for _ in 0..500 {
